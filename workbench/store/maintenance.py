@@ -1,0 +1,100 @@
+"""Looking after a store: a summary of what it holds, checksum verification, and repair."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench.store.catalog import Store
+from workbench.store.schema import SCHEMA_VERSION, read_version, rebuild_activation_view
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def summarize(store: Store) -> dict[str, pa.Table | int | str]:
+    """Runs, hook points (with bytes per token against raw fp32) and sizes, as Arrow tables."""
+    with store.reader() as con:
+        runs = con.sql("""
+            WITH stored AS (SELECT run, sum(n_rows)::BIGINT AS rows FROM shards GROUP BY run)
+            SELECT r.run, r.model, r.backend, r.status,
+                   coalesce(s.rows, 0) // len(r.hooks) AS tokens_done, r.n_tokens AS tokens_total,
+                   array_to_string(r.hooks, ',') AS hooks, r.corpus, r.git_commit,
+                   strftime(r.created_at, '%Y-%m-%d %H:%M') AS created
+            FROM runs r LEFT JOIN stored s USING (run)
+            ORDER BY r.created_at""").to_arrow_table()
+        hooks = con.sql("""
+            WITH stored AS (
+                SELECT run, hook, sum(n_rows)::BIGINT AS tokens, count(*) AS shards, sum(n_bytes)::BIGINT AS bytes
+                FROM shards GROUP BY run, hook)
+            SELECT h.run, h.hook, h.d, coalesce(s.tokens, 0) AS tokens, coalesce(s.shards, 0) AS shards,
+                   coalesce(s.bytes, 0) AS bytes,
+                   round(s.bytes / s.tokens, 1) AS bytes_per_token,
+                   h.d * 4 AS raw_fp32_bytes_per_token,
+                   round(s.bytes / s.tokens / (h.d * 4), 3) AS ratio_to_fp32
+            FROM hook_points h LEFT JOIN stored s USING (run, hook)
+            ORDER BY h.run, h.layer, h.hook""").to_arrow_table()
+        version = read_version(con)
+    return {
+        "root": str(store.root),
+        "schema_version": version,
+        "runs": runs,
+        "hook_points": hooks,
+        "catalog_bytes": store.catalog_path.stat().st_size,
+        "shard_bytes": _dir_bytes(store.root / "shards"),
+        "model_bytes": _dir_bytes(store.root / "models"),
+    }
+
+
+@dataclass
+class ShardProblem:
+    run: str
+    hook: str
+    chunk: int
+    path: str
+    problem: str
+
+
+def verify(store: Store, run: str | None = None) -> tuple[int, list[ShardProblem]]:
+    """Check every committed shard's file against its SHA-256 and row count. Returns (checked, problems)."""
+    problems = []
+    records = store.shards(run)
+    for record in records:
+        path = store.root / record.path
+        if not path.exists():
+            problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, "missing"))
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != record.sha256:
+            problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, "checksum mismatch"))
+            continue
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if rows != record.n_rows:
+            problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, f"{rows} rows, expected {record.n_rows}"))
+    return len(records), problems
+
+
+def drop_chunks(store: Store, problems: list[ShardProblem]) -> int:
+    """Unregister (and delete) every hook's shard of each damaged chunk, so the next harvest regenerates it."""
+    chunks = sorted({(p.run, p.chunk) for p in problems})
+    with store.transaction() as con:
+        for run, chunk in chunks:
+            con.execute("DELETE FROM shards WHERE run = ? AND chunk = ?", [run, chunk])
+            con.execute("UPDATE runs SET status = 'running', updated_at = now() WHERE run = ?", [run])
+        rebuild_activation_view(con)
+    for run, _ in chunks:
+        store.remove_orphan_files(run)
+    return len(chunks)
+
+
+def upgrade(store: Store) -> tuple[int | None, int]:
+    """Migrate the catalog to the current schema; returns (old, new) versions."""
+    with store.reader() as con:
+        old = read_version(con)
+    Store.create_or_open(store.root)
+    return old, SCHEMA_VERSION

@@ -1,0 +1,144 @@
+"""The catalog's schema, its version, and the migrations between versions.
+
+SQL users rely on these names; they are documented in store/README.md. Any change
+to a table bumps SCHEMA_VERSION and adds a migration from the previous version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+from workbench.errors import StoreVersionError
+
+SCHEMA_VERSION = 1
+
+TABLES_V1 = """
+CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE runs (
+    run VARCHAR PRIMARY KEY,
+    model VARCHAR NOT NULL,          -- registry name, local folder or hub id, as the user gave it
+    model_dir VARCHAR,               -- the HF folder that was loaded
+    backend VARCHAR NOT NULL,        -- transformerlens | nnsight
+    hooks VARCHAR[] NOT NULL,        -- canonical hook names, forward order
+    corpus VARCHAR NOT NULL,         -- corpus spec (default, a path, hf:NAME)
+    text_column VARCHAR,
+    context_len INTEGER NOT NULL,
+    tokens_requested BIGINT NOT NULL,
+    n_contexts INTEGER NOT NULL,
+    n_tokens BIGINT NOT NULL,        -- tokens in the run's slice (n_contexts * context_len)
+    chunk_contexts INTEGER NOT NULL, -- contexts per shard: the unit of commit and resume
+    n_layers INTEGER NOT NULL,
+    d_model INTEGER NOT NULL,
+    config JSON,                     -- every harvest argument, verbatim
+    package_version VARCHAR,
+    git_commit VARCHAR,
+    status VARCHAR NOT NULL,         -- running | complete
+    created_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE documents (
+    run VARCHAR NOT NULL, doc_id INTEGER NOT NULL, source VARCHAR, text VARCHAR,
+    PRIMARY KEY (run, doc_id)
+);
+CREATE TABLE tokens (
+    run VARCHAR NOT NULL,
+    token_id BIGINT NOT NULL,        -- row index within the run; activations carry the same id
+    context_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,       -- position within the context (0 is the BOS)
+    vocab_id INTEGER NOT NULL,
+    token VARCHAR,                   -- the token's text, sliced from its document
+    doc_id INTEGER,                  -- NULL for a BOS
+    char_start INTEGER,              -- span in documents.text
+    char_end INTEGER
+);
+CREATE TABLE hook_points (
+    run VARCHAR NOT NULL, hook VARCHAR NOT NULL, layer INTEGER NOT NULL, kind VARCHAR NOT NULL,
+    d INTEGER NOT NULL, dtype VARCHAR NOT NULL,
+    PRIMARY KEY (run, hook)
+);
+CREATE TABLE shards (
+    run VARCHAR NOT NULL, hook VARCHAR NOT NULL, chunk INTEGER NOT NULL,
+    path VARCHAR NOT NULL,           -- relative to the store directory
+    first_token BIGINT NOT NULL, n_rows INTEGER NOT NULL, n_bytes BIGINT NOT NULL,
+    sha256 VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (run, hook, chunk)
+);
+"""
+
+# MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
+# caller's transaction, so a failed upgrade leaves the store as it was.
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {}
+
+
+_EMPTY_ACTIVATIONS = (
+    "SELECT NULL::VARCHAR AS run, NULL::VARCHAR AS hook, NULL::BIGINT AS token_id, NULL::FLOAT[] AS act WHERE false"
+)
+
+
+def rebuild_activation_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Point the `activations` view at exactly the committed shards.
+
+    Called inside the transaction that registers shards, so a reader sees a shard
+    in SQL only once it is committed. Paths are relative to the store directory,
+    which every connection opened through workbench.store sets as file_search_path
+    (raw `duckdb` CLI users: start it from inside the store directory).
+    """
+    paths = [row[0] for row in con.execute("SELECT path FROM shards ORDER BY run, hook, chunk").fetchall()]
+    if paths:
+        files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        body = (
+            f"SELECT run, hook, token_id, act FROM read_parquet([{files}], hive_partitioning = true, "
+            "hive_types = {'run': VARCHAR, 'hook': VARCHAR})"
+        )
+    else:
+        body = _EMPTY_ACTIVATIONS
+    con.execute(f"CREATE OR REPLACE VIEW activations AS {body}")
+
+
+def read_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info' AND table_schema = 'main'"
+    ).fetchone()[0]
+    if not exists:
+        return None
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def check_readable(version: int | None, path: str) -> None:
+    if version is None:
+        raise StoreVersionError(f"{path} is not a workbench catalog (it has no schema_info table).")
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"The store at {path} was written by a newer workbench (schema v{version}); this one reads up to "
+            f"v{SCHEMA_VERSION}. Upgrade the workbench (pip install -U workbench, or git pull) to open it. "
+            "Nothing was changed."
+        )
+
+
+def create_or_upgrade(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Create the v-current schema in an empty catalog, or migrate an older one, in one transaction."""
+    version = read_version(con)
+    if version is not None:
+        check_readable(version, path)
+        if version == SCHEMA_VERSION:
+            return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if version is None:
+            con.execute(TABLES_V1)
+            con.execute("INSERT INTO schema_info VALUES ('schema_version', '1')")
+            version = 1
+        while version < SCHEMA_VERSION:
+            if version not in MIGRATIONS:
+                raise StoreVersionError(f"No migration from schema v{version} of {path}; upgrade the workbench.")
+            MIGRATIONS[version](con)
+            version += 1
+            con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(version)])
+        rebuild_activation_view(con)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
