@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class HarvestResult:
     tokens_harvested_now: int
     chunks_resumed_from: int
     orphans_removed: int
+    seconds_harvesting: float = 0.0  # the chunk loop only: forward passes, shard writes and commits
 
 
 def default_run_name(config: HarvestConfig) -> str:
@@ -198,6 +200,7 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
     bar = tqdm(total=contexts.size, initial=(n_chunks - len(pending)) * chunk_contexts * context_len,
                unit="tok", unit_scale=True, desc=f"harvest {run}", disable=not progress, dynamic_ncols=True)
     harvested = 0
+    started = time.perf_counter()
     with bar:
         for chunk in pending:
             chunk_ids = contexts[chunk * chunk_contexts:(chunk + 1) * chunk_contexts]
@@ -217,4 +220,4 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
                 catalog_rows.append([run, hook.name, chunk, path, first_token, info.n_rows, info.n_bytes, info.sha256])
             _commit_chunk(store, run, catalog_rows, n_chunks)
             harvested += chunk_ids.size
-    return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans)
+    return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
