@@ -16,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import TokenizedCorpus, tokenize_corpus
-from workbench.errors import RunConflictError
+from workbench.errors import RunConflictError, StoreError
 from workbench.hooks import HookPoint, parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.provenance import git_commit, package_version
@@ -162,12 +163,19 @@ def _committed_chunks(store: Store, run: str, n_hooks: int) -> set[int]:
 
 
 def _commit_chunk(store: Store, run: str, rows: list[list], n_chunks: int) -> None:
-    with store.transaction() as con:
-        con.executemany("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
-        done = con.execute("SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run]).fetchone()[0]
-        status = "complete" if done == n_chunks else "running"
-        con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE run = ?", [status, run])
-        rebuild_activation_view(con)
+    try:
+        with store.transaction() as con:
+            con.executemany("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
+            done = con.execute("SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run]).fetchone()[0]
+            status = "complete" if done == n_chunks else "running"
+            con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE run = ?", [status, run])
+            rebuild_activation_view(con)
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"Could not commit chunk {rows[0][2]} of run '{run}' to the catalog ({str(exc).splitlines()[0][:300]}). "
+            "Everything committed before it is intact (a full disk is the usual cause): fix that, then run the "
+            "same command again to resume."
+        ) from exc
 
 
 def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:

@@ -1,0 +1,134 @@
+"""kill -9 at any moment, then resume; and readers see the last committed state while a harvest writes."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from workbench.harvest import HarvestConfig, harvest
+from workbench.store import Store
+from workbench.store.maintenance import verify
+from workbench.store.sql import run_query
+
+HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
+SETTINGS = ["--model", "tiny", "--hooks", HOOKS, "--tokens", "12800", "--context-len", "64",
+            "--chunk-contexts", "2", "--batch-size", "2"]
+
+
+def _harvest_process(store_dir, run="k") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workbench.cli", "harvest", *SETTINGS, "--store", str(store_dir),
+                             "--run", run], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _committed_rows(store_dir) -> int:
+    if not (store_dir / "catalog.duckdb").exists():
+        return 0
+    try:
+        with Store(store_dir).reader() as con:
+            return con.execute("SELECT coalesce(sum(n_rows), 0) FROM shards").fetchone()[0]
+    except Exception:  # the catalog may not have its tables yet
+        return 0
+
+
+def _wait_until(condition, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"harvest ended early: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting for the harvest"
+        time.sleep(0.02)
+
+
+def _activations(store, run):
+    result = {}
+    for hook in HOOKS.split(","):
+        parts = list(store.iter_activations(run, hook))
+        result[hook] = (np.concatenate([t for t, _ in parts]), np.concatenate([a for _, a in parts]))
+    return result
+
+
+def _assert_store_consistent(store_dir):
+    """No duplicates, no partial rows, every committed shard intact, no orphan files visible to SQL."""
+    store = Store.open_existing(store_dir)
+    _, problems = verify(store)
+    assert problems == []
+    rows = run_query(store, "SELECT hook, count(*) AS n, count(DISTINCT token_id) AS distinct_ids FROM activations GROUP BY hook").table.to_pylist()
+    for row in rows:
+        assert row["n"] == row["distinct_ids"]
+    with store.reader() as con:
+        registered = con.execute("SELECT hook, sum(n_rows) FROM shards GROUP BY hook").fetchall()
+    assert sorted((r["hook"], r["n"]) for r in rows) == sorted(registered)
+
+
+def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir, tmp_path):
+    rng = random.Random(7)
+    # Kill 1: at a random moment early on (importing, loading the model, creating the run or the first chunks).
+    process = _harvest_process(store_dir)
+    time.sleep(rng.uniform(0.5, 4.0))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Kills 2-4: at random moments after further commits, so the kill lands between or inside chunk commits.
+    last_rows = _committed_rows(store_dir)
+    for _ in range(3):
+        process = _harvest_process(store_dir)
+        _wait_until(lambda: _committed_rows(store_dir) > last_rows, process)
+        time.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        rows = _committed_rows(store_dir)
+        assert rows >= last_rows  # nothing committed before a kill is lost
+        last_rows = rows
+        _assert_store_consistent(store_dir)
+    assert 0 < last_rows < 2 * 12800, "the kills should have interrupted the harvest part-way"
+
+    finished = _harvest_process(store_dir)
+    out, err = finished.communicate(timeout=300)
+    assert finished.returncode == 0, err
+    assert "resumed after" in out
+    _assert_store_consistent(store_dir)
+
+    # The result is exactly what an uninterrupted harvest stores.
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    (reference_dir / "models").symlink_to(store_dir / "models")
+    harvest(HarvestConfig(model="tiny", hooks=HOOKS.split(","), store=str(reference_dir), tokens=12800, context_len=64,
+                          chunk_contexts=2, batch_size=2, run="k"), progress=False)
+    resumed, reference = _activations(Store(store_dir), "k"), _activations(Store(reference_dir), "k")
+    for hook in HOOKS.split(","):
+        assert (resumed[hook][0] == np.arange(12800)).all()
+        np.testing.assert_array_equal(resumed[hook][1], reference[hook][1])
+    # Files left by the killed processes were cleaned up: every file on disk is a committed shard.
+    on_disk = {p.relative_to(store_dir).as_posix() for p in (store_dir / "shards").rglob("*") if p.is_file()}
+    assert on_disk == {s.path for s in Store(store_dir).shards()}
+
+
+def test_readers_see_the_last_committed_state_while_a_harvest_writes(store_dir):
+    process = _harvest_process(store_dir, run="live")
+    try:
+        _wait_until(lambda: _committed_rows(store_dir) > 0, process)
+        store = Store.open_existing(store_dir)
+        seen = []
+        cli_result = None
+        while process.poll() is None:
+            table = run_query(store, """
+                SELECT (SELECT count(*) FROM activations WHERE hook = 'blocks.0.hook_out') AS visible,
+                       (SELECT coalesce(sum(n_rows), 0) FROM shards WHERE hook = 'blocks.0.hook_out') AS committed
+            """).table.to_pylist()[0]
+            assert table["visible"] == table["committed"]  # a consistent snapshot: no partial chunk is visible
+            assert table["visible"] % 128 == 0  # whole chunks only (2 contexts x 64 tokens)
+            seen.append(table["visible"])
+            if cli_result is None and len(seen) > 3:
+                cli_result = run_cli("sql", str(store_dir), "SELECT count(*) AS n FROM activations")
+        assert process.returncode == 0, process.communicate()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert seen == sorted(seen), "committed state never goes backwards"
+    assert len(set(seen)) >= 3, f"expected to observe the harvest in progress, saw {sorted(set(seen))}"
+    assert seen[-1] <= 12800
+    assert cli_result is not None and cli_result.returncode == 0, cli_result and cli_result.stderr
