@@ -6,16 +6,20 @@
 Bare = the plain HF forward (no hooking library), stopped after the deepest hook's block.
 Harvest = workbench.harvest.harvest into a fresh store: backend capture, Parquet shard
 writes with checksums, and one catalog commit per chunk. Model loading and tokenization,
-paid once per run, are reported separately. The bare pass runs before and after the
-harvest and is averaged, so slow drift of the machine does not favour either side.
+paid once per run, are reported separately. Shared machines are noisy, so bare and
+harvest passes alternate (B H B H B H B) and each harvest is compared with the mean of
+the bare passes on either side of it; the median of those ratios is the figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `workbench` CLI does; see workbench/cli.py
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +55,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--hooks", default="blocks.6.hook_out,blocks.6.mlp.hook_in,blocks.6.mlp.hook_out")
-    parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--tokens", type=int, default=24576, help="tokens per pass (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="harvest passes per backend (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backend", choices=["transformerlens", "nnsight", "both"], default="both")
     parser.add_argument("--models-dir", default="store/models", help="where registry models are built (default: %(default)s)")
@@ -66,31 +71,35 @@ def main() -> int:
     n_tokens = contexts.size
     time_bare(hf_model, contexts[: args.batch_size], args.batch_size, stop_layer)  # warm-up
 
-    print(f"hardware: {hardware()}")
+    print(f"hardware: {hardware()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"model {args.model}, hooks {args.hooks}, stopped after block {stop_layer} of {n_layers}; "
           f"{n_tokens} tokens in batches of {args.batch_size}x{contexts.shape[1]}")
     backends = ["transformerlens", "nnsight"] if args.backend == "both" else [args.backend]
     for backend in backends:
-        bare_before = time_bare(hf_model, contexts, args.batch_size, stop_layer)
-        root = Path(tempfile.mkdtemp(prefix="bench-harvest-"))
-        try:
-            os.symlink(Path(args.models_dir).resolve(), root / "models")
-            wall = time.perf_counter()
-            result = harvest(HarvestConfig(model=args.model, hooks=args.hooks.split(","), store=str(root),
-                                           tokens=args.tokens, backend=backend, batch_size=args.batch_size),
-                             progress=False)
-            wall = time.perf_counter() - wall
-            summary = summarize(Store.open_existing(root))
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        bare_after = time_bare(hf_model, contexts, args.batch_size, stop_layer)
-        bare = (bare_before + bare_after) / 2
-        loop = result.seconds_harvesting
-        print(f"\n[{backend}]")
-        print(f"  bare forward      {n_tokens / bare:8.0f} tok/s   ({bare_before:.2f}s before, {bare_after:.2f}s after)")
-        print(f"  harvest           {n_tokens / loop:8.0f} tok/s   ({loop:.2f}s: capture + shards + commits)")
-        print(f"  harvest/bare time {loop / bare:8.3f}x   (overhead {100 * (loop / bare - 1):+.1f}%; target <= +10%)")
-        print(f"  one-time setup    {wall - loop:8.2f}s    (model load, tokenize, run creation)")
+        bare_times, harvest_times, setup_times = [time_bare(hf_model, contexts, args.batch_size, stop_layer)], [], []
+        for _ in range(args.repeats):
+            root = Path(tempfile.mkdtemp(prefix="bench-harvest-"))
+            try:
+                os.symlink(Path(args.models_dir).resolve(), root / "models")
+                wall = time.perf_counter()
+                result = harvest(HarvestConfig(model=args.model, hooks=args.hooks.split(","), store=str(root),
+                                               tokens=args.tokens, backend=backend, batch_size=args.batch_size),
+                                 progress=False)
+                setup_times.append(time.perf_counter() - wall - result.seconds_harvesting)
+                harvest_times.append(result.seconds_harvesting)
+                summary = summarize(Store.open_existing(root))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            bare_times.append(time_bare(hf_model, contexts, args.batch_size, stop_layer))
+        ratios = [h / ((bare_times[i] + bare_times[i + 1]) / 2) for i, h in enumerate(harvest_times)]
+        ratio = statistics.median(ratios)
+        bare, loop = statistics.median(bare_times), statistics.median(harvest_times)
+        print(f"\n[{backend}]  ({args.repeats} harvest passes, {len(bare_times)} bare passes, alternating)")
+        print(f"  bare forward      {n_tokens / bare:8.0f} tok/s   (median {bare:.2f}s; range {min(bare_times):.2f}-{max(bare_times):.2f}s)")
+        print(f"  harvest           {n_tokens / loop:8.0f} tok/s   (median {loop:.2f}s; capture + shards + commits)")
+        print(f"  harvest/bare time {ratio:8.3f}x   (overhead {100 * (ratio - 1):+.1f}%; per pass "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.10x)")
+        print(f"  one-time setup    {statistics.median(setup_times):8.2f}s    (model load, tokenize, run creation)")
         for row in summary["hook_points"].to_pylist():
             print(f"  {row['hook']:24s} {row['bytes_per_token']:7.1f} bytes/token stored vs {row['raw_fp32_bytes_per_token']} raw fp32 "
                   f"({row['ratio_to_fp32']:.3f}x)")

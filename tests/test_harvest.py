@@ -66,7 +66,7 @@ def test_catalog_records_provenance_and_hook_metadata(store_dir):
         hook_rows = con.execute("SELECT hook, layer, kind, d FROM hook_points ORDER BY layer, hook").fetchall()
         shard_rows = con.execute("SELECT count(*), sum(n_rows) FROM shards").fetchone()
     model, backend, hooks, corpus, status, version, config, n_layers, d_model = run
-    assert (model, backend, corpus, status, n_layers, d_model) == ("tiny", "transformerlens", "default", "complete", 2, 64)
+    assert (model, backend, corpus, status, n_layers, d_model) == ("tiny", "nnsight", "default", "complete", 2, 64)
     assert hooks == ["blocks.0.mlp.hook_in", "blocks.0.mlp.hook_out", "blocks.1.hook_out"]  # alias mapped, forward order
     assert json.loads(config)["chunk_contexts"] == 8 and version
     assert hook_rows == [("blocks.0.mlp.hook_in", 0, "mlp.hook_in", 64), ("blocks.0.mlp.hook_out", 0, "mlp.hook_out", 64),

@@ -42,44 +42,96 @@ class ShardInfo:
     sha256: str
 
 
-def encode_shard(token_ids: np.ndarray, acts: np.ndarray) -> pa.Buffer:
-    """Serialize rows (token_id BIGINT, act FLOAT[d]) to Parquet, in memory (no copy of the activations)."""
-    acts = np.ascontiguousarray(acts, dtype=np.float32)
-    table = pa.table(
-        {
-            "token_id": pa.array(token_ids.astype(np.int64)),
-            "act": pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), acts.shape[1]),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **_WRITE_OPTIONS)
-    return sink.getvalue()
+class ShardBuilder:
+    """Builds one shard a batch at a time, one Parquet row group per batch, into a reused buffer.
 
-
-def write_shard(path: Path, token_ids: np.ndarray, acts: np.ndarray) -> ShardInfo:
-    """Encode and write one shard.
-
-    It goes to a temporary name, is fsynced, then renamed, so the final name never
-    holds a partial file. The catalog registers it afterwards (see harvest.py).
+    Encoding each batch right after the forward pass, while its activations are still in
+    cache, costs about half as much as encoding the whole chunk later (measured on
+    SmolLM2 layer-6 harvests here), and reusing the output buffer avoids page faults
+    on fresh memory for every shard.
     """
-    payload = encode_shard(token_ids, acts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+
+    def __init__(self) -> None:
+        self._scratch: pa.Buffer | None = None
+        self._sink: pa.FixedSizeBufferWriter | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+
+    def start(self, expected_bytes: int) -> None:
+        needed = expected_bytes + expected_bytes // 8 + (1 << 20)  # Parquet adds ~1% on incompressible data
+        if self._scratch is None or self._scratch.size < needed:
+            self._scratch = pa.allocate_buffer(needed)
+        self._sink = pa.FixedSizeBufferWriter(self._scratch)
+        self._writer, self._rows = None, 0
+
+    def append(self, token_ids: np.ndarray, acts: np.ndarray) -> None:
+        """Add rows (token_id BIGINT, act FLOAT[d])."""
+        acts = np.ascontiguousarray(acts, dtype=np.float32)
+        table = pa.table(
+            {
+                "token_id": pa.array(token_ids.astype(np.int64, copy=False)),
+                "act": pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), acts.shape[1]),
+            }
+        )
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._sink, table.schema, **_WRITE_OPTIONS)
+        self._writer.write_table(table)
+        self._rows += len(token_ids)
+
+    def finish(self, path: Path) -> ShardInfo:
+        """Write the shard under its final name (via a temporary name and a rename).
+
+        It is not yet durable or visible: `sync_files` makes it durable and the harvest then
+        registers it in the catalog. A file that is never registered is an orphan, which the
+        next harvest of the run deletes.
+        """
+        self._writer.close()
+        payload = memoryview(self._scratch)[: self._sink.tell()]
+        partial = path.with_name(path.name + ".partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:
+                handle.write(payload)
+            os.replace(partial, path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise _write_error(path, exc) from exc
+        return ShardInfo(n_rows=self._rows, n_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+
+
+def sync_files(paths: list[Path]) -> None:
+    """fsync shard files and their folders, so a committed shard survives a power loss, not only a kill.
+
+    Then drop the files' pages from the page cache: a harvest streams far more than
+    memory holds, and writing into recycled pages is ~10x faster on this VM than
+    growing the cache into untouched memory (16 MB: 0.004 s against 0.041 s).
+    """
     try:
-        with open(partial, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        for folder in {p.parent for p in paths}:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
-        if exc.errno in _SPACE_ERRNOS:
-            raise StoreError(
-                f"No space left to write {path} ({exc.strerror}). Everything committed before this shard is intact; "
-                "free some space and run the same command again to resume."
-            ) from exc
-        raise StoreError(f"Could not write shard {path}: {exc.strerror or exc}.") from exc
-    return ShardInfo(n_rows=len(token_ids), n_bytes=payload.size, sha256=hashlib.sha256(memoryview(payload)).hexdigest())
+        raise _write_error(paths[0], exc) from exc
+
+
+def _write_error(path: Path, exc: OSError) -> StoreError:
+    if exc.errno in _SPACE_ERRNOS:
+        return StoreError(
+            f"No space left to write {path} ({exc.strerror}). Everything committed before this shard is intact; "
+            "free some space and run the same command again to resume."
+        )
+    return StoreError(f"Could not write shard {path}: {exc.strerror or exc}.")
 
 
 def file_sha256(path: Path) -> str:
