@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from workbench.errors import ModelLoadError
-from workbench.hooks import HookPoint
+from workbench.hooks import HOOK_KINDS, HookPoint
 
 BACKENDS = ("transformerlens", "nnsight")
 
@@ -48,6 +49,25 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+@dataclass(frozen=True)
+class LayerSkip:
+    """Make block `layer` pass its input through unchanged at positions first..end-1.
+
+    This is the layer-skipping intervention of Csordás et al. (2025). Position 0 (the BOS)
+    is left alone by default, as in their code, because models park attention there.
+    """
+
+    layer: int
+    end: int
+    first: int = 1
+
+
+@dataclass
+class ForwardResult:
+    acts: dict[HookPoint, torch.Tensor]
+    logits: torch.Tensor | None  # [batch, seq, vocab], when asked for
+
+
 class Backend(ABC):
     name: str
 
@@ -58,8 +78,17 @@ class Backend(ABC):
         self.d_model = int(hf_model.config.hidden_size)
 
     @abstractmethod
+    def run(self, input_ids: torch.Tensor, hooks: Sequence[HookPoint], *, logits: bool = False,
+            skip: LayerSkip | None = None) -> ForwardResult:
+        """One forward pass: activations [batch, seq, d] at each hook, optionally with a layer skipped.
+
+        Without `logits` the pass stops right after the deepest hook. The activation
+        captured at the skipped block's hook_out is the one after the skip.
+        """
+
     def capture(self, input_ids: torch.Tensor, hooks: Sequence[HookPoint]) -> dict[HookPoint, torch.Tensor]:
-        """Activations [batch, seq, d] at each hook, from one forward pass stopped after the deepest hook."""
+        """Activations at each hook, from one forward pass stopped after the deepest hook."""
+        return self.run(input_ids, hooks).acts
 
 
 class TransformerLensBackend(Backend):
@@ -74,26 +103,42 @@ class TransformerLensBackend(Backend):
         )
 
     @torch.no_grad()
-    def capture(self, input_ids, hooks):
+    def run(self, input_ids, hooks, *, logits=False, skip=None):
         captured: dict[HookPoint, torch.Tensor] = {}
-        deepest = max(hooks, key=lambda h: h.forward_order)
+        deepest = max(hooks, key=lambda h: h.forward_order) if hooks else None
+        fwd_hooks = []
+        if skip is not None:
+            block_input = {}
+
+            def remember_input(tensor, hook):
+                block_input["x"] = tensor
+
+            def pass_input_through(tensor, hook):
+                tensor = tensor.clone()
+                tensor[:, skip.first:skip.end] = block_input["x"][:, skip.first:skip.end]
+                return tensor
+
+            # Registered before the capturing hooks, which therefore see the skipped output.
+            fwd_hooks += [(f"blocks.{skip.layer}.hook_in", remember_input),
+                          (f"blocks.{skip.layer}.hook_out", pass_input_through)]
 
         def make_hook(point: HookPoint):
             def save(tensor, hook):
                 captured[point] = tensor.detach().clone()
-                if point == deepest:
+                if point == deepest and not logits:
                     raise _StopForward
-                return tensor
 
             return save
 
+        fwd_hooks += [(p.name, make_hook(p)) for p in hooks]
+        output = None
         try:
-            self.bridge.run_with_hooks(input_ids, fwd_hooks=[(p.name, make_hook(p)) for p in hooks])
+            output = self.bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits" if logits else None)
         except _StopForward:
             pass
         finally:
             self.bridge.reset_hooks()
-        return captured
+        return ForwardResult(captured, output.detach() if logits else None)
 
 
 class NNsightBackend(Backend):
@@ -132,16 +177,42 @@ class NNsightBackend(Backend):
             return block.mlp.output
         return _first(block.output)
 
+    def _skip(self, skip: LayerSkip, block_input) -> None:
+        block = self._block(skip.layer)
+        output = _first(block.output)
+        output[:, skip.first:skip.end] = block_input[:, skip.first:skip.end]
+
     @torch.no_grad()
-    def capture(self, input_ids, hooks):
+    def run(self, input_ids, hooks, *, logits=False, skip=None):
         saved = {}
-        # nnsight requires modules to be read in forward order.
+        # nnsight requires modules to be read in forward order, so the skip's two steps
+        # (read the block's input, overwrite its output) are slotted into the hook order.
         ordered = sorted(hooks, key=lambda h: h.forward_order)
+        skip_read = (skip.layer, HOOK_KINDS.index("hook_in")) if skip else None
+        skip_write = (skip.layer, HOOK_KINDS.index("hook_out")) if skip else None
         with self.lm.trace(input_ids) as tracer:
+            block_input = None
             for point in ordered:
-                saved[point] = self._value(point).save()
-            tracer.stop()
-        return {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
+                if skip and block_input is None and point.forward_order > skip_read:
+                    block_input = self._block(skip.layer).input
+                if skip and skip_write is not None and point.forward_order >= skip_write:
+                    self._skip(skip, block_input)
+                    skip_write = None
+                if skip and point.forward_order == skip_read:
+                    block_input = self._block(skip.layer).input
+                    saved[point] = block_input.save()
+                else:
+                    saved[point] = self._value(point).save()
+            if skip and block_input is None:
+                block_input = self._block(skip.layer).input
+            if skip and skip_write is not None:
+                self._skip(skip, block_input)
+            if logits:
+                saved_logits = self.lm.output.logits.save()
+            else:
+                tracer.stop()
+        acts = {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
+        return ForwardResult(acts, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
 
 
 def make_backend(name: str, hf_model: nn.Module, tokenizer) -> Backend:
