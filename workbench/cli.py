@@ -20,6 +20,7 @@ EPILOG = textwrap.dedent("""\
       workbench harvest --model smollm2-135m --hooks blocks.6.hook_out --corpus default --tokens 50000 --store store/
       workbench store info store/
       workbench sql store/ "SELECT hook, count(*) FROM activations GROUP BY hook"
+      workbench probe depth --model smollm2-135m --corpus default --tokens 20000 --store store/
 
     Run `workbench COMMAND --help` for each command's options.
 """)
@@ -220,6 +221,88 @@ def _run_sql(args) -> int:
     return 0
 
 
+# -- probe ---------------------------------------------------------------------------
+
+def _add_probe(sub) -> None:
+    from workbench.models import BACKENDS
+
+    p = sub.add_parser("probe", help="depth-usage probes: how much does each layer contribute?")
+    probe_sub = p.add_subparsers(dest="probe_command", required=True, metavar="{depth,maps}")
+    depth = probe_sub.add_parser(
+        "depth", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="sublayer norm ratios and cosines, layer skipping, logit lens, depth score",
+        description=textwrap.dedent("""\
+            Measure how much each layer contributes (Csordas, Manning, Potts 2025), and store tidy tables:
+              probe_sublayer      per layer: ||a||/||h||, ||m||/||h+a||, ||a+m||/||h|| and cosines (mean, max over tokens)
+              probe_skip_layers   skip layer s before position t: relative change of every later layer's update at >= t
+              probe_skip_output   ... and of the output distribution (L2 of the probability change, KL)
+              probe_logit_lens    per layer: KL to the final distribution and top-5 overlap
+              probe_depth_scores  the effect-weighted mean layer index for the task
+            One clean forward pass per batch feeds every probe; skipping adds one pass per skipped layer,
+            on the first --skip-tokens tokens. The BOS position is excluded everywhere.
+        """),
+        epilog="example:\n  workbench probe depth --model smollm2-135m --corpus default --tokens 20000 --store store/")
+    depth.add_argument("--model", required=True, help="registry name, local HF folder or hub id")
+    depth.add_argument("--store", required=True)
+    depth.add_argument("--corpus", default="default", help="as for harvest (default: %(default)s)")
+    depth.add_argument("--text-column", default="text")
+    depth.add_argument("--tokens", type=int, default=20_000, help="tokens for the sublayer probe (default: %(default)s)")
+    depth.add_argument("--lens-tokens", type=int, default=4096, help="of those, tokens for the logit lens; 0 skips it (default: %(default)s)")
+    depth.add_argument("--skip-tokens", type=int, default=1024, help="of those, tokens for layer skipping; 0 skips it (default: %(default)s)")
+    depth.add_argument("--skip-layers", help="comma-separated layers to skip (default: all)")
+    depth.add_argument("--split-position", type=int, help="t: skip before it, measure from it (default: context length / 2)")
+    depth.add_argument("--task", help="label for the depth score (default: the corpus)")
+    depth.add_argument("--name", help="probe run name; re-using one replaces its results")
+    depth.add_argument("--backend", choices=BACKENDS, default="nnsight")
+    depth.add_argument("--context-len", type=int, default=128)
+    depth.add_argument("--batch-size", type=int, default=8)
+    depth.add_argument("--device", default="cpu")
+    depth.set_defaults(func=_run_probe_depth)
+
+    maps = probe_sub.add_parser(
+        "maps", help="linear maps from each layer of one model to each layer of another",
+        description="Fit an affine map from every layer of --source to every layer of --target on the same text and "
+                    "store the held-out relative error ||pred - target|| / ||target|| (table probe_linear_maps). "
+                    "Tokens are aligned by their position in the text.")
+    maps.add_argument("--source", required=True)
+    maps.add_argument("--target", required=True)
+    maps.add_argument("--store", required=True)
+    maps.add_argument("--corpus", default="default")
+    maps.add_argument("--text-column", default="text")
+    maps.add_argument("--tokens", type=int, default=8192)
+    maps.add_argument("--name")
+    maps.add_argument("--backend", choices=BACKENDS, default="nnsight")
+    maps.add_argument("--device", default="cpu")
+    maps.set_defaults(func=_run_probe_maps)
+
+
+def _run_probe_depth(args) -> int:
+    from workbench.probes.depth import DepthProbeConfig, run_depth_probes
+
+    try:
+        skip_layers = [int(x) for x in args.skip_layers.split(",")] if args.skip_layers else None
+    except ValueError as exc:
+        raise WorkbenchError(f"--skip-layers takes comma-separated integers, got '{args.skip_layers}'.") from exc
+    name = run_depth_probes(DepthProbeConfig(
+        model=args.model, store=args.store, corpus=args.corpus, tokens=args.tokens, name=args.name, task=args.task,
+        backend=args.backend, context_len=args.context_len, batch_size=args.batch_size, lens_tokens=args.lens_tokens,
+        skip_tokens=args.skip_tokens, skip_layers=skip_layers, split_position=args.split_position, device=args.device,
+        text_column=args.text_column))
+    print(f"Stored depth probes as '{name}'. For example:\n"
+          f"  workbench sql {args.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{name}'\"")
+    return 0
+
+
+def _run_probe_maps(args) -> int:
+    from workbench.probes.linear_maps import run_linear_map_probe
+
+    name = run_linear_map_probe(args.source, args.target, args.store, corpus=args.corpus, tokens=args.tokens,
+                                name=args.name, backend=args.backend, device=args.device, text_column=args.text_column)
+    print(f"Stored linear maps as '{name}'. For example:\n"
+          f"  workbench sql {args.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{name}' ORDER BY rel_error LIMIT 10\"")
+    return 0
+
+
 # -- models --------------------------------------------------------------------------
 
 def _add_models(sub) -> None:
@@ -243,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
+    _add_probe(sub)
     _add_models(sub)
     return parser
 

@@ -43,3 +43,7 @@ class RunConflictError(StoreError):
 
 class ReadOnlySqlError(WorkbenchError):
     pass
+
+
+class ProbeError(WorkbenchError):
+    pass

@@ -12,7 +12,7 @@ import duckdb
 
 from workbench.errors import StoreVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -67,9 +67,59 @@ CREATE TABLE shards (
 );
 """
 
+# v2: results of the depth-usage probes (workbench/probes), one tidy table per measurement.
+PROBE_TABLES_V2 = """
+CREATE TABLE probe_runs (
+    probe_run VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,           -- depth | linear_maps
+    model VARCHAR NOT NULL,          -- for linear_maps: the source model
+    target_model VARCHAR,            -- for linear_maps
+    backend VARCHAR NOT NULL,
+    corpus VARCHAR NOT NULL,
+    task VARCHAR NOT NULL,           -- label for depth scores (defaults to the corpus)
+    n_layers INTEGER NOT NULL,
+    n_tokens BIGINT NOT NULL,
+    config JSON,
+    package_version VARCHAR,
+    git_commit VARCHAR,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE probe_sublayer (
+    probe_run VARCHAR NOT NULL, layer INTEGER NOT NULL, metric VARCHAR NOT NULL,
+    mean DOUBLE, max DOUBLE, n_tokens BIGINT
+);
+CREATE TABLE probe_skip_layers (
+    probe_run VARCHAR NOT NULL, skipped_layer INTEGER NOT NULL, affected_layer INTEGER NOT NULL,
+    rel_change_mean DOUBLE, rel_change_max DOUBLE, n_tokens BIGINT
+);
+CREATE TABLE probe_skip_output (
+    probe_run VARCHAR NOT NULL, skipped_layer INTEGER NOT NULL,
+    prob_l2_mean DOUBLE, prob_l2_max DOUBLE, kl_mean DOUBLE, kl_max DOUBLE,  -- at positions >= t (the paper's)
+    skipped_kl_mean DOUBLE, skipped_kl_max DOUBLE,  -- at the skipped positions 1..t-1 themselves
+    n_tokens BIGINT
+);
+CREATE TABLE probe_logit_lens (
+    probe_run VARCHAR NOT NULL, layer INTEGER NOT NULL,
+    kl_mean DOUBLE, kl_max DOUBLE, top5_overlap_mean DOUBLE, n_tokens BIGINT
+);
+CREATE TABLE probe_linear_maps (
+    probe_run VARCHAR NOT NULL, source_layer INTEGER NOT NULL, target_layer INTEGER NOT NULL,
+    source_rel_depth DOUBLE, target_rel_depth DOUBLE, rel_error DOUBLE, n_train BIGINT, n_test BIGINT
+);
+CREATE TABLE probe_depth_scores (
+    probe_run VARCHAR NOT NULL, task VARCHAR NOT NULL, measure VARCHAR NOT NULL,
+    depth_score DOUBLE, relative_depth_score DOUBLE
+);
+"""
+
+
+def _add_probe_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(PROBE_TABLES_V2)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_probe_tables}
 
 
 _EMPTY_ACTIVATIONS = (

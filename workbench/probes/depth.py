@@ -1,0 +1,159 @@
+"""Run the depth-usage probes over a corpus and store the results.
+
+Per batch of contexts there is one clean forward pass with every block's input,
+attention output, MLP output and output, plus the logits. The sublayer measures and
+the logit lens come from it. The layer-skipping probe reuses its updates and output
+distribution and adds one pass per skipped layer, on the first `skip_tokens` tokens only.
+Position 0 (the BOS, where attention sinks make norms explode) is excluded everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.corpus import tokenize_corpus
+from workbench.errors import ProbeError
+from workbench.hooks import HookPoint
+from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
+from workbench.models.backends import LayerSkip
+from workbench.probes.logit_lens import final_norm_and_unembed, lens_measures
+from workbench.probes.results import depth_score, write_probe_run
+from workbench.probes.skipping import output_change, relative_update_change
+from workbench.probes.stats import MeanMax
+from workbench.probes.sublayer import sublayer_measures
+from workbench.store import Store, check_run_name
+
+
+@dataclass
+class DepthProbeConfig:
+    model: str
+    store: str
+    corpus: str = "default"
+    tokens: int = 20_000
+    name: str | None = None
+    task: str | None = None  # label for the depth score; defaults to the corpus
+    backend: str = "nnsight"
+    context_len: int = 128
+    batch_size: int = 8
+    lens_tokens: int = 4096  # logit lens on the first tokens only: it costs one unembedding per layer
+    skip_tokens: int = 1024  # layer skipping on the first tokens only: one forward pass per skipped layer
+    skip_layers: list[int] | None = None  # default: every layer
+    split_position: int | None = None  # t; default context_len // 2
+    device: str = "cpu"
+    text_column: str = "text"
+
+
+def default_probe_name(config: DepthProbeConfig) -> str:
+    corpus = config.corpus if config.corpus == "default" or config.corpus.startswith("hf:") else Path(config.corpus).stem
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"depth-{Path(config.model).name}-{corpus}-{config.tokens}").strip("-.")[:100]
+
+
+def _validate(config: DepthProbeConfig, n_layers: int) -> tuple[int, list[int]]:
+    split = config.split_position if config.split_position is not None else config.context_len // 2
+    if not 2 <= split < config.context_len:
+        raise ProbeError(f"--split-position must be between 2 and {config.context_len - 1} (the context length minus one); got {split}.")
+    layers = list(range(n_layers)) if config.skip_layers is None else sorted(set(config.skip_layers))
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ProbeError(f"Layer index out of range: {bad}. This model has {n_layers} layers (0..{n_layers - 1}).")
+    for name in ("tokens", "batch_size"):
+        if getattr(config, name) <= 0:
+            raise ProbeError(f"--{name.replace('_', '-')} must be positive.")
+    return split, layers
+
+
+def _block_points(n_layers: int, kinds: tuple[str, ...]) -> list[HookPoint]:
+    return [HookPoint(layer, kind) for layer in range(n_layers) for kind in kinds]
+
+
+def run_depth_probes(config: DepthProbeConfig, progress: bool = True) -> str:
+    """Run the sublayer, layer-skipping and logit-lens probes; returns the probe run's name."""
+    store = Store.create_or_open(config.store)
+    model_dir = resolve_model_dir(config.model, store.root / "models")
+    n_layers, _ = model_shape(model_dir)
+    split, skip_layers = _validate(config, n_layers)
+    name = check_run_name(config.name or default_probe_name(config))
+    hf_model, tokenizer = load_hf_model(model_dir, config.device)
+    norm, unembed = final_norm_and_unembed(hf_model) if config.lens_tokens > 0 else (None, None)
+    contexts = torch.from_numpy(
+        tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column).contexts()
+    ).long()
+    backend = make_backend(config.backend, hf_model, tokenizer)
+
+    clean_points = _block_points(n_layers, ("hook_in", "attn.hook_out", "mlp.hook_out", "hook_out"))
+    residual_points = _block_points(n_layers, ("hook_in", "hook_out"))
+    sublayer, lens, skip_layer_stats, skip_output = MeanMax(), MeanMax(), MeanMax(), MeanMax()
+    n_batches = -(-len(contexts) // config.batch_size)
+    lens_batches = -(-config.lens_tokens // (config.batch_size * config.context_len)) if config.lens_tokens > 0 else 0
+    skip_batches = -(-config.skip_tokens // (config.batch_size * config.context_len)) if config.skip_tokens > 0 else 0
+    passes = n_batches + min(skip_batches, n_batches) * len(skip_layers)
+    bar = tqdm(total=passes, unit="pass", desc=f"probe {name}", disable=not progress, dynamic_ncols=True)
+
+    with bar, torch.no_grad():
+        for index, start in enumerate(range(0, len(contexts), config.batch_size)):
+            ids = contexts[start:start + config.batch_size].to(config.device)
+            clean = backend.run(ids, clean_points, logits=True)
+            acts = {(p.layer, p.kind): v[:, 1:] for p, v in clean.acts.items()}  # drop the BOS position
+            log_probs = torch.log_softmax(clean.logits[:, 1:].float(), dim=-1)
+            bar.update(1)
+            for layer in range(n_layers):
+                measures = sublayer_measures(acts[layer, "hook_in"], acts[layer, "attn.hook_out"],
+                                             acts[layer, "mlp.hook_out"], acts[layer, "hook_out"])
+                for metric, values in measures.items():
+                    sublayer.add((layer, metric), values)
+                if index < lens_batches:
+                    kl, overlap = lens_measures(acts[layer, "hook_out"].reshape(-1, acts[layer, "hook_out"].shape[-1]),
+                                                log_probs.reshape(-1, log_probs.shape[-1]), norm, unembed)
+                    lens.add((layer, "kl"), kl)
+                    lens.add((layer, "top5"), overlap)
+            if index >= skip_batches:
+                continue
+            # Positions >= t, indexed after dropping the BOS.
+            future = slice(split - 1, None)
+            deltas = {l: (acts[l, "hook_out"] - acts[l, "hook_in"])[:, future] for l in range(n_layers)}
+            for skipped in skip_layers:
+                result = backend.run(ids, residual_points, logits=True, skip=LayerSkip(skipped, split))
+                skipped_acts = {(p.layer, p.kind): v[:, 1:] for p, v in result.acts.items()}
+                for affected in range(skipped + 1, n_layers):
+                    delta_skip = (skipped_acts[affected, "hook_out"] - skipped_acts[affected, "hook_in"])[:, future]
+                    skip_layer_stats.add((skipped, affected), relative_update_change(deltas[affected], delta_skip))
+                l2, kl = output_change(log_probs[:, future], result.logits[:, 1:][:, future])
+                skip_output.add((skipped, "l2"), l2)
+                skip_output.add((skipped, "kl"), kl)
+                # The same pass also shows the direct effect at the skipped positions themselves.
+                _, kl_skipped = output_change(log_probs[:, :split - 1], result.logits[:, 1:split])
+                skip_output.add((skipped, "kl_skipped"), kl_skipped)
+                bar.update(1)
+
+    tables = {
+        "probe_sublayer": [(layer, metric, sublayer.mean((layer, metric)), sublayer.max((layer, metric)),
+                            sublayer.count((layer, metric))) for layer, metric in sublayer.keys()],
+        "probe_logit_lens": [(layer, lens.mean((layer, "kl")), lens.max((layer, "kl")), lens.mean((layer, "top5")),
+                              lens.count((layer, "kl"))) for layer in range(n_layers) if (layer, "kl") in lens.keys()],
+        "probe_skip_layers": [(s, l, skip_layer_stats.mean((s, l)), skip_layer_stats.max((s, l)),
+                               skip_layer_stats.count((s, l))) for s, l in skip_layer_stats.keys()],
+        "probe_skip_output": [(s, skip_output.mean((s, "l2")), skip_output.max((s, "l2")), skip_output.mean((s, "kl")),
+                               skip_output.max((s, "kl")), skip_output.mean((s, "kl_skipped")),
+                               skip_output.max((s, "kl_skipped")), skip_output.count((s, "kl")))
+                              for s in skip_layers if (s, "kl") in skip_output.keys()],
+    }
+    task = config.task or config.corpus
+    if tables["probe_skip_output"]:
+        # Primary: the KL at the skipped positions (how much the output there needs the layer); the
+        # paper's future-position effect is kept too, though it is zero for the last layer by construction.
+        effects = {"skipped_positions_kl": {row[0]: row[5] for row in tables["probe_skip_output"]},
+                   "future_positions_kl": {row[0]: row[3] for row in tables["probe_skip_output"]}}
+        tables["probe_depth_scores"] = [(task, measure, depth_score(e), depth_score(e) / max(n_layers - 1, 1))
+                                        for measure, e in effects.items()]
+    header = dict(kind="depth", model=config.model, backend=config.backend, corpus=config.corpus, task=task,
+                  n_layers=n_layers, n_tokens=int(contexts.numel()), config=asdict(config))
+    write_probe_run(store, name, header, tables)
+    return name
+
+
+

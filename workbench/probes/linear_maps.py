@@ -1,0 +1,124 @@
+"""Probe 4: how well does a linear map from layer i of model A predict layer j of model B?
+
+On the same text, fit an affine map (ridge least squares) from each source layer's
+residual to each target layer's residual on 80% of the tokens, and report the relative
+error ||pred - target|| / ||target|| on the other 20%. Plotted over relative depth
+(layer+1)/n_layers, a diagonal band means the two models compute in the same order.
+
+Tokens are aligned by position in the text: each token is keyed by (document, character
+where it ends), and only tokens whose key exists in both models' tokenizations are used.
+With the same tokenizer that is every text token. With different tokenizers it is the
+tokens ending at a shared boundary (mostly word ends), and each model keeps its own
+preceding context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from workbench.errors import ProbeError
+
+
+def token_keys(doc_ids: np.ndarray, char_ends: np.ndarray) -> np.ndarray:
+    """One int64 key per token for (document, end offset); -1 for BOS/separator tokens."""
+    keys = doc_ids.astype(np.int64) * (1 << 32) + char_ends.astype(np.int64)
+    return np.where(doc_ids >= 0, keys, -1)
+
+
+def align_tokens(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into A and B of the tokens both have, in text order. Duplicate keys keep their first occurrence."""
+    valid_a, valid_b = np.flatnonzero(keys_a >= 0), np.flatnonzero(keys_b >= 0)
+    _, ia, ib = np.intersect1d(keys_a[valid_a], keys_b[valid_b], assume_unique=False, return_indices=True)
+    return valid_a[ia], valid_b[ib]
+
+
+def minimum_tokens(d_source: int) -> int:
+    """Tokens needed for a determined fit of d_source + 1 parameters per output, with a 20% test split."""
+    return int(np.ceil(2 * (d_source + 1) / 0.8))
+
+
+def layer_map_errors(source: list[torch.Tensor], target: list[torch.Tensor], train_fraction: float = 0.8,
+                     ridge: float = 1e-4, seed: int = 0) -> np.ndarray:
+    """Relative held-out error of the affine map from every source layer to every target layer.
+
+    source[i] is [n_tokens, d_a] and target[j] is [n_tokens, d_b], row-aligned. Returns [len(source), len(target)].
+    The targets are stacked so each source layer needs one solve for all target layers.
+    """
+    n = source[0].shape[0]
+    if n < minimum_tokens(source[0].shape[1]):
+        raise ProbeError(
+            f"Too few aligned tokens to fit a linear map: {n}, need at least {minimum_tokens(source[0].shape[1])} "
+            f"for d_model {source[0].shape[1]} (twice the parameters per output, plus a test split). Raise --tokens."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(n * train_fraction)
+    train, test = order[:n_train], order[n_train:]
+    targets = torch.cat([t.double() for t in target], dim=1)
+    widths = [t.shape[1] for t in target]
+    y_train, y_test = targets[train], targets[test]
+    errors = np.zeros((len(source), len(target)))
+    for i, layer in enumerate(source):
+        x = torch.cat([layer.double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)
+        x_train, x_test = x[train], x[test]
+        gram = x_train.T @ x_train
+        # Ridge scaled to the data, so the same setting works for residuals of any norm.
+        gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=torch.float64)
+        weights = torch.linalg.solve(gram, x_train.T @ y_train)
+        residual = x_test @ weights - y_test
+        for j, (r, y) in enumerate(zip(residual.split(widths, dim=1), y_test.split(widths, dim=1))):
+            errors[i, j] = (r.norm() / y.norm().clamp_min(1e-12)).item()
+    return errors
+
+
+def _residuals(model: str, store, corpus: str, tokens: int, context_len: int, batch_size: int, backend_name: str,
+               device: str, text_column: str):
+    """Every block's output residual for the corpus, [n_layers] x [n_tokens, d], and each token's alignment key."""
+    from workbench.corpus import tokenize_corpus
+    from workbench.hooks import HookPoint
+    from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
+
+    model_dir = resolve_model_dir(model, store.root / "models")
+    n_layers, _ = model_shape(model_dir)
+    hf_model, tokenizer = load_hf_model(model_dir, device)
+    corpus_tokens = tokenize_corpus(corpus, tokenizer, tokens, context_len, text_column)
+    contexts = torch.from_numpy(corpus_tokens.contexts()).long()
+    backend = make_backend(backend_name, hf_model, tokenizer)
+    points = [HookPoint(layer, "hook_out") for layer in range(n_layers)]
+    per_layer: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    for start in range(0, len(contexts), batch_size):
+        acts = backend.capture(contexts[start:start + batch_size].to(device), points)
+        for point in points:
+            per_layer[point.layer].append(acts[point].reshape(-1, acts[point].shape[-1]).cpu())
+    keys = token_keys(corpus_tokens.doc_ids, corpus_tokens.char_ends)
+    return [torch.cat(chunks) for chunks in per_layer], keys, n_layers
+
+
+def run_linear_map_probe(source: str, target: str, store_path: str, corpus: str = "default", tokens: int = 8192,
+                         name: str | None = None, backend: str = "nnsight", context_len: int = 128, batch_size: int = 8,
+                         device: str = "cpu", text_column: str = "text", ridge: float = 1e-4) -> str:
+    """Fit and store the layer-to-layer map errors from `source` to `target`; returns the probe run's name."""
+    import re
+    from pathlib import Path
+
+    from workbench.probes.results import write_probe_run
+    from workbench.store import Store, check_run_name
+
+    store = Store.create_or_open(store_path)
+    name = check_run_name(name or re.sub(r"[^A-Za-z0-9_.\-]+", "-",
+                                         f"maps-{Path(source).name}-to-{Path(target).name}-{tokens}").strip("-.")[:100])
+    common = dict(store=store, corpus=corpus, tokens=tokens, context_len=context_len, batch_size=batch_size,
+                  backend_name=backend, device=device, text_column=text_column)
+    source_layers, source_keys, n_source = _residuals(source, **common)
+    target_layers, target_keys, n_target = _residuals(target, **common)
+    rows_a, rows_b = align_tokens(source_keys, target_keys)
+    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers], ridge=ridge)
+    n_train = int(len(rows_a) * 0.8)
+    table = [(i, j, (i + 1) / n_source, (j + 1) / n_target, float(errors[i, j]), n_train, len(rows_a) - n_train)
+             for i in range(n_source) for j in range(n_target)]
+    header = dict(kind="linear_maps", model=source, target_model=target, backend=backend, corpus=corpus, task=corpus,
+                  n_layers=n_source, n_tokens=len(rows_a),
+                  config=dict(source=source, target=target, corpus=corpus, tokens=tokens, context_len=context_len,
+                              ridge=ridge, aligned_tokens=len(rows_a)))
+    write_probe_run(store, name, header, {"probe_linear_maps": table})
+    return name

@@ -1,0 +1,47 @@
+"""Probe 3: the logit lens. Decode every layer's residual with the final norm and unembedding.
+
+Reports, per layer, KL(final distribution || lens distribution) and the overlap of the
+top-5 tokens. At the last layer the lens is the model's own output, so KL is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.errors import ProbeError
+
+
+def final_norm_and_unembed(hf_model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The modules the model applies after its last block, or a clear error if it has none."""
+    norm = None
+    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"):
+        module = hf_model
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                break
+        if isinstance(module, nn.Module):
+            norm = module
+            break
+    get_unembed = getattr(hf_model, "get_output_embeddings", None)
+    unembed = get_unembed() if callable(get_unembed) else None
+    if norm is None or unembed is None:
+        missing = " and ".join(n for n, m in (("a final norm", norm), ("an unembedding", unembed)) if m is None)
+        raise ProbeError(
+            f"The logit lens needs the model's final norm and unembedding, and {type(hf_model).__name__} has no "
+            f"{missing} that the workbench recognises. Run the depth probe with --lens-tokens 0 to skip the logit lens."
+        )
+    return norm, unembed
+
+
+@torch.no_grad()
+def lens_measures(resid: torch.Tensor, final_log_probs: torch.Tensor, norm: nn.Module, unembed: nn.Module,
+                  top_k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL [tokens], top-k overlap [tokens]) of the lens at one layer. resid [tokens, d], final_log_probs [tokens, vocab]."""
+    lens_log_probs = torch.log_softmax(unembed(norm(resid)).float(), dim=-1)
+    kl = (final_log_probs.exp() * (final_log_probs - lens_log_probs)).sum(-1).clamp_min(0)
+    top_final = final_log_probs.topk(top_k, dim=-1).indices
+    top_lens = lens_log_probs.topk(top_k, dim=-1).indices
+    overlap = (top_final.unsqueeze(-1) == top_lens.unsqueeze(-2)).any(-1).float().mean(-1)
+    return kl, overlap
