@@ -26,6 +26,13 @@ demo: setup
 	$(VENV)/bin/workbench harvest --model smollm2-135m --hooks $(HOOKS) --corpus default --tokens 50000 \
 		--store $(STORE) --run demo
 	$(VENV)/bin/workbench store info $(STORE)
+	$(VENV)/bin/workbench probe depth --model smollm2-135m --tokens 2048 --lens-tokens 1024 --skip-tokens 1024 \
+		--store $(STORE) --name demo-depth
+	$(VENV)/bin/workbench sql $(STORE) "SELECT measure, round(depth_score, 2) AS depth_score, \
+		round(relative_depth_score, 2) AS relative FROM probe_depth_scores WHERE probe_run = 'demo-depth'"
+	$(VENV)/bin/workbench sql $(STORE) "SELECT skipped_layer, round(kl_mean, 4) AS kl_later_positions, \
+		round(skipped_kl_mean, 4) AS kl_skipped_positions FROM probe_skip_output \
+		WHERE probe_run = 'demo-depth' ORDER BY skipped_layer"
 
 test: setup
 	$(PY) -m pytest
@@ -35,6 +42,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/harvest.py
+	$(PY) bench/probes.py
 
 clean-store:
 	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards
