@@ -182,7 +182,7 @@ def test_depth_probes_on_smollm2(store_dir, models_dir):
                    skip_tokens=1024, skip_layers=[0, 14, 29])
     lens = dict(_rows(store, "SELECT layer, kl_mean FROM probe_logit_lens"))
     assert len(lens) == 30 and lens[29] < 1e-4
-    assert lens[0] > lens[20] > lens[29]  # the lens converges on the output with depth
+    assert min(lens[0], lens[20]) > lens[27] > lens[29]  # the lens converges on the output in the last layers
     ratios = [r[0] for r in _rows(store, "SELECT mean FROM probe_sublayer WHERE metric = 'layer_norm_ratio'")]
     assert len(ratios) == 30 and all(0 < r < 100 for r in ratios)
     outputs = {s: (kl, kls) for s, kl, kls in _rows(store, "SELECT skipped_layer, kl_mean, skipped_kl_mean FROM probe_skip_output")}
