@@ -1,6 +1,5 @@
 """kill -9 at any moment, then resume; and readers see the last committed state while a harvest writes."""
 
-import os
 import random
 import signal
 import subprocess
@@ -8,7 +7,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from conftest import REPO, run_cli
 from workbench.harvest import HarvestConfig, harvest

@@ -1,7 +1,5 @@
 """Corrupted and truncated shards, a full disk, and stores written by other schema versions."""
 
-import os
-import shutil
 import subprocess
 import uuid
 
@@ -13,7 +11,7 @@ from conftest import run_cli, store_snapshot
 from workbench.errors import CorruptShardError, StoreError, StoreVersionError
 from workbench.harvest import HarvestConfig, harvest
 from workbench.store import Store, schema
-from workbench.store.maintenance import drop_chunks, verify
+from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
 
 

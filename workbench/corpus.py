@@ -119,6 +119,11 @@ def _hub_documents(name: str, text_column: str) -> Iterator[tuple[str, str]]:
         ) from exc
 
 
+def corpus_label(spec: str) -> str:
+    """A short name for a corpus spec, for default run names: 'default', 'hf:NAME', or a file's stem."""
+    return spec if spec == "default" or spec.startswith("hf:") else Path(spec).stem
+
+
 def iter_documents(spec: str, text_column: str = "text") -> Iterator[Document]:
     if spec == "default":
         raw = _default_documents()

@@ -11,7 +11,6 @@ harvests the rest.
 from __future__ import annotations
 
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,12 +22,12 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from workbench.corpus import TokenizedCorpus, tokenize_corpus
+from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
 from workbench.errors import RunConflictError, StoreError
 from workbench.hooks import HookPoint, parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.provenance import git_commit, package_version
-from workbench.store import Store, check_run_name
+from workbench.store import Store, check_run_name, make_run_name
 from workbench.store.schema import rebuild_activation_view
 from workbench.store.shards import ShardBuilder, sync_files
 
@@ -65,9 +64,7 @@ class HarvestResult:
 
 def default_run_name(config: HarvestConfig) -> str:
     """Deterministic, so that repeating a command without --run resumes the same run."""
-    corpus = Path(config.corpus).stem if config.corpus not in ("default",) and not config.corpus.startswith("hf:") else config.corpus
-    raw = f"{Path(config.model).name}-{corpus}-{config.tokens}"
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", raw).strip("-.")[:100]
+    return make_run_name(Path(config.model).name, corpus_label(config.corpus), str(config.tokens))
 
 
 def _existing_run(store: Store, run: str) -> dict | None:

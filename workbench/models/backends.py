@@ -25,16 +25,27 @@ class _StopForward(Exception):
     """Raised from a hook to end a forward pass once everything needed is captured."""
 
 
-def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a HF causal LM (Llama/Mistral/Qwen, GPT-2, GPT-NeoX)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type = nn.Module) -> nn.Module | None:
+    """The first of the dotted attribute paths that exists on the model and is a `kind`, else None.
+
+    HF architectures name the same part differently (model.layers, transformer.h, ...).
+    """
+    for path in paths:
         module = hf_model
         for attr in path.split("."):
             module = getattr(module, attr, None)
             if module is None:
                 break
-        if isinstance(module, nn.ModuleList):
+        if isinstance(module, kind):
             return module
+    return None
+
+
+def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of a HF causal LM (Llama/Mistral/Qwen, GPT-2, GPT-NeoX)."""
+    layers = find_module(hf_model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"), nn.ModuleList)
+    if layers is not None:
+        return layers
     raise ModelLoadError(f"Cannot find the transformer blocks of {type(hf_model).__name__}; supported layouts: Llama-like, GPT-2, GPT-NeoX.")
 
 

@@ -9,14 +9,13 @@ Position 0 (the BOS, where attention sinks make norms explode) is excluded every
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from workbench.corpus import tokenize_corpus
+from workbench.corpus import corpus_label, tokenize_corpus
 from workbench.errors import ProbeError
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
@@ -26,7 +25,7 @@ from workbench.probes.results import depth_score, write_probe_run
 from workbench.probes.skipping import output_change, relative_update_change
 from workbench.probes.stats import MeanMax
 from workbench.probes.sublayer import sublayer_measures
-from workbench.store import Store, check_run_name
+from workbench.store import Store, check_run_name, make_run_name
 
 
 @dataclass
@@ -49,8 +48,7 @@ class DepthProbeConfig:
 
 
 def default_probe_name(config: DepthProbeConfig) -> str:
-    corpus = config.corpus if config.corpus == "default" or config.corpus.startswith("hf:") else Path(config.corpus).stem
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"depth-{Path(config.model).name}-{corpus}-{config.tokens}").strip("-.")[:100]
+    return make_run_name("depth", Path(config.model).name, corpus_label(config.corpus), str(config.tokens))
 
 
 def _validate(config: DepthProbeConfig, n_layers: int) -> tuple[int, list[int]]:

@@ -98,15 +98,13 @@ def run_linear_map_probe(source: str, target: str, store_path: str, corpus: str 
                          name: str | None = None, backend: str = "nnsight", context_len: int = 128, batch_size: int = 8,
                          device: str = "cpu", text_column: str = "text", ridge: float = 1e-4) -> str:
     """Fit and store the layer-to-layer map errors from `source` to `target`; returns the probe run's name."""
-    import re
     from pathlib import Path
 
     from workbench.probes.results import write_probe_run
-    from workbench.store import Store, check_run_name
+    from workbench.store import Store, check_run_name, make_run_name
 
     store = Store.create_or_open(store_path)
-    name = check_run_name(name or re.sub(r"[^A-Za-z0-9_.\-]+", "-",
-                                         f"maps-{Path(source).name}-to-{Path(target).name}-{tokens}").strip("-.")[:100])
+    name = check_run_name(name or make_run_name("maps", Path(source).name, "to", Path(target).name, str(tokens)))
     common = dict(store=store, corpus=corpus, tokens=tokens, context_len=context_len, batch_size=batch_size,
                   backend_name=backend, device=device, text_column=text_column)
     source_layers, source_keys, n_source = _residuals(source, **common)

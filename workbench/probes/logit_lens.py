@@ -10,20 +10,12 @@ import torch
 from torch import nn
 
 from workbench.errors import ProbeError
+from workbench.models.backends import find_module
 
 
 def final_norm_and_unembed(hf_model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The modules the model applies after its last block, or a clear error if it has none."""
-    norm = None
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"):
-        module = hf_model
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-            if module is None:
-                break
-        if isinstance(module, nn.Module):
-            norm = module
-            break
+    norm = find_module(hf_model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"))
     get_unembed = getattr(hf_model, "get_output_embeddings", None)
     unembed = get_unembed() if callable(get_unembed) else None
     if norm is None or unembed is None:

@@ -199,6 +199,12 @@ class Store:
         shutil.rmtree(self.root / "shards" / f"run={run}", ignore_errors=True)
 
 
+def make_run_name(*parts: str) -> str:
+    """A valid run name from free text (model ids, corpus labels, numbers); deterministic, so that
+    repeating a command without a name finds the same run."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", "-".join(parts)).strip("-.")[:100]
+
+
 def check_run_name(run: str) -> str:
     if not RUN_NAME_RE.match(run):
         raise StoreError(
