@@ -150,6 +150,8 @@ def test_linear_maps_between_models_are_stored(store_dir):
     errors = {(r[0], r[1]): r[2] for r in grid}
     assert errors[0, 0] < 0.02 and errors[1, 1] < 0.02 and errors[0, 1] > 5 * errors[0, 0]
     assert grid[0][3] == 0.5
+    info = run_cli("store", "info", str(store_dir))
+    assert info.returncode == 0 and "Probe runs" in info.stdout and "linear_maps" in info.stdout
 
 
 def test_bad_probe_input_is_reported_and_changes_nothing(store_dir):

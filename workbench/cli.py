@@ -151,6 +151,9 @@ def _run_store_info(args) -> int:
     _print_table(summary["runs"])
     print("\nHook points (bytes per token as stored, against raw fp32)")
     _print_table(summary["hook_points"])
+    if summary["probe_runs"].num_rows:
+        print("\nProbe runs (tables probe_*)")
+        _print_table(summary["probe_runs"])
     return 0
 
 

@@ -39,12 +39,17 @@ def summarize(store: Store) -> dict[str, pa.Table | int | str]:
                    round(s.bytes / s.tokens / (h.d * 4), 3) AS ratio_to_fp32
             FROM hook_points h LEFT JOIN stored s USING (run, hook)
             ORDER BY h.run, h.layer, h.hook""").to_arrow_table()
+        probes = con.sql("""
+            SELECT probe_run, kind, model, coalesce(target_model, '') AS target_model, backend, task, n_tokens,
+                   strftime(created_at, '%Y-%m-%d %H:%M') AS created
+            FROM probe_runs ORDER BY created_at""").to_arrow_table()
         version = read_version(con)
     return {
         "root": str(store.root),
         "schema_version": version,
         "runs": runs,
         "hook_points": hooks,
+        "probe_runs": probes,
         "catalog_bytes": store.catalog_path.stat().st_size,
         "shard_bytes": _dir_bytes(store.root / "shards"),
         "model_bytes": _dir_bytes(store.root / "models"),
