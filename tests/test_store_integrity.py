@@ -75,9 +75,9 @@ def test_store_written_by_a_newer_schema_is_refused_untouched(store_dir):
 
 
 def _downgrade_to_v1(store_dir):
-    """Make the catalog what workbench 0.1.0 wrote: schema v1, without the probe tables."""
+    """Make the catalog what the first workbench wrote: schema v1, without the probe and dictionary tables."""
     con = duckdb.connect(str(store_dir / "catalog.duckdb"))
-    for table in [t for t in schema.PROBE_TABLES_V2.split() if t.startswith("probe_")]:
+    for table in [t for t in schema.PROBE_TABLES_V2.split() if t.startswith("probe_")] + ["dictionaries"]:
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()
@@ -90,11 +90,12 @@ def test_v1_store_is_refused_for_reading_and_upgraded_in_place(store_dir):
     with pytest.raises(StoreError, match="schema v1.*workbench store upgrade"):
         Store.open_existing(store_dir)
     upgraded = run_cli("store", "upgrade", str(store_dir))
-    assert upgraded.returncode == 0 and "v1 -> v2" in upgraded.stdout
+    assert upgraded.returncode == 0 and "v1 -> v3" in upgraded.stdout
     store = Store.open_existing(store_dir)
     with store.reader() as con:
-        assert con.execute("SELECT value FROM schema_info WHERE key='schema_version'").fetchone()[0] == "2"
+        assert con.execute("SELECT value FROM schema_info WHERE key='schema_version'").fetchone()[0] == "3"
         assert con.execute("SELECT count(*) FROM probe_runs").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM dictionaries").fetchone()[0] == 0
     np.testing.assert_array_equal(_all_acts(store), original)
     assert run_query(store, "SELECT count(*) AS n FROM activations").table.to_pylist()[0]["n"] == 2 * 2048
 
@@ -107,8 +108,8 @@ def test_failed_migration_leaves_the_store_as_it_was(store_dir, monkeypatch):
         con.execute("ALTER TABLE runs ADD COLUMN half_done VARCHAR")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(schema.MIGRATIONS, 2, broken)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setitem(schema.MIGRATIONS, 3, broken)
     with pytest.raises(RuntimeError, match="migration bug"):
         Store.create_or_open(store_dir)
     assert store_snapshot(store_dir) == before

@@ -12,7 +12,7 @@ import duckdb
 
 from workbench.errors import StoreVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -117,9 +117,30 @@ def _add_probe_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(PROBE_TABLES_V2)
 
 
+# v3: trained sparse dictionaries (workbench/train.py); files under <store>/dictionaries/<name>/.
+DICTIONARY_TABLES_V3 = """
+CREATE TABLE dictionaries (
+    name VARCHAR PRIMARY KEY,
+    arch VARCHAR NOT NULL, run VARCHAR NOT NULL, hook VARCHAR NOT NULL,
+    hook_out VARCHAR,                -- transcoders: the hook they predict
+    d_in INTEGER NOT NULL, d_out INTEGER NOT NULL, n_latents INTEGER NOT NULL, k INTEGER NOT NULL,
+    path VARCHAR NOT NULL,           -- relative to the store
+    status VARCHAR NOT NULL,         -- training | complete
+    steps_done BIGINT NOT NULL, tokens_done BIGINT NOT NULL,
+    train_fvu DOUBLE, train_l0 DOUBLE, dead_fraction DOUBLE, dead_window_tokens BIGINT,
+    config JSON, package_version VARCHAR, git_commit VARCHAR,
+    created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def _add_dictionary_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(DICTIONARY_TABLES_V3)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_probe_tables}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _add_probe_tables, 2: _add_dictionary_tables}
 
 
 _EMPTY_ACTIVATIONS = (
