@@ -1,6 +1,5 @@
 """Dictionary training: ground-truth recovery, exact resume, and bad input."""
 
-import numpy as np
 import pytest
 import torch
 

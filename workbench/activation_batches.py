@@ -66,19 +66,24 @@ class ActivationBatches:
         return sum(b.n_rows // self.batch_size for b in self._buffers(0))
 
     def _load(self, buffer: _Buffer) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
+        xs, ys, ids = [], [], []
         for record_in, record_out in buffer.shards:
             token_ids, x = read_shard(self.store.root / record_in.path, record_in.sha256, record_in.n_rows)
             keep = token_ids % self.context_len != 0
             xs.append(x[keep])
+            ids.append(token_ids[keep])
             if record_out is not None:
                 _, y = read_shard(self.store.root / record_out.path, record_out.sha256, record_out.n_rows)
                 ys.append(y[keep])
         x = np.concatenate(xs)
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
-            raise StoreError(f"Non-finite activation in run '{self.run}' at hook '{self.hook}' (buffer {buffer.index} of "
-                             f"epoch {buffer.epoch}, row {bad[0][0]}, dim {bad[0][1]}). Check the harvest; training stopped.")
+            token_id = int(np.concatenate(ids)[bad[0][0]])
+            raise StoreError(
+                f"Non-finite activation in run '{self.run}' at hook '{self.hook}': token_id {token_id}, dim {bad[0][1]} "
+                f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
+                f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
+                "and re-harvest the run.")
         permutation = np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(x))
         x_t = torch.from_numpy(x[permutation])
         y_t = torch.from_numpy(np.concatenate(ys)[permutation]) if ys else x_t

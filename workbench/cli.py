@@ -306,6 +306,55 @@ def _run_probe_maps(args) -> int:
     return 0
 
 
+# -- train ---------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a sparse dictionary on stored activations",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Train a sparse dictionary on a store's activations and register it in the `dictionaries` table.
+            Batches are shuffled across shards without loading the store into memory; BOS positions are left out.
+            A checkpoint is written every --checkpoint-seconds: after an interruption (even kill -9), run the
+            same command again and it resumes exactly. Files: <store>/dictionaries/<name>/ (cfg.json, model.safetensors).
+        """),
+        epilog="example:\n  workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2000000")
+    p.add_argument("--store", required=True)
+    p.add_argument("--hook", required=True, help="the hook point to encode (canonical or legacy name)")
+    p.add_argument("--arch", default="topk", choices=["topk"], help="dictionary family (default: %(default)s)")
+    p.add_argument("--k", type=int, default=32, help="active latents per token (default: %(default)s)")
+    p.add_argument("--latents", type=int, default=4608, help="dictionary size (default: %(default)s)")
+    p.add_argument("--tokens", type=_int_with_suffix, default=2_000_000, help="training tokens, e.g. 2M or 500k; "
+                   "epochs repeat the stored tokens in a new order (default: 2M)")
+    p.add_argument("--run", help="harvest run to read (default: the only run with this hook)")
+    p.add_argument("--name", help="dictionary name; repeat it to resume (default: derived from arch, hook, k, latents)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: 2e-4 / sqrt(latents / 16384))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-seconds", type=float, default=60)
+    p.set_defaults(func=_run_train)
+
+
+def _int_with_suffix(text: str) -> int:
+    multipliers = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+    text = text.strip().lower().replace("_", "")
+    try:
+        return int(float(text[:-1]) * multipliers[text[-1]]) if text[-1] in multipliers else int(text)
+    except (ValueError, IndexError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a number like 2000000, 2M or 500k, got '{text}'") from exc
+
+
+def _run_train(args) -> int:
+    from workbench.train import TrainConfig, train
+
+    name = train(TrainConfig(store=args.store, hook=args.hook, arch=args.arch, k=args.k, latents=args.latents,
+                             tokens=args.tokens, run=args.run, name=args.name, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, checkpoint_seconds=args.checkpoint_seconds))
+    print(f"Dictionary '{name}' is trained. See:\n"
+          f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
+    return 0
+
+
 # -- models --------------------------------------------------------------------------
 
 def _add_models(sub) -> None:
@@ -329,11 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
     _add_probe(sub)
+    _add_train(sub)
     _add_models(sub)
     return parser
 

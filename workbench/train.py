@@ -144,3 +144,88 @@ def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.T
 def _prepend(first, rest: Iterator):
     yield first
     yield from rest
+
+
+@dataclass
+class TrainConfig:
+    store: str
+    hook: str
+    arch: str = "topk"
+    k: int = 32
+    latents: int = 4608
+    tokens: int = 2_000_000
+    run: str | None = None  # default: the only run that has the hook
+    hook_out: str | None = None  # transcoders: the hook to predict
+    name: str | None = None
+    batch_size: int = 4096
+    lr: float | None = None  # default: 2e-4 / sqrt(latents / 16384), the scaling of Gao et al.
+    seed: int = 0
+    dead_window_tokens: int | None = None  # default: min(10M, a quarter of the training tokens)
+    checkpoint_seconds: float = 60.0
+
+
+def _resolve_run(store, hook: str, run: str | None) -> str:
+    with store.reader() as con:
+        runs = [r[0] for r in con.execute("SELECT DISTINCT run FROM hook_points WHERE hook = ? ORDER BY run", [hook]).fetchall()]
+    if run is not None:
+        return run
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise DictionaryError(f"No run in {store.root} has hook '{hook}'. Harvest it first, e.g. "
+                              f"`workbench harvest --model smollm2-135m --hooks {hook} --store {store.root}`.")
+    raise DictionaryError(f"Several runs have hook '{hook}' ({', '.join(runs)}); choose one with --run.")
+
+
+def train(config: TrainConfig, progress: bool = True) -> str:
+    """Train a dictionary on a store's activations and register it; returns its name. Re-running resumes."""
+    from workbench.activation_batches import ActivationBatches
+    from workbench.hooks import parse_hook
+    from workbench.provenance import git_commit, package_version
+    from workbench.store import Store, check_run_name, make_run_name
+
+    store = Store.open_existing(config.store)
+    with store.reader() as con:
+        n_layers = con.execute("SELECT max(n_layers) FROM runs").fetchone()[0] or 1
+    hook = parse_hook(config.hook, n_layers).name
+    hook_out = parse_hook(config.hook_out, n_layers).name if config.hook_out else None
+    run = _resolve_run(store, hook, config.run)
+    data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
+    dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k)
+    name = check_run_name(config.name or make_run_name(config.arch, hook, f"k{config.k}", str(config.latents)))
+    n_steps = config.tokens // config.batch_size
+    if n_steps < 1:
+        raise DictionaryError(f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size}).")
+    lr = config.lr or 2e-4 / (config.latents / 16384) ** 0.5
+    dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
+    folder = store.root / "dictionaries" / name
+    settings = asdict(config) | {"run": run, "hook": hook, "hook_out": hook_out, "lr": lr, "dead_window_tokens": dead_window}
+    settings.pop("store")
+
+    with store.reader() as con:
+        existing = con.execute("SELECT config, status FROM dictionaries WHERE name = ?", [name]).fetchone()
+    if existing:
+        previous = json.loads(existing[0])
+        differing = [k for k in settings if k != "checkpoint_seconds" and previous.get(k) != settings[k]]
+        if differing:
+            raise DictionaryError(f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
+                                  "choose a new --name, or repeat the original arguments to resume it.")
+        if existing[1] == "complete":
+            return name
+    else:
+        with store.transaction() as con:
+            con.execute(
+                "INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'training', 0, 0, NULL, NULL, NULL, ?, ?, ?, ?, now(), now())",
+                [name, config.arch, run, hook, hook_out, data.d_model, dictionary_config.d_out, config.latents, config.k,
+                 str(folder.relative_to(store.root)), dead_window, json.dumps(settings), package_version(), git_commit()])
+
+    torch.manual_seed(config.seed)
+    model = make_dictionary(dictionary_config)
+    state, tracker = fit(model, data.iterate, n_steps, lr, dead_window, Checkpointer(folder), config.checkpoint_seconds,
+                         progress=progress)
+    model.save(folder)
+    with store.transaction() as con:
+        con.execute("UPDATE dictionaries SET status = 'complete', steps_done = ?, tokens_done = ?, train_fvu = ?, "
+                    "train_l0 = ?, dead_fraction = ?, updated_at = now() WHERE name = ?",
+                    [state.step, state.tokens, state.last_fvu, state.last_l0, tracker.dead_fraction(), name])
+    return name

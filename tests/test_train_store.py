@@ -1,0 +1,111 @@
+"""Training on a real store: registration, kill -9 and exact resume, and bad input."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, store_snapshot
+from workbench.activation_batches import ActivationBatches
+from workbench.dictionaries import load_dictionary
+from workbench.dictionaries.base import DictionaryError
+from workbench.errors import StoreError
+from workbench.harvest import HarvestConfig, harvest
+from workbench.metrics import FVUAccumulator
+from workbench.store import Store
+from workbench.store.shards import ShardBuilder
+from workbench.train import TrainConfig, train
+
+TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
+
+
+@pytest.fixture
+def store(store_dir):
+    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=8192, run="h"),
+            progress=False)
+    return Store.open_existing(store_dir)
+
+
+def _config(store, **overrides):
+    settings = dict(store=str(store.root), hook="blocks.1.hook_out", k=8, latents=128, tokens=60_000, batch_size=512,
+                    name="d", checkpoint_seconds=0.5)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_trained_dictionary_is_registered_and_reconstructs(store):
+    name = train(_config(store), progress=False)
+    with store.reader() as con:
+        row = con.execute("SELECT arch, run, hook, status, steps_done, tokens_done, train_l0, path FROM dictionaries "
+                          "WHERE name = ?", [name]).fetchone()
+    arch, run, hook, status, steps, tokens, train_l0, path = row
+    assert (arch, run, hook, status, steps, tokens) == ("topk", "h", "blocks.1.hook_out", "complete", 117, 117 * 512)
+    assert train_l0 <= 8
+    model = load_dictionary(store.root / path, expected_arch="topk")
+    fvu = FVUAccumulator()
+    for _, acts in store.iter_activations("h", "blocks.1.hook_out"):
+        x = torch.from_numpy(acts)
+        fvu.add(x, model.decode(model.encode(x)))
+    assert fvu.value() < 0.6  # a random decoder gives FVU >= 1
+    before = store_snapshot(store.root)
+    assert train(_config(store), progress=False) == name  # already complete: nothing changes
+    assert store_snapshot(store.root) == before
+
+
+def test_batches_skip_bos_and_cover_every_row_once_per_epoch(store):
+    data = ActivationBatches(store, "h", "blocks.1.hook_out", batch_size=1, seed=3)
+    rows = [x for x, _ in zip((b[0] for b in data.iterate()), range(data.batches_per_epoch()))]
+    assert len(rows) == 8192 - 64  # 64 contexts of 128, BOS rows left out
+    stored = np.concatenate([a for _, a in store.iter_activations("h", "blocks.1.hook_out")])
+    stored = stored[np.arange(len(stored)) % 128 != 0]
+    seen = np.concatenate([r.numpy() for r in rows])
+    assert np.array_equal(np.sort(seen, axis=0), np.sort(stored, axis=0))
+
+
+def test_kill_9_during_training_then_resume_is_exact(store):
+    command = [sys.executable, "-m", "workbench.cli", "train", "--store", str(store.root), *TRAIN_ARGS,
+               "--tokens", "400000", "--name", "killed", "--checkpoint-seconds", "0.3"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = store.root / "dictionaries" / "killed" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    train(_config(store, tokens=400_000, name="straight"), progress=False)
+    a = load_dictionary(store.root / "dictionaries" / "killed")
+    b = load_dictionary(store.root / "dictionaries" / "straight")
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_bad_training_input_is_reported_and_changes_nothing(store):
+    before = store_snapshot(store.root)
+    with pytest.raises(DictionaryError, match="No run .* has hook 'blocks.0.hook_out'.*workbench harvest"):
+        train(_config(store, hook="blocks.0.hook_out"), progress=False)
+    with pytest.raises(DictionaryError, match="k must be between 1"):
+        train(_config(store, k=128), progress=False)
+    assert store_snapshot(store.root) == before
+
+
+def test_nan_in_stored_activations_is_located(store):
+    record = store.shards("h", "blocks.1.hook_out")[0]
+    token_ids, acts = next(store.iter_activations("h", "blocks.1.hook_out"))
+    acts = acts.copy()
+    acts[5, 3] = np.nan
+    builder = ShardBuilder()  # rewrite the shard as a harvest that produced a NaN would have
+    builder.start(acts.nbytes + token_ids.nbytes)
+    builder.append(token_ids, acts)
+    info = builder.finish(store.root / record.path)
+    with store.transaction() as con:
+        con.execute("UPDATE shards SET sha256 = ?, n_bytes = ? WHERE path = ?", [info.sha256, info.n_bytes, record.path])
+    with pytest.raises(StoreError, match=f"Non-finite activation in run 'h' at hook 'blocks.1.hook_out': token_id {int(token_ids[5])}, dim 3"):
+        train(_config(store), progress=False)
