@@ -88,3 +88,48 @@ def test_geometric_median_resists_outliers():
     median = geometric_median(points)
     assert (median - 1.0).abs().max() < 0.1
     assert points.mean(0).min() > 50  # the mean is dragged away; the median is not
+
+
+@pytest.mark.parametrize("arch,transcoder,skip", [("topk", False, False), ("batchtopk", False, False), ("topk", True, True)])
+def test_folding_the_training_scales_gives_the_same_outputs_on_raw_data(arch, transcoder, skip):
+    torch.manual_seed(0)
+    model = make_dictionary(DictionaryConfig(arch=arch, d_in=16, n_latents=64, k=4, transcoder=transcoder, skip_connection=skip))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        if arch == "batchtopk":
+            model.threshold.fill_(0.05)
+    x = torch.randn(32, 16)
+    s_in, s_out = (3.0, 0.01) if transcoder else (7.0, 7.0)
+    expected = model.reconstruct(x * s_in) / s_out
+    model.fold_scales(s_in, s_out)
+    assert torch.allclose(model.reconstruct(x), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_training_is_invariant_to_the_scale_of_the_activations():
+    atoms, batches_from = planted_data(seed=2)
+
+    def scaled(step):
+        return ((x * 1000, y * 1000) for x, y in batches_from(step))
+
+    results = []
+    for source in (batches_from, scaled):
+        torch.manual_seed(0)
+        model = make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=256, k=4))
+        state, _ = fit(model, source, n_steps=200, lr=4e-3, dead_window_tokens=100_000, progress=False)
+        results.append((state.last_fvu, mean_max_cosine(atoms, model.W_dec.data)))
+    assert results[0] == pytest.approx(results[1], rel=1e-3)
+
+
+def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
+    atoms, batches_from = planted_data(seed=3)
+    torch.manual_seed(0)
+    model = make_dictionary(DictionaryConfig(arch="batchtopk", d_in=64, n_latents=512, k=4))
+    state, _ = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    recovery = mean_max_cosine(atoms, model.W_dec.data)
+    x, _ = next(batches_from(10_000))
+    model.fold_scales(state.input_scale, state.target_scale)
+    inference_l0 = (model.encode(x) != 0).sum(-1).float().mean().item()
+    print(f"BatchTopK planted recovery {recovery:.3f}; inference L0 with the learned threshold {inference_l0:.2f} (k=4)")
+    assert recovery > 0.9
+    assert 2 <= inference_l0 <= 8  # the threshold reproduces the batch-level sparsity at inference

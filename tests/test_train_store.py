@@ -109,3 +109,21 @@ def test_nan_in_stored_activations_is_located(store):
         con.execute("UPDATE shards SET sha256 = ?, n_bytes = ? WHERE path = ?", [info.sha256, info.n_bytes, record.path])
     with pytest.raises(StoreError, match=f"Non-finite activation in run 'h' at hook 'blocks.1.hook_out': token_id {int(token_ids[5])}, dim 3"):
         train(_config(store), progress=False)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_transcoder_predicts_the_mlp_output(store_dir, skip):
+    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
+                          tokens=8192, run="m"), progress=False)
+    store = Store.open_existing(store_dir)
+    name = train(TrainConfig(store=str(store_dir), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out",
+                             skip_connection=skip, k=8, latents=256, tokens=200_000, batch_size=1024), progress=False)
+    with store.reader() as con:
+        path, hook_out = con.execute("SELECT path, hook_out FROM dictionaries WHERE name = ?", [name]).fetchone()
+    assert hook_out == "blocks.1.mlp.hook_out" and "transcoder" in name
+    model = load_dictionary(store.root / path)
+    fvu = FVUAccumulator()
+    inputs = store.iter_activations("m", "blocks.1.mlp.hook_in")
+    for (_, x), (_, y) in zip(inputs, store.iter_activations("m", "blocks.1.mlp.hook_out")):
+        fvu.add(torch.from_numpy(y), model.reconstruct(torch.from_numpy(x)))
+    assert fvu.value() < 0.8  # against the MLP output, raw activations, BOS rows included; predicting the mean gives 1.0

@@ -318,10 +318,16 @@ def _add_train(sub) -> None:
             A checkpoint is written every --checkpoint-seconds: after an interruption (even kill -9), run the
             same command again and it resumes exactly. Files: <store>/dictionaries/<name>/ (cfg.json, model.safetensors).
         """),
-        epilog="example:\n  workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2000000")
+        epilog="examples:\n"
+               "  workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2M\n"
+               "  workbench train --store store/ --arch transcoder --in blocks.6.mlp.hook_in --out blocks.6.mlp.hook_out --k 32")
     p.add_argument("--store", required=True)
-    p.add_argument("--hook", required=True, help="the hook point to encode (canonical or legacy name)")
-    p.add_argument("--arch", default="topk", choices=["topk"], help="dictionary family (default: %(default)s)")
+    p.add_argument("--hook", "--in", dest="hook", required=True,
+                   help="the hook point to encode (canonical or legacy name); for a transcoder, its input")
+    p.add_argument("--out", dest="hook_out", help="transcoders: the hook to predict, e.g. blocks.6.mlp.hook_out")
+    p.add_argument("--skip-connection", action="store_true", help="transcoders: add a learned linear skip term")
+    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "transcoder"],
+                   help="dictionary family; 'transcoder' is TopK with --out (default: %(default)s)")
     p.add_argument("--k", type=int, default=32, help="active latents per token (default: %(default)s)")
     p.add_argument("--latents", type=int, default=4608, help="dictionary size (default: %(default)s)")
     p.add_argument("--tokens", type=_int_with_suffix, default=2_000_000, help="training tokens, e.g. 2M or 500k; "
@@ -347,9 +353,13 @@ def _int_with_suffix(text: str) -> int:
 def _run_train(args) -> int:
     from workbench.train import TrainConfig, train
 
-    name = train(TrainConfig(store=args.store, hook=args.hook, arch=args.arch, k=args.k, latents=args.latents,
-                             tokens=args.tokens, run=args.run, name=args.name, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, checkpoint_seconds=args.checkpoint_seconds))
+    arch = "topk" if args.arch == "transcoder" else args.arch
+    if args.arch == "transcoder" and not args.hook_out:
+        raise WorkbenchError("--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out).")
+    name = train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out, skip_connection=args.skip_connection,
+                             arch=arch, k=args.k, latents=args.latents, tokens=args.tokens, run=args.run, name=args.name,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             checkpoint_seconds=args.checkpoint_seconds))
     print(f"Dictionary '{name}' is trained. See:\n"
           f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
     return 0

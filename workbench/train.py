@@ -47,6 +47,11 @@ class FitState:
     tokens: int = 0
     last_fvu: float = float("nan")
     last_l0: float = float("nan")
+    # Training runs on inputs and targets scaled to a mean norm of sqrt(d), fixed from the first
+    # batch: learning rates then mean the same for any layer or model, and a transcoder whose
+    # MLP output is 1000x smaller than its input trains like an SAE. save() folds them back.
+    input_scale: float = 1.0
+    target_scale: float = 1.0
 
 
 class Checkpointer:
@@ -108,15 +113,19 @@ def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.T
     batches = batches_from(state.step)
     if state.step == 0:
         first_x, first_y = next(batches)
-        model.b_dec.data = geometric_median(first_y.float())
+        state.input_scale = model.config.d_in**0.5 / first_x.float().norm(dim=1).mean().clamp_min(1e-12).item()
+        state.target_scale = (model.config.d_out**0.5 / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
+                              if model.config.transcoder else state.input_scale)
+        model.b_dec.data = geometric_median(first_y.float() * state.target_scale)
         batches = _prepend((first_x, first_y), batches)
     bar = tqdm(total=n_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True, desc=model.config.arch)
     last_checkpoint = time.monotonic()
     with bar:
         while state.step < n_steps:
             x_BD, y_BD = next(batches)
-            output = model(x_BD.float(), dead_F=tracker.dead_mask(), target_BD=y_BD.float())
-            fvu = batch_fvu(y_BD.float(), output.recon_BD)
+            x_BD, y_BD = x_BD.float() * state.input_scale, y_BD.float() * state.target_scale
+            output = model(x_BD, dead_F=tracker.dead_mask(), target_BD=y_BD)
+            fvu = batch_fvu(y_BD, output.recon_BD)
             loss = fvu + output.aux_loss
             if not torch.isfinite(loss):
                 raise DictionaryError(f"The loss became {loss.item()} at step {state.step}; lower the learning rate.")
@@ -156,6 +165,7 @@ class TrainConfig:
     tokens: int = 2_000_000
     run: str | None = None  # default: the only run that has the hook
     hook_out: str | None = None  # transcoders: the hook to predict
+    skip_connection: bool = False  # transcoders: add a learned linear skip term
     name: str | None = None
     batch_size: int = 4096
     lr: float | None = None  # default: 2e-4 / sqrt(latents / 16384), the scaling of Gao et al.
@@ -191,8 +201,10 @@ def train(config: TrainConfig, progress: bool = True) -> str:
     hook_out = parse_hook(config.hook_out, n_layers).name if config.hook_out else None
     run = _resolve_run(store, hook, config.run)
     data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
-    dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k)
-    name = check_run_name(config.name or make_run_name(config.arch, hook, f"k{config.k}", str(config.latents)))
+    dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k,
+                                         transcoder=hook_out is not None, skip_connection=config.skip_connection)
+    kind = f"{config.arch}-transcoder" if hook_out else config.arch
+    name = check_run_name(config.name or make_run_name(kind, hook, f"k{config.k}", str(config.latents)))
     n_steps = config.tokens // config.batch_size
     if n_steps < 1:
         raise DictionaryError(f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size}).")
@@ -223,6 +235,7 @@ def train(config: TrainConfig, progress: bool = True) -> str:
     model = make_dictionary(dictionary_config)
     state, tracker = fit(model, data.iterate, n_steps, lr, dead_window, Checkpointer(folder), config.checkpoint_seconds,
                          progress=progress)
+    model.fold_scales(state.input_scale, state.target_scale)  # the saved dictionary works on raw activations
     model.save(folder)
     with store.transaction() as con:
         con.execute("UPDATE dictionaries SET status = 'complete', steps_done = ?, tokens_done = ?, train_fvu = ?, "

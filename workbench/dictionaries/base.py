@@ -35,6 +35,8 @@ class DictionaryConfig:
     d_out: int | None = None  # transcoders: the output width; None means d_out = d_in
     aux_k: int | None = None  # AuxK: how many dead latents model the residual; default d_in // 2
     aux_coefficient: float = 1 / 32
+    transcoder: bool = False  # reads one hook and predicts another (e.g. MLP in -> MLP out)
+    skip_connection: bool = False  # transcoders: add a learned linear map x @ W_skip
     extra: dict = field(default_factory=dict)  # family-specific settings
 
     def __post_init__(self) -> None:
@@ -42,6 +44,8 @@ class DictionaryConfig:
             self.d_out = self.d_in
         if self.aux_k is None:
             self.aux_k = self.d_in // 2
+        if self.skip_connection and not self.transcoder:
+            raise DictionaryError("A skip connection is for transcoders only (give --out).")
         if not 0 < self.k < self.n_latents:
             raise DictionaryError(f"k must be between 1 and the number of latents minus one ({self.n_latents - 1}); got k={self.k}.")
 
@@ -64,8 +68,12 @@ class SparseCoder(nn.Module):
         decoder = torch.randn(n, d_out)
         self.W_dec = nn.Parameter(decoder / decoder.norm(dim=1, keepdim=True))
         self.W_enc = nn.Parameter(self.W_dec.data.T.contiguous() if d_in == d_out else torch.randn(d_in, n) / d_in**0.5)
+        if config.transcoder:  # input and output live in different spaces: no tied initialisation
+            self.W_enc = nn.Parameter(torch.randn(d_in, n) / d_in**0.5)
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if config.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(d_in, d_out))
 
     # -- the family-specific part ----------------------------------------------------
 
@@ -79,12 +87,35 @@ class SparseCoder(nn.Module):
     # -- shared --------------------------------------------------------------------
 
     def pre_activations(self, x_BD: torch.Tensor) -> torch.Tensor:
-        # Subtracting b_dec centres the input where the decoder's output is centred (same space).
-        centred = x_BD - self.b_dec if self.config.d_in == self.config.d_out else x_BD
+        # An SAE subtracts b_dec to centre the input where its output is centred; a transcoder's
+        # b_dec lives in the output space, so its input is used as it is.
+        centred = x_BD if self.config.transcoder else x_BD - self.b_dec
         return centred @ self.W_enc + self.b_enc
 
-    def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
-        return f_BF @ self.W_dec + self.b_dec
+    def decode(self, f_BF: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents to output; transcoders with a skip connection also need the input."""
+        recon = f_BF @ self.W_dec + self.b_dec
+        if self.config.skip_connection:
+            recon = recon + x_BD @ self.W_skip
+        return recon
+
+    def reconstruct(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """What inference produces for x: decode(encode(x)), with the skip term for skip transcoders."""
+        return self.decode(self.encode(x_BD), x_BD)
+
+    @torch.no_grad()
+    def fold_scales(self, input_scale: float, target_scale: float) -> None:
+        """Turn a dictionary trained on (x * input_scale -> y * target_scale) into one for raw x and y.
+
+        Latents are divided by target_scale, which keeps the decoder rows unit-norm and the
+        top-k choice unchanged: W_enc *= input_scale / target_scale, and the biases (and a
+        skip term) follow.
+        """
+        self.W_enc.mul_(input_scale / target_scale)
+        self.b_enc.div_(target_scale)
+        self.b_dec.div_(target_scale)
+        if self.config.skip_connection:
+            self.W_skip.mul_(input_scale / target_scale)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -116,7 +147,8 @@ def register(arch: str):
 
 
 def make_dictionary(config: DictionaryConfig) -> SparseCoder:
-    import workbench.dictionaries.topk  # noqa: F401  (registers the families)
+    import workbench.dictionaries.batchtopk  # noqa: F401  (importing registers the families)
+    import workbench.dictionaries.topk  # noqa: F401
 
     if config.arch not in _FAMILIES:
         raise DictionaryError(f"Unknown architecture '{config.arch}'; available: {', '.join(sorted(_FAMILIES))}.")

@@ -26,7 +26,7 @@ class TopKSAE(SparseCoder):
         target_BD = x_BD if target_BD is None else target_BD
         pre_BF = self.pre_activations(x_BD)
         f_BF = topk_activations(pre_BF, self.config.k)
-        recon_BD = self.decode(f_BF)
+        recon_BD = self.decode(f_BF, x_BD)
         return SparseOutput(f_BF, recon_BD, self.auxk_loss(pre_BF, target_BD - recon_BD, dead_F))
 
     def auxk_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None) -> torch.Tensor:
