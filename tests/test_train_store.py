@@ -127,3 +127,35 @@ def test_transcoder_predicts_the_mlp_output(store_dir, skip):
     for (_, x), (_, y) in zip(inputs, store.iter_activations("m", "blocks.1.mlp.hook_out")):
         fvu.add(torch.from_numpy(y), model.reconstruct(torch.from_numpy(x)))
     assert fvu.value() < 0.8  # against the MLP output, raw activations, BOS rows included; predicting the mean gives 1.0
+
+
+def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(store):
+    from workbench.encode import encode_dictionary
+
+    name = train(_config(store), progress=False)
+    n_tokens, n_rows = encode_dictionary(str(store.root), name, progress=False)
+    model = load_dictionary(store.root / "dictionaries" / name)
+    token_ids, acts = map(np.concatenate, zip(*store.iter_activations("h", "blocks.1.hook_out")))
+    keep = token_ids % 128 != 0
+    direct = model.encode(torch.from_numpy(acts[keep])).detach()
+    assert n_tokens == int(keep.sum()) and n_rows == int((direct != 0).sum())
+    with store.reader() as con:
+        top = con.execute("SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = 3 "
+                          "ORDER BY value DESC LIMIT 5", [name]).fetchall()
+        stats = con.execute("SELECT n_active, density, max FROM feature_stats WHERE dictionary = ? AND feature = 3",
+                            [name]).fetchone()
+        physical = [r[0] for r in con.execute("SELECT feature FROM feature_acts WHERE dictionary = ?", [name]).fetchall()]
+    column = direct[:, 3].numpy()
+    expected = sorted(zip(token_ids[keep].tolist(), column.tolist()), key=lambda r: -r[1])[:5]
+    assert [t for t, _ in top] == [t for t, _ in expected]
+    np.testing.assert_allclose([v for _, v in top], [v for _, v in expected], rtol=1e-6)
+    assert stats[0] == int((column != 0).sum()) and stats[1] == pytest.approx(stats[0] / n_tokens)
+    assert stats[2] == pytest.approx(column.max(), rel=1e-6)
+    assert physical == sorted(physical)  # stored in feature order: a feature's rows are contiguous
+
+
+def test_encoding_an_unknown_or_unfinished_dictionary_is_refused(store):
+    from workbench.encode import encode_dictionary
+
+    with pytest.raises(DictionaryError, match="No dictionary 'nope'.*train one first"):
+        encode_dictionary(str(store.root), "nope", progress=False)

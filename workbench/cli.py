@@ -341,6 +341,35 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _add_encode(sub) -> None:
+    p = sub.add_parser(
+        "encode", help="write a dictionary's sparse feature activations and feature statistics into the store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Encode the dictionary's run with it and store every non-zero (token_id, feature, value) in "
+                    "`feature_acts`, sorted by feature, plus density, max, mean and quantiles per feature in "
+                    "`feature_stats`. BOS positions are left out. Re-encoding replaces the dictionary's rows.",
+        epilog=textwrap.dedent("""\
+            example, then a feature's top contexts:
+              workbench encode --store store/ --dict topk-blocks.6.hook_out-k32-4608
+              workbench sql store/ "SELECT f.value, t.context_id, t.position, t.token FROM feature_acts f
+                                    JOIN tokens t USING (run, token_id)
+                                    WHERE f.dictionary = 'topk-blocks.6.hook_out-k32-4608' AND f.feature = 7
+                                    ORDER BY f.value DESC LIMIT 20"
+        """))
+    p.add_argument("--store", required=True)
+    p.add_argument("--dict", required=True, dest="dictionary", help="dictionary name (see the dictionaries table)")
+    p.set_defaults(func=_run_encode)
+
+
+def _run_encode(args) -> int:
+    from workbench.encode import encode_dictionary
+
+    n_tokens, n_rows = encode_dictionary(args.store, args.dictionary)
+    print(f"Encoded {n_tokens} tokens with '{args.dictionary}': {n_rows} non-zero activations "
+          f"({n_rows / max(n_tokens, 1):.1f} per token) in feature_acts; statistics in feature_stats.")
+    return 0
+
+
 def _int_with_suffix(text: str) -> int:
     multipliers = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
     text = text.strip().lower().replace("_", "")
@@ -388,12 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,encode,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
     _add_probe(sub)
     _add_train(sub)
+    _add_encode(sub)
     _add_models(sub)
     return parser
 

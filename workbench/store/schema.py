@@ -131,6 +131,19 @@ CREATE TABLE dictionaries (
     config JSON, package_version VARCHAR, git_commit VARCHAR,
     created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL
 );
+-- Sparse feature activations from `workbench encode`, stored sorted by (dictionary, feature,
+-- value DESC) so that one feature's rows sit together and its top contexts are a short scan.
+CREATE TABLE feature_acts (
+    dictionary VARCHAR NOT NULL, run VARCHAR NOT NULL, token_id BIGINT NOT NULL,
+    feature INTEGER NOT NULL, value FLOAT NOT NULL
+);
+CREATE TABLE feature_stats (
+    dictionary VARCHAR NOT NULL, feature INTEGER NOT NULL,
+    n_active BIGINT NOT NULL, density DOUBLE NOT NULL,   -- share of encoded tokens on which it fires
+    max DOUBLE, mean DOUBLE,                             -- over the tokens where it fires
+    q50 DOUBLE, q90 DOUBLE, q99 DOUBLE,
+    PRIMARY KEY (dictionary, feature)
+);
 """
 
 

@@ -1,0 +1,94 @@
+"""Encode stored activations with a trained dictionary: sparse rows and per-feature statistics.
+
+Writes, in one transaction, `feature_acts` (dictionary, run, token_id, feature, value) for
+every non-zero latent on every non-BOS token of the dictionary's run, sorted by feature and
+value, and `feature_stats` (density, max, mean and quantiles per feature). Re-encoding a
+dictionary replaces its rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from workbench.dictionaries import load_dictionary
+from workbench.dictionaries.base import DictionaryError
+from workbench.store import Store
+
+
+def encode_dictionary(store_path: str, name: str, batch_size: int = 8192, progress: bool = True) -> tuple[int, int]:
+    """Returns (tokens encoded, non-zero rows stored)."""
+    store = Store.open_existing(store_path)
+    with store.reader() as con:
+        row = con.execute("SELECT run, hook, path, status FROM dictionaries WHERE name = ?", [name]).fetchone()
+        if row is None:
+            known = [r[0] for r in con.execute("SELECT name FROM dictionaries ORDER BY name").fetchall()]
+            raise DictionaryError(f"No dictionary '{name}' in the store. Known: {', '.join(known) or 'none (train one first)'}.")
+        context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [row[0]]).fetchone()[0]
+    run, hook, path, status = row
+    if status != "complete":
+        raise DictionaryError(f"Dictionary '{name}' is still training; run the same `workbench train` command to finish it.")
+    model = load_dictionary(store.root / path).eval()
+    n_latents = model.config.n_latents
+
+    token_chunks, feature_chunks, value_chunks = [], [], []
+    n_tokens = 0
+    records = store.shards(run, hook)
+    with torch.no_grad(), tqdm(total=sum(r.n_rows for r in records), unit="tok", unit_scale=True,
+                               desc=f"encode {name}", disable=not progress, dynamic_ncols=True) as bar:
+        for token_ids, acts in store.iter_activations(run, hook):
+            keep = token_ids % context_len != 0  # BOS rows are left out, as in training
+            token_ids, acts = token_ids[keep], acts[keep]
+            for start in range(0, len(acts), batch_size):
+                f = model.encode(torch.from_numpy(acts[start:start + batch_size]))
+                rows, features = f.nonzero(as_tuple=True)
+                token_chunks.append(token_ids[start:start + batch_size][rows.numpy()])
+                feature_chunks.append(features.numpy().astype(np.int32))
+                value_chunks.append(f[rows, features].numpy().astype(np.float32))
+            n_tokens += len(token_ids)
+            bar.update(int(keep.size))
+
+    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int64)
+    features = np.concatenate(feature_chunks) if feature_chunks else np.zeros(0, np.int32)
+    values = np.concatenate(value_chunks) if value_chunks else np.zeros(0, np.float32)
+    order = np.lexsort((-values, features))  # by feature, then by value descending
+    tokens, features, values = tokens[order], features[order], values[order]
+    acts_table = pa.table({"dictionary": pa.array([name] * len(tokens)), "run": pa.array([run] * len(tokens)),
+                           "token_id": tokens, "feature": features, "value": values})
+    stats = _feature_stats(name, features, values, n_latents, n_tokens)
+    with store.transaction() as con:
+        con.execute("DELETE FROM feature_acts WHERE dictionary = ?", [name])
+        con.execute("DELETE FROM feature_stats WHERE dictionary = ?", [name])
+        con.register("new_acts", acts_table)
+        con.execute("INSERT INTO feature_acts SELECT * FROM new_acts")
+        con.register("new_stats", stats)
+        con.execute("INSERT INTO feature_stats SELECT * FROM new_stats")
+    return n_tokens, len(tokens)
+
+
+def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latents: int, n_tokens: int) -> pa.Table:
+    """Per-feature density, max, mean and quantiles; features are sorted, so each is one slice."""
+    starts = np.searchsorted(features, np.arange(n_latents), side="left")
+    ends = np.searchsorted(features, np.arange(n_latents), side="right")
+    columns = {k: [] for k in ("n_active", "max", "mean", "q50", "q90", "q99")}
+    for start, end in zip(starts, ends):
+        active = values[start:end]
+        columns["n_active"].append(int(end - start))
+        if len(active):
+            columns["max"].append(float(active.max()))
+            columns["mean"].append(float(active.mean()))
+            q50, q90, q99 = np.quantile(active, [0.5, 0.9, 0.99])
+            columns["q50"].append(float(q50)), columns["q90"].append(float(q90)), columns["q99"].append(float(q99))
+        else:
+            for key in ("max", "mean", "q50", "q90", "q99"):
+                columns[key].append(None)
+    n_active = np.array(columns["n_active"], dtype=np.int64)
+    return pa.table({
+        "dictionary": pa.array([name] * n_latents), "feature": pa.array(np.arange(n_latents, dtype=np.int32)),
+        "n_active": n_active, "density": n_active / max(n_tokens, 1),
+        "max": pa.array(columns["max"], pa.float64()), "mean": pa.array(columns["mean"], pa.float64()),
+        "q50": pa.array(columns["q50"], pa.float64()), "q90": pa.array(columns["q90"], pa.float64()),
+        "q99": pa.array(columns["q99"], pa.float64()),
+    })
