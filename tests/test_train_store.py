@@ -159,3 +159,45 @@ def test_encoding_an_unknown_or_unfinished_dictionary_is_refused(store):
 
     with pytest.raises(DictionaryError, match="No dictionary 'nope'.*train one first"):
         encode_dictionary(str(store.root), "nope", progress=False)
+
+
+def test_eval_metrics_agree_with_direct_computation_and_across_backends(store):
+    from workbench.evaluate import evaluate_dictionary, next_token_ce
+    from workbench.models import load_hf_model
+
+    name = train(_config(store), progress=False)
+    results = {b: evaluate_dictionary(str(store.root), name, ce_tokens=512, backend_name=b)
+               for b in ("nnsight", "transformerlens")}
+    r = results["nnsight"]
+    model = load_dictionary(store.root / "dictionaries" / name)
+    token_ids, acts = map(np.concatenate, zip(*store.iter_activations("h", "blocks.1.hook_out")))
+    x = torch.from_numpy(acts[token_ids % 128 != 0])
+    direct = FVUAccumulator()
+    direct.add(x, model.reconstruct(x).detach())
+    assert r["fvu"] == pytest.approx(direct.value(), rel=1e-6) and r["n_tokens"] == len(x) and r["l0"] <= 8
+    hf_model, _ = load_hf_model(store.root / "models" / "tiny")
+    with store.reader() as con:
+        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = 'h' AND context_id < 4 ORDER BY token_id").fetchnumpy()["vocab_id"]
+    ids = torch.from_numpy(ids.astype(np.int64).reshape(4, 128))
+    with torch.no_grad():
+        assert r["ce_clean"] == pytest.approx(next_token_ce(hf_model(ids).logits, ids).mean().item(), rel=1e-5)
+    assert r["kl"] >= 0 and r["n_ce_tokens"] == 4 * 127
+    for key in ("ce_clean", "ce_spliced", "ce_zero_ablation", "kl", "fvu"):
+        assert results["transformerlens"][key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), key
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM dictionary_evals WHERE dictionary = ?", [name]).fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_sae_on_smollm2_splices_with_a_meaningful_ce_loss_score(store_dir):
+    from workbench.evaluate import evaluate_dictionary
+
+    harvest(HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=str(store_dir), tokens=16384, run="s"),
+            progress=False)
+    name = train(TrainConfig(store=str(store_dir), hook="blocks.6.hook_out", k=32, latents=2304, tokens=300_000,
+                             batch_size=2048), progress=False)
+    r = evaluate_dictionary(str(store_dir), name, ce_tokens=1024)
+    print(f"SmolLM2 layer-6 TopK (300k tokens): FVU {r['fvu']:.3f}, CE-loss score {r['ce_loss_score']:.3f}, "
+          f"delta CE {r['delta_ce']:.3f}, KL {r['kl']:.3f}")
+    assert r["ce_zero_ablation"] > r["ce_clean"] + 1  # ablating the residual destroys the model's predictions
+    assert 0.5 < r["ce_loss_score"] <= 1.05 and r["fvu"] < 0.5

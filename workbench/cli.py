@@ -370,6 +370,36 @@ def _run_encode(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from workbench.models import BACKENDS
+
+    p = sub.add_parser(
+        "eval", help="FVU, L0, dead %%, CE-loss score and KL of a dictionary; written to the store",
+        description="Measure a dictionary on a run's stored activations (FVU against the per-dimension mean, L0, "
+                    "dead latents) and with its reconstruction spliced into the model (CE-loss score, delta CE, KL). "
+                    "Results go to the dictionary_evals table. Definitions: README and DESIGN.md.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--dict", required=True, dest="dictionary")
+    p.add_argument("--run", help="run to evaluate on (default: the training run; harvest a separate run for held-out numbers)")
+    p.add_argument("--ce-tokens", type=int, default=4096, help="tokens for the spliced CE and KL (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="nnsight")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from workbench.evaluate import evaluate_dictionary
+
+    r = evaluate_dictionary(args.store, args.dictionary, run=args.run, ce_tokens=args.ce_tokens, backend_name=args.backend)
+    print(f"{r['dictionary']} on run '{r['eval_run']}' ({r['n_tokens']} tokens; CE on {r['n_ce_tokens']}):\n"
+          f"  FVU {r['fvu']:.4f}   L0 {r['l0']:.2f}   dead {100 * r['dead_fraction']:.1f}%\n"
+          f"  CE clean {r['ce_clean']:.4f}, spliced {r['ce_spliced']:.4f}, zero-ablated {r['ce_zero_ablation']:.4f} nats\n"
+          f"  CE-loss score {r['ce_loss_score']:.4f}   delta CE {r['delta_ce']:+.4f} nats   KL {r['kl']:.4f}")
+    if abs(r["ce_zero_ablation"] - r["ce_clean"]) < 0.01:
+        print("  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
+              "meaningful here; read delta CE and KL instead.")
+    return 0
+
+
 def _int_with_suffix(text: str) -> int:
     multipliers = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
     text = text.strip().lower().replace("_", "")
@@ -417,12 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,encode,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,eval,encode,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
     _add_probe(sub)
     _add_train(sub)
+    _add_eval(sub)
     _add_encode(sub)
     _add_models(sub)
     return parser

@@ -9,7 +9,7 @@ Both backends wrap the same loaded HF model, so they differ only in how they hoo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +73,19 @@ class LayerSkip:
     first: int = 1
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Replace the activation at `hook` with fn(activation at `source`); source defaults to hook.
+
+    Splicing an SAE's reconstruction is Patch(h, sae.reconstruct). A transcoder reads the MLP
+    input and replaces the MLP output: Patch(mlp.hook_out, tc.reconstruct, source=mlp.hook_in).
+    """
+
+    hook: HookPoint
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    source: HookPoint | None = None
+
+
 @dataclass
 class ForwardResult:
     acts: dict[HookPoint, torch.Tensor]
@@ -90,7 +103,7 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, input_ids: torch.Tensor, hooks: Sequence[HookPoint], *, logits: bool = False,
-            skip: LayerSkip | None = None) -> ForwardResult:
+            skip: LayerSkip | None = None, patch: Patch | None = None) -> ForwardResult:
         """One forward pass: activations [batch, seq, d] at each hook, optionally with a layer skipped.
 
         Without `logits` the pass stops right after the deepest hook. The activation
@@ -114,10 +127,20 @@ class TransformerLensBackend(Backend):
         )
 
     @torch.no_grad()
-    def run(self, input_ids, hooks, *, logits=False, skip=None):
+    def run(self, input_ids, hooks, *, logits=False, skip=None, patch=None):
         captured: dict[HookPoint, torch.Tensor] = {}
         deepest = max(hooks, key=lambda h: h.forward_order) if hooks else None
         fwd_hooks = []
+        if patch is not None:
+            source = patch.source or patch.hook
+            sourced = {}
+            if source != patch.hook:
+                fwd_hooks.append((source.name, lambda tensor, hook: sourced.__setitem__("x", tensor)))
+
+            def replace(tensor, hook):
+                return patch.fn(sourced["x"] if source != patch.hook else tensor).to(tensor.dtype)
+
+            fwd_hooks.append((patch.hook.name, replace))
         if skip is not None:
             block_input = {}
 
@@ -193,8 +216,34 @@ class NNsightBackend(Backend):
         output = _first(block.output)
         output[:, skip.first:skip.end] = block_input[:, skip.first:skip.end]
 
+    def _patch_in_trace(self, patch: Patch) -> None:
+        block = self._block(patch.hook.layer)
+        source = patch.source or patch.hook
+        if source.forward_order > patch.hook.forward_order:
+            raise ValueError("A patch's source must come before the hook it replaces.")
+        if patch.hook.kind in ("hook_in", "mlp.hook_in"):
+            module = block if patch.hook.kind == "hook_in" else block.mlp
+            module.input = patch.fn(module.input if source == patch.hook else self._value(source))
+        elif patch.hook.kind == "mlp.hook_out":
+            value = self._value(source) if source != patch.hook else block.mlp.output
+            block.mlp.output = patch.fn(value)
+        elif patch.hook.kind == "attn.hook_out":
+            attention = getattr(block, self._attn_name)
+            value = self._value(source) if source != patch.hook else _first(attention.output)
+            _first(attention.output)[:] = patch.fn(value)
+        else:
+            value = self._value(source) if source != patch.hook else _first(block.output)
+            _first(block.output)[:] = patch.fn(value)
+
     @torch.no_grad()
-    def run(self, input_ids, hooks, *, logits=False, skip=None):
+    def run(self, input_ids, hooks, *, logits=False, skip=None, patch=None):
+        if patch is not None:
+            if hooks or skip:
+                raise ValueError("The nnsight backend patches in a pass of its own: give no hooks or skip with a patch.")
+            with self.lm.trace(input_ids):
+                self._patch_in_trace(patch)
+                saved_logits = self.lm.output.logits.save()
+            return ForwardResult({}, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
         saved = {}
         # nnsight requires modules to be read in forward order, so the skip's two steps
         # (read the block's input, overwrite its output) are slotted into the hook order.

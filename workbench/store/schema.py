@@ -144,6 +144,14 @@ CREATE TABLE feature_stats (
     q50 DOUBLE, q90 DOUBLE, q99 DOUBLE,
     PRIMARY KEY (dictionary, feature)
 );
+-- `workbench eval`: metrics as DESIGN.md defines them, on an evaluation run's tokens.
+CREATE TABLE dictionary_evals (
+    dictionary VARCHAR NOT NULL, eval_run VARCHAR NOT NULL, backend VARCHAR NOT NULL,
+    n_tokens BIGINT NOT NULL, fvu DOUBLE, l0 DOUBLE, dead_fraction DOUBLE,
+    n_ce_tokens BIGINT, ce_clean DOUBLE, ce_spliced DOUBLE, ce_zero_ablation DOUBLE,
+    ce_loss_score DOUBLE, delta_ce DOUBLE, kl DOUBLE,
+    created_at TIMESTAMP NOT NULL
+);
 """
 
 

@@ -1,0 +1,115 @@
+"""Evaluate a dictionary: FVU, L0 and dead latents on stored activations, and the CE-loss score
+and KL with its reconstruction spliced into the real model through a backend.
+
+    CE-loss score = (CE_zero_ablation - CE_spliced) / (CE_zero_ablation - CE_clean)
+
+as SAELens and dictionary_learning define it; the raw delta CE (nats) and KL(clean || spliced)
+per token are reported too. The BOS position keeps its original activation in the spliced
+and ablated passes: dictionaries are not trained on it, and its huge norm would dominate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from workbench.dictionaries import load_dictionary
+from workbench.dictionaries.base import DictionaryError
+from workbench.hooks import parse_hook
+from workbench.metrics import FVUAccumulator
+from workbench.models import load_hf_model, make_backend, resolve_model_dir
+from workbench.models.backends import Patch
+from workbench.store import Store
+
+
+def _keep_bos(fn):
+    def patched(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:, :1], fn(t[:, 1:])], dim=1)
+
+    return patched
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of predicting ids[:, 1:] from positions :-1."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_tokens: int = 4096,
+                        backend_name: str = "nnsight", batch_size: int = 8) -> dict:
+    store = Store.open_existing(store_path)
+    with store.reader() as con:
+        row = con.execute("SELECT run, hook, hook_out, path, status FROM dictionaries WHERE name = ?", [name]).fetchone()
+    if row is None:
+        raise DictionaryError(f"No dictionary '{name}' in the store; see the dictionaries table.")
+    train_run, hook, hook_out, path, status = row
+    if status != "complete":
+        raise DictionaryError(f"Dictionary '{name}' is still training; finish it with the same `workbench train` command.")
+    run = run or train_run
+    with store.reader() as con:
+        found = con.execute("SELECT model, context_len, n_layers, d_model FROM runs WHERE run = ?", [run]).fetchone()
+    if found is None:
+        raise DictionaryError(f"No run '{run}' to evaluate on.")
+    model_name, context_len, n_layers, d_model = found
+    sae = load_dictionary(store.root / path).eval()
+    if sae.config.d_in != d_model:
+        raise DictionaryError(f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
+                              f"has d_model {d_model}; evaluate it on a run of the model it was trained on.")
+
+    # 1. Reconstruction metrics on stored activations.
+    fvu, l0_sum, n_tokens = FVUAccumulator(), 0.0, 0
+    fired = torch.zeros(sae.config.n_latents, dtype=torch.bool)
+    inputs = store.iter_activations(run, hook)
+    targets = store.iter_activations(run, hook_out) if hook_out else None
+    with torch.no_grad():
+        for token_ids, x in inputs:
+            y = next(targets)[1] if targets is not None else x
+            keep = token_ids % context_len != 0
+            x_t, y_t = torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
+            f = sae.encode(x_t)
+            fvu.add(y_t, sae.decode(f, x_t))
+            l0_sum += (f != 0).sum().item()
+            fired |= (f != 0).any(0)
+            n_tokens += len(x_t)
+
+    # 2. Splice into the model: clean, spliced and zero-ablated passes on the same contexts.
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(model_name, store.root / "models"))
+    backend = make_backend(backend_name, hf_model, tokenizer)
+    with store.reader() as con:
+        n_ctx = max(1, -(-ce_tokens // context_len))
+        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? AND context_id < ? ORDER BY token_id",
+                          [run, n_ctx]).fetchnumpy()["vocab_id"]
+    contexts = torch.from_numpy(np.asarray(ids, dtype=np.int64).reshape(-1, context_len))
+    target = parse_hook(hook_out or hook, n_layers)
+    source = parse_hook(hook, n_layers) if hook_out else None
+    # A transcoder reads its input hook and replaces the output hook; an SAE replaces its own hook.
+    spliced_patch = Patch(target, _keep_bos(lambda t: sae.reconstruct(t.float()).to(t.dtype)), source=source)
+    zero_patch = Patch(target, _keep_bos(torch.zeros_like))
+    ce = {"clean": [], "spliced": [], "zero": []}
+    kls = []
+    with torch.no_grad():
+        for start in range(0, len(contexts), batch_size):
+            batch = contexts[start:start + batch_size]
+            clean = backend.run(batch, [], logits=True).logits
+            spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
+            zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
+            for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero)):
+                ce[key].append(next_token_ce(logits, batch))
+            clean_lp = torch.log_softmax(clean[:, 1:].float(), -1)
+            kls.append((clean_lp.exp() * (clean_lp - torch.log_softmax(spliced[:, 1:].float(), -1))).sum(-1).clamp_min(0))
+    ce_clean, ce_spliced, ce_zero = (torch.cat(ce[k]).mean().item() for k in ("clean", "spliced", "zero"))
+    result = dict(
+        dictionary=name, eval_run=run, backend=backend_name, n_tokens=n_tokens, fvu=fvu.value(),
+        l0=l0_sum / max(n_tokens, 1), dead_fraction=1 - fired.float().mean().item(),
+        n_ce_tokens=int(torch.cat(ce["clean"]).numel()), ce_clean=ce_clean, ce_spliced=ce_spliced,
+        ce_zero_ablation=ce_zero,
+        ce_loss_score=(ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+        delta_ce=ce_spliced - ce_clean, kl=torch.cat(kls).mean().item(),
+    )
+    with store.transaction() as con:
+        con.execute("DELETE FROM dictionary_evals WHERE dictionary = ? AND eval_run = ?", [name, run])
+        con.execute("INSERT INTO dictionary_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                    [result[k] for k in ("dictionary", "eval_run", "backend", "n_tokens", "fvu", "l0", "dead_fraction",
+                                         "n_ce_tokens", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_loss_score",
+                                         "delta_ce", "kl")])
+    return result
