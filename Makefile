@@ -33,6 +33,12 @@ demo: setup
 	$(VENV)/bin/workbench sql $(STORE) "SELECT skipped_layer, round(kl_mean, 4) AS kl_later_positions, \
 		round(skipped_kl_mean, 4) AS kl_skipped_positions FROM probe_skip_output \
 		WHERE probe_run = 'demo-depth' ORDER BY skipped_layer"
+	$(VENV)/bin/workbench train --store $(STORE) --hook blocks.6.hook_out --arch topk --k 32 --latents 2304 \
+		--tokens 400k --batch-size 2048 --run demo --name demo-topk
+	$(VENV)/bin/workbench eval --store $(STORE) --dict demo-topk --run demo --ce-tokens 2048
+	$(VENV)/bin/workbench encode --store $(STORE) --dict demo-topk
+	$(VENV)/bin/workbench sql $(STORE) "SELECT feature, n_active, round(density, 4) AS density, round(max, 2) AS max \
+		FROM feature_stats WHERE dictionary = 'demo-topk' ORDER BY n_active DESC LIMIT 5"
 
 test: setup
 	$(PY) -m pytest
@@ -43,6 +49,7 @@ test-slow: setup
 bench: setup
 	$(PY) bench/harvest.py
 	$(PY) bench/probes.py
+	$(PY) bench/feature_query.py
 
 clean-store:
 	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards
