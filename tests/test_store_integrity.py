@@ -1,5 +1,6 @@
 """Corrupted and truncated shards, a full disk, and stores written by other schema versions."""
 
+import re
 import subprocess
 import uuid
 
@@ -77,8 +78,10 @@ def test_store_written_by_a_newer_schema_is_refused_untouched(store_dir):
 def _downgrade_to_v1(store_dir):
     """Make the catalog what the first workbench wrote: schema v1, without the probe and dictionary tables."""
     con = duckdb.connect(str(store_dir / "catalog.duckdb"))
-    for table in [t for t in schema.PROBE_TABLES_V2.split() if t.startswith("probe_")] + ["dictionaries"]:
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+    later_tables = re.findall(r"CREATE TABLE (\w+)", schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3)
+    assert "probe_runs" in later_tables and "feature_acts" in later_tables
+    for table in later_tables:
+        con.execute(f"DROP TABLE {table}")
     con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()
 
