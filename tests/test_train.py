@@ -133,3 +133,23 @@ def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
     print(f"BatchTopK planted recovery {recovery:.3f}; inference L0 with the learned threshold {inference_l0:.2f} (k=4)")
     assert recovery > 0.9
     assert 2 <= inference_l0 <= 8  # the threshold reproduces the batch-level sparsity at inference
+
+
+def test_matryoshka_prefixes_reconstruct_better_than_a_plain_batchtopk_prefix():
+    """The Matryoshka property: the first latents alone already reconstruct the input well."""
+    atoms, batches_from = planted_data(seed=4)
+    x, _ = next(batches_from(50_000))
+    prefix_fvu, recovery = {}, {}
+    for arch in ("batchtopk", "matryoshka"):
+        torch.manual_seed(0)
+        model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=4))
+        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        model.fold_scales(state.input_scale, state.target_scale)
+        with torch.no_grad():
+            f = model.encode(x)
+            prefix = f[:, :64] @ model.W_dec[:64] + model.b_dec  # the first 1/8 of the latents
+            prefix_fvu[arch] = ((x - prefix).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+        recovery[arch] = mean_max_cosine(atoms, model.W_dec.data)
+    print(f"FVU from the first 64 of 512 latents: {prefix_fvu}; planted recovery: {recovery}")
+    assert prefix_fvu["matryoshka"] < prefix_fvu["batchtopk"] - 0.1
+    assert recovery["matryoshka"] > 0.85

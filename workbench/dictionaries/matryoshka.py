@@ -1,0 +1,45 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025): nested groups of latents.
+
+Latents are ordered into nested prefixes (by default the first 1/8, 1/4, 1/2 and all of
+them), and every prefix must reconstruct the input on its own. Early latents are pushed
+towards general features, later ones add detail, which counters feature absorption.
+
+The loop adds the full reconstruction's FVU itself, so aux_loss carries the other prefixes'
+FVUs. Their sum, not their mean: Adam is invariant to a constant factor on the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.dictionaries.base import SparseOutput, register
+from workbench.dictionaries.batchtopk import BatchTopKSAE, batch_topk_activations
+from workbench.dictionaries.topk import TopKSAE
+from workbench.metrics import batch_fvu
+
+DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
+
+
+@register("matryoshka")
+class MatryoshkaSAE(BatchTopKSAE):
+    def prefix_sizes(self) -> list[int]:
+        fractions = self.config.extra.get("prefix_fractions", DEFAULT_FRACTIONS)
+        return sorted({max(1, int(f * self.config.n_latents)) for f in fractions if 0 < f < 1})
+
+    def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+        target_BD = x_BD if target_BD is None else target_BD
+        pre_BF = self.pre_activations(x_BD)
+        f_BF = batch_topk_activations(pre_BF, self.config.k)
+        if self.training:
+            self._update_threshold(f_BF)
+        recon_BD = self.decode(f_BF, x_BD)
+        prefix_loss = sum(batch_fvu(target_BD, self.decode_prefix(f_BF, m, x_BD)) for m in self.prefix_sizes())
+        aux = TopKSAE.auxk_loss(self, pre_BF, target_BD - recon_BD, dead_F)
+        return SparseOutput(f_BF, recon_BD, prefix_loss + aux)
+
+    def decode_prefix(self, f_BF: torch.Tensor, m: int, x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction from the first m latents only."""
+        recon = f_BF[:, :m] @ self.W_dec[:m] + self.b_dec
+        if self.config.skip_connection:
+            recon = recon + x_BD @ self.W_skip
+        return recon
