@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from workbench.dictionaries.base import SparseOutput, register
-from workbench.dictionaries.batchtopk import BatchTopKSAE, batch_topk_activations
-from workbench.dictionaries.topk import TopKSAE
+from workbench.dictionaries.batchtopk import BatchTopKSAE
 from workbench.metrics import batch_fvu
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
@@ -27,15 +26,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         return sorted({max(1, int(f * self.config.n_latents)) for f in fractions if 0 < f < 1})
 
     def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+        output = super().forward(x_BD, dead_F, target_BD)
         target_BD = x_BD if target_BD is None else target_BD
-        pre_BF = self.pre_activations(x_BD)
-        f_BF = batch_topk_activations(pre_BF, self.config.k)
-        if self.training:
-            self._update_threshold(f_BF)
-        recon_BD = self.decode(f_BF, x_BD)
-        prefix_loss = sum(batch_fvu(target_BD, self.decode_prefix(f_BF, m, x_BD)) for m in self.prefix_sizes())
-        aux = TopKSAE.auxk_loss(self, pre_BF, target_BD - recon_BD, dead_F)
-        return SparseOutput(f_BF, recon_BD, prefix_loss + aux)
+        prefix_loss = sum(batch_fvu(target_BD, self.decode_prefix(output.f_BF, m, x_BD)) for m in self.prefix_sizes())
+        return output._replace(aux_loss=output.aux_loss + prefix_loss)
 
     def decode_prefix(self, f_BF: torch.Tensor, m: int, x_BD: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction from the first m latents only."""
