@@ -153,3 +153,57 @@ def test_matryoshka_prefixes_reconstruct_better_than_a_plain_batchtopk_prefix():
     print(f"FVU from the first 64 of 512 latents: {prefix_fvu}; planted recovery: {recovery}")
     assert prefix_fvu["matryoshka"] < prefix_fvu["batchtopk"] - 0.1
     assert recovery["matryoshka"] > 0.85
+
+
+def test_mp_sae_changes_l0_at_inference_without_retraining():
+    atoms, batches_from = planted_data(seed=5)
+    torch.manual_seed(0)
+    model = make_dictionary(DictionaryConfig(arch="mp", d_in=64, n_latents=512, k=4))
+    state, _ = fit(model, batches_from, n_steps=600, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    model.fold_scales(state.input_scale, state.target_scale)
+    x, _ = next(batches_from(90_000))
+    with torch.no_grad():
+        fvu = {k: ((x - model.decode(model.encode_with(x, k=k))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+               for k in (1, 2, 4, 8)}
+        adaptive = model.encode_with(x, k=16, residual_threshold=0.3)
+    print(f"MP-SAE FVU by inference k: {fvu}; recovery {mean_max_cosine(atoms, model.W_dec.data):.3f}")
+    assert fvu[1] > fvu[2] > fvu[4] >= fvu[8]  # more pursuit steps, better reconstruction, same weights
+    l0 = (adaptive != 0).sum(1).float()
+    assert l0.min() < l0.max()  # the residual threshold gives each token its own L0
+    assert mean_max_cosine(atoms, model.W_dec.data) > 0.9
+
+
+def hierarchical_data(n_parents=32, children=4, d=64, seed=0):
+    """Parents with mutually exclusive children, each child near its parent (the MP-SAE paper's setting)."""
+    g = torch.Generator().manual_seed(seed)
+    parents = torch.nn.functional.normalize(torch.randn(n_parents, d, generator=g), dim=1)
+    kids = torch.nn.functional.normalize(parents[:, None] + 0.6 * torch.randn(n_parents, children, d, generator=g) / d**0.5 * 4, dim=2)
+
+    def batches_from(step, batch=1024):
+        while True:
+            gg = torch.Generator().manual_seed(seed * 7919 + step)
+            p = torch.rand(batch, n_parents, generator=gg).argsort(1)[:, :2]  # two parents per sample
+            c = torch.randint(0, children, (batch, 2), generator=gg)  # one child of each
+            a = torch.rand(batch, 2, 1, generator=gg) + 0.5
+            b = torch.rand(batch, 2, 1, generator=gg) + 0.5
+            x = (a * parents[p] + b * kids[p, c]).sum(1)
+            yield x, x
+            step += 1
+
+    return parents, kids.reshape(-1, d), batches_from
+
+
+def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
+    """Reported, whichever way it falls: recovery of parents and children by each family."""
+    parents, kids, batches_from = hierarchical_data()
+    rows = {}
+    for arch in ("topk", "matryoshka", "mp"):
+        torch.manual_seed(0)
+        model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=256, k=4))
+        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        rows[arch] = (mean_max_cosine(parents, model.W_dec.data), mean_max_cosine(kids, model.W_dec.data), state.last_fvu)
+    print("planted hierarchy (mean max cosine to parents, to children; final batch FVU):")
+    for arch, (p, c, fvu) in rows.items():
+        print(f"  {arch:10s} parents {p:.3f}  children {c:.3f}  FVU {fvu:.3f}")
+    for arch, (p, c, fvu) in rows.items():
+        assert c > 0.7 and fvu < 0.5, arch  # every family learns the data; the comparison is the output

@@ -326,7 +326,7 @@ def _add_train(sub) -> None:
                    help="the hook point to encode (canonical or legacy name); for a transcoder, its input")
     p.add_argument("--out", dest="hook_out", help="transcoders: the hook to predict, e.g. blocks.6.mlp.hook_out")
     p.add_argument("--skip-connection", action="store_true", help="transcoders: add a learned linear skip term")
-    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "matryoshka", "transcoder"],
+    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "matryoshka", "mp", "transcoder"],
                    help="dictionary family; 'transcoder' is TopK with --out (default: %(default)s)")
     p.add_argument("--k", type=int, default=32, help="active latents per token (default: %(default)s)")
     p.add_argument("--latents", type=int, default=4608, help="dictionary size (default: %(default)s)")

@@ -149,6 +149,7 @@ def register(arch: str):
 def make_dictionary(config: DictionaryConfig) -> SparseCoder:
     import workbench.dictionaries.batchtopk  # noqa: F401  (importing registers the families)
     import workbench.dictionaries.matryoshka  # noqa: F401
+    import workbench.dictionaries.mp  # noqa: F401
     import workbench.dictionaries.topk  # noqa: F401
 
     if config.arch not in _FAMILIES:
