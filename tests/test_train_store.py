@@ -186,6 +186,10 @@ def test_eval_metrics_agree_with_direct_computation_and_across_backends(store):
         assert results["transformerlens"][key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), key
     with store.reader() as con:
         assert con.execute("SELECT count(*) FROM dictionary_evals WHERE dictionary = ?", [name]).fetchone()[0] == 1
+    from workbench.store.maintenance import summarize
+
+    listed = summarize(store)["dictionaries"].to_pylist()
+    assert [(d["name"], d["fvu"]) for d in listed] == [(name, round(results["transformerlens"]["fvu"], 4))]
 
 
 @pytest.mark.slow

@@ -154,6 +154,9 @@ def _run_store_info(args) -> int:
     if summary["probe_runs"].num_rows:
         print("\nProbe runs (tables probe_*)")
         _print_table(summary["probe_runs"])
+    if summary["dictionaries"].num_rows:
+        print("\nDictionaries (latest `workbench eval` figures; empty until evaluated)")
+        _print_table(summary["dictionaries"])
     return 0
 
 

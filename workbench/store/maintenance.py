@@ -43,6 +43,12 @@ def summarize(store: Store) -> dict[str, pa.Table | int | str]:
             SELECT probe_run, kind, model, coalesce(target_model, '') AS target_model, backend, task, n_tokens,
                    strftime(created_at, '%Y-%m-%d %H:%M') AS created
             FROM probe_runs ORDER BY created_at""").to_arrow_table()
+        dictionaries = con.sql("""
+            WITH latest AS (SELECT * FROM dictionary_evals QUALIFY row_number() OVER (PARTITION BY dictionary ORDER BY created_at DESC) = 1)
+            SELECT d.name, d.arch, d.hook, coalesce(d.hook_out, '') AS hook_out, d.n_latents, d.k, d.status,
+                   round(e.fvu, 4) AS fvu, round(e.l0, 1) AS l0, round(100 * e.dead_fraction, 1) AS dead_pct,
+                   round(e.ce_loss_score, 4) AS ce_loss_score, round(e.kl, 4) AS kl, coalesce(e.eval_run, '') AS eval_run
+            FROM dictionaries d LEFT JOIN latest e ON e.dictionary = d.name ORDER BY d.created_at""").to_arrow_table()
         version = read_version(con)
     return {
         "root": str(store.root),
@@ -50,6 +56,7 @@ def summarize(store: Store) -> dict[str, pa.Table | int | str]:
         "runs": runs,
         "hook_points": hooks,
         "probe_runs": probes,
+        "dictionaries": dictionaries,
         "catalog_bytes": store.catalog_path.stat().st_size,
         "shard_bytes": _dir_bytes(store.root / "shards"),
         "model_bytes": _dir_bytes(store.root / "models"),
