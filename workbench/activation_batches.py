@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from workbench.corpus import is_bos_position
 from workbench.errors import StoreError
 from workbench.store import Store
 from workbench.store.catalog import ShardRecord
@@ -69,7 +70,7 @@ class ActivationBatches:
         xs, ys, ids = [], [], []
         for record_in, record_out in buffer.shards:
             token_ids, x = read_shard(self.store.root / record_in.path, record_in.sha256, record_in.n_rows)
-            keep = token_ids % self.context_len != 0
+            keep = ~is_bos_position(token_ids, self.context_len)
             xs.append(x[keep])
             ids.append(token_ids[keep])
             if record_out is not None:

@@ -119,6 +119,12 @@ def _hub_documents(name: str, text_column: str) -> Iterator[tuple[str, str]]:
         ) from exc
 
 
+def is_bos_position(token_ids: np.ndarray, context_len: int) -> np.ndarray:
+    """True for rows at position 0 of their context. A run's token_id is context * context_len + position
+    (see harvest.py), so this needs no lookup in the tokens table."""
+    return token_ids % context_len == 0
+
+
 def corpus_label(spec: str) -> str:
     """A short name for a corpus spec, for default run names: 'default', 'hf:NAME', or a file's stem."""
     return spec if spec == "default" or spec.startswith("hf:") else Path(spec).stem

@@ -14,22 +14,18 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.dictionaries import load_dictionary
-from workbench.dictionaries.base import DictionaryError
+from workbench.corpus import is_bos_position
 from workbench.store import Store
+from workbench.train import completed_dictionary
 
 
 def encode_dictionary(store_path: str, name: str, batch_size: int = 8192, progress: bool = True) -> tuple[int, int]:
     """Returns (tokens encoded, non-zero rows stored)."""
     store = Store.open_existing(store_path)
+    record = completed_dictionary(store, name)
+    run, hook, path = record["run"], record["hook"], record["path"]
     with store.reader() as con:
-        row = con.execute("SELECT run, hook, path, status FROM dictionaries WHERE name = ?", [name]).fetchone()
-        if row is None:
-            known = [r[0] for r in con.execute("SELECT name FROM dictionaries ORDER BY name").fetchall()]
-            raise DictionaryError(f"No dictionary '{name}' in the store. Known: {', '.join(known) or 'none (train one first)'}.")
-        context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [row[0]]).fetchone()[0]
-    run, hook, path, status = row
-    if status != "complete":
-        raise DictionaryError(f"Dictionary '{name}' is still training; run the same `workbench train` command to finish it.")
+        context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [run]).fetchone()[0]
     model = load_dictionary(store.root / path).eval()
     n_latents = model.config.n_latents
 
@@ -39,7 +35,7 @@ def encode_dictionary(store_path: str, name: str, batch_size: int = 8192, progre
     with torch.no_grad(), tqdm(total=sum(r.n_rows for r in records), unit="tok", unit_scale=True,
                                desc=f"encode {name}", disable=not progress, dynamic_ncols=True) as bar:
         for token_ids, acts in store.iter_activations(run, hook):
-            keep = token_ids % context_len != 0  # BOS rows are left out, as in training
+            keep = ~is_bos_position(token_ids, context_len)  # BOS rows are left out, as in training
             token_ids, acts = token_ids[keep], acts[keep]
             for start in range(0, len(acts), batch_size):
                 f = model.encode(torch.from_numpy(acts[start:start + batch_size]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from workbench.corpus import is_bos_position
 from workbench.dictionaries import load_dictionary
 from workbench.dictionaries.base import DictionaryError
 from workbench.hooks import parse_hook
@@ -20,6 +21,7 @@ from workbench.metrics import FVUAccumulator
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Patch
 from workbench.store import Store
+from workbench.train import completed_dictionary
 
 
 def _keep_bos(fn):
@@ -38,13 +40,8 @@ def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_tokens: int = 4096,
                         backend_name: str = "nnsight", batch_size: int = 8) -> dict:
     store = Store.open_existing(store_path)
-    with store.reader() as con:
-        row = con.execute("SELECT run, hook, hook_out, path, status FROM dictionaries WHERE name = ?", [name]).fetchone()
-    if row is None:
-        raise DictionaryError(f"No dictionary '{name}' in the store; see the dictionaries table.")
-    train_run, hook, hook_out, path, status = row
-    if status != "complete":
-        raise DictionaryError(f"Dictionary '{name}' is still training; finish it with the same `workbench train` command.")
+    record = completed_dictionary(store, name)
+    train_run, hook, hook_out, path = record["run"], record["hook"], record["hook_out"], record["path"]
     run = run or train_run
     with store.reader() as con:
         found = con.execute("SELECT model, context_len, n_layers, d_model FROM runs WHERE run = ?", [run]).fetchone()
@@ -64,7 +61,7 @@ def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_t
     with torch.no_grad():
         for token_ids, x in inputs:
             y = next(targets)[1] if targets is not None else x
-            keep = token_ids % context_len != 0
+            keep = ~is_bos_position(token_ids, context_len)
             x_t, y_t = torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
             f = sae.encode(x_t)
             fvu.add(y_t, sae.decode(f, x_t))

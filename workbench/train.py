@@ -187,6 +187,19 @@ def _resolve_run(store, hook: str, run: str | None) -> str:
     raise DictionaryError(f"Several runs have hook '{hook}' ({', '.join(runs)}); choose one with --run.")
 
 
+def completed_dictionary(store, name: str) -> dict:
+    """The catalog row of a finished dictionary, or an error that says what to do."""
+    with store.reader() as con:
+        row = con.execute("SELECT run, hook, hook_out, path, status FROM dictionaries WHERE name = ?", [name]).fetchone()
+        known = [r[0] for r in con.execute("SELECT name FROM dictionaries ORDER BY name").fetchall()] if row is None else []
+    if row is None:
+        raise DictionaryError(f"No dictionary '{name}' in the store. Known: {', '.join(known) or 'none (train one first)'}.")
+    record = dict(zip(("run", "hook", "hook_out", "path", "status"), row))
+    if record["status"] != "complete":
+        raise DictionaryError(f"Dictionary '{name}' is still training; run the same `workbench train` command to finish it.")
+    return record
+
+
 def train(config: TrainConfig, progress: bool = True) -> str:
     """Train a dictionary on a store's activations and register it; returns its name. Re-running resumes."""
     from workbench.activation_batches import ActivationBatches

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,8 +194,6 @@ class Store:
                 removed += 1
         return removed
 
-    def delete_run_files(self, run: str) -> None:
-        shutil.rmtree(self.root / "shards" / f"run={run}", ignore_errors=True)
 
 
 def make_run_name(*parts: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pyarrow.parquet as pq
 
 from workbench.store.catalog import Store
 from workbench.store.schema import SCHEMA_VERSION, read_version, rebuild_activation_view
+from workbench.store.shards import file_sha256
 
 
 def _dir_bytes(path: Path) -> int:
@@ -81,8 +81,7 @@ def verify(store: Store, run: str | None = None) -> tuple[int, list[ShardProblem
         if not path.exists():
             problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, "missing"))
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != record.sha256:
+        if file_sha256(path) != record.sha256:
             problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, "checksum mismatch"))
             continue
         rows = pq.ParquetFile(path).metadata.num_rows
