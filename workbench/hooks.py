@@ -69,6 +69,15 @@ def parse_hook(name: str, n_layers: int) -> HookPoint:
     raise UnknownHookError(f"Unknown hook '{name}'. Valid hook points: {valid_hook_names(n_layers)}.")
 
 
+def legacy_name(canonical: str) -> str:
+    """The HookedTransformer spelling of a canonical hook name where one exists (what SAELens configs use)."""
+    match = _HOOK_RE.match(canonical)
+    if match is None:
+        return canonical
+    legacy = {kind: alias for alias, kind in LEGACY_ALIASES.items()}.get(match.group(2))
+    return f"blocks.{match.group(1)}.{legacy}" if legacy else canonical
+
+
 def parse_hooks(names: str | list[str], n_layers: int) -> list[HookPoint]:
     """Parse a comma-separated string or list of names; sorted in forward order, duplicates removed."""
     if isinstance(names, str):

@@ -64,7 +64,9 @@ class Checkpointer:
         staging = self.folder / f".{CHECKPOINT}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        model.save(staging)
+        # The full training state (training-only buffers too), not the SAELens layout of the final dictionary.
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / "model.safetensors")
+        (staging / "cfg.json").write_text(json.dumps(asdict(model.config)))
         tensors = {"dead.tokens_since_fired": tracker.tokens_since_fired}
         names = {id(p): n for n, p in model.named_parameters()}
         for group in optimizer.param_groups:
@@ -90,7 +92,7 @@ class Checkpointer:
         if saved != asdict(model.config):
             raise DictionaryError(f"The checkpoint in {folder} is for a different dictionary ({saved['arch']}, "
                                   f"{saved['n_latents']} latents, k={saved['k']}); use a new --name or the original settings.")
-        model.load_state_dict(load_file(folder / "model.safetensors"))
+        model.load_state_dict(load_file(folder / "model.safetensors"))  # safetensors only: no pickle is ever loaded
         tensors = load_file(folder / "optimizer.safetensors")
         tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired")
         params = dict(model.named_parameters())
@@ -174,7 +176,7 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0
 
 
-def _resolve_run(store, hook: str, run: str | None) -> str:
+def resolve_run(store, hook: str, run: str | None) -> str:
     with store.reader() as con:
         runs = [r[0] for r in con.execute("SELECT DISTINCT run FROM hook_points WHERE hook = ? ORDER BY run", [hook]).fetchall()]
     if run is not None:
@@ -185,6 +187,18 @@ def _resolve_run(store, hook: str, run: str | None) -> str:
         raise DictionaryError(f"No run in {store.root} has hook '{hook}'. Harvest it first, e.g. "
                               f"`workbench harvest --model smollm2-135m --hooks {hook} --store {store.root}`.")
     raise DictionaryError(f"Several runs have hook '{hook}' ({', '.join(runs)}); choose one with --run.")
+
+
+def saelens_metadata(store, run: str, hook: str, hook_out: str | None) -> dict:
+    """What SAELens users look for in cfg.json: the model and the hook names, in TransformerLens's spelling."""
+    from workbench.hooks import legacy_name
+
+    with store.reader() as con:
+        model = con.execute("SELECT model FROM runs WHERE run = ?", [run]).fetchone()[0]
+    metadata = {"model_name": model, "hook_name": legacy_name(hook), "workbench_run": run, "workbench_hook": hook}
+    if hook_out:
+        metadata |= {"hook_name_out": legacy_name(hook_out), "workbench_hook_out": hook_out}
+    return metadata
 
 
 def completed_dictionary(store, name: str) -> dict:
@@ -212,7 +226,7 @@ def train(config: TrainConfig, progress: bool = True) -> str:
         n_layers = con.execute("SELECT max(n_layers) FROM runs").fetchone()[0] or 1
     hook = parse_hook(config.hook, n_layers).name
     hook_out = parse_hook(config.hook_out, n_layers).name if config.hook_out else None
-    run = _resolve_run(store, hook, config.run)
+    run = resolve_run(store, hook, config.run)
     data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
     dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k,
                                          transcoder=hook_out is not None, skip_connection=config.skip_connection)
@@ -249,7 +263,7 @@ def train(config: TrainConfig, progress: bool = True) -> str:
     state, tracker = fit(model, data.iterate, n_steps, lr, dead_window, Checkpointer(folder), config.checkpoint_seconds,
                          progress=progress)
     model.fold_scales(state.input_scale, state.target_scale)  # the saved dictionary works on raw activations
-    model.save(folder)
+    model.save(folder, saelens_metadata(store, run, hook, hook_out))
     with store.transaction() as con:
         con.execute("UPDATE dictionaries SET status = 'complete', steps_done = ?, tokens_done = ?, train_fvu = ?, "
                     "train_l0 = ?, dead_fraction = ?, updated_at = now() WHERE name = ?",

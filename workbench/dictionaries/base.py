@@ -4,14 +4,15 @@ Like overcomplete, every family returns the same SparseOutput, so the training l
 metrics never special-case an architecture. Tensor names carry their shapes (x_BD: batch x
 d_in, f_BF: batch x latents), as in dictionary_learning.
 
-On disk a dictionary is a folder with `cfg.json` and `model.safetensors`. We load only
+On disk a dictionary is a folder in SAELens's layout (`cfg.json` + `sae_weights.safetensors`,
+see saelens_format.py), so SAELens loads the families it has an equivalent for. We load only
 safetensors: a pickle (.pt) can run arbitrary code when loaded.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,8 +47,19 @@ class DictionaryConfig:
             self.aux_k = self.d_in // 2
         if self.skip_connection and not self.transcoder:
             raise DictionaryError("A skip connection is for transcoders only (give --out).")
+        if self.transcoder and self.arch in SAME_SPACE_ONLY:
+            raise DictionaryError(f"'{self.arch}' compares latents with the input's own norm or residual, so it needs the "
+                                  "input and output in one space: it cannot be a transcoder. Use topk or batchtopk with --out.")
+        if self.arch in NO_FIXED_K and self.k == 0:
+            return  # imported JumpReLU dictionaries have thresholds, not a k
         if not 0 < self.k < self.n_latents:
             raise DictionaryError(f"k must be between 1 and the number of latents minus one ({self.n_latents - 1}); got k={self.k}.")
+
+
+# Families whose encoder reads the input against its own decoder (MP's residual, top-AFA's norm).
+SAME_SPACE_ONLY = ("mp", "topafa")
+# Families that may have no k: a JumpReLU imported from SAELens fires by threshold alone.
+NO_FIXED_K = ("jumprelu",)
 
 
 class SparseOutput(NamedTuple):
@@ -103,6 +115,25 @@ class SparseCoder(nn.Module):
         """What inference produces for x: decode(encode(x)), with the skip term for skip transcoders."""
         return self.decode(self.encode(x_BD), x_BD)
 
+    def residual_aux_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, eligible_F: torch.Tensor | None,
+                          weight_F: torch.Tensor | None = None) -> torch.Tensor:
+        """AuxK (Gao et al.): the top aux_k eligible latents (dead ones, for AuxK) reconstruct the residual.
+
+        `weight_F` scales each latent's activation in that reconstruction; aux_zipf_loss uses it to
+        weigh latents by how far below their expected usage they are (a dead latent has weight 1).
+        """
+        if eligible_F is None or not bool(eligible_F.any()):
+            return pre_BF.new_zeros(())
+        k_aux = min(self.config.aux_k, int(eligible_F.sum()))
+        values, indices = pre_BF.masked_fill(~eligible_F, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+        values = values.relu().nan_to_num(0.0)
+        if weight_F is not None:
+            values = values * weight_F[indices]
+        residual_hat_BD = torch.zeros_like(pre_BF).scatter_(-1, indices, values) @ self.W_dec  # no bias: the residual is centred
+        variance = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+        loss = (residual_hat_BD - residual_BD.detach()).pow(2).sum() / variance
+        return self.config.aux_coefficient * loss.nan_to_num(0.0)
+
     @torch.no_grad()
     def fold_scales(self, input_scale: float, target_scale: float) -> None:
         """Turn a dictionary trained on (x * input_scale -> y * target_scale) into one for raw x and y.
@@ -129,12 +160,25 @@ class SparseCoder(nn.Module):
         parallel = (self.W_dec.grad * self.W_dec.data).sum(dim=1, keepdim=True)
         self.W_dec.grad -= parallel * self.W_dec.data
 
-    def save(self, folder: Path) -> None:
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The tensors inference needs; training-only buffers (usage counters) are left out."""
+        return {k: v for k, v in self.state_dict().items() if k not in self.training_buffers}
+
+    training_buffers: tuple[str, ...] = ()
+
+    def save(self, folder: Path, metadata: dict | None = None) -> None:
+        """Write the dictionary in SAELens's layout; `metadata` (model, hooks) goes into cfg.json."""
+        from workbench.dictionaries.saelens_format import to_saelens
+
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, folder / "model.safetensors")
-        (folder / "cfg.json").write_text(json.dumps(asdict(self.config), indent=2))
+        cfg, tensors = to_saelens(self, metadata or {})
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, folder / WEIGHTS_FILE)
+        (folder / "cfg.json").write_text(json.dumps(cfg, indent=2))
+        (folder / LEGACY_WEIGHTS_FILE).unlink(missing_ok=True)
 
 
+WEIGHTS_FILE = "sae_weights.safetensors"  # SAELens's name
+LEGACY_WEIGHTS_FILE = "model.safetensors"  # dictionaries written before the SAELens layout
 _FAMILIES: dict[str, type[SparseCoder]] = {}
 
 
@@ -148,8 +192,10 @@ def register(arch: str):
 
 def make_dictionary(config: DictionaryConfig) -> SparseCoder:
     import workbench.dictionaries.batchtopk  # noqa: F401  (importing registers the families)
+    import workbench.dictionaries.choice  # noqa: F401
     import workbench.dictionaries.matryoshka  # noqa: F401
     import workbench.dictionaries.mp  # noqa: F401
+    import workbench.dictionaries.topafa  # noqa: F401
     import workbench.dictionaries.topk  # noqa: F401
 
     if config.arch not in _FAMILIES:
@@ -158,21 +204,49 @@ def make_dictionary(config: DictionaryConfig) -> SparseCoder:
 
 
 def load_dictionary(folder: str | Path, expected_arch: str | None = None) -> SparseCoder:
-    """Load cfg.json + model.safetensors; refuses pickles and checkpoints of another architecture."""
+    """Load a dictionary folder: ours, or one SAELens wrote (see saelens_format.from_saelens).
+
+    Refuses pickles and, with expected_arch, a dictionary of another family.
+    """
+    from workbench.dictionaries.saelens_format import from_saelens
+
     folder = Path(folder)
     pickles = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+    weights = next((folder / f for f in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE) if (folder / f).exists()), None)
     offered_pickle = folder.suffix in pickles or (
-        folder.is_dir() and not (folder / "model.safetensors").exists() and any(p.suffix in pickles for p in folder.iterdir()))
+        folder.is_dir() and weights is None and any(p.suffix in pickles for p in folder.iterdir()))
     if offered_pickle:
         raise DictionaryError(
             f"{folder} is a pickle checkpoint; the workbench loads only safetensors, because unpickling can run "
             "arbitrary code. Convert it with torch.load in a trusted session and save_file from safetensors."
         )
-    if not (folder / "cfg.json").exists() or not (folder / "model.safetensors").exists():
-        raise DictionaryError(f"{folder} is not a dictionary folder: it needs cfg.json and model.safetensors.")
-    config = DictionaryConfig(**json.loads((folder / "cfg.json").read_text()))
+    if not (folder / "cfg.json").exists() or weights is None:
+        raise DictionaryError(f"{folder} is not a dictionary folder: it needs cfg.json and {WEIGHTS_FILE}.")
+    try:
+        cfg = json.loads((folder / "cfg.json").read_text())
+    except json.JSONDecodeError as error:
+        raise DictionaryError(f"{folder / 'cfg.json'} is not valid JSON ({error}).") from None
+    tensors = load_file(weights)
+    if weights.name == LEGACY_WEIGHTS_FILE:  # our own pre-SAELens layout: cfg.json is our config
+        config = DictionaryConfig(**cfg)
+        tensors = _upgrade_legacy_tensors(tensors, config)
+    else:
+        config, tensors = from_saelens(cfg, tensors, source=folder)
     if expected_arch is not None and config.arch != expected_arch:
         raise DictionaryError(f"{folder} holds a '{config.arch}' dictionary, not '{expected_arch}'.")
     model = make_dictionary(config)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if m not in model.training_buffers]
+    if missing or unexpected:
+        raise DictionaryError(f"{folder}: the weights do not match a '{config.arch}' dictionary "
+                              f"(missing {missing or 'none'}, unexpected {unexpected or 'none'}).")
     return model
+
+
+def _upgrade_legacy_tensors(tensors: dict[str, torch.Tensor], config: DictionaryConfig) -> dict[str, torch.Tensor]:
+    """Before the SAELens layout, BatchTopK kept one scalar threshold and an 'initialised' flag."""
+    tensors = dict(tensors)
+    tensors.pop("threshold_initialised", None)
+    if "threshold" in tensors and tensors["threshold"].dim() == 0:
+        tensors["threshold"] = tensors["threshold"].expand(config.n_latents).clone()
+    return tensors

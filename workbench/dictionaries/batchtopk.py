@@ -1,17 +1,18 @@
-"""BatchTopK SAE (Bussmann et al. 2024): keep the k * batch largest activations across the batch.
+"""JumpReLU inference, and BatchTopK (Bussmann et al. 2024), which trains towards it.
 
-Tokens then get a variable number of latents, k on average. Inference cannot see a batch, so a
-threshold is learned: an exponential moving average of the smallest activation kept in each
-training batch. At inference a latent fires where its pre-activation exceeds the threshold
-(a JumpReLU, which is how SAELens loads it).
+BatchTopK keeps the k * batch largest activations across the batch, so tokens get a variable
+number of latents, k on average. Inference cannot see a batch, so a threshold is learned: an
+exponential moving average of the smallest activation kept in each training batch. At
+inference a latent fires where its pre-activation exceeds its threshold: a JumpReLU, which is
+how SAELens loads it. The threshold is stored per latent (all equal for BatchTopK) because
+imported JumpReLU SAEs and feature-choice SAEs have one threshold per latent.
 """
 
 from __future__ import annotations
 
 import torch
 
-from workbench.dictionaries.base import SparseCoder, SparseOutput, register
-from workbench.dictionaries.topk import TopKSAE
+from workbench.dictionaries.base import DictionaryError, SparseCoder, SparseOutput, register
 
 
 def batch_topk_activations(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
@@ -20,27 +21,26 @@ def batch_topk_activations(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre_BF)
 
 
-@register("batchtopk")
-class BatchTopKSAE(SparseCoder):
+@register("jumprelu")
+class JumpReLUSAE(SparseCoder):
+    """Inference only: a latent fires with its pre-activation where that exceeds its threshold.
+
+    This is the family of dictionaries imported from SAELens (JumpReLU, and ReLU as threshold 0).
+    """
+
     threshold_momentum = 0.99
 
     def __init__(self, config):
         super().__init__(config)
-        self.register_buffer("threshold", torch.tensor(0.0))
-        self.register_buffer("threshold_initialised", torch.tensor(False))
+        self.register_buffer("threshold", torch.zeros(config.n_latents))
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre_activations(x_BD)
-        return pre_BF * (pre_BF > self.threshold)
+        return pre_BF.relu() * (pre_BF > self.threshold)
 
     def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
-        target_BD = x_BD if target_BD is None else target_BD
-        pre_BF = self.pre_activations(x_BD)
-        f_BF = batch_topk_activations(pre_BF, self.config.k)
-        if self.training:
-            self._update_threshold(f_BF)
-        recon_BD = self.decode(f_BF, x_BD)
-        return SparseOutput(f_BF, recon_BD, TopKSAE.auxk_loss(self, pre_BF, target_BD - recon_BD, dead_F))
+        raise DictionaryError("A JumpReLU dictionary is for inference (imported from SAELens); the workbench trains "
+                              "its JumpReLU SAEs as batchtopk. Use --arch batchtopk.")
 
     @torch.no_grad()
     def fold_scales(self, input_scale: float, target_scale: float) -> None:
@@ -48,13 +48,36 @@ class BatchTopKSAE(SparseCoder):
         self.threshold.div_(target_scale)  # a latent's activation scales like the target
 
     @torch.no_grad()
-    def _update_threshold(self, f_BF: torch.Tensor) -> None:
-        active = f_BF[f_BF > 0]
-        if active.numel() == 0:
+    def update_threshold(self, f_BF: torch.Tensor, per_latent: bool = False) -> None:
+        """Move the threshold towards the smallest activation kept this batch (per latent, or one for all)."""
+        kept = f_BF > 0
+        if not bool(kept.any()):
             return
-        smallest = active.min()
-        if not bool(self.threshold_initialised):
-            self.threshold.copy_(smallest)
-            self.threshold_initialised.fill_(True)
+        if per_latent:
+            smallest_F = f_BF.masked_fill(~kept, float("inf")).min(dim=0).values
+            seen_F = kept.any(dim=0)
         else:
-            self.threshold.mul_(self.threshold_momentum).add_((1 - self.threshold_momentum) * smallest)
+            smallest_F = f_BF[kept].min().expand_as(self.threshold)
+            seen_F = torch.ones_like(self.threshold, dtype=torch.bool)
+        fresh_F = seen_F & (self.threshold == 0)  # a latent's first observation sets its threshold
+        blended_F = self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_F
+        self.threshold.copy_(torch.where(fresh_F, smallest_F, torch.where(seen_F, blended_F, self.threshold)))
+
+
+@register("batchtopk")
+class BatchTopKSAE(JumpReLUSAE):
+    def select(self, pre_BF: torch.Tensor) -> torch.Tensor:
+        """Training-time activations: the k * batch largest of the batch."""
+        return batch_topk_activations(pre_BF, self.config.k)
+
+    def auxiliary_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None) -> torch.Tensor:
+        return self.residual_aux_loss(pre_BF, residual_BD, dead_F)
+
+    def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+        target_BD = x_BD if target_BD is None else target_BD
+        pre_BF = self.pre_activations(x_BD)
+        f_BF = self.select(pre_BF)
+        if self.training:
+            self.update_threshold(f_BF)
+        recon_BD = self.decode(f_BF, x_BD)
+        return SparseOutput(f_BF, recon_BD, self.auxiliary_loss(pre_BF, target_BD - recon_BD, dead_F))

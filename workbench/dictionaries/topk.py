@@ -2,7 +2,8 @@
 
 AuxK: latents that have not fired for a while ("dead") get a second chance. The top
 aux_k dead pre-activations reconstruct the main reconstruction's residual, and that
-loss (weighted by aux_coefficient, 1/32) trains them towards useful directions.
+loss (weighted by aux_coefficient, 1/32) trains them towards useful directions
+(SparseCoder.residual_aux_loss).
 """
 
 from __future__ import annotations
@@ -27,15 +28,4 @@ class TopKSAE(SparseCoder):
         pre_BF = self.pre_activations(x_BD)
         f_BF = topk_activations(pre_BF, self.config.k)
         recon_BD = self.decode(f_BF, x_BD)
-        return SparseOutput(f_BF, recon_BD, self.auxk_loss(pre_BF, target_BD - recon_BD, dead_F))
-
-    def auxk_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None) -> torch.Tensor:
-        if dead_F is None or not bool(dead_F.any()):
-            return pre_BF.new_zeros(())
-        k_aux = min(self.config.aux_k, int(dead_F.sum()))
-        dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-        aux_f_BF = topk_activations(dead_pre_BF, k_aux).nan_to_num(0.0)
-        residual_hat_BD = aux_f_BF @ self.W_dec  # no bias: it models the residual, which is centred already
-        variance = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = (residual_hat_BD - residual_BD.detach()).pow(2).sum() / variance
-        return self.config.aux_coefficient * loss.nan_to_num(0.0)
+        return SparseOutput(f_BF, recon_BD, self.residual_aux_loss(pre_BF, target_BD - recon_BD, dead_F))
