@@ -260,3 +260,40 @@ def test_mp_and_topafa_cannot_be_transcoders():
     for arch in ("mp", "topafa"):
         with pytest.raises(DictionaryError, match="cannot be a transcoder"):
             DictionaryConfig(arch=arch, d_in=16, n_latents=64, k=4, transcoder=True, d_out=8)
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_sparse_topk_training_step_has_exactly_the_dense_gradients(transcoder):
+    """TopK trains through sparse kernels (sparse_ops.py); the loss and every gradient must equal the dense formula's."""
+    torch.manual_seed(0)
+    config = DictionaryConfig(arch="topk", d_in=32, n_latents=256, k=8, aux_k=16, transcoder=transcoder,
+                              skip_connection=transcoder, d_out=24 if transcoder else None)
+    model = make_dictionary(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(64, 32)
+    y = torch.randn(64, config.d_out) if transcoder else x
+    dead = torch.rand(256) < 0.3
+
+    output = model(x, dead_F=dead, target_BD=y)
+    loss = (y - output.recon_BD).pow(2).sum() + output.aux_loss
+    sparse_grads = torch.autograd.grad(loss, list(model.parameters()))
+
+    def dense_loss():
+        pre = (x if transcoder else x - model.b_dec) @ model.W_enc + model.b_enc
+        values, indices = pre.topk(8, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+        recon = f @ model.W_dec + model.b_dec + (x @ model.W_skip if transcoder else 0)
+        residual = y - recon
+        aux_values, aux_indices = pre.masked_fill(~dead, float("-inf")).topk(16, dim=-1)
+        aux_recon = torch.zeros_like(pre).scatter(-1, aux_indices, aux_values.relu()) @ model.W_dec
+        aux = (aux_recon - residual.detach()).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+        return (y - recon).pow(2).sum() + config.aux_coefficient * aux, f
+
+    reference, f_dense = dense_loss()
+    dense_grads = torch.autograd.grad(reference, list(model.parameters()))
+    assert torch.equal(output.f_BF != 0, f_dense != 0)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+    for (name, _), got, want in zip(model.named_parameters(), sparse_grads, dense_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")

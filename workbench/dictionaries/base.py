@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from workbench.dictionaries.sparse_ops import gather_pre_activations, sparse_decode
 from workbench.errors import WorkbenchError
 
 
@@ -98,11 +99,13 @@ class SparseCoder(nn.Module):
 
     # -- shared --------------------------------------------------------------------
 
-    def pre_activations(self, x_BD: torch.Tensor) -> torch.Tensor:
+    def encoder_input(self, x_BD: torch.Tensor) -> torch.Tensor:
         # An SAE subtracts b_dec to centre the input where its output is centred; a transcoder's
         # b_dec lives in the output space, so its input is used as it is.
-        centred = x_BD if self.config.transcoder else x_BD - self.b_dec
-        return centred @ self.W_enc + self.b_enc
+        return x_BD if self.config.transcoder else x_BD - self.b_dec
+
+    def pre_activations(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return self.encoder_input(x_BD) @ self.W_enc + self.b_enc
 
     def decode(self, f_BF: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor:
         """Latents to output; transcoders with a skip connection also need the input."""
@@ -116,20 +119,26 @@ class SparseCoder(nn.Module):
         return self.decode(self.encode(x_BD), x_BD)
 
     def residual_aux_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, eligible_F: torch.Tensor | None,
-                          weight_F: torch.Tensor | None = None) -> torch.Tensor:
+                          weight_F: torch.Tensor | None = None, encoder_input_BD: torch.Tensor | None = None) -> torch.Tensor:
         """AuxK (Gao et al.): the top aux_k eligible latents (dead ones, for AuxK) reconstruct the residual.
 
         `weight_F` scales each latent's activation in that reconstruction; aux_zipf_loss uses it to
         weigh latents by how far below their expected usage they are (a dead latent has weight 1).
+        With `encoder_input_BD`, pre_BF carries no gradient and the chosen entries are re-gathered
+        sparsely (sparse_ops), as TopK training does.
         """
         if eligible_F is None or not bool(eligible_F.any()):
             return pre_BF.new_zeros(())
         k_aux = min(self.config.aux_k, int(eligible_F.sum()))
-        values, indices = pre_BF.masked_fill(~eligible_F, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-        values = values.relu().nan_to_num(0.0)
+        _, indices = pre_BF.detach().masked_fill(~eligible_F, float("-inf")).topk(k_aux, dim=-1, sorted=False)
+        if encoder_input_BD is not None:
+            values = gather_pre_activations(encoder_input_BD, self.W_enc, self.b_enc, indices, pre_BF)
+        else:
+            values = pre_BF.gather(-1, indices)
+        values = values.relu()
         if weight_F is not None:
             values = values * weight_F[indices]
-        residual_hat_BD = torch.zeros_like(pre_BF).scatter_(-1, indices, values) @ self.W_dec  # no bias: the residual is centred
+        residual_hat_BD = sparse_decode(indices, values, self.W_dec)  # no bias: the residual is centred
         variance = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
         loss = (residual_hat_BD - residual_BD.detach()).pow(2).sum() / variance
         return self.config.aux_coefficient * loss.nan_to_num(0.0)
