@@ -11,8 +11,11 @@ equivalent. Timed: the whole fit, input-scale estimation included. Then both are
 on the same held-out batches with one definition: FVU (DESIGN.md), L0, and the share of
 latents that never fire on the held-out tokens.
 
-Transcoders against sparsify (eai-sparsify): see the README ("Dictionary training
-throughput"); sparsify cannot be installed beside our TransformerLens, so it is not run here.
+Transcoders (--transcoders, MLP input -> MLP output of the same layer): our TopK transcoder
+against sparsify's (eai-sparsify, `pip install eai-sparsify`). sparsify's Trainer drives a
+model and a dataset itself, so its SparseCoder(transcode=True) is trained here in the loop
+its Trainer runs (FVU + AuxK loss, decoder gradient projection, unit-norm decoder), with Adam
+at the same learning rate instead of its default signum, so that only the coder differs.
 """
 
 from __future__ import annotations
@@ -84,6 +87,73 @@ def train_saelens(batches, args, lr):
     return seconds, sae.eval()
 
 
+def train_our_transcoder(pairs, args, lr):
+    torch.manual_seed(args.seed)
+    d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
+    model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
+                                             transcoder=True))
+    start = time.perf_counter()
+    state, _ = fit(model, lambda step: iter(pairs[step:]), args.steps, lr,
+                   dead_window_tokens=args.dead_window_steps * args.batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.fold_scales(state.input_scale, state.target_scale)
+    return seconds, model
+
+
+def train_sparsify_transcoder(pairs, args, lr):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(args.seed)
+    coder = SparseCoder(pairs[0][0].shape[1], SparseCoderConfig(num_latents=args.latents, k=args.k, transcode=True),
+                        device="cpu")
+    optimizer = torch.optim.Adam(coder.parameters(), lr=lr)
+    tokens_since_fired = torch.zeros(args.latents, dtype=torch.long)
+    start = time.perf_counter()
+    for x, y in pairs:
+        output = coder(x, y, dead_mask=tokens_since_fired >= args.dead_window_steps * args.batch_size)
+        loss = output.fvu + output.auxk_loss  # sparsify's default auxk_alpha is 0; ours is on, so theirs is too
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        coder.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        coder.set_decoder_norm_to_unit_norm()
+        tokens_since_fired += x.shape[0]
+        tokens_since_fired[output.latent_indices.flatten().unique()] = 0
+    seconds = time.perf_counter() - start
+
+    def encode(x):
+        acts, indices, _ = coder.encode(x)
+        return torch.zeros(x.shape[0], args.latents).scatter_(-1, indices, acts)
+
+    def decode(f):
+        return f @ coder.W_dec + coder.b_dec
+
+    return seconds, encode, decode
+
+
+def report(rows, tokens) -> None:
+    print(f"{'':10s} {'tokens/s':>10s} {'seconds':>8s} {'FVU':>8s} {'L0':>6s} {'dead':>6s}")
+    for label, seconds, m in rows:
+        print(f"{label:10s} {tokens / seconds:10,.0f} {seconds:8.1f} {m['fvu']:8.4f} {m['l0']:6.1f} {100 * m['dead']:5.1f}%")
+    (_, ours_s, ours_m), (theirs, theirs_s, theirs_m) = rows
+    print(f"\nthroughput ratio (workbench / {theirs}): {theirs_s / ours_s:.2f}x; "
+          f"FVU ratio: {ours_m['fvu'] / theirs_m['fvu']:.3f} (below 1 is better)\n")
+
+
+def held_out_transcoder_metrics(encode, decode, pairs) -> dict:
+    fvu, fired, l0_sum, n = FVUAccumulator(), None, 0.0, 0
+    with torch.no_grad():
+        for x, y in pairs:
+            f = encode(x)
+            fvu.add(y, decode(f))
+            active = f != 0
+            fired = active.any(0) if fired is None else fired | active.any(0)
+            l0_sum += active.sum().item()
+            n += x.shape[0]
+    return {"fvu": fvu.value(), "l0": l0_sum / n, "dead": 1 - fired.float().mean().item()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -98,19 +168,26 @@ def main() -> int:
     parser.add_argument("--dead-window-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models-dir", default="store/models")
+    parser.add_argument("--transcoders", action="store_true", help="also compare TopK transcoders with sparsify's")
     args = parser.parse_args()
+    layer = args.hook.split(".")[1]
+    mlp_in, mlp_out = f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.mlp.hook_out"
+    hooks = [args.hook] + ([mlp_in, mlp_out] if args.transcoders else [])
     lr = args.lr or 2e-4 / (args.latents / 16384) ** 0.5
 
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         os.symlink(Path(args.models_dir).resolve(), root / "models")
-        harvest(HarvestConfig(model=args.model, hooks=[args.hook], store=str(root), tokens=args.harvest_tokens, run="bench"),
+        harvest(HarvestConfig(model=args.model, hooks=hooks, store=str(root), tokens=args.harvest_tokens, run="bench"),
                 progress=False)
         store = Store.open_existing(root)
         data = ActivationBatches(store, "bench", args.hook, args.batch_size, args.seed)
         stream = data.iterate(0)
         batches = [next(stream)[0].float() for _ in range(args.steps)]
         held_out = [next(stream)[0].float() for _ in range(args.eval_batches)]  # later in the shuffled epochs
+        if args.transcoders:
+            pair_stream = ActivationBatches(store, "bench", mlp_in, args.batch_size, args.seed, hook_out=mlp_out).iterate(0)
+            pairs = [tuple(t.float() for t in next(pair_stream)) for _ in range(args.steps + args.eval_batches)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -121,14 +198,17 @@ def main() -> int:
 
     ours_s, ours = train_ours(batches, args, lr)
     theirs_s, theirs = train_saelens(batches, args, lr)
-    ours_m = held_out_metrics(ours.encode, lambda f: ours.decode(f), held_out)
-    theirs_m = held_out_metrics(theirs.encode, theirs.decode, held_out)
     tokens = args.steps * args.batch_size
-    print(f"{'':10s} {'tokens/s':>10s} {'seconds':>8s} {'FVU':>8s} {'L0':>6s} {'dead':>6s}")
-    for label, seconds, m in (("workbench", ours_s, ours_m), ("SAELens", theirs_s, theirs_m)):
-        print(f"{label:10s} {tokens / seconds:10,.0f} {seconds:8.1f} {m['fvu']:8.4f} {m['l0']:6.1f} {100 * m['dead']:5.1f}%")
-    print(f"\nthroughput ratio (workbench / SAELens): {theirs_s / ours_s:.2f}x; "
-          f"FVU ratio: {ours_m['fvu'] / theirs_m['fvu']:.3f} (below 1 is better)")
+    print(f"SAEs on {args.hook}:")
+    report([("workbench", ours_s, held_out_metrics(ours.encode, lambda f: ours.decode(f), held_out)),
+            ("SAELens", theirs_s, held_out_metrics(theirs.encode, theirs.decode, held_out))], tokens)
+    if args.transcoders:
+        train_pairs, held_out_pairs = pairs[:args.steps], pairs[args.steps:]
+        ours_s, ours = train_our_transcoder(train_pairs, args, lr)
+        theirs_s, encode, decode = train_sparsify_transcoder(train_pairs, args, lr)
+        print(f"TopK transcoders {mlp_in} -> {mlp_out}:")
+        report([("workbench", ours_s, held_out_transcoder_metrics(ours.encode, lambda f: ours.decode(f), held_out_pairs)),
+                ("sparsify", theirs_s, held_out_transcoder_metrics(encode, decode, held_out_pairs))], tokens)
     return 0
 
 
