@@ -47,9 +47,11 @@ test-slow: setup
 	$(PY) -m pytest --slow
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[dev,saelens,sparsify]'
 	$(PY) bench/harvest.py
 	$(PY) bench/probes.py
 	$(PY) bench/feature_query.py
+	$(PY) bench/train_sae.py --transcoders
 
 clean-store:
 	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards
