@@ -43,12 +43,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harvest import hardware  # noqa: E402
 
 
-def held_out_metrics(encode, decode, batches: list[torch.Tensor]) -> dict:
+def held_out_metrics(encode, decode, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """FVU of decode(encode(x)) against y, L0, and the share of latents that never fire, over (x, y) batches."""
     fvu, fired, l0_sum, n = FVUAccumulator(), None, 0.0, 0
     with torch.no_grad():
-        for x in batches:
+        for x, y in pairs:
             f = encode(x)
-            fvu.add(x, decode(f))
+            fvu.add(y, decode(f))
             active = f != 0
             fired = active.any(0) if fired is None else fired | active.any(0)
             l0_sum += active.sum().item()
@@ -56,11 +57,15 @@ def held_out_metrics(encode, decode, batches: list[torch.Tensor]) -> dict:
     return {"fvu": fvu.value(), "l0": l0_sum / n, "dead": 1 - fired.float().mean().item()}
 
 
-def train_ours(batches, args, lr) -> tuple[float, dict]:
+def train_ours(pairs, args, lr):
+    """Our TopK SAE (pairs of (x, x)) or TopK transcoder (pairs of (input, output)), through workbench.train.fit."""
     torch.manual_seed(args.seed)
-    model = make_dictionary(DictionaryConfig(arch="topk", d_in=batches[0].shape[1], n_latents=args.latents, k=args.k))
+    d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
+    transcoder = pairs[0][0] is not pairs[0][1]
+    model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
+                                             transcoder=transcoder))
     start = time.perf_counter()
-    state, _ = fit(model, lambda step: ((b, b) for b in batches[step:]), args.steps, lr,
+    state, _ = fit(model, lambda step: iter(pairs[step:]), args.steps, lr,
                    dead_window_tokens=args.dead_window_steps * args.batch_size, progress=False)
     seconds = time.perf_counter() - start
     model.eval()
@@ -85,20 +90,6 @@ def train_saelens(batches, args, lr):
     trainer.fit()
     seconds = time.perf_counter() - start
     return seconds, sae.eval()
-
-
-def train_our_transcoder(pairs, args, lr):
-    torch.manual_seed(args.seed)
-    d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
-    model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
-                                             transcoder=True))
-    start = time.perf_counter()
-    state, _ = fit(model, lambda step: iter(pairs[step:]), args.steps, lr,
-                   dead_window_tokens=args.dead_window_steps * args.batch_size, progress=False)
-    seconds = time.perf_counter() - start
-    model.eval()
-    model.fold_scales(state.input_scale, state.target_scale)
-    return seconds, model
 
 
 def train_sparsify_transcoder(pairs, args, lr):
@@ -139,19 +130,6 @@ def report(rows, tokens) -> None:
     (_, ours_s, ours_m), (theirs, theirs_s, theirs_m) = rows
     print(f"\nthroughput ratio (workbench / {theirs}): {theirs_s / ours_s:.2f}x; "
           f"FVU ratio: {ours_m['fvu'] / theirs_m['fvu']:.3f} (below 1 is better)\n")
-
-
-def held_out_transcoder_metrics(encode, decode, pairs) -> dict:
-    fvu, fired, l0_sum, n = FVUAccumulator(), None, 0.0, 0
-    with torch.no_grad():
-        for x, y in pairs:
-            f = encode(x)
-            fvu.add(y, decode(f))
-            active = f != 0
-            fired = active.any(0) if fired is None else fired | active.any(0)
-            l0_sum += active.sum().item()
-            n += x.shape[0]
-    return {"fvu": fvu.value(), "l0": l0_sum / n, "dead": 1 - fired.float().mean().item()}
 
 
 def main() -> int:
@@ -196,19 +174,20 @@ def main() -> int:
           f"{args.steps} batches of {args.batch_size}; held out: {args.eval_batches} later batches")
     print(f"settings: TopK k={args.k}, {args.latents} latents, Adam lr {lr:.2e} constant, {args.steps} steps\n")
 
-    ours_s, ours = train_ours(batches, args, lr)
+    ours_s, ours = train_ours([(b, b) for b in batches], args, lr)
     theirs_s, theirs = train_saelens(batches, args, lr)
     tokens = args.steps * args.batch_size
+    held_out = [(b, b) for b in held_out]
     print(f"SAEs on {args.hook}:")
-    report([("workbench", ours_s, held_out_metrics(ours.encode, lambda f: ours.decode(f), held_out)),
+    report([("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out)),
             ("SAELens", theirs_s, held_out_metrics(theirs.encode, theirs.decode, held_out))], tokens)
     if args.transcoders:
         train_pairs, held_out_pairs = pairs[:args.steps], pairs[args.steps:]
-        ours_s, ours = train_our_transcoder(train_pairs, args, lr)
+        ours_s, ours = train_ours(train_pairs, args, lr)
         theirs_s, encode, decode = train_sparsify_transcoder(train_pairs, args, lr)
         print(f"TopK transcoders {mlp_in} -> {mlp_out}:")
-        report([("workbench", ours_s, held_out_transcoder_metrics(ours.encode, lambda f: ours.decode(f), held_out_pairs)),
-                ("sparsify", theirs_s, held_out_transcoder_metrics(encode, decode, held_out_pairs))], tokens)
+        report([("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out_pairs)),
+                ("sparsify", theirs_s, held_out_metrics(encode, decode, held_out_pairs))], tokens)
     return 0
 
 
