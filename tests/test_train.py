@@ -118,7 +118,9 @@ def test_training_is_invariant_to_the_scale_of_the_activations():
         model = make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=256, k=4))
         state, _ = fit(model, source, n_steps=200, lr=4e-3, dead_window_tokens=100_000, progress=False)
         results.append((state.last_fvu, mean_max_cosine(atoms, model.W_dec.data)))
-    assert results[0] == pytest.approx(results[1], rel=1e-3)
+    # Not bitwise: x * 1000 rounds differently, and the sparse kernels' sums amplify that over 200 steps (0.6%
+    # measured). A scale-dependent learning rate would differ by orders of magnitude.
+    assert results[0] == pytest.approx(results[1], rel=2e-2)
 
 
 def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
