@@ -29,6 +29,7 @@ class JumpReLUSAE(SparseCoder):
     """
 
     threshold_momentum = 0.99
+    per_latent_threshold = False  # one threshold for all latents (BatchTopK); feature choice learns one per latent
 
     def __init__(self, config):
         super().__init__(config)
@@ -48,12 +49,12 @@ class JumpReLUSAE(SparseCoder):
         self.threshold.div_(target_scale)  # a latent's activation scales like the target
 
     @torch.no_grad()
-    def update_threshold(self, f_BF: torch.Tensor, per_latent: bool = False) -> None:
+    def update_threshold(self, f_BF: torch.Tensor) -> None:
         """Move the threshold towards the smallest activation kept this batch (per latent, or one for all)."""
         kept = f_BF > 0
         if not bool(kept.any()):
             return
-        if per_latent:
+        if self.per_latent_threshold:
             smallest_F = f_BF.masked_fill(~kept, float("inf")).min(dim=0).values
             seen_F = kept.any(dim=0)
         else:
@@ -70,7 +71,8 @@ class BatchTopKSAE(JumpReLUSAE):
         """Training-time activations: the k * batch largest of the batch."""
         return batch_topk_activations(pre_BF, self.config.k)
 
-    def auxiliary_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None) -> torch.Tensor:
+    def auxiliary_loss(self, pre_BF: torch.Tensor, f_BF: torch.Tensor, residual_BD: torch.Tensor,
+                       dead_F: torch.Tensor | None) -> torch.Tensor:
         return self.residual_aux_loss(pre_BF, residual_BD, dead_F)
 
     def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
@@ -80,4 +82,4 @@ class BatchTopKSAE(JumpReLUSAE):
         if self.training:
             self.update_threshold(f_BF)
         recon_BD = self.decode(f_BF, x_BD)
-        return SparseOutput(f_BF, recon_BD, self.auxiliary_loss(pre_BF, target_BD - recon_BD, dead_F))
+        return SparseOutput(f_BF, recon_BD, self.auxiliary_loss(pre_BF, f_BF, target_BD - recon_BD, dead_F))

@@ -30,7 +30,8 @@ class ZipfAuxMixin:
 
     training_buffers = ("usage",)
 
-    def _init_usage(self) -> None:
+    def __init__(self, config):
+        super().__init__(config)
         self.register_buffer("usage", torch.zeros(self.config.n_latents))
 
     def zipf_expected_usage(self) -> torch.Tensor:
@@ -44,11 +45,10 @@ class ZipfAuxMixin:
         expected[ranks] = expected_by_rank
         return expected
 
-    def auxiliary_loss(self, pre_BF, residual_BD, dead_F):
+    def auxiliary_loss(self, pre_BF, f_BF, residual_BD, dead_F):
         if self.training:
             with torch.no_grad():
-                fired_F = (self._last_f_BF != 0).float().mean(0)
-                self.usage.mul_(USAGE_MOMENTUM).add_((1 - USAGE_MOMENTUM) * fired_F)
+                self.usage.mul_(USAGE_MOMENTUM).add_((1 - USAGE_MOMENTUM) * (f_BF != 0).float().mean(0))
         weight_F = (1 - self.usage / self.zipf_expected_usage()).clamp(0, 1)
         if dead_F is not None:
             weight_F = torch.where(dead_F, torch.ones_like(weight_F), weight_F)
@@ -57,29 +57,16 @@ class ZipfAuxMixin:
 
 @register("mutualchoice")
 class MutualChoiceSAE(ZipfAuxMixin, BatchTopKSAE):
-    def __init__(self, config):
-        super().__init__(config)
-        self._init_usage()
-
-    def select(self, pre_BF):
-        self._last_f_BF = super().select(pre_BF)
-        return self._last_f_BF
+    """BatchTopK's selection with aux_zipf_loss."""
 
 
 @register("featurechoice")
 class FeatureChoiceSAE(ZipfAuxMixin, BatchTopKSAE):
-    def __init__(self, config):
-        super().__init__(config)
-        self._init_usage()
+    per_latent_threshold = True  # each latent has its own capacity, so its own threshold
 
     def select(self, pre_BF: torch.Tensor) -> torch.Tensor:
         """Each latent keeps its m strongest tokens of the batch."""
         batch, n_latents = pre_BF.shape
         m = max(1, min(batch, round(self.config.k * batch / n_latents)))
         values, indices = pre_BF.relu().topk(m, dim=0, sorted=False)
-        self._last_f_BF = torch.zeros_like(pre_BF).scatter_(0, indices, values)
-        return self._last_f_BF
-
-    @torch.no_grad()
-    def update_threshold(self, f_BF: torch.Tensor, per_latent: bool = True) -> None:
-        super().update_threshold(f_BF, per_latent=True)  # each latent has its own capacity, so its own threshold
+        return torch.zeros_like(pre_BF).scatter_(0, indices, values)

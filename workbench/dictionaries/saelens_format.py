@@ -25,13 +25,15 @@ import torch
 from workbench.dictionaries.base import DictionaryConfig, DictionaryError, SparseCoder
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout we write (SAELens reads older layouts differently)
-JUMPRELU_FAMILIES = ("jumprelu", "batchtopk", "matryoshka", "mutualchoice", "featurechoice")
 
 
-def saelens_architecture(config: DictionaryConfig) -> str:
+def saelens_architecture(model: SparseCoder) -> str:
+    from workbench.dictionaries.batchtopk import JumpReLUSAE
+
+    config = model.config
     if config.arch == "topk" and not config.transcoder:
         return "topk"
-    if config.arch in JUMPRELU_FAMILIES:
+    if isinstance(model, JumpReLUSAE):  # every family whose inference is a per-latent threshold
         if not config.transcoder:
             return "jumprelu"
         return "jumprelu_skip_transcoder" if config.skip_connection else "jumprelu_transcoder"
@@ -45,7 +47,7 @@ def to_saelens(model: SparseCoder, metadata: dict) -> tuple[dict, dict[str, torc
     if "W_skip" in tensors:
         tensors["W_skip"] = tensors["W_skip"].T.contiguous()
     cfg = {
-        "architecture": saelens_architecture(config),
+        "architecture": saelens_architecture(model),
         "d_in": config.d_in,
         "d_sae": config.n_latents,
         "dtype": "float32",
