@@ -57,11 +57,10 @@ def held_out_metrics(encode, decode, pairs: list[tuple[torch.Tensor, torch.Tenso
     return {"fvu": fvu.value(), "l0": l0_sum / n, "dead": 1 - fired.float().mean().item()}
 
 
-def train_ours(pairs, args, lr):
+def train_ours(pairs, args, lr, transcoder: bool):
     """Our TopK SAE (pairs of (x, x)) or TopK transcoder (pairs of (input, output)), through workbench.train.fit."""
     torch.manual_seed(args.seed)
     d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
-    transcoder = pairs[0][0] is not pairs[0][1]
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
                                              transcoder=transcoder))
     start = time.perf_counter()
@@ -174,7 +173,7 @@ def main() -> int:
           f"{args.steps} batches of {args.batch_size}; held out: {args.eval_batches} later batches")
     print(f"settings: TopK k={args.k}, {args.latents} latents, Adam lr {lr:.2e} constant, {args.steps} steps\n")
 
-    ours_s, ours = train_ours([(b, b) for b in batches], args, lr)
+    ours_s, ours = train_ours([(b, b) for b in batches], args, lr, transcoder=False)
     theirs_s, theirs = train_saelens(batches, args, lr)
     tokens = args.steps * args.batch_size
     held_out = [(b, b) for b in held_out]
@@ -183,7 +182,7 @@ def main() -> int:
             ("SAELens", theirs_s, held_out_metrics(theirs.encode, theirs.decode, held_out))], tokens)
     if args.transcoders:
         train_pairs, held_out_pairs = pairs[:args.steps], pairs[args.steps:]
-        ours_s, ours = train_ours(train_pairs, args, lr)
+        ours_s, ours = train_ours(train_pairs, args, lr, transcoder=True)
         theirs_s, encode, decode = train_sparsify_transcoder(train_pairs, args, lr)
         print(f"TopK transcoders {mlp_in} -> {mlp_out}:")
         report([("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out_pairs)),

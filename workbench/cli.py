@@ -360,6 +360,30 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _int_with_suffix(text: str) -> int:
+    multipliers = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+    text = text.strip().lower().replace("_", "")
+    try:
+        return int(float(text[:-1]) * multipliers[text[-1]]) if text[-1] in multipliers else int(text)
+    except (ValueError, IndexError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a number like 2000000, 2M or 500k, got '{text}'") from exc
+
+
+def _run_train(args) -> int:
+    from workbench.train import TrainConfig, train
+
+    arch = "batchtopk" if args.arch == "transcoder" else args.arch
+    if args.arch == "transcoder" and not args.hook_out:
+        raise WorkbenchError("--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out).")
+    name = train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out, skip_connection=args.skip_connection,
+                             arch=arch, k=args.k, latents=args.latents, tokens=args.tokens, run=args.run, name=args.name,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             checkpoint_seconds=args.checkpoint_seconds))
+    print(f"Dictionary '{name}' is trained. See:\n"
+          f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
+    return 0
+
+
 def _add_encode(sub) -> None:
     p = sub.add_parser(
         "encode", help="write a dictionary's sparse feature activations and feature statistics into the store",
@@ -416,30 +440,6 @@ def _run_eval(args) -> int:
     if abs(r["ce_zero_ablation"] - r["ce_clean"]) < 0.01:
         print("  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
               "meaningful here; read delta CE and KL instead.")
-    return 0
-
-
-def _int_with_suffix(text: str) -> int:
-    multipliers = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
-    text = text.strip().lower().replace("_", "")
-    try:
-        return int(float(text[:-1]) * multipliers[text[-1]]) if text[-1] in multipliers else int(text)
-    except (ValueError, IndexError) as exc:
-        raise argparse.ArgumentTypeError(f"expected a number like 2000000, 2M or 500k, got '{text}'") from exc
-
-
-def _run_train(args) -> int:
-    from workbench.train import TrainConfig, train
-
-    arch = "batchtopk" if args.arch == "transcoder" else args.arch
-    if args.arch == "transcoder" and not args.hook_out:
-        raise WorkbenchError("--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out).")
-    name = train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out, skip_connection=args.skip_connection,
-                             arch=arch, k=args.k, latents=args.latents, tokens=args.tokens, run=args.run, name=args.name,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             checkpoint_seconds=args.checkpoint_seconds))
-    print(f"Dictionary '{name}' is trained. See:\n"
-          f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
     return 0
 
 

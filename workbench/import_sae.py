@@ -16,18 +16,14 @@ from workbench.dictionaries.base import DictionaryError
 
 def import_dictionary(store_path: str | Path, source: str | Path, hook: str, hook_out: str | None = None,
                       run: str | None = None, name: str | None = None) -> str:
-    from workbench.hooks import parse_hook
     from workbench.provenance import git_commit, package_version
     from workbench.store import Store, check_run_name, make_run_name
-    from workbench.train import resolve_run, saelens_metadata
+    from workbench.train import canonical_hooks, resolve_run, saelens_metadata
 
     store = Store.open_existing(store_path)
     model = load_dictionary(source)  # refuses pickles and unknown architectures before anything is written
     config = model.config
-    with store.reader() as con:
-        n_layers = con.execute("SELECT max(n_layers) FROM runs").fetchone()[0] or 1
-    hook = parse_hook(hook, n_layers).name
-    hook_out = parse_hook(hook_out, n_layers).name if hook_out else None
+    hook, hook_out = canonical_hooks(store, hook, hook_out)
     if config.transcoder != (hook_out is not None):
         raise DictionaryError(f"{source} is {'a transcoder: give --out, the hook it predicts' if config.transcoder else 'an SAE: leave out --out'}.")
     run = resolve_run(store, hook, run)

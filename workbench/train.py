@@ -176,6 +176,15 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0
 
 
+def canonical_hooks(store, hook: str, hook_out: str | None) -> tuple[str, str | None]:
+    """Canonical names for a dictionary's input hook and (transcoders) output hook; legacy aliases accepted."""
+    from workbench.hooks import parse_hook
+
+    with store.reader() as con:
+        n_layers = con.execute("SELECT max(n_layers) FROM runs").fetchone()[0] or 1
+    return parse_hook(hook, n_layers).name, parse_hook(hook_out, n_layers).name if hook_out else None
+
+
 def resolve_run(store, hook: str, run: str | None) -> str:
     with store.reader() as con:
         runs = [r[0] for r in con.execute("SELECT DISTINCT run FROM hook_points WHERE hook = ? ORDER BY run", [hook]).fetchall()]
@@ -217,15 +226,11 @@ def completed_dictionary(store, name: str) -> dict:
 def train(config: TrainConfig, progress: bool = True) -> str:
     """Train a dictionary on a store's activations and register it; returns its name. Re-running resumes."""
     from workbench.activation_batches import ActivationBatches
-    from workbench.hooks import parse_hook
     from workbench.provenance import git_commit, package_version
     from workbench.store import Store, check_run_name, make_run_name
 
     store = Store.open_existing(config.store)
-    with store.reader() as con:
-        n_layers = con.execute("SELECT max(n_layers) FROM runs").fetchone()[0] or 1
-    hook = parse_hook(config.hook, n_layers).name
-    hook_out = parse_hook(config.hook_out, n_layers).name if config.hook_out else None
+    hook, hook_out = canonical_hooks(store, config.hook, config.hook_out)
     run = resolve_run(store, hook, config.run)
     data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
     dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k,

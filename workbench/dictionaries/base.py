@@ -64,7 +64,7 @@ NO_FIXED_K = ("jumprelu",)
 
 
 class SparseOutput(NamedTuple):
-    f_BF: torch.Tensor  # latent activations, dense with zeros
+    f_BF: torch.Tensor  # latent activations, dense with zeros; for metrics (TopK returns it without gradient)
     recon_BD: torch.Tensor  # reconstruction of the target
     aux_loss: torch.Tensor  # extra loss (AuxK, prefix losses, ...), already weighted; 0 if none
 
