@@ -61,32 +61,19 @@ class Checkpointer:
         self.folder = folder
 
     def save(self, model: SparseCoder, optimizer: torch.optim.Optimizer, tracker: DeadLatentTracker, state: FitState) -> None:
-        staging = self.folder / f".{CHECKPOINT}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        # The full training state (training-only buffers too), not the SAELens layout of the final dictionary.
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / "model.safetensors")
-        (staging / "cfg.json").write_text(json.dumps(asdict(model.config)))
-        tensors = {"dead.tokens_since_fired": tracker.tokens_since_fired}
-        names = {id(p): n for n, p in model.named_parameters()}
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                for key, value in optimizer.state[param].items():
-                    tensors[f"{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().contiguous().clone()
-        save_file(tensors, staging / "optimizer.safetensors")
-        (staging / "state.json").write_text(json.dumps(asdict(state)))
-        final, old = self.folder / CHECKPOINT, self.folder / f".{CHECKPOINT}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        def write(staging: Path) -> None:
+            # The full training state (training-only buffers too), not the SAELens layout of the final dictionary.
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / "model.safetensors")
+            (staging / "cfg.json").write_text(json.dumps(asdict(model.config)))
+            tensors = {"dead.tokens_since_fired": tracker.tokens_since_fired} | optimizer_tensors(optimizer, model)
+            save_file(tensors, staging / "optimizer.safetensors")
+            (staging / "state.json").write_text(json.dumps(asdict(state)))
+
+        write_folder_atomically(self.folder / CHECKPOINT, write)
 
     def load(self, model: SparseCoder, optimizer: torch.optim.Optimizer, tracker: DeadLatentTracker) -> FitState | None:
-        folder = self.folder / CHECKPOINT
-        if not folder.exists() and (self.folder / f".{CHECKPOINT}.old").exists():
-            folder = self.folder / f".{CHECKPOINT}.old"  # killed between the two renames
-        if not folder.exists():
+        folder = readable_folder(self.folder / CHECKPOINT)
+        if folder is None:
             return None
         saved = json.loads((folder / "cfg.json").read_text())
         if saved != asdict(model.config):
@@ -95,11 +82,50 @@ class Checkpointer:
         model.load_state_dict(load_file(folder / "model.safetensors"))  # safetensors only: no pickle is ever loaded
         tensors = load_file(folder / "optimizer.safetensors")
         tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired")
-        params = dict(model.named_parameters())
-        for key, value in tensors.items():
-            name, field = key.rsplit(".", 1)
-            optimizer.state[params[name]][field] = value
+        restore_optimizer(optimizer, model, tensors)
         return FitState(**json.loads((folder / "state.json").read_text()))
+
+
+# -- checkpoint helpers, shared with the codebook fine-tuning loop ---------------------------------
+
+def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """`write(staging)` fills a temporary folder, which then replaces `final`; a kill at any point leaves
+    either the old folder or the new one readable (see readable_folder)."""
+    staging, old = final.parent / f".{final.name}.tmp", final.parent / f".{final.name}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_folder(final: Path) -> Path | None:
+    """The folder write_folder_atomically last completed, or None if there is none."""
+    old = final.parent / f".{final.name}.old"
+    if not final.exists() and old.exists():
+        return old  # killed between the two renames
+    return final if final.exists() else None
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat named tensors (safetensors holds no pickles)."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state[param].items():
+                tensors[f"{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().contiguous().clone()
+    return tensors
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    for key, value in tensors.items():
+        name, field = key.rsplit(".", 1)
+        optimizer.state[params[name]][field] = value
 
 
 def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]], n_steps: int, lr: float,

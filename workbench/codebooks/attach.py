@@ -50,6 +50,7 @@ class CodebookModel(nn.Module):
                                           for site in self.sites})
         self.codes: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k] from the last forward
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
+        self.recon_losses: dict[str, torch.Tensor] = {}
         self.forced: dict[str, tuple[int, slice]] = {}  # site -> (code, positions) to force on
         self.enabled = True
         self._handles = []
@@ -76,6 +77,7 @@ class CodebookModel(nn.Module):
                 codes = codes.clone()
                 codes[:, positions] = code
             self.codes[site], self.inputs[site] = codes, tensor.detach()
+            self.recon_losses[site] = result.recon_loss
             return (out, *output[1:]) if isinstance(output, tuple) else out
 
         return replace
