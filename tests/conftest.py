@@ -86,7 +86,7 @@ def downgrade_to_v1(store_dir: Path) -> None:
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"))
     later_tables = re.findall(r"CREATE TABLE (\w+)", schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3
-                              + schema.CIRCUIT_TABLES_V4)
+                              + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5)
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
     for table in later_tables:
         con.execute(f"DROP TABLE {table}")

@@ -694,6 +694,152 @@ def _run_circuit_deembed(args) -> int:
     return 0
 
 
+# -- codebook ------------------------------------------------------------------------
+
+def _add_codebook(sub) -> None:
+    p = sub.add_parser("codebook", help="codebook features: discrete codes at sublayer outputs, their contexts, steering")
+    codebook_sub = p.add_subparsers(dest="codebook_command", required=True, metavar="{train,encode,steer}")
+    train = codebook_sub.add_parser(
+        "train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="fine-tune a model with codebook bottlenecks at chosen sublayer outputs",
+        description=textwrap.dedent("""\
+            Put a codebook bottleneck after each site (Tamkin et al., "Codebook Features"): the site's output is
+            replaced by the sum of the k codes most cosine-similar to it. The codes are initialised by k-means on
+            the plain model's activations, then the model is fine-tuned with the bottlenecks in place under
+            LM loss + --recon-coefficient * relative reconstruction error. The codebooks learn at --codebook-lr
+            and the model at --model-lr, much lower (0 freezes it): the straight-through gradient the model
+            gets is only an estimate, and at the codebooks' rate it wrecks the model.
+
+            The held-out LM loss before and after is stored in the `codebooks` table (lm_loss_increase).
+            A checkpoint is written every --checkpoint-seconds: after an interruption, run the same command
+            again and it resumes. Files: <store>/codebooks/<name>/.
+            Sites: blocks.{l}.attn.hook_out (the attention output) and blocks.{l}.mlp.hook_out.
+        """),
+        epilog=textwrap.dedent("""\
+            examples:
+              workbench codebook train --model smollm2-135m --sites blocks.3.mlp.hook_out,blocks.3.attn.hook_out --tokens 64k --store store/
+              workbench codebook encode --store store/ --codebook <name> --run <harvest run>
+              workbench codebook steer --store store/ --codebook <name> --site blocks.3.mlp.hook_out --code 17 --prompt "Once upon a time"
+        """))
+    train.add_argument("--model", required=True, help="registry name, local HF folder or hub id")
+    train.add_argument("--sites", required=True, help="comma-separated sublayer outputs, e.g. blocks.3.mlp.hook_out")
+    train.add_argument("--store", required=True)
+    train.add_argument("--tokens", type=_int_with_suffix, default=65_536, help="fine-tuning tokens, e.g. 64k (default: 64k)")
+    train.add_argument("--codes", type=int, default=1024, help="codebook size per site (default: %(default)s)")
+    train.add_argument("--k", type=int, default=8, help="codes per token per site (default: %(default)s)")
+    train.add_argument("--reduce", choices=["sum", "mean"], default="sum", help="how the k codes combine (default: %(default)s)")
+    train.add_argument("--corpus", default="default", help="default, a .txt/.jsonl/.parquet path, or hf:NAME (default: %(default)s)")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--context-len", type=int, default=128)
+    train.add_argument("--batch-size", type=int, default=8, help="contexts per step (default: %(default)s)")
+    train.add_argument("--codebook-lr", type=float, default=1e-3)
+    train.add_argument("--model-lr", type=float, default=3e-5, help="the model's own learning rate; 0 freezes it (default: %(default)s)")
+    train.add_argument("--recon-coefficient", type=float, default=0.1)
+    train.add_argument("--dead-window-tokens", type=_int_with_suffix, default=0,
+                       help="re-seed codes unused for this many tokens from recent activations; 0 never does (default)")
+    train.add_argument("--eval-tokens", type=_int_with_suffix, default=8192, help="held out for the LM loss (default: %(default)s)")
+    train.add_argument("--name", help="codebooks name; repeat it to resume (default: derived from model, sites, codes, k)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-seconds", type=float, default=60)
+    train.set_defaults(func=_run_codebook_train)
+
+    encode = codebook_sub.add_parser(
+        "encode", help="write the codes that fire on each token of a harvest run into codebook_codes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the model with its codebooks over a harvest run's token contexts and store one\n"
+                    "(token, site, code) row per code that fires, keyed by the run's token ids.",
+        epilog=textwrap.dedent("""\
+            then, for example:
+              workbench sql store/ "SELECT t.token, count(*) AS n FROM codebook_codes c JOIN tokens t USING (run, token_id)
+                                    WHERE c.codebook = '<name>' AND c.site = 'blocks.3.mlp.hook_out' AND c.code = 17
+                                    GROUP BY t.token ORDER BY n DESC LIMIT 10"
+        """))
+    encode.add_argument("--store", required=True)
+    encode.add_argument("--codebook", required=True)
+    encode.add_argument("--run", required=True, help="a harvest run of the same model")
+    encode.add_argument("--batch-size", type=int, default=8)
+    encode.set_defaults(func=_run_codebook_encode)
+
+    steer = codebook_sub.add_parser(
+        "steer", help="generate with a code forced on, and count how often the target behaviour appears",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Sample --samples continuations of the prompt twice with the same seeds: as the model is, and with
+            the code forced on at the site at every position (in place of the weakest of its k codes). A
+            continuation shows the target behaviour if it contains one of the --targets strings; by default
+            they are the 5 tokens the code fires on most (needs `workbench codebook encode` first).
+        """),
+        epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site blocks.3.mlp.hook_out --code 17 "
+               "--prompt \"Once upon a time\" --targets \" dragon, dragons\"")
+    steer.add_argument("--store", required=True)
+    steer.add_argument("--codebook", required=True)
+    steer.add_argument("--site", required=True)
+    steer.add_argument("--code", type=int, required=True)
+    steer.add_argument("--prompt", required=True)
+    steer.add_argument("--targets", help="comma-separated strings that count as the behaviour (default: the code's top tokens)")
+    steer.add_argument("--samples", type=int, default=16)
+    steer.add_argument("--max-new-tokens", type=int, default=24)
+    steer.add_argument("--seed", type=int, default=0)
+    steer.set_defaults(func=_run_codebook_steer)
+
+
+def _run_codebook_train(args) -> int:
+    from workbench.codebooks.finetune import FinetuneSettings
+    from workbench.codebooks.train import CodebookTrainConfig, train_codebooks
+
+    sites = [site.strip() for site in args.sites.split(",") if site.strip()]
+    settings = FinetuneSettings(codebook_lr=args.codebook_lr, model_lr=args.model_lr,
+                                recon_coefficient=args.recon_coefficient, dead_window_tokens=args.dead_window_tokens,
+                                checkpoint_seconds=args.checkpoint_seconds)
+    name = train_codebooks(CodebookTrainConfig(
+        store=args.store, model=args.model, sites=sites, tokens=args.tokens, n_codes=args.codes, k=args.k,
+        reduce=args.reduce, corpus=args.corpus, text_column=args.text_column, context_len=args.context_len,
+        batch_size=args.batch_size, eval_tokens=args.eval_tokens, finetune=settings, name=args.name, seed=args.seed))
+    from workbench.store import Store
+
+    with Store.open_existing(args.store).reader() as con:
+        before, after, recon = con.execute("SELECT lm_loss_original, lm_loss_codebooks, recon_error FROM codebooks "
+                                           "WHERE name = ?", [name]).fetchone()
+    print(f"Codebooks '{name}' are trained. Held-out LM loss {before:.4f} -> {after:.4f} "
+          f"({after - before:+.4f} nats); relative reconstruction error {recon:.3f}.\n"
+          f"Next: workbench codebook encode --store {args.store} --codebook {name} --run <a harvest run of this model>")
+    return 0
+
+
+def _run_codebook_encode(args) -> int:
+    from workbench.codebooks.train import encode_codes
+
+    rows = encode_codes(args.store, args.codebook, args.run, args.batch_size)
+    print(f"Wrote {rows:,} (token, site, code) rows for '{args.codebook}' on run '{args.run}' (table codebook_codes).")
+    return 0
+
+
+def _run_codebook_steer(args) -> int:
+    from workbench.codebooks.steer import code_top_tokens, steer
+    from workbench.codebooks.train import open_codebook_model
+    from workbench.store import Store
+
+    store = Store.open_existing(args.store)
+    coded, tokenizer, _ = open_codebook_model(store, args.codebook)
+    coded.check_code(args.site, args.code)
+    if args.targets:
+        targets = [t for t in args.targets.split(",") if t.strip()]
+    else:
+        targets = code_top_tokens(store, args.codebook, args.site, args.code)
+        if not targets:
+            raise WorkbenchError(f"Code {args.code} at {args.site} has no stored firings to take targets from: run "
+                                 "`workbench codebook encode` first, or give --targets.")
+    result = steer(coded, tokenizer, args.prompt, {args.site: args.code}, targets, args.samples, args.max_new_tokens, args.seed)
+    print(f"targets: {', '.join(repr(t) for t in targets)}")
+    for label, texts in (("baseline", result.baseline), ("steered", result.steered)):
+        print(f"\n{label}:")
+        for text in texts[:5]:
+            print(f"  {args.prompt}|{text!r}")
+    print(f"\nshare showing a target: baseline {result.baseline_rate:.2f}, steered {result.steered_rate:.2f} "
+          f"({args.samples} samples each, same seeds)")
+    return 0
+
+
 # -- app -----------------------------------------------------------------------------
 
 def _add_app(sub) -> None:
@@ -743,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,eval,encode,import,circuit,app,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{harvest,store,sql,probe,train,eval,encode,import,circuit,codebook,app,models}")
     _add_harvest(sub)
     _add_store(sub)
     _add_sql(sub)
@@ -753,6 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encode(sub)
     _add_import(sub)
     _add_circuit(sub)
+    _add_codebook(sub)
     _add_app(sub)
     _add_models(sub)
     return parser

@@ -5,9 +5,7 @@ Sites use the hook vocabulary: `blocks.{l}.attn.hook_out` (the attention output)
 output through a forward hook, and the codes that fired are kept for the caller. A site can also
 be forced to one code at chosen positions, which is how interventions and steering work.
 
-Not here yet (issue 7): fine-tuning the model with the bottlenecks in place. A first loop (LM loss
-plus reconstruction, dead-code replacement) lowered TokFSM next-state accuracy from 0.96 after
-k-means initialisation to 0.61 after 300 steps, so it was left out until it is tuned.
+Fine-tuning with the bottlenecks in place is finetune.py.
 """
 
 from __future__ import annotations
@@ -71,11 +69,15 @@ class CodebookModel(nn.Module):
             result = self.bottleneck(site)(tensor)
             out, codes = result.out_BD, result.codes_BK
             if site in self.forced:
+                # The forced code takes the place of the weakest of the k codes (unless it is among them already),
+                # so with k > 1 the other codes still carry what they carried.
                 code, positions = self.forced[site]
-                out = out.clone()
-                out[:, positions] = self.bottleneck(site).codebook[code]  # the forced code alone replaces the output
-                codes = codes.clone()
-                codes[:, positions] = code
+                codes, out = codes.clone(), out.clone()
+                chosen = codes[:, positions]
+                present = (chosen == code).any(-1, keepdim=True)
+                chosen[..., -1:] = torch.where(present, chosen[..., -1:], torch.full_like(chosen[..., -1:], code))
+                codes[:, positions] = chosen
+                out[:, positions] = self.bottleneck(site).decode(chosen).to(out.dtype)
             self.codes[site], self.inputs[site] = codes, tensor.detach()
             self.recon_losses[site] = result.recon_loss
             return (out, *output[1:]) if isinstance(output, tuple) else out
@@ -85,14 +87,19 @@ class CodebookModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
         return self.hf_model(input_ids, labels=labels)
 
-    @contextmanager
-    def forcing(self, site: str, code: int, positions: slice) -> Iterator[None]:
-        """Inside the block, `site` outputs code `code` at `positions` (all sequences of the batch)."""
+    def check_code(self, site: str, code: int) -> None:
         if site not in self.sites:
             raise CodebookError(f"No codebook at '{site}'; this model has them at {', '.join(self.sites)}.")
         n_codes = self.bottleneck(site).n_codes
         if not 0 <= code < n_codes:
             raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {n_codes - 1}.")
+
+    @contextmanager
+    def forcing(self, site: str, code: int, positions: slice) -> Iterator[None]:
+        """Inside the block, code `code` fires at `site` at `positions` (every sequence of the batch), in place of
+        the weakest of the k codes. `slice(None)` forces it at every position of every forward pass, which is how
+        generation is steered (with a KV cache each pass holds only the new tokens)."""
+        self.check_code(site, code)
         self.forced[site] = (code, positions)
         try:
             yield
@@ -100,15 +107,19 @@ class CodebookModel(nn.Module):
             self.forced.pop(site, None)
 
     @torch.no_grad()
-    def kmeans_init(self, input_ids: torch.Tensor) -> None:
+    def kmeans_init(self, input_ids: torch.Tensor, batch_size: int = 64) -> None:
         """Initialise every site's codes by k-means on what the plain model writes there on `input_ids`."""
+        seen: dict[str, list[torch.Tensor]] = {site: [] for site in self.sites}
         self.enabled = False
         try:
-            self.hf_model(input_ids)
+            for start in range(0, len(input_ids), batch_size):
+                self.hf_model(input_ids[start:start + batch_size])
+                for site in self.sites:
+                    seen[site].append(self.inputs[site].reshape(-1, self.inputs[site].shape[-1]))
         finally:
             self.enabled = True
         for site in self.sites:
-            self.bottleneck(site).kmeans_init(self.inputs[site].reshape(-1, self.inputs[site].shape[-1]))
+            self.bottleneck(site).kmeans_init(torch.cat(seen[site]))
 
 
 def code_purity(codes: np.ndarray, labels: np.ndarray) -> float:

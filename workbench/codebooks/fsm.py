@@ -124,3 +124,18 @@ def train_on_fsm(model, fsm: TokFSM, steps: int = 1500, batch_size: int = 64, n_
         schedule.step()
         losses.append(loss.item())
     return losses
+
+
+@torch.no_grad()
+def sample_next_states(model, fsm: TokFSM, context: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """[batch]: the next state each context's model generates, sampling its digits one by one (no KV cache, so
+    a code forced at an absolute position stays there); -1 where the digits name no state."""
+    generator = torch.Generator().manual_seed(seed)
+    digits = []
+    for _ in range(fsm.digits):
+        probs = torch.softmax(model(context).logits[:, -1, :10].float(), -1)
+        digit = torch.multinomial(probs, 1, generator=generator)
+        digits.append(digit[:, 0])
+        context = torch.cat([context, digit], dim=1)
+    number = sum(d * 10 ** (fsm.digits - 1 - i) for i, d in enumerate(digits))
+    return torch.where(number < fsm.n_states, number, torch.full_like(number, -1))

@@ -10,8 +10,7 @@ term ||x - out||^2 that fine-tuning adds pulls the codes toward the activations 
     kmeans_init   initialise the codes from activations (cosine k-means)
     replace_dead  re-seed codes unused for a window of tokens with recent activations
 
-Only this module and its tests exist so far: fine-tuning a model with bottlenecks in place, the
-TokFSM reproduction, storing codes and steering are issue 7's remaining work.
+Attaching bottlenecks to a model, fine-tuning, storing codes and steering are in workbench/codebooks/.
 """
 
 from __future__ import annotations
@@ -55,9 +54,7 @@ class CodebookBottleneck(nn.Module):
             raise CodebookError(f"The codebook reads {self.d}-dimensional activations; this site gives {x_BD.shape[-1]}.")
         with torch.no_grad():
             codes_BK = self.scores(x_BD).topk(self.k, dim=-1).indices
-        quantised = self.codebook[codes_BK].sum(-2)  # gradient reaches exactly the chosen code vectors
-        if self.reduce == "mean":
-            quantised = quantised / self.k
+        quantised = self.decode(codes_BK)  # gradient reaches exactly the chosen code vectors
         recon_loss = (x_BD - quantised).pow(2).sum(-1).mean()  # pulls the codes toward x and x toward its codes
         # Straight-through for x: the value is `quantised`, the gradient to x is the identity.
         out_BD = quantised + (x_BD - x_BD.detach())
@@ -69,10 +66,15 @@ class CodebookBottleneck(nn.Module):
                 self.since_used[fired] = 0
         return CodebookOutput(out_BD, codes_BK, recon_loss)
 
+    def decode(self, codes_BK: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's output for a set of k codes: their sum, or mean."""
+        quantised = self.codebook[codes_BK].sum(-2)
+        return quantised / self.k if self.reduce == "mean" else quantised
+
     @torch.no_grad()
     def kmeans_init(self, x_ND: torch.Tensor, iterations: int = 20, seed: int = 0) -> None:
         """Cosine k-means (k-means++ seeding) on activations x [n, d]; code vectors get the mean (unnormalised) of their cluster,
-        so a code's scale matches what it replaces. Needs at least n_codes activations."""
+        divided by k for reduce="sum", so the output's scale matches what it replaces. Needs at least n_codes activations."""
         if len(x_ND) < self.n_codes:
             raise CodebookError(f"k-means initialisation needs at least {self.n_codes} activations (one per code); "
                                 f"got {len(x_ND)}.")
@@ -95,7 +97,8 @@ class CodebookBottleneck(nn.Module):
             counts = torch.bincount(assignment, minlength=self.n_codes)
             filled = counts > 0
             centres[filled] = sums[filled] / counts[filled, None]
-        self.codebook.copy_(centres)
+        # With reduce="sum" the output adds k codes that each resemble x, so each starts at 1/k of its centre.
+        self.codebook.copy_(centres / self.k if self.reduce == "sum" else centres)
         self.since_used.zero_()
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ import duckdb
 
 from workbench.errors import StoreVersionError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -211,10 +211,40 @@ def _add_circuit_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(CIRCUIT_TABLES_V4)
 
 
+# v5: codebook features (workbench/codebooks); files under <store>/codebooks/<name>/.
+CODEBOOK_TABLES_V5 = """
+CREATE TABLE codebooks (
+    name VARCHAR PRIMARY KEY,
+    model VARCHAR NOT NULL, model_fingerprint VARCHAR NOT NULL,
+    sites VARCHAR[] NOT NULL,        -- blocks.{l}.attn.hook_out | blocks.{l}.mlp.hook_out
+    n_codes INTEGER NOT NULL, k INTEGER NOT NULL, reduce VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,           -- relative to the store
+    status VARCHAR NOT NULL,         -- training | complete
+    steps_done BIGINT NOT NULL, tokens_done BIGINT NOT NULL,
+    lm_loss_original DOUBLE,         -- held-out next-token loss of the model before fine-tuning
+    lm_loss_codebooks DOUBLE,        -- the same tokens through the fine-tuned model with its codebooks
+    lm_loss_increase DOUBLE,         -- codebooks - original
+    recon_error DOUBLE,              -- last step's mean relative reconstruction error over the sites
+    config JSON, package_version VARCHAR, git_commit VARCHAR,
+    created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL
+);
+-- `workbench codebook encode`: the codes that fire on each token of a harvest run, one row per
+-- (token, site, code); rank 0 is the code most similar to the activation.
+CREATE TABLE codebook_codes (
+    codebook VARCHAR NOT NULL, run VARCHAR NOT NULL, token_id BIGINT NOT NULL,
+    site VARCHAR NOT NULL, rank TINYINT NOT NULL, code INTEGER NOT NULL
+);
+"""
+
+
+def _add_codebook_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(CODEBOOK_TABLES_V5)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
-    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables}
+    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables}
 
 
 _EMPTY_ACTIVATIONS = (

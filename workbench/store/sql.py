@@ -91,6 +91,24 @@ EXAMPLE_QUERIES = {
         "SELECT a.dictionary, a.feature, count(*) AS n, round(avg(a.value), 3) AS mean_value\n"
         "FROM feature_acts a JOIN tokens t USING (run, token_id)\n"
         "WHERE trim(t.token) = 'the'\nGROUP BY ALL ORDER BY n DESC LIMIT 20",
+    "Codebooks and what they cost in LM loss":
+        "SELECT name, model, sites, n_codes, k, round(lm_loss_original, 4) AS lm_loss_original,\n"
+        "       round(lm_loss_codebooks, 4) AS lm_loss_codebooks, round(lm_loss_increase, 4) AS increase\nFROM codebooks",
+    "Contexts of one code (edit `pick` to choose the code)":
+        "WITH pick AS (SELECT codebook, site, mode(code) AS code FROM codebook_codes\n"
+        "              GROUP BY ALL ORDER BY codebook, site LIMIT 1)\n"
+        "SELECT c.site, c.code, c.rank, t.token, t.context_id, t.position, d.source\n"
+        "FROM codebook_codes c JOIN pick USING (codebook, site, code)\n"
+        "JOIN tokens t USING (run, token_id) LEFT JOIN documents d USING (run, doc_id)\nLIMIT 20",
+    "Codes that fire on a token":
+        "SELECT c.codebook, c.site, c.code, count(*) AS n\n"
+        "FROM codebook_codes c JOIN tokens t USING (run, token_id)\n"
+        "WHERE trim(t.token) = 'the'\nGROUP BY ALL ORDER BY n DESC LIMIT 20",
+    "Code purity: the share of each code's firings on its most common token":
+        "SELECT codebook, site, code, sum(n) AS firings, max(n) / sum(n) AS purity, arg_max(token, n) AS token\n"
+        "FROM (SELECT c.codebook, c.site, c.code, t.token, count(*) AS n\n"
+        "      FROM codebook_codes c JOIN tokens t USING (run, token_id) GROUP BY ALL)\n"
+        "GROUP BY ALL HAVING sum(n) >= 20 ORDER BY purity DESC LIMIT 20",
     "Most frequent tokens": "SELECT token, count(*) AS n FROM tokens GROUP BY token ORDER BY n DESC LIMIT 20",
     "Activation norms per hook (reads the shards)":
         "SELECT hook, count(*) AS tokens, round(avg(sqrt(list_sum(list_transform(act, x -> x * x)))), 3) AS mean_norm\n"

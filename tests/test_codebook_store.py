@@ -1,0 +1,185 @@
+"""Codebooks on a workbench model: `workbench codebook train/encode/steer` on the tiny model and a real store,
+exact resume, and the bad inputs of issue 7."""
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli, store_snapshot
+from workbench.codebooks.attach import CodebookModel
+from workbench.codebooks.finetune import (FinetuneSettings, codebook_identity, finetune, load_codebooks, model_fingerprint,
+                                          save_codebooks)
+from workbench.codebooks.fsm import TokFSM, tiny_transformer
+from workbench.dictionaries.codebook import CodebookError
+
+SITES = "blocks.0.mlp.hook_out,blocks.1.attn.hook_out"
+K, N_CODES = 2, 32
+
+
+@pytest.fixture(scope="module")
+def coded_store(tmp_path_factory, models_dir):
+    """A store with a harvest run of the tiny model, and codebooks trained (model frozen) and encoded on it."""
+    root = tmp_path_factory.mktemp("codebooks") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
+    harvest = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.0.mlp.hook_out", "--tokens", "2048",
+                      "--store", str(root), "--run", "h")
+    assert harvest.returncode == 0, harvest.stderr
+    train = run_cli("codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(root), "--tokens", "4096",
+                    "--codes", str(N_CODES), "--k", str(K), "--model-lr", "0", "--eval-tokens", "1024", "--name", "cb")
+    assert train.returncode == 0, train.stderr
+    encode = run_cli("codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "h")
+    assert encode.returncode == 0, encode.stderr
+    return root, train.stdout, encode.stdout
+
+
+def test_train_reports_the_lm_loss_before_and_after_and_saves_only_the_codebooks(coded_store):
+    root, stdout, _ = coded_store
+    con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
+    row = con.execute("SELECT status, sites, n_codes, k, steps_done, tokens_done, lm_loss_original, lm_loss_codebooks, "
+                      "lm_loss_increase, recon_error FROM codebooks WHERE name = 'cb'").fetchone()
+    con.close()
+    status, sites, n_codes, k, steps, tokens, before, after, increase, recon = row
+    assert status == "complete" and sites == SITES.split(",") and (n_codes, k) == (N_CODES, K)
+    assert steps == 4 and tokens == 4096  # 4096 tokens = 4 steps of 8 contexts x 128
+    assert np.isfinite([before, after]).all() and increase == pytest.approx(after - before)
+    assert 0 < recon < 1.5
+    assert f"{before:.4f} -> {after:.4f}" in stdout
+    files = {p.name for p in (root / "codebooks" / "cb" / "final").iterdir()}
+    assert files == {"codebooks.safetensors", "identity.json"}  # the frozen model is not copied
+
+
+def test_stored_codes_are_the_top_k_cosine_codes_of_the_harvested_activations(coded_store):
+    """Two implementations agree: the model's bottleneck during `encode`, and cosine top-k of the harvest's shards
+    against the saved codebook. blocks.0.mlp.hook_out is the first site and the model is frozen, so it sees
+    exactly what the plain model wrote there."""
+    root, _, encode_out = coded_store
+    con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True, config={"file_search_path": str(root)})
+    n_tokens = con.execute("SELECT count(*) FROM tokens WHERE run = 'h'").fetchone()[0]
+    n_rows = con.execute("SELECT count(*) FROM codebook_codes WHERE codebook = 'cb' AND run = 'h'").fetchone()[0]
+    assert n_rows == n_tokens * 2 * K and f"{n_rows:,}" in encode_out
+    # Each (token, site) has k distinct codes with ranks 0..k-1, all in range.
+    bad = con.execute("SELECT count(*) FROM (SELECT token_id, site, count(DISTINCT code) AS c, min(rank) AS lo, "
+                      "max(rank) AS hi FROM codebook_codes GROUP BY ALL) WHERE c != ? OR lo != 0 OR hi != ?",
+                      [K, K - 1]).fetchone()[0]
+    assert bad == 0
+    assert con.execute("SELECT min(code) >= 0 AND max(code) < ? FROM codebook_codes", [N_CODES]).fetchone()[0]
+    stored = con.execute("SELECT token_id, code FROM codebook_codes WHERE site = 'blocks.0.mlp.hook_out' "
+                         "ORDER BY token_id, rank").fetchnumpy()
+    acts = con.execute("SELECT token_id, act FROM activations WHERE run = 'h' AND hook = 'blocks.0.mlp.hook_out' "
+                       "ORDER BY token_id").fetchnumpy()
+    con.close()
+    codebook = load_file(root / "codebooks" / "cb" / "final" / "codebooks.safetensors")["bottlenecks.blocks_0_mlp_hook_out.codebook"]
+    x = torch.tensor(np.stack(acts["act"]), dtype=torch.float32)
+    expected = (torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(codebook, dim=-1).T).topk(K).indices
+    got = torch.from_numpy(stored["code"].reshape(-1, K))
+    assert np.array_equal(stored["token_id"][::K], acts["token_id"])
+    same = (got.sort(-1).values == expected.sort(-1).values).all(-1).float().mean().item()
+    assert same > 0.99, same  # harvest shards are fp32; near-ties may flip a rank at float precision
+
+
+def test_sql_finds_a_codes_contexts_a_tokens_codes_and_a_codes_purity(coded_store):
+    from workbench.store import Store
+    from workbench.store.sql import EXAMPLE_QUERIES, run_query
+
+    root, _, _ = coded_store
+    queries = {title: sql for title, sql in EXAMPLE_QUERIES.items() if "codebook_codes" in sql}
+    assert len(queries) >= 3
+    for title, sql in queries.items():
+        table = run_query(Store.open_existing(root), sql, max_rows=100).table
+        assert table.num_rows > 0, title
+
+
+def test_steering_forces_the_code_everywhere_and_keeps_the_sampling_seeds(coded_store):
+    from workbench.codebooks.steer import generate, steer
+    from workbench.codebooks.train import open_codebook_model
+    from workbench.store import Store
+
+    root, _, _ = coded_store
+    coded, tokenizer, _ = open_codebook_model(Store.open_existing(root), "cb")
+    site = "blocks.1.attn.hook_out"
+    first = generate(coded, tokenizer, "The cat sat", n_samples=3, max_new_tokens=6, seed=3)
+    assert first == generate(coded, tokenizer, "The cat sat", n_samples=3, max_new_tokens=6, seed=3)
+    # The code that fires least on the prompt, forced at every position: the recorded codes show it everywhere.
+    with torch.no_grad():
+        coded(torch.tensor([[tokenizer.bos_token_id] + tokenizer("The cat sat")["input_ids"]]))
+    code = int(torch.bincount(coded.codes[site].reshape(-1), minlength=N_CODES).argmin())
+    result = steer(coded, tokenizer, "The cat sat", {site: code}, targets=["the"], n_samples=3, max_new_tokens=6, seed=3)
+    assert result.baseline == first and result.steered != result.baseline
+    with coded.forcing(site, code, slice(None)), torch.no_grad():
+        coded(torch.tensor([[tokenizer.bos_token_id] + tokenizer("The cat sat")["input_ids"]]))
+    assert (coded.codes[site] == code).any(-1).all()
+    assert result.baseline_rate == sum("the" in t.lower() for t in result.baseline) / 3
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    fsm = TokFSM.random(seed=0)
+    settings = FinetuneSettings(codebook_lr=1e-3, model_lr=1e-4, dead_window_tokens=200, checkpoint_seconds=0)
+    batch_at = lambda step: fsm.sample(8, 8, seed=step)[0]  # noqa: E731
+
+    def fresh():
+        coded = CodebookModel(tiny_transformer(fsm, seed=1), ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"], 16, k=2)
+        coded.kmeans_init(fsm.sample(16, 8, seed=99)[0])
+        return coded, codebook_identity(coded, model_fingerprint(coded.hf_model))
+
+    whole, identity = fresh()
+    finetune(whole, batch_at, 12, settings, identity, tmp_path / "whole", progress=False)
+    parts, identity = fresh()
+    finetune(parts, batch_at, 12, settings, identity, tmp_path / "parts", progress=False, stop_after_steps=5)
+    assert json.loads((tmp_path / "parts" / "checkpoint" / "state.json").read_text())["step"] == 5
+    resumed, identity = fresh()  # a new process: nothing carried over but the checkpoint
+    state = finetune(resumed, batch_at, 12, settings, identity, tmp_path / "parts", progress=False)
+    assert state.step == 12
+    for key, value in whole.state_dict().items():
+        assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-6), key
+
+
+def test_codebooks_refuse_another_model_and_changed_settings(tmp_path):
+    fsm = TokFSM.random(seed=0)
+    coded = CodebookModel(tiny_transformer(fsm, seed=1), ["blocks.0.mlp.hook_out"], 16, k=2)
+    identity = codebook_identity(coded, model_fingerprint(coded.hf_model))
+    save_codebooks(coded, tmp_path, identity, train_model=False)
+    other = CodebookModel(tiny_transformer(fsm, seed=2), ["blocks.0.mlp.hook_out"], 16, k=2)
+    with pytest.raises(CodebookError, match="trained on another model"):
+        load_codebooks(other, tmp_path, codebook_identity(other, model_fingerprint(other.hf_model)))
+    bigger = CodebookModel(coded.hf_model, ["blocks.0.mlp.hook_out"], 32, k=2)
+    with pytest.raises(CodebookError, match="differ in n_codes"):
+        load_codebooks(bigger, tmp_path, codebook_identity(bigger, identity["model_fingerprint"]))
+    # A checkpoint is checked the same way before it is resumed.
+    finetune(coded, lambda step: fsm.sample(4, 4, seed=step)[0], 3, FinetuneSettings(checkpoint_seconds=0), identity,
+             tmp_path / "run", progress=False, stop_after_steps=1)
+    with pytest.raises(CodebookError, match="trained on another model"):
+        finetune(other, lambda step: fsm.sample(4, 4, seed=step)[0], 3, FinetuneSettings(),
+                 codebook_identity(other, model_fingerprint(other.hf_model)), tmp_path / "run", progress=False)
+
+
+def test_bad_cli_input_gets_a_clear_error_and_changes_nothing(coded_store):
+    root, _, _ = coded_store
+    before = store_snapshot(root)
+    cases = [
+        (["codebook", "train", "--model", "tiny", "--sites", "blocks.7.mlp.hook_out", "--store", str(root)], "out of range"),
+        (["codebook", "train", "--model", "tiny", "--sites", "blocks.0.hook_resid", "--store", str(root)], "hook"),
+        (["codebook", "train", "--model", "tiny", "--sites", SITES, "--codes", "8", "--k", "9", "--store", str(root)],
+         "codebook size"),
+        (["codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(root), "--tokens", "4096",
+          "--codes", str(N_CODES), "--k", str(K), "--model-lr", "1e-4", "--eval-tokens", "1024", "--name", "cb"],
+         "different settings"),
+        (["codebook", "steer", "--store", str(root), "--codebook", "cb", "--site", "blocks.0.mlp.hook_out",
+          "--code", str(N_CODES), "--prompt", "hi"], f"codes 0 to {N_CODES - 1}"),
+        (["codebook", "steer", "--store", str(root), "--codebook", "cb", "--site", "blocks.1.mlp.hook_out",
+          "--code", "1", "--prompt", "hi"], "No codebook at"),
+        (["codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "nope"], "No run 'nope'"),
+        (["codebook", "encode", "--store", str(root), "--codebook", "nope", "--run", "h"], "No codebooks 'nope'"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+        assert "Traceback" not in result.stderr
+    assert store_snapshot(root) == before
+    config = json.loads(duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
+                        .execute("SELECT config FROM codebooks WHERE name = 'cb'").fetchone()[0])
+    assert config["finetune"]["model_lr"] == 0
