@@ -41,14 +41,15 @@ def test_train_reports_the_lm_loss_before_and_after_and_saves_only_the_codebooks
     root, stdout, _ = coded_store
     con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
     row = con.execute("SELECT status, sites, n_codes, k, steps_done, tokens_done, lm_loss_original, lm_loss_codebooks, "
-                      "lm_loss_increase, recon_error FROM codebooks WHERE name = 'cb'").fetchone()
+                      "lm_loss_increase, lm_loss_bypassed, recon_error FROM codebooks WHERE name = 'cb'").fetchone()
     con.close()
-    status, sites, n_codes, k, steps, tokens, before, after, increase, recon = row
+    status, sites, n_codes, k, steps, tokens, before, after, increase, bypassed, recon = row
     assert status == "complete" and sites == SITES.split(",") and (n_codes, k) == (N_CODES, K)
     assert steps == 4 and tokens == 4096  # 4096 tokens = 4 steps of 8 contexts x 128
     assert np.isfinite([before, after]).all() and increase == pytest.approx(after - before)
+    assert bypassed == pytest.approx(before, abs=1e-5)  # the model was frozen (--model-lr 0): bypassed is the original
     assert 0 < recon < 1.5
-    assert f"{before:.4f} -> {after:.4f}" in stdout
+    assert f"original model {before:.4f}, with codebooks {after:.4f}" in stdout
     files = {p.name for p in (root / "codebooks" / "cb" / "final").iterdir()}
     assert files == {"codebooks.safetensors", "identity.json"}  # the frozen model is not copied
 

@@ -798,10 +798,12 @@ def _run_codebook_train(args) -> int:
     from workbench.store import Store
 
     with Store.open_existing(args.store).reader() as con:
-        before, after, recon = con.execute("SELECT lm_loss_original, lm_loss_codebooks, recon_error FROM codebooks "
-                                           "WHERE name = ?", [name]).fetchone()
-    print(f"Codebooks '{name}' are trained. Held-out LM loss {before:.4f} -> {after:.4f} "
-          f"({after - before:+.4f} nats); relative reconstruction error {recon:.3f}.\n"
+        before, after, bypassed, recon = con.execute(
+            "SELECT lm_loss_original, lm_loss_codebooks, lm_loss_bypassed, recon_error FROM codebooks WHERE name = ?",
+            [name]).fetchone()
+    print(f"Codebooks '{name}' are trained. Held-out LM loss: original model {before:.4f}, with codebooks {after:.4f} "
+          f"({after - before:+.4f} nats).\nThe fine-tuned model with its codebooks bypassed: {bypassed:.4f}, so the codebooks "
+          f"themselves cost {after - bypassed:+.4f} nats. Relative reconstruction error {recon:.3f}.\n"
           f"Next: workbench codebook encode --store {args.store} --codebook {name} --run <a harvest run of this model>")
     return 0
 

@@ -134,26 +134,3 @@ def code_purity(codes: np.ndarray, labels: np.ndarray) -> float:
     for code in np.unique(codes):
         total += np.bincount(labels[codes == code]).max()
     return total / max(len(codes), 1)
-
-
-@torch.no_grad()
-def next_state_probabilities(model: nn.Module, context: torch.Tensor, n_states: int, digits: int) -> torch.Tensor:
-    """[batch, n_states]: P(next state = s | context) = P(first digit) * P(second digit | first), for 2-digit states."""
-    if digits != 2:
-        raise CodebookError("next_state_probabilities handles 2-digit states (up to 100).")
-    first = torch.softmax(model(context).logits[:, -1, :10], -1)  # [batch, 10]
-    batch = context.shape[0]
-    extended = torch.cat([context.repeat_interleave(10, 0), torch.arange(10).repeat(batch)[:, None]], dim=1)
-    second = torch.softmax(model(extended).logits[:, -1, :10], -1).reshape(batch, 10, 10)
-    joint = (first[:, :, None] * second).reshape(batch, 100)[:, :n_states]
-    return joint / joint.sum(-1, keepdim=True)
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence (nats) between rows of p and q."""
-    m = (p + q) / 2
-
-    def kl(a, b):
-        return (a * (a.clamp_min(1e-12).log() - b.clamp_min(1e-12).log())).sum(-1)
-
-    return (kl(p, m) + kl(q, m)) / 2

@@ -123,7 +123,7 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
         lm_loss_original = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
         with store.transaction() as con:
             con.execute("INSERT INTO codebooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', 0, 0, ?, NULL, NULL, NULL, "
-                        "?, ?, ?, now(), now())",
+                        "NULL, ?, ?, ?, now(), now())",
                         [name, config.model, identity["model_fingerprint"], coded.sites, config.n_codes, config.k,
                          config.reduce, str(folder.relative_to(store.root)), lm_loss_original, json.dumps(settings),
                          package_version(), git_commit()])
@@ -133,11 +133,12 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
     state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
     save_codebooks(coded, folder, identity, train_model=config.finetune.model_lr > 0)
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
+    lm_loss_bypassed = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
     with store.transaction() as con:
         con.execute("UPDATE codebooks SET status = 'complete', steps_done = ?, tokens_done = ?, lm_loss_codebooks = ?, "
-                    "lm_loss_increase = ?, recon_error = ?, updated_at = now() WHERE name = ?",
-                    [state.step, state.tokens, lm_loss_codebooks, lm_loss_codebooks - lm_loss_original, state.last_recon,
-                     name])
+                    "lm_loss_increase = ?, lm_loss_bypassed = ?, recon_error = ?, updated_at = now() WHERE name = ?",
+                    [state.step, state.tokens, lm_loss_codebooks, lm_loss_codebooks - lm_loss_original, lm_loss_bypassed,
+                     state.last_recon, name])
     return name
 
 

@@ -224,6 +224,8 @@ CREATE TABLE codebooks (
     lm_loss_original DOUBLE,         -- held-out next-token loss of the model before fine-tuning
     lm_loss_codebooks DOUBLE,        -- the same tokens through the fine-tuned model with its codebooks
     lm_loss_increase DOUBLE,         -- codebooks - original
+    lm_loss_bypassed DOUBLE,         -- the fine-tuned model with its codebooks bypassed: tells the codebooks' own cost
+                                     -- (codebooks - bypassed) from what fine-tuning on the corpus gained
     recon_error DOUBLE,              -- last step's mean relative reconstruction error over the sites
     config JSON, package_version VARCHAR, git_commit VARCHAR,
     created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL
