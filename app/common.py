@@ -37,6 +37,7 @@ PAGES = {
     "inspector": "views/inspector.py",
     "layers": "views/layers.py",
     "circuits": "views/circuits.py",
+    "codes": "views/codes.py",
     "sql": "views/sql.py",
 }
 

@@ -17,6 +17,7 @@ pages = [
     st.Page(PAGES["inspector"], title="Text inspector", url_path="inspector"),
     st.Page(PAGES["layers"], title="Layer contributions", url_path="layers"),
     st.Page(PAGES["circuits"], title="Circuits", url_path="circuits"),
+    st.Page(PAGES["codes"], title="Codes", url_path="codes"),
     st.Page(PAGES["sql"], title="SQL console", url_path="sql"),
 ]
 page = st.navigation(pages)

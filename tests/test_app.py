@@ -26,6 +26,8 @@ from conftest import REPO, downgrade_to_v1, run_cli, store_snapshot
 from workbench.circuits.attribution import GraphConfig, run_graph
 from workbench.circuits.codes import CodesConfig, run_codes
 from workbench.circuits.patching import PatchingConfig, run_patching
+from workbench.codebooks.finetune import FinetuneSettings
+from workbench.codebooks.train import CodebookTrainConfig, encode_codes, train_codebooks
 from workbench.encode import encode_dictionary
 from workbench.evaluate import evaluate_dictionary
 from workbench.harvest import HarvestConfig, harvest
@@ -35,6 +37,7 @@ from workbench.train import TrainConfig, train
 
 MAIN = REPO / "app" / "main.py"
 HOOK = "blocks.1.hook_out"
+CODEBOOK_SITES = ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,10 @@ def app_store(tmp_path_factory, models_dir) -> Path:
                       k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
     run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
                           store=str(root), name="mary"))
+    train_codebooks(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
+                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
+                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
+    encode_codes(str(root), "cb", "h", progress=False)
     return root
 
 
@@ -282,6 +289,54 @@ def test_circuits_page_shows_the_code_method_against_its_reference(app, app_stor
                                              "WHERE circuit_run = 'ioi-codes'"):
         assert grid["z"][grid["y"].index(layer)][grid["x"].index(head)] == count
     assert any(link.proto.label.startswith("Open the reference ioi-patch") for link in app.get("page_link"))
+
+
+# -- codes -------------------------------------------------------------------------------------------
+
+
+def test_codes_page_lists_codes_and_their_contexts_from_the_store(app, app_store):
+    site = CODEBOOK_SITES[1]
+    open_page(app, "views/codes.py", codebook="cb", site=site)
+    before, after = sql(app_store, "SELECT lm_loss_original, lm_loss_codebooks FROM codebooks WHERE name = 'cb'")[0]
+    assert metric(app, "LM loss, original model") == f"{before:.4f}" and metric(app, "LM loss, with codebooks") == f"{after:.4f}"
+    table = app.dataframe[0].value
+    counts = dict(sql(app_store, "SELECT code, count(*) FROM codebook_codes WHERE site = ? GROUP BY code", [site]))
+    assert dict(zip(table["code"], table["firings"])) == counts
+    n_tokens = sql(app_store, "SELECT count(*) FROM tokens WHERE run = 'h'")[0][0]
+    assert table["density"].sum() == pytest.approx(2 * sum(counts.values()) / (2 * n_tokens))  # k codes per token
+    # The page opens on the commonest code; its contexts are the code's most similar firings, one per context.
+    top = int(table["code"].iloc[0])
+    assert app.number_input[0].value == top and app.query_params["code"] in (str(top), [str(top)])
+    strips = [m.value for m in app.markdown if "wb-token" in m.value]
+    best = sql(app_store, "SELECT max(similarity) FROM codebook_codes WHERE site = ? AND code = ?", [site, top])[0][0]
+    assert 0 < len(strips) <= 12 and all("wb-centre" in strip and "wb-active" in strip for strip in strips)
+    assert f'title="{best:.3f}"' in strips[0]
+    tokens = app.dataframe[1].value
+    assert tokens["firings"].iloc[0] == sql(app_store, "SELECT count(*) FROM codebook_codes c JOIN tokens t USING (run, token_id) "
+                                                       "WHERE c.site = ? AND c.code = ? AND t.doc_id IS NOT NULL "
+                                                       "GROUP BY t.token ORDER BY 1 DESC LIMIT 1", [site, top])[0][0]
+
+
+def test_codes_page_steers_generation_with_the_chosen_code(app, app_store):
+    open_page(app, "views/codes.py", codebook="cb", site=CODEBOOK_SITES[0], code=3)
+    app.text_input[0].set_value("The cat sat")
+    app.button[0].click().run()
+    assert not app.exception, app.exception
+    generations = app.dataframe[-1].value
+    assert list(generations.columns) == ["baseline", "steered"] and len(generations) == 4
+    assert (generations["baseline"] != generations["steered"]).any()
+    assert metric(app, "Baseline: share with a target") in {f"{i / 4:.2f}" for i in range(5)}
+
+
+def test_codes_page_explains_a_codebook_without_stored_codes(app, app_store):
+    with duckdb.connect(str(app_store / "catalog.duckdb")) as con:  # a second codebook row, same files, no codes
+        con.execute("INSERT INTO codebooks SELECT * REPLACE ('cb-no-codes' AS name) FROM codebooks WHERE name = 'cb'")
+    try:
+        open_page(app, "views/codes.py", codebook="cb-no-codes")
+        assert any("workbench codebook encode" in i.value and "cb-no-codes" in i.value for i in app.info)
+    finally:
+        with duckdb.connect(str(app_store / "catalog.duckdb")) as con:
+            con.execute("DELETE FROM codebooks WHERE name = 'cb-no-codes'")
 
 
 # -- SQL console --------------------------------------------------------------------------------------

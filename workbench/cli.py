@@ -817,7 +817,8 @@ def _run_codebook_encode(args) -> int:
 
 
 def _run_codebook_steer(args) -> int:
-    from workbench.codebooks.steer import code_top_tokens, steer
+    from workbench.codebooks.browse import code_tokens
+    from workbench.codebooks.steer import steer
     from workbench.codebooks.train import open_codebook_model
     from workbench.store import Store
 
@@ -827,7 +828,7 @@ def _run_codebook_steer(args) -> int:
     if args.targets:
         targets = [t for t in args.targets.split(",") if t.strip()]
     else:
-        targets = code_top_tokens(store, args.codebook, args.site, args.code)
+        targets = code_tokens(store, args.codebook, args.site, args.code, n=5).column("token").to_pylist()
         if not targets:
             raise WorkbenchError(f"Code {args.code} at {args.site} has no stored firings to take targets from: run "
                                  "`workbench codebook encode` first, or give --targets.")

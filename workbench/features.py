@@ -78,12 +78,17 @@ class Context:
     centre: int  # index of token_id within the window
 
 
-def _windows(store: Store, record: DictionaryRecord, feature: int, hits: list[tuple[int, float]],
-             before: int, after: int) -> list[Context]:
-    """Attach each hit's surrounding tokens (clipped to its own context) and the feature's value on them."""
+def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[int, float]], before: int, after: int,
+                    values_sql: str, values_params: list) -> list[Context]:
+    """Attach each hit's surrounding tokens (clipped to its own context) and a value per token.
+
+    `values_sql` selects (token_id, value) rows for the window's token ids, which it reads from the
+    registered table `window_ids(token_id)`; tokens it does not return get 0. Feature pages pass
+    feature_acts, code pages codebook_codes.
+    """
     if not hits:
         return []
-    length = record.context_len
+    length = context_len
     spans = []
     for token_id, _ in hits:
         context_start = token_id - token_id % length
@@ -93,11 +98,9 @@ def _windows(store: Store, record: DictionaryRecord, feature: int, hits: list[tu
         con.register("spans", spans_table)
         rows = con.execute(
             "SELECT s.centre, t.token_id, t.token, t.context_id FROM spans s JOIN tokens t "
-            "ON t.run = ? AND t.token_id BETWEEN s.lo AND s.hi ORDER BY s.centre, t.token_id", [record.run]).fetchall()
-        window_ids = sorted({r[1] for r in rows})
-        values = dict(con.execute(
-            "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
-            "AND token_id IN (SELECT unnest(?::BIGINT[]))", [record.name, feature, window_ids]).fetchall())
+            "ON t.run = ? AND t.token_id BETWEEN s.lo AND s.hi ORDER BY s.centre, t.token_id", [run]).fetchall()
+        con.register("window_ids", pa.table({"token_id": pa.array(sorted({r[1] for r in rows}), pa.int64())}))
+        values = dict(con.execute(values_sql, values_params).fetchall())
     by_centre: dict[int, list] = {}
     for centre, token_id, token, context_id in rows:
         by_centre.setdefault(centre, []).append((token_id, token, context_id))
@@ -112,6 +115,13 @@ def _windows(store: Store, record: DictionaryRecord, feature: int, hits: list[tu
     return contexts
 
 
+def _feature_windows(store: Store, record: DictionaryRecord, feature: int, hits: list[tuple[int, float]],
+                     before: int, after: int) -> list[Context]:
+    return context_windows(store, record.run, record.context_len, hits, before, after,
+                           "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
+                           "AND token_id IN (SELECT token_id FROM window_ids)", [record.name, feature])
+
+
 def top_contexts(store: Store, record: DictionaryRecord, feature: int, n: int = 10,
                  before: int = 16, after: int = 4) -> list[Context]:
     """The feature's n highest activations, at most one per context, each with its window."""
@@ -121,7 +131,7 @@ def top_contexts(store: Store, record: DictionaryRecord, feature: int, n: int = 
             "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
             "QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
             "ORDER BY value DESC, token_id LIMIT ?", [record.name, feature, record.context_len, n]).fetchall()
-    return _windows(store, record, feature, hits, before, after)
+    return _feature_windows(store, record, feature, hits, before, after)
 
 
 @dataclass
@@ -155,7 +165,7 @@ def quantile_contexts(store: Store, record: DictionaryRecord, feature: int, n_in
     samples = []
     for interval in sorted({r[0] for r in rows}, reverse=True):
         members = [r for r in rows if r[0] == interval]
-        contexts = _windows(store, record, feature, [(r[3], r[4]) for r in members], before, after)
+        contexts = _feature_windows(store, record, feature, [(r[3], r[4]) for r in members], before, after)
         samples.append(QuantileSample(low=top * interval / n_intervals, high=top * (interval + 1) / n_intervals,
                                       n_in_interval=members[0][2], contexts=contexts))
     return samples

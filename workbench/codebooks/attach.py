@@ -47,6 +47,7 @@ class CodebookModel(nn.Module):
         self.bottlenecks = nn.ModuleDict({site.replace(".", "_"): CodebookBottleneck(d, n_codes, k, reduce)
                                           for site in self.sites})
         self.codes: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k] from the last forward
+        self.similarities: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k]: each code's cosine similarity
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
         self.recon_losses: dict[str, torch.Tensor] = {}
         self.forced: dict[str, tuple[int, slice]] = {}  # site -> (code, positions) to force on
@@ -78,7 +79,7 @@ class CodebookModel(nn.Module):
                 chosen[..., -1:] = torch.where(present, chosen[..., -1:], torch.full_like(chosen[..., -1:], code))
                 codes[:, positions] = chosen
                 out[:, positions] = self.bottleneck(site).decode(chosen).to(out.dtype)
-            self.codes[site], self.inputs[site] = codes, tensor.detach()
+            self.codes[site], self.similarities[site], self.inputs[site] = codes, result.similarity_BK, tensor.detach()
             self.recon_losses[site] = result.recon_loss
             return (out, *output[1:]) if isinstance(output, tuple) else out
 

@@ -69,12 +69,3 @@ def steer(coded: CodebookModel, tokenizer, prompt: str, forced: dict[str, int], 
     baseline = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed)
     steered = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed, forced)
     return SteeringResult(forced, targets, baseline, steered)
-
-
-def code_top_tokens(store, codebook: str, site: str, code: int, n: int = 5) -> list[str]:
-    """The tokens a code fires on most often in the store (from `workbench codebook encode`)."""
-    with store.reader() as con:
-        rows = con.execute("SELECT t.token, count(*) AS n FROM codebook_codes c JOIN tokens t USING (run, token_id) "
-                           "WHERE c.codebook = ? AND c.site = ? AND c.code = ? AND t.doc_id IS NOT NULL "
-                           "GROUP BY t.token ORDER BY n DESC, t.token LIMIT ?", [codebook, site, code, n]).fetchall()
-    return [row[0] for row in rows]

@@ -200,7 +200,7 @@ def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, prog
     vocab_size = coded.hf_model.config.vocab_size
     if int(vocab_ids.max()) >= vocab_size:
         raise CodebookError(f"Run '{run}' has token ids beyond this model's vocabulary ({vocab_size}); it is another model's run.")
-    columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": []}
+    columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}
     with torch.no_grad():
         for start in tqdm(range(0, len(vocab_ids), batch_size), unit="batch", desc=f"codes {name}", disable=not progress):
             coded(vocab_ids[start:start + batch_size])
@@ -212,12 +212,14 @@ def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, prog
                 columns["site"].append(np.full(codes.numel(), site, dtype=object))
                 columns["rank"].append(np.tile(np.arange(k, dtype=np.int8), codes.numel() // k))
                 columns["code"].append(codes.reshape(-1).numpy().astype(np.int32))
+                columns["similarity"].append(coded.similarities[site].reshape(-1).float().numpy())
     table = pa.table({"codebook": pa.array(np.full(sum(len(c) for c in columns["code"]), name, dtype=object), pa.string()),
                       "run": pa.array(np.full(sum(len(c) for c in columns["code"]), run, dtype=object), pa.string()),
                       "token_id": np.concatenate(columns["token_id"]),
                       "site": pa.array(np.concatenate(columns["site"]), pa.string()),
                       "rank": np.concatenate(columns["rank"]),
-                      "code": np.concatenate(columns["code"])})
+                      "code": np.concatenate(columns["code"]),
+                      "similarity": np.concatenate(columns["similarity"])})
     with store.transaction() as con:
         con.execute("DELETE FROM codebook_codes WHERE codebook = ? AND run = ?", [name, run])
         con.register("new_codes", table)

@@ -31,6 +31,7 @@ class CodebookError(WorkbenchError):
 class CodebookOutput(NamedTuple):
     out_BD: torch.Tensor  # what the model sees instead of x: quantised value, straight-through gradient
     codes_BK: torch.Tensor  # indices of the k codes that fired, most similar first
+    similarity_BK: torch.Tensor  # their cosine similarity to x
     recon_loss: torch.Tensor  # mean ||x - quantised||^2 per token
 
 
@@ -53,7 +54,7 @@ class CodebookBottleneck(nn.Module):
         if x_BD.shape[-1] != self.d:
             raise CodebookError(f"The codebook reads {self.d}-dimensional activations; this site gives {x_BD.shape[-1]}.")
         with torch.no_grad():
-            codes_BK = self.scores(x_BD).topk(self.k, dim=-1).indices
+            similarity_BK, codes_BK = self.scores(x_BD).topk(self.k, dim=-1)
         quantised = self.decode(codes_BK)  # gradient reaches exactly the chosen code vectors
         recon_loss = (x_BD - quantised).pow(2).sum(-1).mean()  # pulls the codes toward x and x toward its codes
         # Straight-through for x: the value is `quantised`, the gradient to x is the identity.
@@ -64,7 +65,7 @@ class CodebookBottleneck(nn.Module):
                 fired[codes_BK.reshape(-1)] = True
                 self.since_used += codes_BK.reshape(-1, self.k).shape[0]
                 self.since_used[fired] = 0
-        return CodebookOutput(out_BD, codes_BK, recon_loss)
+        return CodebookOutput(out_BD, codes_BK, similarity_BK, recon_loss)
 
     def decode(self, codes_BK: torch.Tensor) -> torch.Tensor:
         """The bottleneck's output for a set of k codes: their sum, or mean."""

@@ -234,7 +234,8 @@ CREATE TABLE codebooks (
 -- (token, site, code); rank 0 is the code most similar to the activation.
 CREATE TABLE codebook_codes (
     codebook VARCHAR NOT NULL, run VARCHAR NOT NULL, token_id BIGINT NOT NULL,
-    site VARCHAR NOT NULL, rank TINYINT NOT NULL, code INTEGER NOT NULL
+    site VARCHAR NOT NULL, rank TINYINT NOT NULL, code INTEGER NOT NULL,
+    similarity FLOAT NOT NULL        -- cosine similarity of the activation to the code
 );
 """
 

@@ -1,0 +1,130 @@
+"""Codes: browse a codebook's codes per site, see where a code fires, and steer generation with it."""
+
+import pandas as pd
+import streamlit as st
+
+from common import fail, pick, stamp, store, token_strip
+from workbench.codebooks import browse
+from workbench.errors import WorkbenchError
+
+st.title("Codes")
+current = store()
+path = str(current.root)
+
+with current.reader() as con:
+    names = [r[0] for r in con.execute("SELECT name FROM codebooks WHERE status = 'complete' ORDER BY name").fetchall()]
+if not names:
+    st.info("No trained codebooks yet. Train some and write their codes for a harvest run, then reload:\n\n"
+            f"```\nworkbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out,blocks.6.attn.hook_out "
+            f"--tokens 32k --store {path}\nworkbench codebook encode --store {path} --codebook NAME --run RUN\n```")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def summary(path: str, version: int, name: str) -> browse.CodebookSummary:
+    return browse.codebook_summary(current, name)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def table(path: str, version: int, name: str, run: str, site: str) -> pd.DataFrame:
+    return browse.code_table(current, name, run, site).to_pandas()
+
+
+name = pick("Codebooks", names, "codebook")
+try:
+    info = summary(path, stamp(current), name)
+except WorkbenchError as exc:
+    fail(exc)
+
+columns = st.columns(4)
+columns[0].metric("Codes per site", f"{info.n_codes:,}", help=f"k = {info.k} codes fire per token at each site")
+if info.lm_loss_original is not None and info.lm_loss_codebooks is not None:
+    columns[1].metric("LM loss, original model", f"{info.lm_loss_original:.4f}")
+    columns[2].metric("LM loss, with codebooks", f"{info.lm_loss_codebooks:.4f}",
+                      delta=f"{info.lm_loss_codebooks - info.lm_loss_original:+.4f}", delta_color="inverse")
+if info.lm_loss_bypassed is not None:
+    columns[3].metric("Fine-tuned, codebooks bypassed", f"{info.lm_loss_bypassed:.4f}",
+                      help="Against the row before: what the codebooks themselves cost, apart from fine-tuning.")
+st.caption(f"Model `{info.model}`; sites: {', '.join(f'`{s}`' for s in info.sites)}.")
+
+if not info.encoded_runs:
+    st.info("No codes are stored for these codebooks yet. Write them for a harvest run of the same model:\n\n"
+            f"```\nworkbench codebook encode --store {path} --codebook {name} --run RUN\n```")
+    st.stop()
+
+left, right = st.columns(2)
+with left:
+    run = pick("Run", info.encoded_runs, "run")
+with right:
+    site = pick("Site", info.sites, "site")
+
+codes = table(path, stamp(current), name, run, site)
+st.subheader(f"{len(codes):,} of {info.n_codes:,} codes fire at {site}")
+st.dataframe(codes, hide_index=True, height=260,
+             column_config={"density": st.column_config.NumberColumn(format="%.4f"),
+                            "mean_similarity": st.column_config.NumberColumn(format="%.3f"),
+                            "purity": st.column_config.NumberColumn(format="%.2f",
+                                                                    help="share of the code's firings on its top token")})
+
+default_code = int(codes["code"].iloc[0]) if len(codes) else 0
+try:
+    wanted = int(st.query_params.get("code", default_code))
+except ValueError:
+    wanted = default_code
+code = int(st.number_input("Code", min_value=0, max_value=info.n_codes - 1,
+                           value=min(max(wanted, 0), info.n_codes - 1), step=1))
+st.query_params["code"] = str(code)
+
+try:
+    contexts = browse.code_contexts(current, info, run, site, code, n=12)
+    tokens = browse.code_tokens(current, name, site, code, n=10, run=run).to_pandas()
+except WorkbenchError as exc:
+    fail(exc)
+
+if not contexts:
+    st.warning(f"Code {code} never fires at {site} on run '{run}'.")
+else:
+    left, right = st.columns([3, 1])
+    with left:
+        st.markdown(f"**Where code {code} fires** (most similar first, one per context; shading = cosine similarity)")
+        for context in contexts:
+            st.markdown(token_strip(context.tokens, context.values, 1.0, context.centre), unsafe_allow_html=True)
+    with right:
+        st.markdown("**Tokens it fires on**")
+        st.dataframe(tokens, hide_index=True)
+
+st.subheader("Steer generation with this code")
+st.caption("Samples continuations twice with the same seeds: as the model is, and with the code forced on at "
+           f"{site} at every position (in place of the weakest of the k codes). A continuation counts if it "
+           "contains one of the targets.")
+prompt = st.text_input("Prompt", value=st.query_params.get("prompt", "Once upon a time"))
+targets_text = st.text_input("Targets (comma-separated)", value=", ".join(t.strip() for t in tokens["token"].head(5)
+                                                                           if isinstance(t, str) and t.strip()))
+left, right = st.columns(2)
+samples = left.slider("Samples", 1, 16, 4)
+new_tokens = right.slider("New tokens", 4, 48, 16)
+
+
+@st.cache_resource(show_spinner="Loading the model and its codebooks ...", max_entries=1)
+def codebook_model(path: str, name: str, saved_mtime: int):
+    from workbench.codebooks.train import open_codebook_model
+
+    coded, tokenizer, _ = open_codebook_model(current, name)
+    return coded, tokenizer
+
+
+if st.button("Generate", type="primary"):
+    from workbench.codebooks.steer import steer
+
+    try:
+        final = current.root / "codebooks" / name / "final"
+        coded, tokenizer = codebook_model(path, name, final.stat().st_mtime_ns if final.exists() else 0)
+        result = steer(coded, tokenizer, prompt, {site: code}, [t for t in targets_text.split(",") if t.strip()],
+                       n_samples=samples, max_new_tokens=new_tokens)
+    except WorkbenchError as exc:
+        fail(exc)
+    left, right = st.columns(2)
+    left.metric("Baseline: share with a target", f"{result.baseline_rate:.2f}")
+    right.metric(f"Code {code} forced: share with a target", f"{result.steered_rate:.2f}",
+                 delta=f"{result.steered_rate - result.baseline_rate:+.2f}")
+    st.dataframe(pd.DataFrame({"baseline": result.baseline, "steered": result.steered}), hide_index=True)
