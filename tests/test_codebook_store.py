@@ -184,3 +184,28 @@ def test_bad_cli_input_gets_a_clear_error_and_changes_nothing(coded_store):
     config = json.loads(duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
                         .execute("SELECT config FROM codebooks WHERE name = 'cb'").fetchone()[0])
     assert config["finetune"]["model_lr"] == 0
+
+
+def test_forcing_only_fills_every_slot_and_swap_keeps_the_strongest_codes(coded_store):
+    from workbench.codebooks.train import open_codebook_model
+    from workbench.store import Store
+
+    root, _, _ = coded_store
+    coded, tokenizer, _ = open_codebook_model(Store.open_existing(root), "cb")
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer("def f(x): return x")["input_ids"]])
+    site = "blocks.0.mlp.hook_out"
+    with torch.no_grad():
+        coded(ids)
+        natural = coded.codes[site].clone()
+        code = int(torch.bincount(natural.reshape(-1), minlength=N_CODES).argmin())
+        with coded.forcing(site, code, slice(None), mode="swap"):
+            coded(ids)
+        swapped = coded.codes[site]
+        assert torch.equal(swapped[..., :-1], natural[..., :-1]) and (swapped[..., -1] == code).all()
+        with coded.forcing(site, code, slice(2, 3), mode="only"):
+            coded(ids)
+        only = coded.codes[site]
+        assert (only[:, 2] == code).all() and torch.equal(only[:, :2], natural[:, :2])
+    with pytest.raises(CodebookError, match="Forcing mode"):
+        with coded.forcing(site, code, slice(None), mode="everything"):
+            pass

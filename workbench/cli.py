@@ -765,9 +765,10 @@ def _add_codebook(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Sample --samples continuations of the prompt twice with the same seeds: as the model is, and with
-            the code forced on at the site at every position (in place of the weakest of its k codes). A
-            continuation shows the target behaviour if it contains one of the --targets strings; by default
-            they are the 5 tokens the code fires on most (needs `workbench codebook encode` first).
+            the code forced on at the site at every position (--mode swap: in place of the weakest of its k
+            codes; --mode only: in all k slots). A continuation shows the target behaviour if it contains one
+            of the --targets strings; by default they are the 5 tokens the code fires on most (needs
+            `workbench codebook encode` first).
         """),
         epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site blocks.3.mlp.hook_out --code 17 "
                "--prompt \"Once upon a time\" --targets \" dragon, dragons\"")
@@ -777,6 +778,9 @@ def _add_codebook(sub) -> None:
     steer.add_argument("--code", type=int, required=True)
     steer.add_argument("--prompt", required=True)
     steer.add_argument("--targets", help="comma-separated strings that count as the behaviour (default: the code's top tokens)")
+    steer.add_argument("--mode", choices=["swap", "only"], default="swap",
+                       help="swap: the code replaces the weakest of the k codes; only: it fills all k slots, so the site "
+                            "outputs nothing else (a stronger push) (default: %(default)s)")
     steer.add_argument("--samples", type=int, default=16)
     steer.add_argument("--max-new-tokens", type=int, default=24)
     steer.add_argument("--seed", type=int, default=0)
@@ -832,7 +836,8 @@ def _run_codebook_steer(args) -> int:
         if not targets:
             raise WorkbenchError(f"Code {args.code} at {args.site} has no stored firings to take targets from: run "
                                  "`workbench codebook encode` first, or give --targets.")
-    result = steer(coded, tokenizer, args.prompt, {args.site: args.code}, targets, args.samples, args.max_new_tokens, args.seed)
+    result = steer(coded, tokenizer, args.prompt, {args.site: args.code}, targets, args.samples, args.max_new_tokens,
+                   args.seed, mode=args.mode)
     print(f"targets: {', '.join(repr(t) for t in targets)}")
     for label, texts in (("baseline", result.baseline), ("steered", result.steered)):
         print(f"\n{label}:")

@@ -95,14 +95,15 @@ else:
 
 st.subheader("Steer generation with this code")
 st.caption("Samples continuations twice with the same seeds: as the model is, and with the code forced on at "
-           f"{site} at every position (in place of the weakest of the k codes). A continuation counts if it "
-           "contains one of the targets.")
+           f"{site} at every position. A continuation counts if it contains one of the targets.")
 prompt = st.text_input("Prompt", value=st.query_params.get("prompt", "Once upon a time"))
 targets_text = st.text_input("Targets (comma-separated)", value=", ".join(t.strip() for t in tokens["token"].head(5)
                                                                            if isinstance(t, str) and t.strip()))
-left, right = st.columns(2)
+left, middle, right = st.columns(3)
 samples = left.slider("Samples", 1, 16, 4)
-new_tokens = right.slider("New tokens", 4, 48, 16)
+new_tokens = middle.slider("New tokens", 4, 48, 16)
+mode = right.radio("Forcing", ["swap", "only"], horizontal=True,
+                   help="swap: the code replaces the weakest of the k codes; only: it fills all k slots (a stronger push)")
 
 
 @st.cache_resource(show_spinner="Loading the model and its codebooks ...", max_entries=1)
@@ -120,7 +121,7 @@ if st.button("Generate", type="primary"):
         final = current.root / "codebooks" / name / "final"
         coded, tokenizer = codebook_model(path, name, final.stat().st_mtime_ns if final.exists() else 0)
         result = steer(coded, tokenizer, prompt, {site: code}, [t for t in targets_text.split(",") if t.strip()],
-                       n_samples=samples, max_new_tokens=new_tokens)
+                       n_samples=samples, max_new_tokens=new_tokens, mode=mode)
     except WorkbenchError as exc:
         fail(exc)
     left, right = st.columns(2)

@@ -22,6 +22,7 @@ from workbench.hooks import HookPoint, parse_hook
 from workbench.models.backends import attention_name, decoder_layers
 
 SITE_KINDS = ("attn.hook_out", "mlp.hook_out")
+FORCING_MODES = ("swap", "only")
 
 
 def parse_site(name: str, n_layers: int) -> HookPoint:
@@ -50,7 +51,7 @@ class CodebookModel(nn.Module):
         self.similarities: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k]: each code's cosine similarity
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
         self.recon_losses: dict[str, torch.Tensor] = {}
-        self.forced: dict[str, tuple[int, slice]] = {}  # site -> (code, positions) to force on
+        self.forced: dict[str, tuple[int, slice, str]] = {}  # site -> (code, positions, mode) to force on
         self.enabled = True
         self._handles = []
         for point in points:
@@ -72,11 +73,14 @@ class CodebookModel(nn.Module):
             if site in self.forced:
                 # The forced code takes the place of the weakest of the k codes (unless it is among them already),
                 # so with k > 1 the other codes still carry what they carried.
-                code, positions = self.forced[site]
+                code, positions, mode = self.forced[site]
                 codes, out = codes.clone(), out.clone()
                 chosen = codes[:, positions]
-                present = (chosen == code).any(-1, keepdim=True)
-                chosen[..., -1:] = torch.where(present, chosen[..., -1:], torch.full_like(chosen[..., -1:], code))
+                if mode == "only":
+                    chosen[:] = code
+                else:
+                    present = (chosen == code).any(-1, keepdim=True)
+                    chosen[..., -1:] = torch.where(present, chosen[..., -1:], torch.full_like(chosen[..., -1:], code))
                 codes[:, positions] = chosen
                 out[:, positions] = self.bottleneck(site).decode(chosen).to(out.dtype)
             self.codes[site], self.similarities[site], self.inputs[site] = codes, result.similarity_BK, tensor.detach()
@@ -96,12 +100,15 @@ class CodebookModel(nn.Module):
             raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {n_codes - 1}.")
 
     @contextmanager
-    def forcing(self, site: str, code: int, positions: slice) -> Iterator[None]:
+    def forcing(self, site: str, code: int, positions: slice, mode: str = "swap") -> Iterator[None]:
         """Inside the block, code `code` fires at `site` at `positions` (every sequence of the batch), in place of
-        the weakest of the k codes. `slice(None)` forces it at every position of every forward pass, which is how
-        generation is steered (with a KV cache each pass holds only the new tokens)."""
+        the weakest of the k codes (mode "swap"), or in all k slots (mode "only": the site then outputs nothing but
+        that code, k times over with reduce="sum"). `slice(None)` forces it at every position of every forward pass,
+        which is how generation is steered (with a KV cache each pass holds only the new tokens)."""
         self.check_code(site, code)
-        self.forced[site] = (code, positions)
+        if mode not in FORCING_MODES:
+            raise CodebookError(f"Forcing mode must be one of {', '.join(FORCING_MODES)}, not '{mode}'.")
+        self.forced[site] = (code, positions, mode)
         try:
             yield
         finally:

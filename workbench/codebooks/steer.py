@@ -40,7 +40,7 @@ class SteeringResult:
 
 @torch.no_grad()
 def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, max_new_tokens: int = 24, seed: int = 0,
-             forced: dict[str, int] | None = None, temperature: float = 1.0) -> list[str]:
+             forced: dict[str, int] | None = None, temperature: float = 1.0, mode: str = "swap") -> list[str]:
     """Sampled continuations of [BOS] + prompt, with `forced` {site: code} on at every position."""
     if n_samples < 1 or max_new_tokens < 1:
         raise CodebookError("--samples and --max-new-tokens must be positive.")
@@ -51,7 +51,7 @@ def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, m
     coded.eval()
     with ExitStack() as stack:
         for site, code in (forced or {}).items():
-            stack.enter_context(coded.forcing(site, code, slice(None)))
+            stack.enter_context(coded.forcing(site, code, slice(None), mode))
         torch.manual_seed(seed)
         out = coded.hf_model.generate(ids.repeat(n_samples, 1), attention_mask=torch.ones_like(ids).repeat(n_samples, 1),
                                       do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
@@ -61,11 +61,11 @@ def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, m
 
 
 def steer(coded: CodebookModel, tokenizer, prompt: str, forced: dict[str, int], targets: list[str], n_samples: int = 8,
-          max_new_tokens: int = 24, seed: int = 0) -> SteeringResult:
+          max_new_tokens: int = 24, seed: int = 0, mode: str = "swap") -> SteeringResult:
     if not forced:
         raise CodebookError("Name at least one code to force (--site and --code).")
     for site, code in forced.items():  # before any generation
         coded.check_code(site, code)
     baseline = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed)
-    steered = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed, forced)
+    steered = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed, forced, mode=mode)
     return SteeringResult(forced, targets, baseline, steered)

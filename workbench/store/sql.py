@@ -105,7 +105,7 @@ EXAMPLE_QUERIES = {
         "FROM codebook_codes c JOIN tokens t USING (run, token_id)\n"
         "WHERE trim(t.token) = 'the'\nGROUP BY ALL ORDER BY n DESC LIMIT 20",
     "Code purity: the share of each code's firings on its most common token":
-        "SELECT codebook, site, code, sum(n) AS firings, max(n) / sum(n) AS purity, arg_max(token, n) AS token\n"
+        "SELECT codebook, site, code, sum(n)::BIGINT AS firings, max(n) / sum(n) AS purity, arg_max(token, n) AS token\n"
         "FROM (SELECT c.codebook, c.site, c.code, t.token, count(*) AS n\n"
         "      FROM codebook_codes c JOIN tokens t USING (run, token_id) GROUP BY ALL)\n"
         "GROUP BY ALL HAVING sum(n) >= 20 ORDER BY purity DESC LIMIT 20",
