@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/train_sae.py --transcoders
 	$(PY) bench/app.py
 	$(PY) bench/circuits.py
+	$(PY) bench/codebook.py
 
 clean-store:
 	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards
