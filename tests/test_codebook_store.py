@@ -209,3 +209,63 @@ def test_forcing_only_fills_every_slot_and_swap_keeps_the_strongest_codes(coded_
     with pytest.raises(CodebookError, match="Forcing mode"):
         with coded.forcing(site, code, slice(None), mode="everything"):
             pass
+
+
+def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny_dir):
+    """attn.hook_z: one codebook per head on the output projection's input. With the bottleneck switched off
+    the site sees exactly what the backends' attn.hook_z gives; each head's k codes come from its own codebook;
+    forcing a code touches its head's slots and output slice only."""
+    from workbench.hooks import HookPoint
+    from workbench.models import load_hf_model, make_backend
+    from workbench.models.backends import attention_heads
+
+    hf_model, tokenizer = load_hf_model(tiny_dir)
+    n_heads, d_head = attention_heads(hf_model)
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer("for i in range(10): print(i)")["input_ids"]])
+    site = "blocks.1.attn.hook_z"
+    coded = CodebookModel(hf_model, [site], n_codes=8, k=2).eval()
+    coded.enabled = False
+    with torch.no_grad():
+        coded(ids)
+    z = make_backend("nnsight", hf_model, tokenizer).run(ids, [HookPoint(1, "attn.hook_z")]).acts[HookPoint(1, "attn.hook_z")]
+    assert torch.allclose(coded.inputs[site], z, atol=1e-5)
+    coded.enabled = True
+    coded.kmeans_init(ids, batch_size=1)
+    bottleneck = coded.bottleneck(site)
+    assert bottleneck.total_codes == 8 * n_heads and bottleneck.codebook.shape == (8 * n_heads, d_head)
+    with torch.no_grad():
+        coded(ids)
+    codes = coded.codes[site]
+    assert codes.shape == (1, ids.shape[1], n_heads * 2)
+    assert torch.equal(codes // 8, torch.arange(n_heads).repeat_interleave(2).expand_as(codes))  # head h's slots hold head h's codes
+    # Each head's codes are that head's top 2 by cosine.
+    unit = torch.nn.functional.normalize(z.reshape(*z.shape[:-1], n_heads, d_head), dim=-1)
+    cb = torch.nn.functional.normalize(bottleneck.codebook, dim=-1).reshape(n_heads, 8, d_head)
+    expected = torch.einsum("bshd,hnd->bshn", unit, cb).topk(2).indices + torch.arange(n_heads)[:, None] * 8
+    assert torch.equal(codes.reshape(1, -1, n_heads, 2).sort(-1).values, expected.sort(-1).values)
+    natural = codes.clone()
+    head, code = 2, 2 * 8 + 5
+    with coded.forcing(site, code, slice(None), mode="only"), torch.no_grad():
+        coded(ids)
+    forced = coded.codes[site]
+    assert (forced[..., 2 * head:2 * head + 2] == code).all()
+    others = [i for i in range(n_heads * 2) if i // 2 != head]
+    assert torch.equal(forced[..., others], natural[..., others])
+    with pytest.raises(CodebookError, match=f"codes 0 to {8 * n_heads - 1}"):
+        coded.check_code(site, 8 * n_heads)
+
+
+def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
+    assert run_cli("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--tokens", "1024",
+                   "--store", str(store_dir), "--run", "h").returncode == 0
+    train = run_cli("codebook", "train", "--model", "tiny", "--sites", "blocks.1.attn.hook_z", "--store", str(store_dir),
+                    "--tokens", "2048", "--codes", "16", "--k", "1", "--eval-tokens", "512", "--name", "heads")
+    assert train.returncode == 0, train.stderr
+    assert run_cli("codebook", "encode", "--store", str(store_dir), "--codebook", "heads", "--run", "h").returncode == 0
+    con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
+    n_tokens = con.execute("SELECT count(*) FROM tokens").fetchone()[0]
+    rows = con.execute("SELECT count(*), count(DISTINCT code // 16), max(rank) FROM codebook_codes").fetchone()
+    wrong_head = con.execute("SELECT count(*) FROM codebook_codes WHERE code // 16 != rank").fetchone()[0]
+    con.close()
+    n_heads = 4
+    assert rows == (n_tokens * n_heads, n_heads, n_heads - 1) and wrong_head == 0  # k=1: rank h is head h's code

@@ -59,7 +59,7 @@ with right:
     site = pick("Site", info.sites, "site")
 
 codes = table(path, stamp(current), name, run, site)
-st.subheader(f"{len(codes):,} of {info.n_codes:,} codes fire at {site}")
+st.subheader(f"{len(codes):,} of {info.total_codes[site]:,} codes fire at {site}")
 st.dataframe(codes, hide_index=True, height=260,
              column_config={"density": st.column_config.NumberColumn(format="%.4f"),
                             "mean_similarity": st.column_config.NumberColumn(format="%.3f"),
@@ -71,9 +71,11 @@ try:
     wanted = int(st.query_params.get("code", default_code))
 except ValueError:
     wanted = default_code
-code = int(st.number_input("Code", min_value=0, max_value=info.n_codes - 1,
-                           value=min(max(wanted, 0), info.n_codes - 1), step=1))
+last = info.total_codes[site] - 1
+code = int(st.number_input("Code", min_value=0, max_value=last, value=min(max(wanted, 0), last), step=1))
 st.query_params["code"] = str(code)
+if info.head_of(site, code) is not None:
+    st.caption(f"Per-head site: code {code} is head {info.head_of(site, code)}'s code {code % info.n_codes}.")
 
 try:
     contexts = browse.code_contexts(current, info, run, site, code, n=12)

@@ -1,9 +1,11 @@
 """Codebook bottlenecks attached to a model's sublayer outputs, code purity, and interventions.
 
-Sites use the hook vocabulary: `blocks.{l}.attn.hook_out` (the attention output) and
-`blocks.{l}.mlp.hook_out` (the MLP output). Each site's output is replaced by its bottleneck's
-output through a forward hook, and the codes that fired are kept for the caller. A site can also
-be forced to one code at chosen positions, which is how interventions and steering work.
+Sites use the hook vocabulary: `blocks.{l}.attn.hook_out` (the attention output, all heads
+together), `blocks.{l}.attn.hook_z` (the heads' outputs before the output projection: one
+codebook per head, the paper's attention setting) and `blocks.{l}.mlp.hook_out` (the MLP output).
+Each site's value is replaced by its bottleneck's output through a hook, and the codes that
+fired are kept for the caller. A site can also be forced to one code at chosen positions, which
+is how interventions and steering work. At attn.hook_z, code c is head c // n_codes's code.
 
 Fine-tuning with the bottlenecks in place is finetune.py.
 """
@@ -19,17 +21,17 @@ from torch import nn
 
 from workbench.dictionaries.codebook import CodebookBottleneck, CodebookError
 from workbench.hooks import HookPoint, parse_hook
-from workbench.models.backends import attention_name, decoder_layers
+from workbench.models.backends import attention_heads, attention_name, decoder_layers, output_projection_name
 
-SITE_KINDS = ("attn.hook_out", "mlp.hook_out")
+SITE_KINDS = ("attn.hook_out", "attn.hook_z", "mlp.hook_out")
 FORCING_MODES = ("swap", "only")
 
 
 def parse_site(name: str, n_layers: int) -> HookPoint:
     point = parse_hook(name, n_layers)
     if point.kind not in SITE_KINDS:
-        raise CodebookError(f"'{name}' cannot hold a codebook: use blocks.{{l}}.attn.hook_out or blocks.{{l}}.mlp.hook_out "
-                            f"with 0 <= l < {n_layers}.")
+        raise CodebookError(f"'{name}' cannot hold a codebook: use blocks.{{l}}.attn.hook_out, blocks.{{l}}.attn.hook_z "
+                            f"(per head) or blocks.{{l}}.mlp.hook_out with 0 <= l < {n_layers}.")
     return point
 
 
@@ -44,9 +46,11 @@ class CodebookModel(nn.Module):
         if len(set(points)) != len(points):
             raise CodebookError("A site is named twice; give each site once.")
         d = hf_model.config.hidden_size
+        n_heads, d_head = attention_heads(hf_model)
         self.sites = [p.name for p in points]
-        self.bottlenecks = nn.ModuleDict({site.replace(".", "_"): CodebookBottleneck(d, n_codes, k, reduce)
-                                          for site in self.sites})
+        self.bottlenecks = nn.ModuleDict({
+            p.name.replace(".", "_"): CodebookBottleneck(n_heads * d_head, n_codes, k, reduce, groups=n_heads)
+            if p.kind == "attn.hook_z" else CodebookBottleneck(d, n_codes, k, reduce) for p in points})
         self.codes: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k] from the last forward
         self.similarities: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k]: each code's cosine similarity
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
@@ -56,36 +60,54 @@ class CodebookModel(nn.Module):
         self._handles = []
         for point in points:
             block = decoder_layers(hf_model)[point.layer]
-            module = getattr(block, attention_name(block)) if point.kind == "attn.hook_out" else block.mlp
-            self._handles.append(module.register_forward_hook(self._hook(point.name)))
+            attention = getattr(block, attention_name(block))
+            if point.kind == "attn.hook_z":  # the output projection's input: the heads' outputs, concatenated
+                projection = getattr(attention, output_projection_name(attention))
+                self._handles.append(projection.register_forward_pre_hook(self._pre_hook(point.name)))
+            else:
+                module = attention if point.kind == "attn.hook_out" else block.mlp
+                self._handles.append(module.register_forward_hook(self._hook(point.name)))
 
     def bottleneck(self, site: str) -> CodebookBottleneck:
         return self.bottlenecks[site.replace(".", "_")]
 
+    def _quantise(self, site: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's output for what the site holds (with any forced code), recording codes and inputs."""
+        if not self.enabled:  # the plain model: record what the site sees, change nothing
+            self.inputs[site] = tensor.detach()
+            return tensor
+        bottleneck = self.bottleneck(site)
+        result = bottleneck(tensor)
+        out, codes = result.out_BD, result.codes_BK
+        if site in self.forced:
+            # "swap": the forced code takes the place of the weakest of its group's k codes (unless it is among them
+            # already), so with k > 1 the other codes still carry what they carried. "only": it fills all k slots.
+            code, positions, mode = self.forced[site]
+            codes, out = codes.clone(), out.clone()
+            chosen = codes[:, positions]
+            slots = chosen[..., bottleneck.group_slots(code)]
+            if mode == "only":
+                slots[:] = code
+            else:
+                present = (slots == code).any(-1, keepdim=True)
+                slots[..., -1:] = torch.where(present, slots[..., -1:], torch.full_like(slots[..., -1:], code))
+            codes[:, positions] = chosen
+            out[:, positions] = bottleneck.decode(chosen).to(out.dtype)
+        self.codes[site], self.similarities[site], self.inputs[site] = codes, result.similarity_BK, tensor.detach()
+        self.recon_losses[site] = result.recon_loss
+        return out
+
     def _hook(self, site: str):
         def replace(module, args, output):
             tensor = output[0] if isinstance(output, tuple) else output
-            if not self.enabled:  # the plain model: record what the site sees, change nothing
-                self.inputs[site] = tensor.detach()
-                return output
-            result = self.bottleneck(site)(tensor)
-            out, codes = result.out_BD, result.codes_BK
-            if site in self.forced:
-                # The forced code takes the place of the weakest of the k codes (unless it is among them already),
-                # so with k > 1 the other codes still carry what they carried.
-                code, positions, mode = self.forced[site]
-                codes, out = codes.clone(), out.clone()
-                chosen = codes[:, positions]
-                if mode == "only":
-                    chosen[:] = code
-                else:
-                    present = (chosen == code).any(-1, keepdim=True)
-                    chosen[..., -1:] = torch.where(present, chosen[..., -1:], torch.full_like(chosen[..., -1:], code))
-                codes[:, positions] = chosen
-                out[:, positions] = self.bottleneck(site).decode(chosen).to(out.dtype)
-            self.codes[site], self.similarities[site], self.inputs[site] = codes, result.similarity_BK, tensor.detach()
-            self.recon_losses[site] = result.recon_loss
+            out = self._quantise(site, tensor)
             return (out, *output[1:]) if isinstance(output, tuple) else out
+
+        return replace
+
+    def _pre_hook(self, site: str):
+        def replace(module, args):
+            return (self._quantise(site, args[0]), *args[1:])
 
         return replace
 
@@ -95,7 +117,7 @@ class CodebookModel(nn.Module):
     def check_code(self, site: str, code: int) -> None:
         if site not in self.sites:
             raise CodebookError(f"No codebook at '{site}'; this model has them at {', '.join(self.sites)}.")
-        n_codes = self.bottleneck(site).n_codes
+        n_codes = self.bottleneck(site).total_codes
         if not 0 <= code < n_codes:
             raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {n_codes - 1}.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+from safetensors import safe_open
 
 from workbench.codebooks.train import completed_codebooks
 from workbench.dictionaries.codebook import CodebookError
@@ -27,6 +28,11 @@ class CodebookSummary:
     lm_loss_codebooks: float | None
     lm_loss_bypassed: float | None
     encoded_runs: list[str]  # runs with stored codes
+    total_codes: dict[str, int]  # per site: n_codes, or n_heads * n_codes at a per-head site (attn.hook_z)
+
+    def head_of(self, site: str, code: int) -> int | None:
+        """At a per-head site, the head a code belongs to."""
+        return code // self.n_codes if self.total_codes[site] > self.n_codes else None
 
 
 def codebook_summary(store: Store, name: str) -> CodebookSummary:
@@ -36,7 +42,12 @@ def codebook_summary(store: Store, name: str) -> CodebookSummary:
                              [name]).fetchone()
         runs = [r[0] for r in con.execute("SELECT DISTINCT run FROM codebook_codes WHERE codebook = ? ORDER BY run",
                                           [name]).fetchall()]
-    return CodebookSummary(name, record["model"], list(record["sites"]), record["n_codes"], record["k"], *losses, runs)
+    # The codebook tensors' shapes say how many codes each site has; safe_open reads only the file's header.
+    with safe_open(store.root / record["path"] / "final" / "codebooks.safetensors", "pt") as weights:
+        total = {site: weights.get_slice(f"bottlenecks.{site.replace('.', '_')}.codebook").get_shape()[0]
+                 for site in record["sites"]}
+    return CodebookSummary(name, record["model"], list(record["sites"]), record["n_codes"], record["k"], *losses, runs,
+                           total)
 
 
 def code_table(store: Store, name: str, run: str, site: str) -> pa.Table:
@@ -57,8 +68,9 @@ def code_table(store: Store, name: str, run: str, site: str) -> pa.Table:
 def check_code(summary: CodebookSummary, site: str, code: int) -> None:
     if site not in summary.sites:
         raise CodebookError(f"No codebook at '{site}'; '{summary.name}' has them at {', '.join(summary.sites)}.")
-    if not 0 <= code < summary.n_codes:
-        raise CodebookError(f"Code {code} is out of range: '{summary.name}' has codes 0 to {summary.n_codes - 1}.")
+    if not 0 <= code < summary.total_codes[site]:
+        raise CodebookError(f"Code {code} is out of range: '{summary.name}' has codes 0 to {summary.total_codes[site] - 1} "
+                            f"at {site}.")
 
 
 def code_contexts(store: Store, summary: CodebookSummary, run: str, site: str, code: int, n: int = 10,

@@ -71,7 +71,7 @@ def state_codes(coded: CodebookModel, fsm: TokFSM, tokens: torch.Tensor, states:
     positions = last_digit_positions(fsm, tokens.shape[1])
     result = {}
     for site in coded.sites:
-        n_codes = coded.bottleneck(site).n_codes
+        n_codes = coded.bottleneck(site).total_codes
         table = np.zeros((fsm.n_states, n_codes))
         np.add.at(table, (states[:, positions].numpy().ravel(), coded.codes[site][:, positions, 0].numpy().ravel()), 1)
         result[site] = table.argmax(1)
