@@ -8,9 +8,10 @@ attention and both MLP outputs. Steps:
   2. attach codebooks, k-means-initialise them, and fine-tune with them in place;
   3. next-state accuracy and LM loss: plain model, k-means codes only, fine-tuned with codes;
   4. purity of each site's codes for the true current state, against chance;
-  5. interventions: at state A's last digit, force the codes of a random state B (at each layer's
-     sites, and at all sites) and measure the predicted mass on B's and A's successors, the JS
-     divergence to B's transitions, and how often a sampled next state is one of B's successors.
+  5. interventions: at state A's last digit, force the codes of a random state B (per layer, at the
+     attention or MLP sites, at all sites; and at all sites on both of A's digits) and measure the
+     predicted mass on B's and A's successors, the JS divergence to B's transitions, and how often a
+     sampled next state is one of B's successors.
 
     python analyses/codebook_fsm.py                       # about 1.5 minutes on 2 CPU cores
     python analyses/codebook_fsm.py --states 30 --codes 128 --finetune-steps 600
@@ -100,13 +101,17 @@ def main() -> None:
     codes = state_codes(coded, fsm, *fsm.sample(256, 12, seed=args.seed + 7))
     position = fsm.digits * 5  # the last digit of the fifth state (state j ends at digits * (j + 1))
     scopes = {f"layer {layer}": [s for s in sites if s.startswith(f"blocks.{layer}.")] for layer in range(args.layers)}
+    scopes["attention"] = [s for s in sites if ".attn." in s]
+    scopes["MLPs"] = [s for s in sites if ".mlp." in s]
     scopes["all sites"] = sites
     results = {scope: intervene(coded, fsm, codes, chosen, test_tokens, test_states, position, seed=args.seed)
                for scope, chosen in scopes.items()}
+    results["all, all digits"] = intervene(coded, fsm, codes, sites, test_tokens, test_states, position,
+                                           seed=args.seed, digits="all")
     print(f"\nInterventions: force state B's codes at state A's last digit ({len(test_tokens)} contexts, B random, B != A)")
-    print(f"{'forced at':12s}{'mass on B succ.':>18s}{'mass on A succ.':>18s}{'JS to B':>16s}{'sampled in B succ.':>21s}")
+    print(f"{'forced at':16s}{'mass on B succ.':>18s}{'mass on A succ.':>18s}{'JS to B':>16s}{'sampled in B succ.':>21s}")
     for scope, r in results.items():
-        print(f"{scope:12s}" + "".join(f"{a:>9.3f}->{b:<6.3f}" for a, b in
+        print(f"{scope:16s}" + "".join(f"{a:>9.3f}->{b:<6.3f}" for a, b in
                                        (r.on_target, r.on_current, r.js_to_target, r.sampled_target)))
     print(f"\n{time.perf_counter() - started:.0f} s in all")
 
@@ -121,7 +126,7 @@ def main() -> None:
     figure.tight_layout()
     figure.savefig(out / "purity.png", dpi=120)
 
-    figure, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     measures = [("mass on B's successors", "on_target"), ("JS divergence to B", "js_to_target"),
                 ("sampled next state in B's successors", "sampled_target")]
     for axis, (title, attribute) in zip(axes, measures):
@@ -130,7 +135,7 @@ def main() -> None:
         positions = range(len(results))
         axis.bar([p - 0.2 for p in positions], before, width=0.4, label="as is", color="#999999")
         axis.bar([p + 0.2 for p in positions], after, width=0.4, label="B's codes forced", color="#3b7dd8")
-        axis.set_xticks(list(positions), list(results))
+        axis.set_xticks(list(positions), list(results), rotation=30, ha="right", fontsize=8)
         axis.set_title(title, fontsize=10)
     axes[0].legend()
     figure.suptitle("Forcing state B's codes while the model is in state A")

@@ -55,7 +55,7 @@ class CodebookModel(nn.Module):
         self.similarities: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k]: each code's cosine similarity
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
         self.recon_losses: dict[str, torch.Tensor] = {}
-        self.forced: dict[str, tuple[int, slice, str]] = {}  # site -> (code, positions, mode) to force on
+        self.forced: dict[str, list[tuple[int, slice, str]]] = {}  # site -> (code, positions, mode) to force, in order
         self.enabled = True
         self._handles = []
         for point in points:
@@ -79,11 +79,11 @@ class CodebookModel(nn.Module):
         bottleneck = self.bottleneck(site)
         result = bottleneck(tensor)
         out, codes = result.out_BD, result.codes_BK
-        if site in self.forced:
-            # "swap": the forced code takes the place of the weakest of its group's k codes (unless it is among them
-            # already), so with k > 1 the other codes still carry what they carried. "only": it fills all k slots.
-            code, positions, mode = self.forced[site]
+        if self.forced.get(site):
             codes, out = codes.clone(), out.clone()
+        # "swap": the forced code takes the place of the weakest of its group's k codes (unless it is among them
+        # already), so with k > 1 the other codes still carry what they carried. "only": it fills all k slots.
+        for code, positions, mode in self.forced.get(site, []):
             chosen = codes[:, positions]
             slots = chosen[..., bottleneck.group_slots(code)]
             if mode == "only":
@@ -130,11 +130,12 @@ class CodebookModel(nn.Module):
         self.check_code(site, code)
         if mode not in FORCING_MODES:
             raise CodebookError(f"Forcing mode must be one of {', '.join(FORCING_MODES)}, not '{mode}'.")
-        self.forced[site] = (code, positions, mode)
+        entry = (code, positions, mode)
+        self.forced.setdefault(site, []).append(entry)
         try:
             yield
         finally:
-            self.forced.pop(site, None)
+            self.forced[site].remove(entry)
 
     @torch.no_grad()
     def kmeans_init(self, input_ids: torch.Tensor, batch_size: int = 64) -> None:

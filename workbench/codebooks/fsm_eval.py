@@ -1,7 +1,8 @@
 """Measuring codebooks against TokFSM's ground truth: purity per site, and interventions.
 
-An intervention takes contexts that end in state A (at A's last digit) and forces, at that
-position, the codes that state B's last digit usually gets, at some sites. Then it asks:
+An intervention takes contexts that end in state A (at A's last digit) and forces the codes
+that state B usually gets, at some sites: at A's last digit only, or at each of A's digits (the
+code of B's digit in the same place). Then it asks:
   - how much predicted probability lands on B's successors, and on A's (exactly),
   - the Jensen-Shannon divergence between the predicted next state and B's true transitions,
   - how often a sampled next state is one of B's successors (steering by generation).
@@ -66,21 +67,26 @@ def chance_purity(states: torch.Tensor) -> float:
 
 @torch.no_grad()
 def state_codes(coded: CodebookModel, fsm: TokFSM, tokens: torch.Tensor, states: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per site, [n_states]: the top code that fires most often at each state's last digit."""
+    """Per site, [n_states, digits]: the top code that fires most often at each digit of each state."""
     coded(tokens)
-    positions = last_digit_positions(fsm, tokens.shape[1])
+    last = last_digit_positions(fsm, tokens.shape[1])
     result = {}
     for site in coded.sites:
         n_codes = coded.bottleneck(site).total_codes
-        table = np.zeros((fsm.n_states, n_codes))
-        np.add.at(table, (states[:, positions].numpy().ravel(), coded.codes[site][:, positions, 0].numpy().ravel()), 1)
-        result[site] = table.argmax(1)
+        per_digit = []
+        for digit in range(fsm.digits):
+            positions = [p - (fsm.digits - 1 - digit) for p in last]
+            table = np.zeros((fsm.n_states, n_codes))
+            np.add.at(table, (states[:, positions].numpy().ravel(), coded.codes[site][:, positions, 0].numpy().ravel()), 1)
+            per_digit.append(table.argmax(1))
+        result[site] = np.stack(per_digit, axis=1)
     return result
 
 
 @dataclass
 class InterventionResult:
     sites: list[str]
+    digits: str  # last | all
     n_contexts: int
     on_target: tuple[float, float]  # (before, after): mean predicted mass on B's successors
     on_current: tuple[float, float]  # on A's successors
@@ -90,8 +96,13 @@ class InterventionResult:
 
 @torch.no_grad()
 def intervene(coded: CodebookModel, fsm: TokFSM, codes_of_state: dict[str, np.ndarray], sites: list[str],
-              tokens: torch.Tensor, states: torch.Tensor, position: int, seed: int = 0) -> InterventionResult:
-    """Force state B's codes at `sites` at `position` (a last digit) for a random B != A per context."""
+              tokens: torch.Tensor, states: torch.Tensor, position: int, seed: int = 0,
+              digits: str = "last") -> InterventionResult:
+    """Force state B's codes at `sites` for a random B != A per context, at `position` (a last digit) or, with
+    digits="all", at every digit of the state ending there."""
+    if digits not in ("last", "all"):
+        raise CodebookError(f"digits must be 'last' or 'all', not '{digits}'.")
+    forced_digits = range(fsm.digits) if digits == "all" else [fsm.digits - 1]
     context, current = tokens[:, :position + 1], states[:, position]
     offset = np.random.default_rng(seed).integers(1, fsm.n_states, len(current))
     target = (current + torch.from_numpy(offset)) % fsm.n_states
@@ -104,7 +115,9 @@ def intervene(coded: CodebookModel, fsm: TokFSM, codes_of_state: dict[str, np.nd
         rows = (target == state).nonzero().flatten()
         with ExitStack() as stack:
             for site in sites:
-                stack.enter_context(coded.forcing(site, int(codes_of_state[site][state]), slice(position, position + 1)))
+                for digit in forced_digits:
+                    at = position - (fsm.digits - 1 - digit)
+                    stack.enter_context(coded.forcing(site, int(codes_of_state[site][state, digit]), slice(at, at + 1)))
             after[rows] = next_state_probabilities(coded, context[rows], fsm.n_states, fsm.digits)
             sampled_after[rows] = sample_next_states(coded, fsm, context[rows], seed=seed + state)
 
@@ -118,7 +131,7 @@ def intervene(coded: CodebookModel, fsm: TokFSM, codes_of_state: dict[str, np.nd
         return hits.float().mean().item()
 
     return InterventionResult(
-        sites=sites, n_contexts=len(context),
+        sites=sites, digits=digits, n_contexts=len(context),
         on_target=(mass(before, target), mass(after, target)),
         on_current=(mass(before, current), mass(after, current)),
         js_to_target=(js_divergence(before, truth[target]).mean().item(), js_divergence(after, truth[target]).mean().item()),
