@@ -134,6 +134,10 @@ def test_overview_shows_runs_and_dictionary_metrics_from_the_store(app, app_stor
     # The unencoded dictionary has no feature page yet, and the page says how to make one.
     assert not isinstance(dictionaries.set_index("name").loc["not-encoded", "page"], str)
     assert any("workbench encode --store" in c.value and "not-encoded" in c.value for c in app.caption)
+    codebooks = next(v for k, v in frames.items() if k[:2] == ("page", "name") and "n_codes" in v.columns)
+    row = codebooks.set_index("name").loc["cb"]
+    assert row["page"] == "codes?codebook=cb" and row["encoded_runs"] == 1
+    assert row["lm_loss_increase"] == pytest.approx(sql(app_store, "SELECT lm_loss_increase FROM codebooks")[0][0])
 
 
 # -- feature explorer --------------------------------------------------------------------------------

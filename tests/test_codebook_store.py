@@ -269,3 +269,28 @@ def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
     con.close()
     n_heads = 4
     assert rows == (n_tokens * n_heads, n_heads, n_heads - 1) and wrong_head == 0  # k=1: rank h is head h's code
+
+
+@pytest.mark.slow
+def test_codebook_train_encode_and_steer_on_smollm2(store_dir):
+    """The issue's command on the real model at a small scale: two layer-3 sites, 4 steps, then codes and steering."""
+    args = ["--store", str(store_dir)]
+    assert run_cli("harvest", "--model", "smollm2-135m", "--hooks", "blocks.3.hook_out", "--tokens", "2048", *args,
+                   "--run", "h", timeout=900).returncode == 0
+    train = run_cli("codebook", "train", "--model", "smollm2-135m", "--sites",
+                    "blocks.3.mlp.hook_out,blocks.3.attn.hook_z", "--tokens", "4096", "--codes", "256", "--k", "4",
+                    "--eval-tokens", "1024", "--name", "cb", *args, timeout=1800)
+    assert train.returncode == 0, train.stderr[-2000:]
+    con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
+    before, after, bypassed = con.execute("SELECT lm_loss_original, lm_loss_codebooks, lm_loss_bypassed FROM codebooks").fetchone()
+    con.close()
+    assert 1.0 < before < 6.0 and after - bypassed < 1.0  # k-means codes plus 4 steps cost under a nat
+    assert run_cli("codebook", "encode", "--codebook", "cb", "--run", "h", *args, timeout=900).returncode == 0
+    con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
+    per_site = dict(con.execute("SELECT site, count(*) FROM codebook_codes GROUP BY site").fetchall())
+    con.close()
+    assert per_site == {"blocks.3.mlp.hook_out": 2048 * 4, "blocks.3.attn.hook_z": 2048 * 9 * 4}  # 9 heads
+    steer = run_cli("codebook", "steer", "--codebook", "cb", "--site", "blocks.3.mlp.hook_out", "--code", "0",
+                    "--prompt", "The function returns", "--targets", " the", "--samples", "2", "--max-new-tokens", "4",
+                    *args, timeout=900)
+    assert steer.returncode == 0 and "share showing a target" in steer.stdout, steer.stderr[-2000:]

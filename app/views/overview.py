@@ -29,6 +29,9 @@ def overview_tables(path: str, stamp: int) -> dict:
                   "ORDER BY created_at",
         "circuits": "SELECT circuit_run, method, task, model, metric, n_pairs, metric_clean, metric_corrupted, created_at "
                     "FROM circuit_runs ORDER BY created_at",
+        "codebooks": "SELECT name, model, sites, n_codes, k, status, lm_loss_original, lm_loss_codebooks, lm_loss_increase, "
+                     "(SELECT count(DISTINCT run) FROM codebook_codes c WHERE c.codebook = b.name) AS encoded_runs, "
+                     "created_at FROM codebooks b ORDER BY created_at",
     }
     with Store(path).reader() as con:
         return {key: con.execute(sql).df() for key, sql in queries.items()}
@@ -97,5 +100,7 @@ linked_runs("Depth probes", probes, "probe_run", "layers", "probe",
             f"workbench probe depth --model smollm2-135m --tokens 2048 --store {current.root}")
 linked_runs("Circuit analyses", tables["circuits"], "circuit_run", "circuits", "run",
             f"workbench circuit patch --task ioi --model smollm2-135m --store {current.root}")
+linked_runs("Codebooks", tables["codebooks"], "name", "codes", "codebook",
+            f"workbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out --tokens 32k --store {current.root}")
 
 st.page_link(PAGES["sql"], label="Query anything with SQL →")
