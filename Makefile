@@ -45,6 +45,9 @@ demo: setup
 	$(VENV)/bin/workbench encode --store $(STORE) --dict demo-topk
 	$(VENV)/bin/workbench sql $(STORE) "SELECT feature, n_active, round(density, 4) AS density, round(max, 2) AS max \
 		FROM feature_stats WHERE dictionary = 'demo-topk' ORDER BY n_active DESC LIMIT 5"
+	$(VENV)/bin/workbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out,blocks.6.attn.hook_out \
+		--tokens 8k --store $(STORE) --name demo-codebooks
+	$(VENV)/bin/workbench codebook encode --store $(STORE) --codebook demo-codebooks --run demo
 	@echo "Starting the app on http://localhost:8501 (Ctrl-C stops it; \`make app\` starts it again)."
 	$(VENV)/bin/workbench app --store $(STORE)
 

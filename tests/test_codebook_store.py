@@ -50,6 +50,8 @@ def test_train_reports_the_lm_loss_before_and_after_and_saves_only_the_codebooks
     assert bypassed == pytest.approx(before, abs=1e-5)  # the model was frozen (--model-lr 0): bypassed is the original
     assert 0 < recon < 1.5
     assert f"original model {before:.4f}, with codebooks {after:.4f}" in stdout
+    info = run_cli("store", "info", str(root))
+    assert info.returncode == 0 and "Codebooks" in info.stdout and f"{round(before, 4)}" in info.stdout
     files = {p.name for p in (root / "codebooks" / "cb" / "final").iterdir()}
     assert files == {"codebooks.safetensors", "identity.json"}  # the frozen model is not copied
 

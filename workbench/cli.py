@@ -160,6 +160,9 @@ def _run_store_info(args) -> int:
     if summary["dictionaries"].num_rows:
         print("\nDictionaries (latest `workbench eval` figures; empty until evaluated)")
         _print_table(summary["dictionaries"])
+    if summary["codebooks"].num_rows:
+        print("\nCodebooks (held-out LM loss: original model, with codebooks, fine-tuned with codebooks bypassed)")
+        _print_table(summary["codebooks"])
     return 0
 
 
@@ -713,7 +716,9 @@ def _add_codebook(sub) -> None:
             The held-out LM loss before and after is stored in the `codebooks` table (lm_loss_increase).
             A checkpoint is written every --checkpoint-seconds: after an interruption, run the same command
             again and it resumes. Files: <store>/codebooks/<name>/.
-            Sites: blocks.{l}.attn.hook_out (the attention output) and blocks.{l}.mlp.hook_out.
+            Sites: blocks.{l}.attn.hook_out (the attention output), blocks.{l}.attn.hook_z (each head's output
+            before the output projection, one codebook per head: code c is head c // --codes's) and
+            blocks.{l}.mlp.hook_out.
         """),
         epilog=textwrap.dedent("""\
             examples:
@@ -725,7 +730,8 @@ def _add_codebook(sub) -> None:
     train.add_argument("--sites", required=True, help="comma-separated sublayer outputs, e.g. blocks.3.mlp.hook_out")
     train.add_argument("--store", required=True)
     train.add_argument("--tokens", type=_int_with_suffix, default=65_536, help="fine-tuning tokens, e.g. 64k (default: 64k)")
-    train.add_argument("--codes", type=int, default=1024, help="codebook size per site (default: %(default)s)")
+    train.add_argument("--codes", type=int, default=1024, help="codebook size per site, or per head at attn.hook_z "
+                       "(default: %(default)s)")
     train.add_argument("--k", type=int, default=8, help="codes per token per site (default: %(default)s)")
     train.add_argument("--reduce", choices=["sum", "mean"], default="sum", help="how the k codes combine (default: %(default)s)")
     train.add_argument("--corpus", default="default", help="default, a .txt/.jsonl/.parquet path, or hf:NAME (default: %(default)s)")

@@ -106,7 +106,8 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
     if len(contexts) <= n_eval:
         raise CodebookError(f"The corpus gave {len(contexts)} contexts of {config.context_len} tokens: too few to hold out "
                             f"{n_eval} for evaluation and train on the rest. Use a bigger corpus or lower --eval-tokens.")
-    held_out, train_contexts = contexts[-n_eval:], contexts[:-n_eval]
+    # The held-out contexts come first, so runs with different --tokens are scored on the same text.
+    held_out, train_contexts = contexts[:n_eval], contexts[n_eval:]
     if len(train_contexts) < n_steps * config.batch_size:
         print(f"note: the corpus gave {len(train_contexts) * config.context_len:,} training tokens; "
               f"fine-tuning cycles through them to reach {config.tokens:,}.")

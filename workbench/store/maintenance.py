@@ -49,6 +49,12 @@ def summarize(store: Store) -> dict[str, pa.Table | int | str]:
                    round(e.fvu, 4) AS fvu, round(e.l0, 1) AS l0, round(100 * e.dead_fraction, 1) AS dead_pct,
                    round(e.ce_loss_score, 4) AS ce_loss_score, round(e.kl, 4) AS kl, coalesce(e.eval_run, '') AS eval_run
             FROM dictionaries d LEFT JOIN latest e ON e.dictionary = d.name ORDER BY d.created_at""").to_arrow_table()
+        codebooks = con.sql("""
+            SELECT name, model, array_to_string(sites, ', ') AS sites, n_codes, k, status,
+                   round(lm_loss_original, 4) AS lm_loss_original, round(lm_loss_codebooks, 4) AS lm_loss_codebooks,
+                   round(lm_loss_bypassed, 4) AS lm_loss_bypassed,
+                   (SELECT count(DISTINCT run) FROM codebook_codes c WHERE c.codebook = b.name) AS encoded_runs
+            FROM codebooks b ORDER BY created_at""").to_arrow_table()
         version = read_version(con)
     return {
         "root": str(store.root),
@@ -57,6 +63,7 @@ def summarize(store: Store) -> dict[str, pa.Table | int | str]:
         "hook_points": hooks,
         "probe_runs": probes,
         "dictionaries": dictionaries,
+        "codebooks": codebooks,
         "catalog_bytes": store.catalog_path.stat().st_size,
         "shard_bytes": _dir_bytes(store.root / "shards"),
         "model_bytes": _dir_bytes(store.root / "models"),
