@@ -201,23 +201,29 @@ def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, prog
     vocab_size = coded.hf_model.config.vocab_size
     if int(vocab_ids.max()) >= vocab_size:
         raise CodebookError(f"Run '{run}' has token ids beyond this model's vocabulary ({vocab_size}); it is another model's run.")
+    # Text columns are dictionary-encoded (an index per row into a handful of strings): a million-token run at
+    # two sites with k = 8 is 16M rows, and plain string arrays of that length would cost gigabytes.
     columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}
     with torch.no_grad():
         for start in tqdm(range(0, len(vocab_ids), batch_size), unit="batch", desc=f"codes {name}", disable=not progress):
             coded(vocab_ids[start:start + batch_size])
             tokens = token_ids[start:start + batch_size]
-            for site in coded.sites:
-                codes = coded.codes[site]  # [batch, seq, k]
+            for index, site in enumerate(coded.sites):
+                codes = coded.codes[site]  # [batch, seq, k] (k per head at a per-head site)
                 k = codes.shape[-1]
                 columns["token_id"].append(tokens[..., None].expand_as(codes).reshape(-1).numpy())
-                columns["site"].append(np.full(codes.numel(), site, dtype=object))
+                columns["site"].append(np.full(codes.numel(), index, dtype=np.int32))
                 columns["rank"].append(np.tile(np.arange(k, dtype=np.int8), codes.numel() // k))
                 columns["code"].append(codes.reshape(-1).numpy().astype(np.int32))
                 columns["similarity"].append(coded.similarities[site].reshape(-1).float().numpy())
-    table = pa.table({"codebook": pa.array(np.full(sum(len(c) for c in columns["code"]), name, dtype=object), pa.string()),
-                      "run": pa.array(np.full(sum(len(c) for c in columns["code"]), run, dtype=object), pa.string()),
+    n_rows = sum(len(c) for c in columns["code"])
+
+    def constant(text: str) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([text]))
+
+    table = pa.table({"codebook": constant(name), "run": constant(run),
                       "token_id": np.concatenate(columns["token_id"]),
-                      "site": pa.array(np.concatenate(columns["site"]), pa.string()),
+                      "site": pa.DictionaryArray.from_arrays(np.concatenate(columns["site"]), pa.array(coded.sites)),
                       "rank": np.concatenate(columns["rank"]),
                       "code": np.concatenate(columns["code"]),
                       "similarity": np.concatenate(columns["similarity"])})
