@@ -296,3 +296,42 @@ def test_codebook_train_encode_and_steer_on_smollm2(store_dir):
                     "--prompt", "The function returns", "--targets", " the", "--samples", "2", "--max-new-tokens", "4",
                     *args, timeout=900)
     assert steer.returncode == 0 and "share showing a target" in steer.stdout, steer.stderr[-2000:]
+
+
+def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
+    """kill -9 during `workbench codebook train`, run the same command again: the same codebooks as a run never
+    interrupted, and the LM loss of the original model is not measured twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    common = ["codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(store_dir), "--tokens", "12288",
+              "--codes", "16", "--k", "2", "--eval-tokens", "512", "--checkpoint-seconds", "0", "--model-lr", "1e-4"]
+    whole = run_cli(*common, "--name", "whole")
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = store_dir / "codebooks" / "killed" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("step", 0) >= 3):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    from workbench.train import readable_folder
+
+    interrupted_at = json.loads((readable_folder(state.parent) / "state.json").read_text())["step"]  # a kill may fall between renames
+    assert 3 <= interrupted_at < 12, interrupted_at  # 12 steps in all: it was killed part-way
+    resumed = run_cli(*common, "--name", "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(store_dir / "codebooks" / "whole" / "final" / "codebooks.safetensors")
+    b = load_file(store_dir / "codebooks" / "killed" / "final" / "codebooks.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[key].float(), b[key].float(), atol=1e-5) for key in a)
+    con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT name, steps_done, lm_loss_original, lm_loss_codebooks FROM codebooks ORDER BY name").fetchall()
+    con.close()
+    (k_name, k_steps, k_before, k_after), (w_name, w_steps, w_before, w_after) = rows
+    assert k_steps == w_steps == 12 and k_before == pytest.approx(w_before) and k_after == pytest.approx(w_after, abs=1e-5)
