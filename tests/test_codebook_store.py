@@ -315,15 +315,21 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = store_dir / "codebooks" / "killed" / "checkpoint" / "state.json"
+    from workbench.train import readable_folder
+
+    def checkpoint_step() -> int:
+        folder = readable_folder(store_dir / "codebooks" / "killed" / "checkpoint")  # a read may fall between renames
+        try:
+            return json.loads((folder / "state.json").read_text())["step"] if folder else 0
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("step", 0) >= 3):
+    while time.monotonic() < deadline and checkpoint_step() < 3:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    from workbench.train import readable_folder
-
-    interrupted_at = json.loads((readable_folder(state.parent) / "state.json").read_text())["step"]  # a kill may fall between renames
+    interrupted_at = checkpoint_step()
     assert 3 <= interrupted_at < 12, interrupted_at  # 12 steps in all: it was killed part-way
     resumed = run_cli(*common, "--name", "killed")
     assert resumed.returncode == 0, resumed.stderr
