@@ -471,7 +471,8 @@ def _wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 9
 
 
 def test_feature_page_in_a_real_browser(app_store, tmp_path):
-    """`workbench app` serves; Chromium opens a feature by its URL and shows highlighted tokens and the histogram."""
+    """`workbench app` serves; Chromium opens a feature by its URL and shows highlighted tokens and the histogram,
+    then the Codes page, where it steers generation from the button."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium).")
@@ -498,8 +499,17 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
             assert page.locator(".wb-centre").first.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
             screenshot = tmp_path / "feature-page.png"
             page.screenshot(path=str(screenshot))
+            # The Codes page by its address: a code's contexts, then steering from the button.
+            page.goto(f"{url}/codes?codebook=cb&site={CODEBOOK_SITES[0]}", timeout=60_000)
+            page.wait_for_selector(".wb-centre", timeout=60_000)
+            assert page.locator(".wb-active").count() >= 1
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("Baseline: share with a target").wait_for(timeout=120_000)
+            codes_screenshot = tmp_path / "codes-page.png"
+            page.screenshot(path=str(codes_screenshot), full_page=True)
             browser.close()
         assert screenshot.stat().st_size > 20_000 and screenshot.read_bytes()[:4] == b"\x89PNG"
+        assert codes_screenshot.stat().st_size > 20_000
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -341,3 +341,19 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     con.close()
     (k_name, k_steps, k_before, k_after), (w_name, w_steps, w_before, w_after) = rows
     assert k_steps == w_steps == 12 and k_before == pytest.approx(w_before) and k_after == pytest.approx(w_after, abs=1e-5)
+
+
+def test_default_steering_targets_are_the_codes_commonest_word_tokens(coded_store):
+    from workbench.codebooks.browse import code_tokens, default_targets
+    from workbench.store import Store
+
+    root, _, _ = coded_store
+    store = Store.open_existing(root)
+    site = "blocks.1.attn.hook_out"
+    con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
+    code = con.execute("SELECT mode(code) FROM codebook_codes WHERE site = ?", [site]).fetchone()[0]
+    con.close()
+    ranked = code_tokens(store, "cb", site, code, n=50).column("token").to_pylist()
+    targets = default_targets(store, "cb", site, code)
+    assert 0 < len(targets) <= 5 and all(any(c.isalnum() for c in t) for t in targets)
+    assert targets == [t for t in ranked if any(c.isalnum() for c in t)][:5]  # in order of firings, word tokens only

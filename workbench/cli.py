@@ -773,8 +773,8 @@ def _add_codebook(sub) -> None:
             Sample --samples continuations of the prompt twice with the same seeds: as the model is, and with
             the code forced on at the site at every position (--mode swap: in place of the weakest of its k
             codes; --mode only: in all k slots). A continuation shows the target behaviour if it contains one
-            of the --targets strings; by default they are the 5 tokens the code fires on most (needs
-            `workbench codebook encode` first).
+            of the --targets strings; by default they are the 5 tokens with a letter or digit that the code
+            fires on most (needs `workbench codebook encode` first).
         """),
         epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site blocks.3.mlp.hook_out --code 17 "
                "--prompt \"Once upon a time\" --targets \" dragon, dragons\"")
@@ -827,7 +827,7 @@ def _run_codebook_encode(args) -> int:
 
 
 def _run_codebook_steer(args) -> int:
-    from workbench.codebooks.browse import code_tokens
+    from workbench.codebooks.browse import default_targets
     from workbench.codebooks.steer import steer
     from workbench.codebooks.train import open_codebook_model
     from workbench.store import Store
@@ -838,7 +838,7 @@ def _run_codebook_steer(args) -> int:
     if args.targets:
         targets = [t for t in args.targets.split(",") if t.strip()]
     else:
-        targets = code_tokens(store, args.codebook, args.site, args.code, n=5).column("token").to_pylist()
+        targets = default_targets(store, args.codebook, args.site, args.code)
         if not targets:
             raise WorkbenchError(f"Code {args.code} at {args.site} has no stored firings to take targets from: run "
                                  "`workbench codebook encode` first, or give --targets.")

@@ -99,8 +99,9 @@ st.subheader("Steer generation with this code")
 st.caption("Samples continuations twice with the same seeds: as the model is, and with the code forced on at "
            f"{site} at every position. A continuation counts if it contains one of the targets.")
 prompt = st.text_input("Prompt", value=st.query_params.get("prompt", "Once upon a time"))
-targets_text = st.text_input("Targets (comma-separated)", value=", ".join(t.strip() for t in tokens["token"].head(5)
-                                                                           if isinstance(t, str) and t.strip()))
+targets_text = st.text_input("Targets (comma-separated)",
+                             value=", ".join(t.strip() for t in browse.default_targets(current, name, site, code)),
+                             help="the code's commonest tokens with a letter or digit; edit freely")
 left, middle, right = st.columns(3)
 samples = left.slider("Samples", 1, 16, 4)
 new_tokens = middle.slider("New tokens", 4, 48, 16)

@@ -97,3 +97,10 @@ def code_tokens(store: Store, name: str, site: str, code: int, n: int = 10, run:
             "SELECT t.token, count(*) AS firings FROM codebook_codes c JOIN tokens t USING (run, token_id) "
             "WHERE c.codebook = ? AND c.site = ? AND c.code = ? AND t.doc_id IS NOT NULL AND (? IS NULL OR c.run = ?) "
             "GROUP BY t.token ORDER BY firings DESC, t.token LIMIT ?", params=[name, site, code, run, run, n]).to_arrow_table()
+
+
+def default_targets(store: Store, name: str, site: str, code: int, n: int = 5) -> list[str]:
+    """Steering targets: the code's n commonest tokens that hold a letter or digit. Punctuation and whitespace
+    occur in almost any continuation, so they would count every sample as a hit."""
+    tokens = code_tokens(store, name, site, code, n=50).column("token").to_pylist()
+    return [token for token in tokens if token and any(c.isalnum() for c in token)][:n]
