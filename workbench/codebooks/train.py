@@ -50,7 +50,8 @@ class CodebookTrainConfig:
 def default_codebook_name(config: CodebookTrainConfig) -> str:
     from workbench.store import make_run_name
 
-    return make_run_name("cb", Path(config.model).name, f"{len(config.sites)}sites", f"c{config.n_codes}", f"k{config.k}")
+    sites = f"{len(config.sites)}site" + ("s" if len(config.sites) != 1 else "")
+    return make_run_name("cb", Path(config.model).name, sites, f"c{config.n_codes}", f"k{config.k}")
 
 
 def _check(config: CodebookTrainConfig) -> None:
@@ -117,10 +118,14 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
         return train_contexts[torch.from_numpy(rows)]
 
     torch.manual_seed(config.seed)
+    say = print if progress else (lambda *_: None)
     if readable_folder(folder / CHECKPOINT) is None:  # a fresh run, or one stopped before its first checkpoint
         n_kmeans = max(-(-config.kmeans_tokens // config.context_len), -(-config.n_codes // config.context_len))
+        say(f"Initialising the codes by k-means on {n_kmeans * config.context_len:,} tokens ...", flush=True)
         coded.kmeans_init(train_contexts[:n_kmeans], batch_size=config.batch_size)
     if not existing:
+        say(f"Measuring the original model's LM loss on {len(held_out) * config.context_len:,} held-out tokens ...",
+            flush=True)
         lm_loss_original = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
         with store.transaction() as con:
             con.execute("INSERT INTO codebooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', 0, 0, ?, NULL, NULL, NULL, "
@@ -133,6 +138,7 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
 
     state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
     save_codebooks(coded, folder, identity, train_model=config.finetune.model_lr > 0)
+    say("Measuring the held-out LM loss with the codebooks, and with them bypassed ...", flush=True)
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
     lm_loss_bypassed = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
     with store.transaction() as con:
