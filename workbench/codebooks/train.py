@@ -118,14 +118,17 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
         return train_contexts[torch.from_numpy(rows)]
 
     torch.manual_seed(config.seed)
-    say = print if progress else (lambda *_: None)
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, flush=True)
+
     if readable_folder(folder / CHECKPOINT) is None:  # a fresh run, or one stopped before its first checkpoint
         n_kmeans = max(-(-config.kmeans_tokens // config.context_len), -(-config.n_codes // config.context_len))
-        say(f"Initialising the codes by k-means on {n_kmeans * config.context_len:,} tokens ...", flush=True)
+        say(f"Initialising the codes by k-means on {n_kmeans * config.context_len:,} tokens ...")
         coded.kmeans_init(train_contexts[:n_kmeans], batch_size=config.batch_size)
     if not existing:
-        say(f"Measuring the original model's LM loss on {len(held_out) * config.context_len:,} held-out tokens ...",
-            flush=True)
+        say(f"Measuring the original model's LM loss on {len(held_out) * config.context_len:,} held-out tokens ...")
         lm_loss_original = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
         with store.transaction() as con:
             con.execute("INSERT INTO codebooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', 0, 0, ?, NULL, NULL, NULL, "
@@ -138,7 +141,7 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
 
     state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
     save_codebooks(coded, folder, identity, train_model=config.finetune.model_lr > 0)
-    say("Measuring the held-out LM loss with the codebooks, and with them bypassed ...", flush=True)
+    say("Measuring the held-out LM loss with the codebooks, and with them bypassed ...")
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
     lm_loss_bypassed = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
     with store.transaction() as con:
