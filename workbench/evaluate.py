@@ -10,7 +10,6 @@ and ablated passes: dictionaries are not trained on it, and its huge norm would 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from workbench.corpus import is_bos_position
@@ -72,11 +71,7 @@ def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_t
     # 2. Splice into the model: clean, spliced and zero-ablated passes on the same contexts.
     hf_model, tokenizer = load_hf_model(resolve_model_dir(model_name, store.root / "models"))
     backend = make_backend(backend_name, hf_model, tokenizer)
-    with store.reader() as con:
-        n_ctx = max(1, -(-ce_tokens // context_len))
-        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? AND context_id < ? ORDER BY token_id",
-                          [run, n_ctx]).fetchnumpy()["vocab_id"]
-    contexts = torch.from_numpy(np.asarray(ids, dtype=np.int64).reshape(-1, context_len))
+    contexts = torch.from_numpy(store.contexts(run, max(1, -(-ce_tokens // context_len))))
     target = parse_hook(hook_out or hook, n_layers)
     source = parse_hook(hook, n_layers) if hook_out else None
     # A transcoder reads its input hook and replaces the output hook; an SAE replaces its own hook.

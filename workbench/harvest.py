@@ -144,15 +144,6 @@ def _create_run(store: Store, run: str, config: HarvestConfig, hooks: list[HookP
         )
 
 
-def _load_contexts(store: Store, run: str) -> tuple[np.ndarray, int]:
-    """The run's token ids as [n_contexts, context_len], read back from the store (not the corpus)."""
-    with store.reader() as con:
-        context_len, chunk_contexts = con.execute(
-            "SELECT context_len, chunk_contexts FROM runs WHERE run = ?", [run]).fetchone()
-        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? ORDER BY token_id", [run]).fetchnumpy()["vocab_id"]
-    return np.asarray(ids, dtype=np.int64).reshape(-1, context_len), chunk_contexts
-
-
 def _committed_chunks(store: Store, run: str, n_hooks: int) -> set[int]:
     with store.reader() as con:
         rows = con.execute(
@@ -205,7 +196,9 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
         corpus = tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column)
         _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model)
 
-    contexts, chunk_contexts = _load_contexts(store, run)
+    contexts = store.contexts(run)  # read back from the store, not the corpus
+    with store.reader() as con:
+        chunk_contexts = con.execute("SELECT chunk_contexts FROM runs WHERE run = ?", [run]).fetchone()[0]
     context_len = contexts.shape[1]
     n_chunks = -(-len(contexts) // chunk_contexts)
     orphans = store.remove_orphan_files(run)

@@ -180,18 +180,13 @@ def open_codebook_model(store, name: str, device: str = "cpu") -> tuple[Codebook
 def run_contexts(store, run: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(vocab ids, token ids), each [contexts, context_len], of a harvest run's tokens."""
     with store.reader() as con:
-        header = con.execute("SELECT n_contexts, context_len FROM runs WHERE run = ?", [run]).fetchone()
-        if header is None:
-            known = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY run").fetchall()]
-            raise CodebookError(f"No run '{run}' in the store. Known: {', '.join(known) or 'none (run `workbench harvest`)'}.")
-        ids = con.execute("SELECT vocab_id, token_id FROM tokens WHERE run = ? ORDER BY context_id, position",
-                          [run]).fetchnumpy()
-    n_contexts = len(ids["vocab_id"]) // header[1]
-    if n_contexts == 0:
+        known = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY run").fetchall()]
+    if run not in known:
+        raise CodebookError(f"No run '{run}' in the store. Known: {', '.join(known) or 'none (run `workbench harvest`)'}.")
+    vocab_ids = torch.from_numpy(store.contexts(run))
+    if vocab_ids.numel() == 0:
         raise CodebookError(f"Run '{run}' has no committed tokens yet; finish its harvest first.")
-    shape = (n_contexts, header[1])
-    return (torch.from_numpy(ids["vocab_id"][:n_contexts * header[1]].astype(np.int64).reshape(shape)),
-            torch.from_numpy(ids["token_id"][:n_contexts * header[1]].astype(np.int64).reshape(shape)))
+    return vocab_ids, torch.arange(vocab_ids.numel()).reshape(vocab_ids.shape)  # token_id is the row index in the run
 
 
 def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, progress: bool = True) -> int:

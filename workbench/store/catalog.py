@@ -170,6 +170,18 @@ class Store:
             rows = con.execute(query + " ORDER BY run, hook, chunk", params).fetchall()
         return [ShardRecord(*row) for row in rows]
 
+    def contexts(self, run: str, n_contexts: int | None = None) -> np.ndarray:
+        """The run's vocab ids as [n_contexts, context_len] (all of them, or the first n), read back from the store.
+
+        Row c holds token ids c * context_len ... (c + 1) * context_len - 1: token_id is the row index in the run.
+        """
+        with self.reader() as con:
+            context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [run]).fetchone()[0]
+            limit = n_contexts if n_contexts is not None else 2**31 - 1
+            ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? AND context_id < ? ORDER BY token_id",
+                              [run, limit]).fetchnumpy()["vocab_id"]
+        return np.asarray(ids, dtype=np.int64).reshape(-1, context_len)
+
     def iter_activations(self, run: str, hook: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (token_ids, acts [n, d]) per committed shard of (run, hook), each checked against its checksum.
 
