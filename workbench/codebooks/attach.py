@@ -35,6 +35,14 @@ def parse_site(name: str, n_layers: int) -> HookPoint:
     return point
 
 
+def check_code(site: str, code: int, total_codes: dict[str, int]) -> None:
+    """Refuse a site without a codebook, or a code id outside it; `total_codes` maps each site to its code count."""
+    if site not in total_codes:
+        raise CodebookError(f"No codebook at '{site}'; there are codebooks at {', '.join(total_codes)}.")
+    if not 0 <= code < total_codes[site]:
+        raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {total_codes[site] - 1}.")
+
+
 class CodebookModel(nn.Module):
     """A causal LM with codebook bottlenecks at some sublayer outputs."""
 
@@ -115,11 +123,7 @@ class CodebookModel(nn.Module):
         return self.hf_model(input_ids, labels=labels)
 
     def check_code(self, site: str, code: int) -> None:
-        if site not in self.sites:
-            raise CodebookError(f"No codebook at '{site}'; this model has them at {', '.join(self.sites)}.")
-        n_codes = self.bottleneck(site).total_codes
-        if not 0 <= code < n_codes:
-            raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {n_codes - 1}.")
+        check_code(site, code, {s: self.bottleneck(s).total_codes for s in self.sites})
 
     @contextmanager
     def forcing(self, site: str, code: int, positions: slice, mode: str = "swap") -> Iterator[None]:

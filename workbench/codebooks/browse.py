@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 from safetensors import safe_open
 
+from workbench.codebooks.attach import check_code
 from workbench.codebooks.train import completed_codebooks
-from workbench.dictionaries.codebook import CodebookError
 from workbench.features import Context, context_windows
 from workbench.store import Store
 
@@ -65,19 +65,11 @@ def code_table(store: Store, name: str, run: str, site: str) -> pa.Table:
             params=[name, run, site, name, run, site]).to_arrow_table()
 
 
-def check_code(summary: CodebookSummary, site: str, code: int) -> None:
-    if site not in summary.sites:
-        raise CodebookError(f"No codebook at '{site}'; '{summary.name}' has them at {', '.join(summary.sites)}.")
-    if not 0 <= code < summary.total_codes[site]:
-        raise CodebookError(f"Code {code} is out of range: '{summary.name}' has codes 0 to {summary.total_codes[site] - 1} "
-                            f"at {site}.")
-
-
 def code_contexts(store: Store, summary: CodebookSummary, run: str, site: str, code: int, n: int = 10,
                   before: int = 16, after: int = 4) -> list[Context]:
     """The code's n most similar firings, at most one per context, each with its window; a token's value is the
     code's similarity there (0 where the code did not fire)."""
-    check_code(summary, site, code)
+    check_code(site, code, summary.total_codes)
     with store.reader() as con:
         context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [run]).fetchone()[0]
         hits = con.execute(

@@ -55,6 +55,7 @@ def default_codebook_name(config: CodebookTrainConfig) -> str:
 
 
 def _check(config: CodebookTrainConfig) -> None:
+    """Settings errors before the model loads (the bottleneck checks k again, for callers of the library)."""
     for name in ("tokens", "n_codes", "k", "context_len", "batch_size", "eval_tokens", "kmeans_tokens"):
         if getattr(config, name) <= 0:
             raise CodebookError(f"--{name.replace('_', '-')} must be positive.")
