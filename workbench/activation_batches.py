@@ -18,7 +18,7 @@ import torch
 from workbench.corpus import is_bos_position
 from workbench.errors import StoreError
 from workbench.store import Store
-from workbench.store.catalog import ShardRecord
+from workbench.store.records import ShardRecord
 from workbench.store.shards import read_shard
 
 

@@ -47,3 +47,11 @@ class ReadOnlySqlError(WorkbenchError):
 
 class ProbeError(WorkbenchError):
     pass
+
+
+class DictionaryError(WorkbenchError):
+    """A sparse dictionary that is missing, unfinished or does not fit what it is used with."""
+
+
+class CodebookError(WorkbenchError):
+    """Codebooks that are missing, unfinished or do not fit the model they are opened with."""

@@ -21,11 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workbench.dictionaries.sparse_ops import gather_pre_activations, sparse_decode
-from workbench.errors import WorkbenchError
-
-
-class DictionaryError(WorkbenchError):
-    pass
+from workbench.errors import DictionaryError
 
 
 @dataclass

@@ -21,11 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.errors import WorkbenchError
-
-
-class CodebookError(WorkbenchError):
-    pass
+from workbench.errors import CodebookError
 
 
 class CodebookOutput(NamedTuple):

@@ -19,7 +19,6 @@ import random
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -27,6 +26,7 @@ import numpy as np
 
 from workbench.errors import StoreError, StoreLockedError
 from workbench.store import schema
+from workbench.store.records import ShardRecord, read_all
 from workbench.store.shards import read_shard
 
 CATALOG_NAME = "catalog.duckdb"
@@ -35,18 +35,6 @@ RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 def _is_lock_conflict(exc: Exception) -> bool:
     return "lock" in str(exc).lower() and isinstance(exc, (duckdb.IOException, duckdb.ConnectionException))
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    run: str
-    hook: str
-    chunk: int
-    path: str
-    first_token: int
-    n_rows: int
-    n_bytes: int
-    sha256: str
 
 
 class Store:
@@ -160,15 +148,9 @@ class Store:
         return f"shards/run={run}/hook={hook}/chunk-{chunk:06d}.parquet"
 
     def shards(self, run: str | None = None, hook: str | None = None) -> list[ShardRecord]:
-        query = "SELECT run, hook, chunk, path, first_token, n_rows, n_bytes, sha256 FROM shards WHERE true"
-        params: list = []
-        if run is not None:
-            query, params = query + " AND run = ?", params + [run]
-        if hook is not None:
-            query, params = query + " AND hook = ?", params + [hook]
+        key = {name: value for name, value in (("run", run), ("hook", hook)) if value is not None}
         with self.reader() as con:
-            rows = con.execute(query + " ORDER BY run, hook, chunk", params).fetchall()
-        return [ShardRecord(*row) for row in rows]
+            return read_all(con, ShardRecord, **key)
 
     def contexts(self, run: str, n_contexts: int | None = None) -> np.ndarray:
         """The run's vocab ids as [n_contexts, context_len] (all of them, or the first n), read back from the store.
