@@ -1,0 +1,151 @@
+"""`workbench circuit patch|codes|graph|deembed`: which parts of the model do a task?"""
+
+from __future__ import annotations
+
+import textwrap
+
+from workbench.cli.common import add_command
+
+PATCH_DESCRIPTION = textwrap.dedent("""\
+    Run the corrupted prompts with one activation taken from the clean run, and store how much of
+    the clean behaviour it restores: (metric_patched - metric_corrupted) / (metric_clean - metric_corrupted),
+    1 = that activation carries the whole difference. Tables: circuit_runs, circuit_patching.
+      layers          residual stream entering each block (blocks.{l}.hook_in), per position
+      heads           each attention head's output (its slice of blocks.{l}.attn.hook_z), all positions
+      head-positions  each head at each position (layers x heads x positions passes: slow on SmolLM2)
+    Tasks: ioi (logit difference), greater-than (probability difference on one-token digits),
+    or PATH.jsonl with {"clean", "corrupted", "answer", "wrong"} per line (logit difference).
+""")
+PATCH_EPILOG = textwrap.dedent("""\
+    examples:
+      workbench circuit patch --task ioi --model smollm2-135m --store store/
+      workbench circuit patch --task greater-than --model smollm2-135m --store store/ --levels heads
+      workbench circuit patch --task pairs.jsonl --model smollm2-135m --store store/ --levels head-positions --layers 0,1,2
+""")
+CODES_DESCRIPTION = textwrap.dedent("""\
+    Take every attention head's write to the residual stream on the task's positive (clean) and negative
+    (corrupted) prompts, train one small TopK dictionary on a few of them, turn each head output into its
+    argmax code, and score each head by the codes that occur only on positives (and each pair of heads by
+    such code co-occurrences). Against the newest patching run of the task (or --reference), report the
+    ROC AUC and both runtimes. Tables: circuit_runs, circuit_code_heads, circuit_code_pairs.
+""")
+CODES_EPILOG = textwrap.dedent("""\
+    examples:
+      workbench circuit patch --task ioi --model smollm2-135m --store store/ --levels heads
+      workbench circuit codes --task ioi --store store/
+      workbench circuit codes --task greater-than --store store/ --position mean --latents 200   # the paper's settings
+""")
+GRAPH_DESCRIPTION = textwrap.dedent("""\
+    Replace each MLP that has a transcoder by its features plus an error node, freeze attention patterns
+    and norm scales on the prompt, and compute every edge exactly: source value x gradient of the target
+    (the answer's logit, or an active feature's pre-activation). Edges through attention run through the
+    frozen patterns. MLPs without a transcoder become error nodes. Prune by influence on the logit, report
+    the replacement and completeness scores, and store the pruned graph as JSON under STORE/graphs/
+    (table circuit_graphs); the app's Circuits page draws it.
+""")
+GRAPH_EPILOG = textwrap.dedent("""\
+    example (one transcoder per MLP layer; a subset of layers is fine):
+      workbench circuit graph --prompt "When Mary and John went to the store, John gave a drink to" \\
+          --transcoders tc-l4,tc-l6,tc-l8 --store store/ --target " Mary" --json mary.json
+""")
+DEEMBED_DESCRIPTION = ("De-embeddings (Dunefsky et al.): score every vocabulary token's embedding against the feature's "
+                       "encoder direction, straight through the residual stream and through each attention head's OV "
+                       "circuit in the layers up to the transcoder's. RMSNorm gains are folded in; their per-token "
+                       "scale, which depends on the context, is left out.")
+
+
+def _where(score) -> str:
+    return (f"L{score.layer}" + (f"H{score.head}" if score.head is not None else "")
+            + (f"@{score.position}" if score.position is not None else "") + f" {score.score:+.2f}")
+
+
+def report_patch(config, result) -> None:
+    first = next(iter(result.results.values()))
+    print(f"metric: clean {first.metric_clean:.4f}, corrupted {first.metric_corrupted:.4f}")
+    for level, level_result in result.results.items():
+        top = sorted(level_result.scores, key=lambda s: -abs(s.score))[:5]
+        print(f"{level:15s} strongest: {', '.join(_where(s) for s in top)}")
+    print(f"Stored as '{result.name}'. For example:\n  workbench sql {config.store} \"SELECT layer, head, "
+          f"round(score, 3) AS score FROM circuit_patching WHERE circuit_run = '{result.name}' AND level = 'heads' "
+          "ORDER BY abs(score) DESC LIMIT 10\"")
+
+
+def report_codes(config, run) -> None:
+    import numpy as np
+
+    heads = run.scores.head_scores
+    order = np.argsort(-heads, axis=None, kind="stable")[:8]
+    print("heads with the most codes unique to positives: "
+          + ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]} {int(heads.flat[i])}" for i in order))
+    print(f"time: {run.scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
+    if run.reference:
+        print(f"against patching run '{run.reference}' (heads with |score| >= {config.reference_threshold}): "
+              f"ROC AUC {run.roc_auc_heads:.3f} for heads, {run.roc_auc_pairs:.3f} for pairs of heads")
+        if run.reference_wall_s:
+            print(f"that patching run took {run.reference_wall_s:.1f}s: "
+                  f"{run.reference_wall_s / run.scores.wall_s:.0f}x longer")
+    else:
+        print("no patching run of this task to score against: run `workbench circuit patch` for ROC AUC")
+    print(f"Stored as '{run.name}' (tables circuit_code_heads, circuit_code_pairs).")
+
+
+def report_graph(config, result) -> None:
+    from workbench.circuits.attribution import greedy_paths
+
+    graph, data = result.graph, result.data
+    features = sum(node.kind == "feature" for node in graph.nodes)
+    print(f"target {graph.target_token!r}: logit {graph.target_logit:.3f}; {features} active features, "
+          f"{len(graph.nodes)} nodes, {int((graph.adjacency != 0).sum())} edges")
+    print(f"replacement score {graph.replacement_score:.3f}, completeness score {graph.completeness_score:.3f}")
+    print(f"pruned to {len(data['nodes'])} nodes and {len(data['links'])} links; stored as '{result.name}'"
+          + (f", JSON also at {config.json_path}" if config.json_path else ""))
+    top = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -n.influence)[:5]
+    if top:
+        print("most influential features: "
+              + ", ".join(f"L{n.layer}#{n.feature}@{n.position} {n.influence:.3f}" for n in top))
+
+    def label(n) -> str:
+        return {"embedding": f"emb {n.token!r}@{n.position}", "error": f"L{n.layer} error@{n.position}",
+                "feature": f"L{n.layer}#{n.feature}@{n.position}", "logit": f"logit {n.token!r}"}[n.kind]
+
+    print("strongest paths (share of the logit's input along the path):")
+    for strength, path in greedy_paths(graph, 5):
+        print(f"  {strength:.4f}  " + " -> ".join(label(graph.nodes[i]) for i in path))
+
+
+def report_deembed(config, result) -> None:
+    def show(pairs) -> str:
+        return ", ".join(f"{t!r} {v:+.2f}" for t, v in pairs)
+
+    print(f"{config.dictionary} feature {config.feature} (layer {result.layer} MLP)")
+    print(f"  direct:   {show(result.direct)}")
+    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[:config.heads]
+    for (layer, head), pairs in strongest:
+        print(f"  L{layer}H{head}: {show(pairs)}")
+
+
+def add_circuit(sub, name: str, help_text: str) -> None:
+    from workbench.circuits.attribution import DeembedConfig, GraphConfig, run_deembed, run_graph
+    from workbench.circuits.codes import CodesConfig, run_codes
+    from workbench.circuits.patching import PatchingConfig, run_patching
+    from workbench.models import BACKENDS
+
+    parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
+    circuit_sub = parser.add_subparsers(dest="circuit_command", required=True, metavar="{patch,codes,graph,deembed}")
+    backends = {"backend": list(BACKENDS)}
+    add_command(circuit_sub, "patch", "activation patching over layers, heads and head x position: the reference "
+                "circuit", PatchingConfig, run_patching, report_patch, description=PATCH_DESCRIPTION,
+                epilog=PATCH_EPILOG, choices=backends)
+    add_command(circuit_sub, "codes", "find a task's circuit from discrete SAE codes of head outputs (O'Neill & Bui), "
+                "scored against patching", CodesConfig, run_codes, report_codes, description=CODES_DESCRIPTION,
+                epilog=CODES_EPILOG, choices=backends)
+    add_command(circuit_sub, "graph", "an attribution graph of one prompt through transcoders", GraphConfig,
+                run_graph, report_graph, description=GRAPH_DESCRIPTION, epilog=GRAPH_EPILOG,
+                flags={"json_path": ["--json"]})
+    add_command(circuit_sub, "deembed", "the tokens that most drive a transcoder feature, directly and through each "
+                "attention head", DeembedConfig, run_deembed, report_deembed, description=DEEMBED_DESCRIPTION,
+                epilog="example:\n  workbench circuit deembed --store store/ --dict tc-l6 --feature 123 --heads 5",
+                flags={"dictionary": ["--dict"]})
+
+
+COMMANDS = {"circuit": add_circuit}
