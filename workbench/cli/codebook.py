@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from workbench.cli.common import add_command
+from workbench.cli.options import comma_list_keeping_spaces
 
 TRAIN_DESCRIPTION = textwrap.dedent("""\
     Put a codebook bottleneck after each site (Tamkin et al., "Codebook Features"): the site's output is
@@ -89,7 +90,7 @@ def add_codebook(sub, name: str, help_text: str) -> None:
                 "appears", SteerConfig, run_codebook_steer, report_steer, description=STEER_DESCRIPTION,
                 epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site "
                        "blocks.3.mlp.hook_out --code 17 --prompt \"Once upon a time\" --targets \" dragon, dragons\"",
-                choices={"mode": ["swap", "only"]})
+                choices={"mode": ["swap", "only"]}, parsers={"targets": comma_list_keeping_spaces})
 
 
 COMMANDS = {"codebook": add_codebook}

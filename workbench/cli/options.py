@@ -57,14 +57,18 @@ def int_with_suffix(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number like 2000000, 2M or 500k, got '{text}'") from exc
 
 
-def _comma_list(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
+def _comma_list(item: Callable[[str], Any], what: str, strip: bool = True) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
-            return [item(part.strip()) for part in text.split(",") if part.strip()]
+            return [item(part.strip() if strip else part) for part in text.split(",") if part.strip()]
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got '{text}'") from exc
 
     return parse
+
+
+# For lists of strings whose spaces matter (steering targets such as " dragon"): items are kept as typed.
+comma_list_keeping_spaces = _comma_list(str, "strings", strip=False)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -131,15 +135,17 @@ def _help(text: str, default: Any) -> str:
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, *, flags: dict[str, list[str]] | None = None,
-                       choices: dict[str, list[str]] | None = None, helps: dict[str, str] | None = None) -> None:
+                       choices: dict[str, list[str]] | None = None, helps: dict[str, str] | None = None,
+                       parsers: dict[str, Callable[[str], Any]] | None = None) -> None:
     """Add one option per field of `cls` to `parser`.
 
     flags: other spellings for a field, e.g. {"dictionary": ["--dict"], "hook": ["--hook", "--in"]}; a name
            without dashes makes the field positional.
     choices: allowed values (taken from a registry by the caller).
     helps: help that replaces the field's docstring for this command only.
+    parsers: a parser that replaces the one the field's type implies.
     """
-    flags, choices, helps = flags or {}, choices or {}, helps or {}
+    flags, choices, helps, parsers = flags or {}, choices or {}, helps or {}, parsers or {}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in _options(cls):
         name = option.field.name
@@ -163,7 +169,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, flags: dic
             kwargs["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
             kwargs["default"] = bool(default) if default is not MISSING else False
         else:
-            kwargs["type"] = _parser_for(annotation, name)
+            kwargs["type"] = parsers.get(name) or _parser_for(annotation, name)
             if default is MISSING and spellings[0].startswith("-"):
                 kwargs["required"] = True
             elif default is not MISSING:
