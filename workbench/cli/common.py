@@ -32,6 +32,7 @@ def add_command(sub, name: str, help_text: str, config: type, run: Callable[[Any
         settings = config_from_args(config, args)
         return report(settings, run(settings)) or 0
 
+    execute.config_type = config  # type: ignore[attr-defined]  # lets tests compare option defaults with the Config
     parser.set_defaults(func=execute)
     return parser
 
