@@ -165,5 +165,5 @@ try:
     boosts, suppressions = view.logit_effects(unembedding(path, record.model), feature, n=10)
 except WorkbenchError as exc:
     fail(exc)  # the last section: everything above is already shown
-shown = lambda pairs: [(visible_token(t), v) for t, v in pairs]  # noqa: E731
-st.plotly_chart(plots.logit_effects(shown(boosts), shown(suppressions)), key="logits")
+st.plotly_chart(plots.logit_effects([(visible_token(t), v) for t, v in boosts],
+                                    [(visible_token(t), v) for t, v in suppressions]), key="logits")
