@@ -471,8 +471,8 @@ def _wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 9
 
 
 def test_feature_page_in_a_real_browser(app_store, tmp_path):
-    """`workbench app` serves; Chromium opens a feature by its URL and shows highlighted tokens and the histogram,
-    then the Codes page, where it steers generation from the button."""
+    """`workbench app` serves; Chromium opens the overview at / and at /overview, a feature by its URL and shows
+    highlighted tokens and the histogram, then the Codes page, where it steers generation from the button."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium).")
@@ -490,6 +490,14 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The overview opens both at the root and at /overview, the address the README gives, and
+            # neither answers "Page not found" (Streamlit serves a default page at the root only).
+            for address in (f"{url}/", f"{url}/overview"):
+                page.goto(address, timeout=60_000)
+                page.get_by_role("heading", name="Harvest runs").wait_for(timeout=60_000)
+                page.get_by_text("Probe runs").first.wait_for(timeout=60_000)  # the metrics row has rendered
+                assert page.get_by_text("Page not found").count() == 0, address
+                assert page.get_by_role("heading", name="Dictionaries").count() == 1, address
             page.goto(f"{url}/features?dict=d&feature={feature}", timeout=60_000)
             page.wait_for_selector(".wb-active", timeout=60_000)
             page.wait_for_selector(".js-plotly-plot .bars", timeout=60_000)  # the histogram's bars are drawn

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from common import (cached_record, choose_dictionary, fail, feature_url, model_backend, stamp, store, token_strip,
-                    view_for, visible_token)
+from common import (cached_record, choose_dictionary, fail, feature_url, model_backend, open_store, stamp, store,
+                    token_strip, view_for, visible_token)
 from workbench import features as F
 from workbench.errors import WorkbenchError
 
@@ -28,12 +28,12 @@ if not prompt.strip():
 st.query_params["prompt"] = prompt
 
 
-
 @st.cache_data(show_spinner="Running the model ...", max_entries=32)
 def encode(path: str, version: int, name: str, prompt: str) -> F.PromptEncoding:
-    """One forward pass per distinct prompt: moving the slider or picking a feature reuses it."""
+    """One forward pass per distinct prompt: moving the slider or picking a feature reuses it.
+    Depends only on its arguments: the Store comes back from `path` (common.open_store)."""
     rec = cached_record(path, version, name)
-    return F.encode_prompt(view_for(current, rec), model_backend(path, rec.model), prompt)
+    return F.encode_prompt(view_for(open_store(path), name), model_backend(path, rec.model), prompt)
 
 
 try:
