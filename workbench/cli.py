@@ -299,17 +299,18 @@ def _run_probe_depth(args) -> int:
         model=args.model, store=args.store, corpus=args.corpus, tokens=args.tokens, name=args.name, task=args.task,
         backend=args.backend, context_len=args.context_len, batch_size=args.batch_size, lens_tokens=args.lens_tokens,
         skip_tokens=args.skip_tokens, skip_layers=skip_layers, split_position=args.split_position, device=args.device,
-        text_column=args.text_column))
+        text_column=args.text_column)).probe_run.probe_run
     print(f"Stored depth probes as '{name}'. For example:\n"
           f"  workbench sql {args.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{name}'\"")
     return 0
 
 
 def _run_probe_maps(args) -> int:
-    from workbench.probes.linear_maps import run_linear_map_probe
+    from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
 
-    name = run_linear_map_probe(args.source, args.target, args.store, corpus=args.corpus, tokens=args.tokens,
-                                name=args.name, backend=args.backend, device=args.device, text_column=args.text_column)
+    name = run_linear_maps(LinearMapsConfig(source=args.source, target=args.target, store=args.store, corpus=args.corpus,
+                                            tokens=args.tokens, name=args.name, backend=args.backend, device=args.device,
+                                            text_column=args.text_column)).probe_run.probe_run
     print(f"Stored linear maps as '{name}'. For example:\n"
           f"  workbench sql {args.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{name}' ORDER BY rel_error LIMIT 10\"")
     return 0

@@ -6,6 +6,7 @@ import streamlit as st
 from common import fail, pick, stamp, store, token_strip
 from workbench.codebooks import browse
 from workbench.errors import WorkbenchError
+from workbench.store import codes as stored_codes
 
 st.title("Codes")
 current = store()
@@ -27,7 +28,7 @@ def summary(path: str, version: int, name: str) -> browse.CodebookSummary:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def table(path: str, version: int, name: str, run: str, site: str) -> pd.DataFrame:
-    return browse.code_table(current, name, run, site).to_pandas()
+    return stored_codes.code_table(current, name, run, site).to_pandas()
 
 
 name = pick("Codebooks", names, "codebook")
@@ -79,7 +80,7 @@ if info.head_of(site, code) is not None:
 
 try:
     contexts = browse.code_contexts(current, info, run, site, code, n=12)
-    tokens = browse.code_tokens(current, name, site, code, n=10, run=run).to_pandas()
+    tokens = stored_codes.code_tokens(current, name, site, code, n=10, run=run).to_pandas()
 except WorkbenchError as exc:
     fail(exc)
 
