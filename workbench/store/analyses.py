@@ -64,6 +64,10 @@ def replace_circuit_run(store: Store, record: CircuitRunRecord, tables: dict[str
         return read_one(con, CircuitRunRecord, circuit_run=name)
 
 
+# For messages: the `workbench sql` query that lists the patching runs.
+PATCHING_RUNS_QUERY = "SELECT circuit_run, task FROM circuit_runs WHERE method = 'patching'"
+
+
 def patching_run(store: Store, name: str) -> CircuitRunRecord | None:
     with store.reader() as con:
         return read_one(con, CircuitRunRecord, circuit_run=name, method="patching")
