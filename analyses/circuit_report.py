@@ -90,7 +90,8 @@ def main(task: str, description: str) -> int:
     axes[0].set(title="Head patching score", xlabel="head", ylabel="layer")
     figure.colorbar(image, ax=axes[0])
     image = axes[1].imshow(codes.scores.head_scores, cmap="Reds", origin="lower", aspect="auto")
-    axes[1].set(title=f"Codes unique to positives (AUC {codes.circuit_run.roc_auc_heads:.2f})", xlabel="head", ylabel="layer")
+    axes[1].set(title=f"Codes unique to positives (AUC {codes.circuit_run.roc_auc_heads:.2f})", xlabel="head",
+                ylabel="layer")
     figure.colorbar(image, ax=axes[1])
     bound = max(1.0, np.abs(layers).max())
     image = axes[2].imshow(layers, cmap="RdBu_r", vmin=-bound, vmax=bound, origin="lower", aspect="auto")

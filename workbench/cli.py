@@ -308,9 +308,9 @@ def _run_probe_depth(args) -> int:
 def _run_probe_maps(args) -> int:
     from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
 
-    name = run_linear_maps(LinearMapsConfig(source=args.source, target=args.target, store=args.store, corpus=args.corpus,
-                                            tokens=args.tokens, name=args.name, backend=args.backend, device=args.device,
-                                            text_column=args.text_column)).probe_run.probe_run
+    name = run_linear_maps(LinearMapsConfig(
+        source=args.source, target=args.target, store=args.store, corpus=args.corpus, tokens=args.tokens,
+        name=args.name, backend=args.backend, device=args.device, text_column=args.text_column)).probe_run.probe_run
     print(f"Stored linear maps as '{name}'. For example:\n"
           f"  workbench sql {args.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{name}' ORDER BY rel_error LIMIT 10\"")
     return 0

@@ -227,8 +227,8 @@ def run_codes(config: CodesConfig) -> CodesResult:
     n_heads, _ = attention_heads(hf_model)
     if reference_scores is not None and reference_scores.shape != (backend.n_layers, n_heads):
         raise TaskError(f"The reference run '{reference.circuit_run}' has {reference_scores.shape[0]} x "
-                        f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; give the "
-                        "reference's model.")
+                        f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; "
+                        "give the reference's model.")
     latents = config.latents or 4 * backend.n_layers * n_heads  # as find_circuit_from_codes's default; recorded below
     scores = find_circuit_from_codes(backend, task, config.train_prompts, latents, config.k, config.steps,
                                      config.position, config.seed)

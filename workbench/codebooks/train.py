@@ -229,8 +229,8 @@ def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) 
     vocab_ids, token_ids = run_contexts(store, run)
     vocab_size = coded.hf_model.config.vocab_size
     if int(vocab_ids.max()) >= vocab_size:
-        raise CodebookError(f"Run '{run.run}' has token ids beyond this model's vocabulary ({vocab_size}); it is another "
-                            "model's run.")
+        raise CodebookError(f"Run '{run.run}' has token ids beyond this model's vocabulary ({vocab_size}); "
+                            "it is another model's run.")
     # Text columns are dictionary-encoded (an index per row into a handful of strings): a million-token run at
     # two sites with k = 8 is 16M rows, and plain string arrays of that length would cost gigabytes.
     columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}

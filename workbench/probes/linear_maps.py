@@ -138,7 +138,8 @@ def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
     source_layers, source_keys, n_source = _residuals(config.source, **common)
     target_layers, target_keys, n_target = _residuals(config.target, **common)
     rows_a, rows_b = align_tokens(source_keys, target_keys)
-    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers], ridge=config.ridge)
+    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers],
+                              ridge=config.ridge)
     n_train = int(len(rows_a) * 0.8)
     table = [(i, j, (i + 1) / n_source, (j + 1) / n_target, float(errors[i, j]), n_train, len(rows_a) - n_train)
              for i in range(n_source) for j in range(n_target)]

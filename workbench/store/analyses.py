@@ -24,8 +24,8 @@ PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
     "probe_skip_output": ("skipped_layer", "prob_l2_mean", "prob_l2_max", "kl_mean", "kl_max", "skipped_kl_mean",
                           "skipped_kl_max", "n_tokens"),
     "probe_logit_lens": ("layer", "kl_mean", "kl_max", "top5_overlap_mean", "n_tokens"),
-    "probe_linear_maps": ("source_layer", "target_layer", "source_rel_depth", "target_rel_depth", "rel_error", "n_train",
-                          "n_test"),
+    "probe_linear_maps": ("source_layer", "target_layer", "source_rel_depth", "target_rel_depth", "rel_error",
+                          "n_train", "n_test"),
     "probe_depth_scores": ("task", "measure", "depth_score", "relative_depth_score"),
 }
 

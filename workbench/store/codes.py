@@ -37,7 +37,8 @@ def code_table(store: Store, codebook: str, run: str, site: str) -> pa.Table:
             "WITH per_token AS (SELECT c.code, t.token, count(*) AS n, avg(c.similarity) AS similarity "
             "  FROM codebook_codes c JOIN tokens t USING (run, token_id) "
             "  WHERE c.codebook = ? AND c.run = ? AND c.site = ? GROUP BY ALL), "
-            "total AS (SELECT count(DISTINCT token_id) AS n FROM codebook_codes WHERE codebook = ? AND run = ? AND site = ?) "
+            "total AS (SELECT count(DISTINCT token_id) AS n FROM codebook_codes "
+            "  WHERE codebook = ? AND run = ? AND site = ?) "
             "SELECT code, sum(n)::BIGINT AS firings, sum(n) / any_value((SELECT n FROM total)) AS density, "
             "  sum(similarity * n) / sum(n) AS mean_similarity, arg_max(token, n) AS top_token, "
             "  max(n) / sum(n) AS purity FROM per_token GROUP BY code ORDER BY firings DESC, code",
