@@ -14,24 +14,21 @@ from workbench.codebooks.attach import check_code
 from workbench.features import Context, context_windows
 from workbench.store import Store, lookups
 from workbench.store import codes as stored_codes
+from workbench.store.records import CodebookRecord
 
 
 @dataclass
 class CodebookSummary:
-    name: str
-    model: str
-    sites: list[str]
-    n_codes: int
-    k: int
-    lm_loss_original: float | None
-    lm_loss_codebooks: float | None
-    lm_loss_bypassed: float | None
+    """Finished codebooks' catalog record, plus what the catalog row does not hold."""
+
+    codebook: CodebookRecord
     encoded_runs: list[str]  # runs with stored codes
     total_codes: dict[str, int]  # per site: n_codes, or n_heads * n_codes at a per-head site (attn.hook_z)
 
     def head_of(self, site: str, code: int) -> int | None:
         """At a per-head site, the head a code belongs to."""
-        return code // self.n_codes if self.total_codes[site] > self.n_codes else None
+        n_codes = self.codebook.n_codes
+        return code // n_codes if self.total_codes[site] > n_codes else None
 
 
 def codebook_summary(store: Store, name: str) -> CodebookSummary:
@@ -40,9 +37,7 @@ def codebook_summary(store: Store, name: str) -> CodebookSummary:
     with safe_open(store.root / record.path / "final" / "codebooks.safetensors", "pt") as weights:
         total = {site: weights.get_slice(f"bottlenecks.{site.replace('.', '_')}.codebook").get_shape()[0]
                  for site in record.sites}
-    return CodebookSummary(name, record.model, list(record.sites), record.n_codes, record.k, record.lm_loss_original,
-                           record.lm_loss_codebooks, record.lm_loss_bypassed, stored_codes.encoded_runs(store, name),
-                           total)
+    return CodebookSummary(record, stored_codes.encoded_runs(store, name), total)
 
 
 def code_contexts(store: Store, summary: CodebookSummary, run: str, site: str, code: int, n: int = 10,
@@ -51,9 +46,9 @@ def code_contexts(store: Store, summary: CodebookSummary, run: str, site: str, c
     code's similarity there (0 where the code did not fire)."""
     check_code(site, code, summary.total_codes)
     context_len = lookups.run(store, run).context_len
-    hits = stored_codes.code_hits(store, summary.name, run, site, code, n, context_len)
+    hits = stored_codes.code_hits(store, summary.codebook.name, run, site, code, n, context_len)
     return context_windows(store, run, context_len, hits, before, after,
-                           *stored_codes.code_window_values(summary.name, run, site, code))
+                           *stored_codes.code_window_values(summary.codebook.name, run, site, code))
 
 
 def default_targets(store: Store, name: str, site: str, code: int, n: int = 5) -> list[str]:
