@@ -27,7 +27,7 @@ from workbench.circuits.attribution import GraphConfig, run_graph
 from workbench.circuits.codes import CodesConfig, run_codes
 from workbench.circuits.patching import PatchingConfig, run_patching
 from workbench.codebooks.finetune import FinetuneSettings
-from workbench.codebooks.train import CodebookTrainConfig, encode_codes, train_codebooks
+from workbench.codebooks.train import CodebookEncodeConfig, CodebookTrainConfig, run_codebook_encode, run_codebook_train
 from workbench.encode import encode_dictionary
 from workbench.evaluate import evaluate_dictionary
 from workbench.harvest import HarvestConfig, harvest
@@ -61,10 +61,10 @@ def app_store(tmp_path_factory, models_dir) -> Path:
                       k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
     run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
                           store=str(root), name="mary"))
-    train_codebooks(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
-                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
-                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
-    encode_codes(str(root), "cb", "h", progress=False)
+    run_codebook_train(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
+                                           k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
+                                           finetune=FinetuneSettings(model_lr=0)), progress=False)
+    run_codebook_encode(CodebookEncodeConfig(store=str(root), codebook="cb", run="h"), progress=False)
     return root
 
 

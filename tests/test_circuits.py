@@ -186,10 +186,10 @@ def test_codes_rank_the_planted_head_first_and_score_auc_against_patching(store_
                                 name="reference"), progress=False)
     run = run_codes(CodesConfig(task=str(pairs_file), store=str(store_dir), name="codes"))
     heads = run.scores.head_scores
-    assert run.reference == "reference" and heads.shape == (2, 4)
+    assert run.circuit_run.reference_run == "reference" and heads.shape == (2, 4)
     # Every other head writes exactly nothing, so each keeps one code for every prompt.
     assert heads[PLANTED] >= 1 and np.delete(heads.ravel(), PLANTED[0] * 4 + PLANTED[1]).max() == 0
-    assert run.roc_auc_heads == 1.0
+    assert run.circuit_run.roc_auc_heads == 1.0
     import duckdb
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)

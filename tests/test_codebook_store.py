@@ -344,7 +344,8 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
 
 
 def test_default_steering_targets_are_the_codes_commonest_word_tokens(coded_store):
-    from workbench.codebooks.browse import code_tokens, default_targets
+    from workbench.codebooks.browse import default_targets
+    from workbench.store.codes import code_tokens
     from workbench.store import Store
 
     root, _, _ = coded_store

@@ -299,17 +299,18 @@ def _run_probe_depth(args) -> int:
         model=args.model, store=args.store, corpus=args.corpus, tokens=args.tokens, name=args.name, task=args.task,
         backend=args.backend, context_len=args.context_len, batch_size=args.batch_size, lens_tokens=args.lens_tokens,
         skip_tokens=args.skip_tokens, skip_layers=skip_layers, split_position=args.split_position, device=args.device,
-        text_column=args.text_column))
+        text_column=args.text_column)).probe_run.probe_run
     print(f"Stored depth probes as '{name}'. For example:\n"
           f"  workbench sql {args.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{name}'\"")
     return 0
 
 
 def _run_probe_maps(args) -> int:
-    from workbench.probes.linear_maps import run_linear_map_probe
+    from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
 
-    name = run_linear_map_probe(args.source, args.target, args.store, corpus=args.corpus, tokens=args.tokens,
-                                name=args.name, backend=args.backend, device=args.device, text_column=args.text_column)
+    name = run_linear_maps(LinearMapsConfig(
+        source=args.source, target=args.target, store=args.store, corpus=args.corpus, tokens=args.tokens,
+        name=args.name, backend=args.backend, device=args.device, text_column=args.text_column)).probe_run.probe_run
     print(f"Stored linear maps as '{name}'. For example:\n"
           f"  workbench sql {args.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{name}' ORDER BY rel_error LIMIT 10\"")
     return 0
@@ -614,14 +615,14 @@ def _run_circuit_patch(args) -> int:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError as exc:
         raise WorkbenchError(f"--layers takes comma-separated integers, got '{args.layers}'.") from exc
-    levels = tuple(level.strip() for level in args.levels.split(",") if level.strip())
-    name, results = run_patching(PatchingConfig(task=args.task, model=args.model, store=args.store, levels=levels,
-                                                pairs=args.pairs, layers=layers, backend=args.backend, name=args.name,
-                                                seed=args.seed))
-    first = next(iter(results.values()))
-    print(f"metric: clean {first.metric_clean:.4f}, corrupted {first.metric_corrupted:.4f}")
-    for level, result in results.items():
-        top = sorted(result.scores, key=lambda s: -abs(s.score))[:5]
+    levels = [level.strip() for level in args.levels.split(",") if level.strip()]
+    result = run_patching(PatchingConfig(task=args.task, model=args.model, store=args.store, levels=levels,
+                                         pairs=args.pairs, layers=layers, backend=args.backend, name=args.name,
+                                         seed=args.seed))
+    name = result.circuit_run.circuit_run
+    print(f"metric: clean {result.circuit_run.metric_clean:.4f}, corrupted {result.circuit_run.metric_corrupted:.4f}")
+    for level, scores in result.levels.items():
+        top = sorted(scores.scores, key=lambda s: -abs(s.score))[:5]
         where = ", ".join(f"L{s.layer}" + (f"H{s.head}" if s.head is not None else "")
                           + (f"@{s.position}" if s.position is not None else "") + f" {s.score:+.2f}" for s in top)
         print(f"{level:15s} strongest: {where}")
@@ -635,23 +636,25 @@ def _run_circuit_codes(args) -> int:
 
     from workbench.circuits.codes import CodesConfig, run_codes
 
-    run = run_codes(CodesConfig(task=args.task, store=args.store, model=args.model, reference=args.reference,
-                                reference_threshold=args.reference_threshold, pairs=args.pairs,
-                                train_prompts=args.train_prompts, latents=args.latents, k=args.k, position=args.position,
-                                backend=args.backend, name=args.name, seed=args.seed))
-    heads = run.scores.head_scores
+    result = run_codes(CodesConfig(task=args.task, store=args.store, model=args.model, reference=args.reference,
+                                   reference_threshold=args.reference_threshold, pairs=args.pairs,
+                                   train_prompts=args.train_prompts, latents=args.latents, k=args.k,
+                                   position=args.position, backend=args.backend, name=args.name, seed=args.seed))
+    run = result.circuit_run
+    heads = result.scores.head_scores
     order = np.argsort(-heads, axis=None, kind="stable")[:8]
     print("heads with the most codes unique to positives: "
           + ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]} {int(heads.flat[i])}" for i in order))
-    print(f"time: {run.scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
-    if run.reference:
-        print(f"against patching run '{run.reference}' (heads with |score| >= {args.reference_threshold}): "
+    print(f"time: {result.scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
+    if run.reference_run:
+        print(f"against patching run '{run.reference_run}' (heads with |score| >= {args.reference_threshold}): "
               f"ROC AUC {run.roc_auc_heads:.3f} for heads, {run.roc_auc_pairs:.3f} for pairs of heads")
-        if run.reference_wall_s:
-            print(f"that patching run took {run.reference_wall_s:.1f}s: {run.reference_wall_s / run.scores.wall_s:.0f}x longer")
+        if result.reference_wall_s:
+            print(f"that patching run took {result.reference_wall_s:.1f}s: "
+                  f"{result.reference_wall_s / result.scores.wall_s:.0f}x longer")
     else:
         print("no patching run of this task to score against: run `workbench circuit patch` for ROC AUC")
-    print(f"Stored as '{run.name}' (tables circuit_code_heads, circuit_code_pairs).")
+    print(f"Stored as '{run.circuit_run}' (tables circuit_code_heads, circuit_code_pairs).")
     return 0
 
 
@@ -659,14 +662,15 @@ def _run_circuit_graph(args) -> int:
     from workbench.circuits.attribution import GraphConfig, greedy_paths, run_graph
 
     names = [n.strip() for n in args.transcoders.split(",") if n.strip()]
-    name, graph, data = run_graph(GraphConfig(prompt=args.prompt, transcoders=names, store=args.store, target=args.target,
-                                              node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
-                                              max_features=args.max_features, name=args.name, json_path=args.json_path))
+    result = run_graph(GraphConfig(prompt=args.prompt, transcoders=names, store=args.store, target=args.target,
+                                   node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
+                                   max_features=args.max_features, name=args.name, json_path=args.json_path))
+    record, graph = result.graph, result.attribution
     features = sum(node.kind == "feature" for node in graph.nodes)
-    print(f"target {graph.target_token!r}: logit {graph.target_logit:.3f}; {features} active features, "
-          f"{len(graph.nodes)} nodes, {int((graph.adjacency != 0).sum())} edges")
-    print(f"replacement score {graph.replacement_score:.3f}, completeness score {graph.completeness_score:.3f}")
-    print(f"pruned to {len(data['nodes'])} nodes and {len(data['links'])} links; stored as '{name}'"
+    print(f"target {record.target_token!r}: logit {record.target_logit:.3f}; {features} active features, "
+          f"{record.n_nodes} nodes, {record.n_edges} edges")
+    print(f"replacement score {record.replacement_score:.3f}, completeness score {record.completeness_score:.3f}")
+    print(f"pruned to {record.n_kept_nodes} nodes and {record.n_kept_edges} links; stored as '{record.graph}'"
           + (f", JSON also at {args.json_path}" if args.json_path else ""))
     top = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -n.influence)[:5]
     if top:
@@ -680,19 +684,14 @@ def _run_circuit_graph(args) -> int:
 
 
 def _run_circuit_deembed(args) -> int:
-    from workbench.circuits.attribution import de_embeddings, load_transcoder
-    from workbench.models import load_hf_model, resolve_model_dir
-    from workbench.store import Store
+    from workbench.circuits.attribution import DeembedConfig, run_deembed
 
-    store = Store.open_existing(args.store)
-    layer, coder, model = load_transcoder(store, args.dict)
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
-    result = de_embeddings(hf_model, tokenizer, coder, layer, args.feature, args.tokens)
+    result = run_deembed(DeembedConfig(store=args.store, dictionary=args.dict, feature=args.feature, tokens=args.tokens,
+                                       heads=args.heads))
     show = lambda pairs: ", ".join(f"{t!r} {v:+.2f}" for t, v in pairs)  # noqa: E731
-    print(f"{args.dict} feature {args.feature} (layer {layer} MLP)")
+    print(f"{result.dictionary} feature {result.feature} (layer {result.layer} MLP)")
     print(f"  direct:   {show(result.direct)}")
-    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[:args.heads]
-    for (layer, head), pairs in strongest:
+    for (layer, head), pairs in result.heads:
         print(f"  L{layer}H{head}: {show(pairs)}")
     return 0
 
@@ -795,22 +794,19 @@ def _add_codebook(sub) -> None:
 
 def _run_codebook_train(args) -> int:
     from workbench.codebooks.finetune import FinetuneSettings
-    from workbench.codebooks.train import CodebookTrainConfig, train_codebooks
+    from workbench.codebooks.train import CodebookTrainConfig, run_codebook_train
 
     sites = [site.strip() for site in args.sites.split(",") if site.strip()]
     settings = FinetuneSettings(codebook_lr=args.codebook_lr, model_lr=args.model_lr,
                                 recon_coefficient=args.recon_coefficient, dead_window_tokens=args.dead_window_tokens,
                                 checkpoint_seconds=args.checkpoint_seconds)
-    name = train_codebooks(CodebookTrainConfig(
+    record = run_codebook_train(CodebookTrainConfig(
         store=args.store, model=args.model, sites=sites, tokens=args.tokens, n_codes=args.codes, k=args.k,
         reduce=args.reduce, corpus=args.corpus, text_column=args.text_column, context_len=args.context_len,
-        batch_size=args.batch_size, eval_tokens=args.eval_tokens, finetune=settings, name=args.name, seed=args.seed))
-    from workbench.store import Store
-
-    with Store.open_existing(args.store).reader() as con:
-        before, after, bypassed, recon = con.execute(
-            "SELECT lm_loss_original, lm_loss_codebooks, lm_loss_bypassed, recon_error FROM codebooks WHERE name = ?",
-            [name]).fetchone()
+        batch_size=args.batch_size, eval_tokens=args.eval_tokens, finetune=settings, name=args.name,
+        seed=args.seed)).codebook
+    name, before, after = record.name, record.lm_loss_original, record.lm_loss_codebooks
+    bypassed, recon = record.lm_loss_bypassed, record.recon_error
     print(f"Codebooks '{name}' are trained. Held-out LM loss: original model {before:.4f}, with codebooks {after:.4f} "
           f"({after - before:+.4f} nats).\nThe fine-tuned model with its codebooks bypassed: {bypassed:.4f}, so the codebooks "
           f"themselves cost {after - bypassed:+.4f} nats. Relative reconstruction error {recon:.3f}.\n"
@@ -819,32 +815,23 @@ def _run_codebook_train(args) -> int:
 
 
 def _run_codebook_encode(args) -> int:
-    from workbench.codebooks.train import encode_codes
+    from workbench.codebooks.train import CodebookEncodeConfig, run_codebook_encode
 
-    rows = encode_codes(args.store, args.codebook, args.run, args.batch_size)
-    print(f"Wrote {rows:,} (token, site, code) rows for '{args.codebook}' on run '{args.run}' (table codebook_codes).")
+    result = run_codebook_encode(CodebookEncodeConfig(store=args.store, codebook=args.codebook, run=args.run,
+                                                      batch_size=args.batch_size))
+    print(f"Wrote {result.rows:,} (token, site, code) rows for '{result.codebook.name}' on run '{result.run}' "
+          "(table codebook_codes).")
     return 0
 
 
 def _run_codebook_steer(args) -> int:
-    from workbench.codebooks.browse import default_targets
-    from workbench.codebooks.steer import steer
-    from workbench.codebooks.train import open_codebook_model
-    from workbench.store import Store
+    from workbench.codebooks.steer import SteerConfig, run_codebook_steer
 
-    store = Store.open_existing(args.store)
-    coded, tokenizer, _ = open_codebook_model(store, args.codebook)
-    coded.check_code(args.site, args.code)
-    if args.targets:
-        targets = [t for t in args.targets.split(",") if t.strip()]
-    else:
-        targets = default_targets(store, args.codebook, args.site, args.code)
-        if not targets:
-            raise WorkbenchError(f"Code {args.code} at {args.site} has no stored firings to take targets from: run "
-                                 "`workbench codebook encode` first, or give --targets.")
-    result = steer(coded, tokenizer, args.prompt, {args.site: args.code}, targets, args.samples, args.max_new_tokens,
-                   args.seed, mode=args.mode)
-    print(f"targets: {', '.join(repr(t) for t in targets)}")
+    targets = [t for t in args.targets.split(",") if t.strip()] if args.targets else []
+    result = run_codebook_steer(SteerConfig(store=args.store, codebook=args.codebook, site=args.site, code=args.code,
+                                            prompt=args.prompt, targets=targets, mode=args.mode, samples=args.samples,
+                                            max_new_tokens=args.max_new_tokens, seed=args.seed))
+    print(f"targets: {', '.join(repr(t) for t in result.targets)}")
     for label, texts in (("baseline", result.baseline), ("steered", result.steered)):
         print(f"\n{label}:")
         for text in texts[:5]:

@@ -6,6 +6,7 @@ import streamlit as st
 from common import fail, open_store, pick, stamp, store, token_strip
 from workbench.codebooks import browse
 from workbench.errors import WorkbenchError
+from workbench.store import codes as stored_codes
 from workbench.store import results
 
 st.title("Codes")
@@ -27,7 +28,7 @@ def summary(path: str, stamp: int, name: str) -> browse.CodebookSummary:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def table(path: str, stamp: int, name: str, run: str, site: str) -> pd.DataFrame:
-    return browse.code_table(open_store(path), name, run, site).to_pandas()
+    return stored_codes.code_table(open_store(path), name, run, site).to_pandas()
 
 
 @st.cache_resource(show_spinner="Loading the model and its codebooks ...", max_entries=1)
@@ -52,17 +53,18 @@ try:
     info = summary(path, stamp(current), name)
 except WorkbenchError as exc:
     fail(exc)
+book = info.codebook
 
 columns = st.columns(4)
-columns[0].metric("Codes per site", f"{info.n_codes:,}", help=f"k = {info.k} codes fire per token at each site")
-if info.lm_loss_original is not None and info.lm_loss_codebooks is not None:
-    columns[1].metric("LM loss, original model", f"{info.lm_loss_original:.4f}")
-    columns[2].metric("LM loss, with codebooks", f"{info.lm_loss_codebooks:.4f}",
-                      delta=f"{info.lm_loss_codebooks - info.lm_loss_original:+.4f}", delta_color="inverse")
-if info.lm_loss_bypassed is not None:
-    columns[3].metric("Fine-tuned, codebooks bypassed", f"{info.lm_loss_bypassed:.4f}",
+columns[0].metric("Codes per site", f"{book.n_codes:,}", help=f"k = {book.k} codes fire per token at each site")
+if book.lm_loss_original is not None and book.lm_loss_codebooks is not None:
+    columns[1].metric("LM loss, original model", f"{book.lm_loss_original:.4f}")
+    columns[2].metric("LM loss, with codebooks", f"{book.lm_loss_codebooks:.4f}",
+                      delta=f"{book.lm_loss_codebooks - book.lm_loss_original:+.4f}", delta_color="inverse")
+if book.lm_loss_bypassed is not None:
+    columns[3].metric("Fine-tuned, codebooks bypassed", f"{book.lm_loss_bypassed:.4f}",
                       help="Against the row before: what the codebooks themselves cost, apart from fine-tuning.")
-st.caption(f"Model `{info.model}`; sites: {', '.join(f'`{s}`' for s in info.sites)}.")
+st.caption(f"Model `{book.model}`; sites: {', '.join(f'`{s}`' for s in book.sites)}.")
 
 if not info.encoded_runs:
     st.info("No codes are stored for these codebooks yet. Write them for a harvest run of the same model:\n\n"
@@ -73,7 +75,7 @@ left, right = st.columns(2)
 with left:
     run = pick("Run", info.encoded_runs, "run")
 with right:
-    site = pick("Site", info.sites, "site")
+    site = pick("Site", book.sites, "site")
 
 codes = table(path, stamp(current), name, run, site)
 st.subheader(f"{len(codes):,} of {info.total_codes[site]:,} codes fire at {site}")
@@ -92,11 +94,11 @@ last = info.total_codes[site] - 1
 code = int(st.number_input("Code", min_value=0, max_value=last, value=min(max(wanted, 0), last), step=1))
 st.query_params["code"] = str(code)
 if info.head_of(site, code) is not None:
-    st.caption(f"Per-head site: code {code} is head {info.head_of(site, code)}'s code {code % info.n_codes}.")
+    st.caption(f"Per-head site: code {code} is head {info.head_of(site, code)}'s code {code % book.n_codes}.")
 
 try:
     contexts = browse.code_contexts(current, info, run, site, code, n=12)
-    tokens = browse.code_tokens(current, name, site, code, n=10, run=run).to_pandas()
+    tokens = stored_codes.code_tokens(current, name, site, code, n=10, run=run).to_pandas()
     targets = browse.default_targets(current, name, site, code)
 except WorkbenchError as exc:
     fail(exc)

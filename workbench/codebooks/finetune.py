@@ -38,10 +38,15 @@ CHECKPOINT = "checkpoint"
 @dataclass
 class FinetuneSettings:
     codebook_lr: float = 1e-3
-    model_lr: float = 3e-5  # 0 freezes the model: only the codebooks learn
+    """The codebooks' learning rate."""
+    model_lr: float = 3e-5
+    """The model's own learning rate; 0 freezes it (only the codebooks learn)."""
     recon_coefficient: float = 0.1
-    dead_window_tokens: int = 0  # re-seed codes unused for this many tokens; 0 never does
+    """Weight of the relative reconstruction error in the loss."""
+    dead_window_tokens: int = 0
+    """Re-seed codes unused for this many tokens from recent activations; 0 never does."""
     checkpoint_seconds: float = 60.0
+    """Seconds between checkpoints; rerun the same command to resume from the last one."""
 
 
 @dataclass
