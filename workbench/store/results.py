@@ -31,7 +31,9 @@ import pandas as pd
 
 from workbench.dictionaries.base import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE
 from workbench.errors import StoreError
+from workbench.store import lookups
 from workbench.store.catalog import Store
+from workbench.store.records import CodebookRecord, DictionaryRecord, read_all
 
 # The probe result tables of one probe run, in the order the layers page shows them raw.
 PROBE_TABLES = ("probe_sublayer", "probe_skip_layers", "probe_skip_output", "probe_logit_lens", "probe_linear_maps",
@@ -221,25 +223,20 @@ def attribution_graph(store: Store, graph: str) -> dict:
 
 # -- names for pickers ----------------------------------------------------------------------------
 
-def _names(store: Store, query: str) -> list[str]:
-    with store.reader() as con:
-        return [r[0] for r in con.execute(query).fetchall()]
-
-
 def complete_dictionary_names(store: Store) -> list[str]:
     """Names of the dictionaries that finished training (transcoders included), sorted."""
-    return _names(store, "SELECT name FROM dictionaries WHERE status = 'complete' ORDER BY name")
+    return lookups.dictionary_names(store, complete=True)
 
 
 def complete_transcoder_names(store: Store) -> list[str]:
     """Names of the finished dictionaries that map one hook to another (what attribution graphs need), sorted."""
-    return _names(store, "SELECT name FROM dictionaries WHERE hook_out IS NOT NULL AND status = 'complete' "
-                         "ORDER BY name")
+    with store.reader() as con:
+        return [d.name for d in read_all(con, DictionaryRecord, "hook_out IS NOT NULL AND status = 'complete'")]
 
 
 def complete_codebook_names(store: Store) -> list[str]:
     """Names of the codebook sets that finished training, sorted."""
-    return _names(store, "SELECT name FROM codebooks WHERE status = 'complete' ORDER BY name")
+    return lookups.codebook_names(store, complete=True)
 
 
 # -- stamps for loaded weights, and where a model lives ---------------------------------------------
@@ -251,22 +248,20 @@ def _mtime(path: Path) -> int:
         return 0
 
 
-def _artefact_folder(store: Store, table: str, name: str) -> Path | None:
-    with store.reader() as con:
-        row = con.execute(f"SELECT path FROM {table} WHERE name = ?", [name]).fetchone()
-    return store.root / row[0] if row and row[0] else None
+def _artefact_folder(store: Store, record: DictionaryRecord | CodebookRecord | None) -> Path | None:
+    return store.root / record.path if record is not None and record.path else None
 
 
 def dictionary_weights_stamp(store: Store, name: str) -> int:
     """Changes when dictionary `name`'s weights file is rewritten (a resumed training run saves it again);
     0 if there is none yet. A loaded dictionary stays valid while this stays the same."""
-    folder = _artefact_folder(store, "dictionaries", name)
+    folder = _artefact_folder(store, lookups.dictionary(store, name))
     return 0 if folder is None else _mtime(folder / WEIGHTS_FILE) + _mtime(folder / LEGACY_WEIGHTS_FILE)
 
 
 def codebook_weights_stamp(store: Store, name: str) -> int:
     """Changes when codebook set `name`'s final weights folder is rewritten; 0 if there is none yet."""
-    folder = _artefact_folder(store, "codebooks", name)
+    folder = _artefact_folder(store, lookups.codebook(store, name))
     return 0 if folder is None else _mtime(folder / "final")
 
 
