@@ -19,8 +19,9 @@ from pathlib import Path
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.features import DictionaryRecord, DictionaryView, Unembedding, dictionary_record
-from workbench.store import Store
+from workbench.features import DictionaryView, Unembedding
+from workbench.store import Store, lookups
+from workbench.store.records import DictionaryRecord
 
 STORE_ENV = "WORKBENCH_STORE"
 
@@ -83,17 +84,17 @@ def fail(exc: Exception) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_record(path: str, stamp: int, name: str) -> DictionaryRecord:
-    return dictionary_record(_open_store(path), name)
+    return lookups.completed_dictionary(_open_store(path), name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _dictionary_view(path: str, name: str, weights_mtime: int, _record: DictionaryRecord) -> DictionaryView:
-    return DictionaryView(_record)
+    return DictionaryView(_open_store(path), _record)
 
 
 def view_for(store: Store, record: DictionaryRecord) -> DictionaryView:
     """The loaded dictionary, reloaded only when its weights file changes."""
-    weights = record.path / "sae_weights.safetensors"
+    weights = store.root / record.path / "sae_weights.safetensors"
     mtime = weights.stat().st_mtime_ns if weights.exists() else 0
     return _dictionary_view(str(store.root), record.name, mtime, record)
 

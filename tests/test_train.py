@@ -5,7 +5,7 @@ import torch
 
 from workbench.dictionaries import DictionaryConfig, load_dictionary, make_dictionary
 from workbench.dictionaries.base import DictionaryError
-from workbench.train import Checkpointer, fit, geometric_median
+from workbench.dictionaries.fit import Checkpointer, fit, geometric_median
 
 
 def planted_data(n_atoms=256, d=64, k=4, seed=0):

@@ -447,17 +447,17 @@ def load_transcoder(store, name: str) -> tuple[int, SparseCoder, str]:
     """(layer, transcoder, the model of its run) for a stored blocks.L.mlp.hook_in -> blocks.L.mlp.hook_out dictionary."""
     from workbench.dictionaries import load_dictionary
     from workbench.hooks import parse_hook
-    from workbench.train import completed_dictionary
+    from workbench.store.lookups import completed_dictionary
 
     record = completed_dictionary(store, name)
-    point = parse_hook(record["hook"], 10**6)
-    out = parse_hook(record["hook_out"], 10**6) if record["hook_out"] else None
+    point = parse_hook(record.hook, 10**6)
+    out = parse_hook(record.hook_out, 10**6) if record.hook_out else None
     if point.kind != "mlp.hook_in" or out is None or out.kind != "mlp.hook_out" or out.layer != point.layer:
-        raise TaskError(f"'{name}' maps {record['hook']} to {record['hook_out']}; attribution graphs and de-embeddings "
+        raise TaskError(f"'{name}' maps {record.hook} to {record.hook_out}; attribution graphs and de-embeddings "
                         "need transcoders from blocks.L.mlp.hook_in to blocks.L.mlp.hook_out.")
     with store.reader() as con:
-        model = con.execute("SELECT model FROM runs WHERE run = ?", [record["run"]]).fetchone()[0]
-    return point.layer, load_dictionary(store.root / record["path"]).eval(), model
+        model = con.execute("SELECT model FROM runs WHERE run = ?", [record.run]).fetchone()[0]
+    return point.layer, load_dictionary(store.root / record.path).eval(), model
 
 
 @dataclass

@@ -23,7 +23,7 @@ from workbench.codebooks.attach import CodebookModel
 from workbench.codebooks.finetune import (CHECKPOINT, FinetuneSettings, codebook_identity, finetune, load_codebooks, mean_lm_loss,
                                           model_fingerprint, save_codebooks)
 from workbench.dictionaries.codebook import CodebookError
-from workbench.train import readable_folder
+from workbench.checkpoints import readable_folder
 
 
 @dataclass
