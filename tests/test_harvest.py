@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli, store_snapshot
-from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError
+from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError, WorkbenchError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.hooks import parse_hooks
 from workbench.models import load_hf_model, make_backend
@@ -134,3 +134,9 @@ def test_cli_help_teaches():
     assert top.returncode == 0 and "harvest" in top.stdout and "typical session" in top.stdout
     sub = run_cli("harvest", "--help")
     assert "resumes" in sub.stdout and "blocks.i.mlp.hook_in" in sub.stdout and "smollm2-135m" in sub.stdout
+
+
+@pytest.mark.parametrize("size", ["tokens", "batch_size", "chunk_contexts"])
+def test_non_positive_sizes_are_refused(store_dir, size):
+    with pytest.raises(WorkbenchError, match="--tokens, --batch-size and --chunk-contexts must be positive"):
+        _config(store_dir, **{size: 0})
