@@ -29,10 +29,10 @@ from typing import NoReturn
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.features import DictionaryRecord, DictionaryView, Unembedding, dictionary_record
+from workbench.features import DictionaryView, Unembedding
 from workbench.plots import POSITIVE
-from workbench.store import Store
-from workbench.store import results
+from workbench.store import Store, lookups, results
+from workbench.store.records import DictionaryRecord
 
 STORE_ENV = "WORKBENCH_STORE"
 
@@ -90,13 +90,14 @@ def stamp(store: Store) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_record(path: str, stamp: int, name: str) -> DictionaryRecord:
-    return dictionary_record(open_store(path), name)
+    return lookups.completed_dictionary(open_store(path), name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _dictionary_view(path: str, name: str, weights_stamp: int) -> DictionaryView:
     # Keyed on the weights' stamp, not the catalog's: a harvest's commits leave a loaded dictionary valid.
-    return DictionaryView(dictionary_record(open_store(path), name))
+    store = open_store(path)
+    return DictionaryView(store, lookups.completed_dictionary(store, name))
 
 
 def view_for(store: Store, name: str) -> DictionaryView:

@@ -220,20 +220,20 @@ GRAPH_PROMPT = "When Mary and John went to the store, John gave a drink to"
 @pytest.fixture(scope="module")
 def transcoder_store(tmp_path_factory, models_dir):
     """Tiny-model transcoders for both MLP layers, trained briefly on a real harvest, plus one plain SAE."""
-    from workbench.harvest import HarvestConfig, harvest
-    from workbench.train import TrainConfig, train
+    from workbench.harvest import HarvestConfig, run_harvest
+    from workbench.train import TrainConfig, run_train
 
     root = tmp_path_factory.mktemp("graphs") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
     hooks = [f"blocks.{l}.mlp.hook_{d}" for l in (0, 1) for d in ("in", "out")] + ["blocks.1.hook_out"]
-    harvest(HarvestConfig(model="tiny", hooks=hooks, store=str(root), tokens=8192, run="h"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=hooks, store=str(root), tokens=8192, run="h"), progress=False)
     for layer in (0, 1):
-        train(TrainConfig(store=str(root), hook=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.mlp.hook_out",
-                          arch="batchtopk", k=8, latents=128, tokens=40_000, batch_size=512, name=f"tc{layer}"),
-              progress=False)
-    train(TrainConfig(store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512,
-                      name="sae"), progress=False)
+        run_train(TrainConfig(store=str(root), hook=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.mlp.hook_out",
+                              arch="batchtopk", k=8, latents=128, tokens=40_000, batch_size=512, name=f"tc{layer}"),
+                  progress=False)
+    run_train(TrainConfig(store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512,
+                          name="sae"), progress=False)
     return root
 
 

@@ -315,7 +315,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from workbench.train import readable_folder
+    from workbench.checkpoints import readable_folder
 
     def checkpoint_step() -> int:
         folder = readable_folder(store_dir / "codebooks" / "killed" / "checkpoint")  # a read may fall between renames

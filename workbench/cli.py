@@ -99,16 +99,14 @@ def _add_harvest(sub) -> None:
 
 
 def _run_harvest(args) -> int:
-    from workbench.harvest import HarvestConfig, harvest
+    from workbench.harvest import HarvestConfig, run_harvest
 
     config = HarvestConfig(
         model=args.model, hooks=[h.strip() for h in args.hooks.split(",") if h.strip()], store=args.store,
         corpus=args.corpus, tokens=args.tokens, run=args.run, backend=args.backend, context_len=args.context_len,
         batch_size=args.batch_size, chunk_contexts=args.chunk_contexts, device=args.device, text_column=args.text_column,
     )
-    if config.tokens <= 0 or config.batch_size <= 0 or config.chunk_contexts <= 0:
-        raise WorkbenchError("--tokens, --batch-size and --chunk-contexts must be positive.")
-    result = harvest(config)
+    result = run_harvest(config)
     if result.tokens_harvested_now == 0:
         print(f"Run '{result.run}' is already complete ({result.n_tokens} tokens); nothing to do.")
     else:
@@ -375,15 +373,13 @@ def _int_with_suffix(text: str) -> int:
 
 
 def _run_train(args) -> int:
-    from workbench.train import TrainConfig, train
+    from workbench.train import TrainConfig, run_train
 
-    arch = "batchtopk" if args.arch == "transcoder" else args.arch
-    if args.arch == "transcoder" and not args.hook_out:
-        raise WorkbenchError("--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out).")
-    name = train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out, skip_connection=args.skip_connection,
-                             arch=arch, k=args.k, latents=args.latents, tokens=args.tokens, run=args.run, name=args.name,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             checkpoint_seconds=args.checkpoint_seconds))
+    result = run_train(TrainConfig(store=args.store, hook=args.hook, hook_out=args.hook_out,
+                                   skip_connection=args.skip_connection, arch=args.arch, k=args.k, latents=args.latents,
+                                   tokens=args.tokens, run=args.run, name=args.name, batch_size=args.batch_size,
+                                   lr=args.lr, seed=args.seed, checkpoint_seconds=args.checkpoint_seconds))
+    name = result.dictionary.name
     print(f"Dictionary '{name}' is trained. See:\n"
           f"  workbench sql {args.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction FROM dictionaries\"")
     return 0
@@ -410,9 +406,10 @@ def _add_encode(sub) -> None:
 
 
 def _run_encode(args) -> int:
-    from workbench.encode import encode_dictionary
+    from workbench.encode import EncodeConfig, run_encode
 
-    n_tokens, n_rows = encode_dictionary(args.store, args.dictionary)
+    result = run_encode(EncodeConfig(store=args.store, dictionary=args.dictionary))
+    n_tokens, n_rows = result.n_tokens, result.n_rows
     print(f"Encoded {n_tokens} tokens with '{args.dictionary}': {n_rows} non-zero activations "
           f"({n_rows / max(n_tokens, 1):.1f} per token) in feature_acts; statistics in feature_stats.")
     return 0
@@ -435,14 +432,15 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from workbench.evaluate import evaluate_dictionary
+    from workbench.evaluate import EvalConfig, run_eval
 
-    r = evaluate_dictionary(args.store, args.dictionary, run=args.run, ce_tokens=args.ce_tokens, backend_name=args.backend)
-    print(f"{r['dictionary']} on run '{r['eval_run']}' ({r['n_tokens']} tokens; CE on {r['n_ce_tokens']}):\n"
-          f"  FVU {r['fvu']:.4f}   L0 {r['l0']:.2f}   dead {100 * r['dead_fraction']:.1f}%\n"
-          f"  CE clean {r['ce_clean']:.4f}, spliced {r['ce_spliced']:.4f}, zero-ablated {r['ce_zero_ablation']:.4f} nats\n"
-          f"  CE-loss score {r['ce_loss_score']:.4f}   delta CE {r['delta_ce']:+.4f} nats   KL {r['kl']:.4f}")
-    if abs(r["ce_zero_ablation"] - r["ce_clean"]) < 0.01:
+    r = run_eval(EvalConfig(store=args.store, dictionary=args.dictionary, run=args.run, ce_tokens=args.ce_tokens,
+                            backend=args.backend)).evaluation
+    print(f"{r.dictionary} on run '{r.eval_run}' ({r.n_tokens} tokens; CE on {r.n_ce_tokens}):\n"
+          f"  FVU {r.fvu:.4f}   L0 {r.l0:.2f}   dead {100 * r.dead_fraction:.1f}%\n"
+          f"  CE clean {r.ce_clean:.4f}, spliced {r.ce_spliced:.4f}, zero-ablated {r.ce_zero_ablation:.4f} nats\n"
+          f"  CE-loss score {r.ce_loss_score:.4f}   delta CE {r.delta_ce:+.4f} nats   KL {r.kl:.4f}")
+    if abs(r.ce_zero_ablation - r.ce_clean) < 0.01:
         print("  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
               "meaningful here; read delta CE and KL instead.")
     return 0
@@ -468,9 +466,10 @@ def _add_import(sub) -> None:
 
 
 def _run_import(args) -> int:
-    from workbench.import_sae import import_dictionary
+    from workbench.import_sae import ImportConfig, run_import
 
-    name = import_dictionary(args.store, args.source, args.hook, hook_out=args.hook_out, run=args.run, name=args.name)
+    name = run_import(ImportConfig(store=args.store, source=args.source, hook=args.hook, hook_out=args.hook_out,
+                                   run=args.run, name=args.name)).dictionary.name
     print(f"Imported as '{name}'. Next:\n  workbench eval --store {args.store} --dict {name}\n"
           f"  workbench encode --store {args.store} --dict {name}")
     return 0

@@ -11,6 +11,7 @@ from common import (cached_record, choose_dictionary, fail, feature_url, open_st
 from workbench import features as F
 from workbench import plots
 from workbench.errors import WorkbenchError
+from workbench.store import lookups
 
 st.title("Feature explorer")
 current = store()
@@ -22,6 +23,7 @@ try:
     record = cached_record(path, version, name)
 except WorkbenchError as exc:
     fail(exc)
+model = lookups.run(current, record.run).model
 if not F.is_encoded(current, name):
     st.info(f"'{name}' is trained but not encoded, so there are no feature activations to show yet:\n\n"
             f"```\nworkbench encode --store {current.root} --dict {name}\n```")
@@ -109,7 +111,7 @@ summary = data["summary"]
 
 st.header(f"{name} · feature {feature}")
 st.caption(f"{record.arch} on `{record.hook}`" + (f" → `{record.hook_out}`" if record.hook_out else "")
-           + f", run `{record.run}` · model `{record.model}`")
+           + f", run `{record.run}` · model `{model}`")
 cols = st.columns(5)
 cols[0].metric("Density", f"{summary.density:.3%}" if summary.density >= 1e-4 else f"{summary.density:.2e}")
 cols[1].metric("Fires on", f"{summary.n_active:,} tokens")
@@ -162,7 +164,7 @@ st.subheader("Logit effects of the decoder direction")
 st.caption("W_U · (g ⊙ W_dec[f]): the tokens this direction most boosts and suppresses when written to the "
            "residual stream (g is the final norm's gain).")
 try:
-    boosts, suppressions = view.logit_effects(unembedding(path, record.model), feature, n=10)
+    boosts, suppressions = view.logit_effects(unembedding(path, model), feature, n=10)
 except WorkbenchError as exc:
     fail(exc)  # the last section: everything above is already shown
 st.plotly_chart(plots.logit_effects([(visible_token(t), v) for t, v in boosts],

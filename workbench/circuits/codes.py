@@ -72,7 +72,7 @@ def head_writes(backend: Backend, ids: torch.Tensor, position: str = "last", bat
 
 def _train_code_dictionary(vectors: torch.Tensor, n_latents: int, k: int, steps: int, seed: int):
     from workbench.dictionaries import DictionaryConfig, make_dictionary
-    from workbench.train import fit
+    from workbench.dictionaries.fit import fit
 
     torch.manual_seed(seed)
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=vectors.shape[1], n_latents=n_latents, k=k))

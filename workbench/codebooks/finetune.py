@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from workbench.codebooks.attach import CodebookModel
 from workbench.dictionaries.codebook import CodebookError
-from workbench.train import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
+from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 
 CHECKPOINT = "checkpoint"
 

@@ -22,10 +22,10 @@ from workbench.codebooks.attach import CodebookModel
 from workbench.codebooks.finetune import (CHECKPOINT, FinetuneSettings, codebook_identity, finetune, load_codebooks, mean_lm_loss,
                                           model_fingerprint, save_codebooks)
 from workbench.dictionaries.codebook import CodebookError
+from workbench.checkpoints import readable_folder
 from workbench.store import Store, check_run_name, lookups
 from workbench.store.codes import replace_codes
 from workbench.store.records import CodebookRecord, RunRecord, insert, update
-from workbench.train import readable_folder
 
 
 @dataclass
