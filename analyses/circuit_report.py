@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 
 from workbench.circuits.codes import CodesConfig, run_codes  # noqa: E402
 from workbench.circuits.patching import PatchingConfig, run_patching  # noqa: E402
-from workbench.store import Store  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "output"
 
@@ -48,9 +47,9 @@ def main(task: str, description: str) -> int:
                                               "attribution graph of the first clean prompt")
     args = parser.parse_args()
 
-    patch_name, results = run_patching(PatchingConfig(task=task, model=args.model, store=args.store,
-                                                      levels=("heads", "layers"), pairs=args.pairs,
-                                                      name=f"{task}-patching"))
+    patching = run_patching(PatchingConfig(task=task, model=args.model, store=args.store, levels=["heads", "layers"],
+                                           pairs=args.pairs, name=f"{task}-patching"))
+    patch_name, results = patching.circuit_run.circuit_run, patching.levels
     codes = run_codes(CodesConfig(task=task, store=args.store, reference=patch_name, pairs=args.pairs,
                                   reference_threshold=args.threshold, name=f"{task}-codes"))
     heads = _grid(results["heads"].scores, "heads", "layer", "head")
@@ -66,18 +65,15 @@ def main(task: str, description: str) -> int:
     print(f"{'head patching':22s} {'':>8s}  {', '.join(name(i) for i in top_patch):44s} {'(reference)':>20s}")
     top_codes = np.argsort(-codes.scores.head_scores, axis=None, kind="stable")[:5]
     print(f"{'discrete codes':22s} {codes.scores.wall_s:7.1f}s  {', '.join(name(i) for i in top_codes):44s} "
-          f"{codes.roc_auc_heads:20.3f}")
+          f"{codes.circuit_run.roc_auc_heads:20.3f}")
     if args.transcoders:
-        import json
-
         from workbench.circuits.attribution import GraphConfig, greedy_paths, run_graph
 
-        with Store.open_existing(args.store).reader() as con:
-            prompts = json.loads(con.execute("SELECT prompts FROM circuit_runs WHERE circuit_run = ?",
-                                             [patch_name]).fetchone()[0])
+        prompts = patching.circuit_run.prompts
         answer = prompts["pairs"][0]["answers"][0]
-        graph_name, graph, _ = run_graph(GraphConfig(prompt=prompts["pairs"][0]["clean"], store=args.store, target=answer,
-                                                     transcoders=args.transcoders.split(","), name=f"{task}-graph"))
+        built = run_graph(GraphConfig(prompt=prompts["pairs"][0]["clean"], store=args.store, target=answer,
+                                      transcoders=args.transcoders.split(","), name=f"{task}-graph"))
+        graph_name, graph = built.graph.graph, built.attribution
         print(f"{'attribution graph':22s} {'':>8s}  replacement {graph.replacement_score:.3f}, completeness "
               f"{graph.completeness_score:.3f} for {answer!r} (stored as '{graph_name}')")
         for strength, path in greedy_paths(graph, 3):
@@ -94,7 +90,8 @@ def main(task: str, description: str) -> int:
     axes[0].set(title="Head patching score", xlabel="head", ylabel="layer")
     figure.colorbar(image, ax=axes[0])
     image = axes[1].imshow(codes.scores.head_scores, cmap="Reds", origin="lower", aspect="auto")
-    axes[1].set(title=f"Codes unique to positives (AUC {codes.roc_auc_heads:.2f})", xlabel="head", ylabel="layer")
+    axes[1].set(title=f"Codes unique to positives (AUC {codes.circuit_run.roc_auc_heads:.2f})", xlabel="head",
+                ylabel="layer")
     figure.colorbar(image, ax=axes[1])
     bound = max(1.0, np.abs(layers).max())
     image = axes[2].imshow(layers, cmap="RdBu_r", vmin=-bound, vmax=bound, origin="lower", aspect="auto")

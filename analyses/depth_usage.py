@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see work
 import numpy as np
 
 from workbench.probes.depth import DepthProbeConfig, run_depth_probes
-from workbench.probes.linear_maps import run_linear_map_probe
+from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
 from workbench.store import Store
 
 MODEL = "smollm2-135m"
@@ -210,11 +210,12 @@ def main() -> int:
     write_addition_corpus(additions)
 
     prose = run_depth_probes(DepthProbeConfig(model=MODEL, store=args.store, tokens=args.tokens, name="depth-usage-prose",
-                                              task="prose", lens_tokens=4096, skip_tokens=1024))
+                                              task="prose", lens_tokens=4096, skip_tokens=1024)).probe_run.probe_run
     math = run_depth_probes(DepthProbeConfig(model=MODEL, store=args.store, corpus=str(additions), tokens=4096,
                                              name="depth-usage-addition", task="addition", lens_tokens=2048,
-                                             skip_tokens=1024))
-    maps = run_linear_map_probe(MODEL, MODEL, args.store, tokens=4096, name="depth-usage-maps")
+                                             skip_tokens=1024)).probe_run.probe_run
+    maps = run_linear_maps(LinearMapsConfig(source=MODEL, target=MODEL, store=args.store, tokens=4096,
+                                            name="depth-usage-maps")).probe_run.probe_run
     text, figures = summarize(Store.open_existing(args.store), prose, math, maps)
     print("\n" + text)
     (out_dir / "summary.txt").write_text(text + "\n")

@@ -15,12 +15,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see workbench/cli.py
 
-from workbench.encode import encode_dictionary
-from workbench.evaluate import evaluate_dictionary
-from workbench.harvest import HarvestConfig, harvest
+from workbench.encode import EncodeConfig, run_encode
+from workbench.evaluate import EvalConfig, run_eval
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.sql import run_query
-from workbench.train import TrainConfig, train
+from workbench.train import TrainConfig, run_train
 
 HOOK = "blocks.6.hook_out"
 
@@ -33,14 +33,14 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=3, help="features to show (default: %(default)s)")
     args = parser.parse_args()
 
-    run = harvest(HarvestConfig(model="smollm2-135m", hooks=[HOOK], store=args.store, tokens=args.tokens,
-                                run="sae-features")).run
-    name = train(TrainConfig(store=args.store, hook=HOOK, run=run, arch=args.arch, k=32, latents=2304,
-                             tokens=300_000, batch_size=2048, name=f"sae-features-{args.arch}"))
-    metrics = evaluate_dictionary(args.store, name, ce_tokens=2048)
-    print(f"\n{name}: FVU {metrics['fvu']:.3f}, L0 {metrics['l0']:.1f}, dead {100 * metrics['dead_fraction']:.1f}%, "
-          f"CE-loss score {metrics['ce_loss_score']:.3f}, KL {metrics['kl']:.3f} (on the training run)")
-    encode_dictionary(args.store, name)
+    run = run_harvest(HarvestConfig(model="smollm2-135m", hooks=[HOOK], store=args.store, tokens=args.tokens,
+                                    run="sae-features")).run
+    name = run_train(TrainConfig(store=args.store, hook=HOOK, run=run, arch=args.arch, k=32, latents=2304,
+                                 tokens=300_000, batch_size=2048, name=f"sae-features-{args.arch}")).dictionary.name
+    metrics = run_eval(EvalConfig(store=args.store, dictionary=name, ce_tokens=2048)).evaluation
+    print(f"\n{name}: FVU {metrics.fvu:.3f}, L0 {metrics.l0:.1f}, dead {100 * metrics.dead_fraction:.1f}%, "
+          f"CE-loss score {metrics.ce_loss_score:.3f}, KL {metrics.kl:.3f} (on the training run)")
+    run_encode(EncodeConfig(store=args.store, dictionary=name))
 
     store = Store.open_existing(args.store)
     features = run_query(store, f"""

@@ -1,13 +1,22 @@
-"""What every page shares: the store, the caches, the colours, and how a token strip is drawn.
+"""What every page shares: the store, the caches, how errors are shown, and how a token strip is drawn.
+
+The app only renders. Pages read through library functions (workbench.store.results, workbench.features,
+workbench.codebooks.browse: the same ones analyses and the CLI use), draw with workbench.plots, and hold
+no SQL and no store paths of their own.
 
 The store path comes from WORKBENCH_STORE, which `workbench app --store` sets.
 
-Caching. We cache the `Store` object, not a DuckDB connection: a connection held open would
+Caching. We cache the `Store` object (open_store), not a DuckDB connection: a connection held open would
 take DuckDB's file lock and stop a harvest or training run from committing (catalog.py), and
-opening one per query costs about a millisecond. Query results are cached per dictionary and
-feature with st.cache_data, keyed on the catalog file's modification time, so a commit by a
-running harvest or encode shows up on the next page load and nothing stale is served.
-Loaded models and dictionaries are cached with st.cache_resource.
+opening one per query costs about a millisecond. Query results are cached with st.cache_data, keyed on
+the store root, the catalog stamp (results.catalog_stamp) and the names asked for, so a commit by a
+running harvest or encode shows up on the next page load and nothing stale is served. A cached function
+depends only on its arguments: it gets its Store back from the root with open_store, never from a
+page's variable, or two stores (or two tests) could be served each other's cached results.
+Loaded models and dictionaries are cached with st.cache_resource, keyed on their weights' stamps.
+
+Errors. `fail` is the one way a page shows an error: the message (which says what to do) in an
+st.error box, and the page's run ends there.
 """
 
 from __future__ import annotations
@@ -15,20 +24,20 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import streamlit as st
 
 from workbench.errors import WorkbenchError
-from workbench.features import DictionaryRecord, DictionaryView, Unembedding, dictionary_record
-from workbench.store import Store
+from workbench.features import DictionaryView, Unembedding
+from workbench.plots import POSITIVE
+from workbench.store import Store, lookups, results
+from workbench.store.records import DictionaryRecord
 
 STORE_ENV = "WORKBENCH_STORE"
 
-# One palette everywhere: warm for positive (fires, boosts), cool for negative (suppresses).
-POSITIVE = "#d6604d"
-NEGATIVE = "#4393c3"
-POSITIVE_RGB = tuple(int(POSITIVE[i:i + 2], 16) for i in (1, 3, 5))  # the same colour, for rgba() shading
-SEQUENTIAL = "Reds"
+# The plots' warm colour, for rgba() shading of token strips: one palette everywhere (workbench/plots.py).
+POSITIVE_RGB = tuple(int(POSITIVE[i:i + 2], 16) for i in (1, 3, 5))
 
 # Page files, for st.page_link and st.switch_page; main.py registers them under these url paths.
 PAGES = {
@@ -42,74 +51,72 @@ PAGES = {
 }
 
 
+def fail(problem: Exception | str) -> NoReturn:
+    """Show a user-facing error and end this page's run: the one way a page shows an error.
+
+    `problem` is an exception whose message says what went wrong and what to do (every WorkbenchError's
+    does), or such a message itself."""
+    st.error(str(problem))
+    st.stop()  # raises inside a page's run
+    # Outside a page's run (a bare `python` import) st.stop returns: raise, rather than carry on past an error.
+    raise problem if isinstance(problem, Exception) else WorkbenchError(problem)
+
+
 def store_path() -> str:
     path = os.environ.get(STORE_ENV)
     if not path:
-        st.error(f"No store given. Start the app with `workbench app --store STORE` (or set {STORE_ENV}).")
-        st.stop()
+        fail(f"No store given. Start the app with `workbench app --store STORE` (or set {STORE_ENV}).")
     return str(Path(path).expanduser().resolve())
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(path: str) -> Store:
+def open_store(path: str) -> Store:
+    """The Store at `path` (a resolved store root), opened and checked once per app process."""
     return Store.open_existing(path)
 
 
 def store() -> Store:
     """The app's store, or a stop with the message that says how to fix it."""
     try:
-        return _open_store(store_path())
+        return open_store(store_path())
     except WorkbenchError as exc:
-        st.error(str(exc))
-        st.stop()
+        fail(exc)
 
 
 def stamp(store: Store) -> int:
-    """Changes whenever a writer commits (the catalog or its write-ahead log is rewritten)."""
-    total = 0
-    for path in (store.catalog_path, store.catalog_path.with_name(store.catalog_path.name + ".wal")):
-        try:
-            total += path.stat().st_mtime_ns
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def fail(exc: Exception) -> None:
-    """Show a user-facing error and end this page's run."""
-    st.error(str(exc))
-    st.stop()
+    """Changes whenever a writer commits: the cache key that keeps cached reads fresh."""
+    return results.catalog_stamp(store)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_record(path: str, stamp: int, name: str) -> DictionaryRecord:
-    return dictionary_record(_open_store(path), name)
+    return lookups.completed_dictionary(open_store(path), name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _dictionary_view(path: str, name: str, weights_mtime: int, _record: DictionaryRecord) -> DictionaryView:
-    return DictionaryView(_record)
+def _dictionary_view(path: str, name: str, weights_stamp: int) -> DictionaryView:
+    # Keyed on the weights' stamp, not the catalog's: a harvest's commits leave a loaded dictionary valid.
+    store = open_store(path)
+    return DictionaryView(store, lookups.completed_dictionary(store, name))
 
 
-def view_for(store: Store, record: DictionaryRecord) -> DictionaryView:
-    """The loaded dictionary, reloaded only when its weights file changes."""
-    weights = record.path / "sae_weights.safetensors"
-    mtime = weights.stat().st_mtime_ns if weights.exists() else 0
-    return _dictionary_view(str(store.root), record.name, mtime, record)
+def view_for(store: Store, name: str) -> DictionaryView:
+    """Dictionary `name`, loaded, and reloaded only when its weights file changes."""
+    return _dictionary_view(str(store.root), name, results.dictionary_weights_stamp(store, name))
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
-def model_backend(store_root: str, model: str):
+def model_backend(path: str, model: str):
     """The run's model behind the nnsight backend, loaded once per app process."""
-    from workbench.models import load_hf_model, make_backend, resolve_model_dir
+    from workbench.models import load_hf_model, make_backend
 
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, Path(store_root) / "models"))
+    hf_model, tokenizer = load_hf_model(results.model_dir(open_store(path), model))
     return make_backend("nnsight", hf_model, tokenizer)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def unembedding(store_root: str, model: str) -> Unembedding:
-    backend = model_backend(store_root, model)
+def unembedding(path: str, model: str) -> Unembedding:
+    backend = model_backend(path, model)
     return Unembedding.from_model(backend.hf_model, backend.tokenizer)
 
 
@@ -159,9 +166,7 @@ def pick(label: str, names: list[str], param: str) -> str:
 
 def choose_dictionary(store: Store, key: str = "dict") -> str | None:
     """A dictionary picker bound to the `dict` query parameter, listing complete dictionaries."""
-    with store.reader() as con:
-        names = [r[0] for r in con.execute(
-            "SELECT name FROM dictionaries WHERE status = 'complete' ORDER BY name").fetchall()]
+    names = complete_dictionary_names(str(store.root), stamp(store))
     if not names:
         st.info("No trained dictionary yet. Train and encode one, then reload:\n\n"
                 f"```\nworkbench train --store {store.root} --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 "
@@ -173,3 +178,8 @@ def choose_dictionary(store: Store, key: str = "dict") -> str | None:
     name = st.selectbox("Dictionary", names, index=index)
     st.query_params[key] = name
     return name
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def complete_dictionary_names(path: str, stamp: int) -> list[str]:
+    return results.complete_dictionary_names(open_store(path))

@@ -12,7 +12,11 @@ from common import PAGES, store_path
 st.set_page_config(page_title="workbench", layout="wide")
 
 pages = [
-    st.Page(PAGES["overview"], title="Overview", url_path="overview", default=True),
+    # Streamlit serves the default page at the root only: its url path becomes "" whatever url_path says, and
+    # /overview (the address the README gives) answered "Page not found". So the overview is registered twice:
+    # at the root, where the menu links, and at /overview as a hidden page running the same file.
+    st.Page(PAGES["overview"], title="Overview", url_path="", default=True),
+    st.Page(PAGES["overview"], title="Overview", url_path="overview", visibility="hidden"),
     st.Page(PAGES["features"], title="Feature explorer", url_path="features"),
     st.Page(PAGES["inspector"], title="Text inspector", url_path="inspector"),
     st.Page(PAGES["layers"], title="Layer contributions", url_path="layers"),

@@ -40,22 +40,23 @@ HOOK = "blocks.1.hook_out"
 
 
 def build_store(root: Path, tokens: int) -> None:
-    from workbench.encode import encode_dictionary
-    from workbench.harvest import HarvestConfig, harvest
+    from workbench.encode import EncodeConfig, run_encode
+    from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
-    from workbench.train import TrainConfig, train
+    from workbench.store.features import is_encoded
+    from workbench.train import TrainConfig, run_train
 
     corpus = root.parent / f"{root.name}-corpus.jsonl"
     if not corpus.exists():
         with corpus.open("w") as out:
             for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
                 out.write(json.dumps({"text": path.read_text(errors="replace")}) + "\n")
-    harvest(HarvestConfig(model="tiny", hooks=[HOOK], corpus=str(corpus), store=str(root), tokens=tokens, run="big"))
-    train(TrainConfig(store=str(root), hook=HOOK, k=32, latents=2048, tokens=400_000, batch_size=4096, name="big-sae"))
-    with Store.open_existing(root).reader() as con:
-        encoded = con.execute("SELECT count(*) FROM feature_stats WHERE dictionary = 'big-sae'").fetchone()[0]
-    if not encoded:
-        encode_dictionary(str(root), "big-sae")
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], corpus=str(corpus), store=str(root), tokens=tokens,
+                              run="big"))
+    run_train(TrainConfig(store=str(root), hook=HOOK, k=32, latents=2048, tokens=400_000, batch_size=4096,
+                          name="big-sae"))
+    if not is_encoded(Store.open_existing(root), "big-sae"):
+        run_encode(EncodeConfig(store=str(root), dictionary="big-sae"))
 
 
 def page_time(at_factory, feature: int) -> float:
@@ -88,7 +89,7 @@ def main() -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)  # AppTest's bare-mode notices, once per page
 
     from workbench import features as F
-    from workbench.store import Store
+    from workbench.store import Store, lookups
 
     os.environ["WORKBENCH_STORE"] = str(root)
     store = Store.open_existing(root)
@@ -99,7 +100,7 @@ def main() -> int:
                                           "AND n_active > 0 ORDER BY density DESC").fetchall()]
     # Features spread from the densest to the rarest, so dense features' long scans are included.
     chosen = [live[int(i)] for i in np.linspace(0, len(live) - 1, args.features)]
-    record = F.dictionary_record(store, "big-sae")
+    record = lookups.completed_dictionary(store, "big-sae")
 
     def new_app():
         return AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120)

@@ -4,7 +4,7 @@
     python bench/harvest.py --model tiny --tokens 8192
 
 Bare = the plain HF forward (no hooking library), stopped after the deepest hook's block.
-Harvest = workbench.harvest.harvest into a fresh store: backend capture, Parquet shard
+Harvest = workbench.harvest.run_harvest into a fresh store: backend capture, Parquet shard
 writes with checksums, and one catalog commit per chunk. Model loading and tokenization,
 paid once per run, are reported separately. Shared machines are noisy, so bare and
 harvest passes alternate (B H B H B H B) and each harvest is compared with the mean of
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from workbench.corpus import tokenize_corpus
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.hooks import parse_hooks
 from workbench.models import bare_forward, load_hf_model, model_shape, resolve_model_dir
 from workbench.store import Store
@@ -82,9 +82,9 @@ def main() -> int:
             try:
                 os.symlink(Path(args.models_dir).resolve(), root / "models")
                 wall = time.perf_counter()
-                result = harvest(HarvestConfig(model=args.model, hooks=args.hooks.split(","), store=str(root),
-                                               tokens=args.tokens, backend=backend, batch_size=args.batch_size),
-                                 progress=False)
+                result = run_harvest(HarvestConfig(model=args.model, hooks=args.hooks.split(","), store=str(root),
+                                                   tokens=args.tokens, backend=backend, batch_size=args.batch_size),
+                                     progress=False)
                 setup_times.append(time.perf_counter() - wall - result.seconds_harvesting)
                 harvest_times.append(result.seconds_harvesting)
                 summary = summarize(Store.open_existing(root))

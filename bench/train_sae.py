@@ -34,10 +34,10 @@ import torch
 
 from workbench.activation_batches import ActivationBatches
 from workbench.dictionaries import DictionaryConfig, make_dictionary
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.metrics import FVUAccumulator
 from workbench.store import Store
-from workbench.train import fit
+from workbench.dictionaries.fit import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harvest import hardware  # noqa: E402
@@ -58,7 +58,7 @@ def held_out_metrics(encode, decode, pairs: list[tuple[torch.Tensor, torch.Tenso
 
 
 def train_ours(pairs, args, lr, transcoder: bool):
-    """Our TopK SAE (pairs of (x, x)) or TopK transcoder (pairs of (input, output)), through workbench.train.fit."""
+    """Our TopK SAE (pairs of (x, x)) or TopK transcoder (pairs of (input, output)), through workbench.dictionaries.fit.fit."""
     torch.manual_seed(args.seed)
     d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
@@ -155,8 +155,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         os.symlink(Path(args.models_dir).resolve(), root / "models")
-        harvest(HarvestConfig(model=args.model, hooks=hooks, store=str(root), tokens=args.harvest_tokens, run="bench"),
-                progress=False)
+        run_harvest(HarvestConfig(model=args.model, hooks=hooks, store=str(root), tokens=args.harvest_tokens,
+                                  run="bench"), progress=False)
         store = Store.open_existing(root)
         data = ActivationBatches(store, "bench", args.hook, args.batch_size, args.seed)
         stream = data.iterate(0)

@@ -27,13 +27,13 @@ from workbench.circuits.attribution import GraphConfig, run_graph
 from workbench.circuits.codes import CodesConfig, run_codes
 from workbench.circuits.patching import PatchingConfig, run_patching
 from workbench.codebooks.finetune import FinetuneSettings
-from workbench.codebooks.train import CodebookTrainConfig, encode_codes, train_codebooks
-from workbench.encode import encode_dictionary
-from workbench.evaluate import evaluate_dictionary
-from workbench.harvest import HarvestConfig, harvest
+from workbench.codebooks.train import CodebookEncodeConfig, CodebookTrainConfig, run_codebook_encode, run_codebook_train
+from workbench.encode import EncodeConfig, run_encode
+from workbench.evaluate import EvalConfig, run_eval
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.probes.depth import DepthProbeConfig, run_depth_probes
 from workbench.store import Store
-from workbench.train import TrainConfig, train
+from workbench.train import TrainConfig, run_train
 
 MAIN = REPO / "app" / "main.py"
 HOOK = "blocks.1.hook_out"
@@ -45,26 +45,26 @@ def app_store(tmp_path_factory, models_dir) -> Path:
     root = tmp_path_factory.mktemp("app") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
-    harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
-                          tokens=8192, run="h"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
+                              tokens=8192, run="h"), progress=False)
     common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
-    train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
-    encode_dictionary(str(root), "d", progress=False)
-    evaluate_dictionary(str(root), "d", ce_tokens=512)
-    train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
+    run_train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
+    run_encode(EncodeConfig(store=str(root), dictionary="d"), progress=False)
+    run_eval(EvalConfig(store=str(root), dictionary="d", ce_tokens=512))
+    run_train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
     run_depth_probes(DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256,
                                       name="p"), progress=False)
     run_patching(PatchingConfig(task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4,
                                 name="ioi-patch"), progress=False)
     run_codes(CodesConfig(task="ioi", store=str(root), pairs=8, name="ioi-codes"))
-    train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
-                      k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
+    run_train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
+                          k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
     run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
                           store=str(root), name="mary"))
-    train_codebooks(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
-                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
-                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
-    encode_codes(str(root), "cb", "h", progress=False)
+    run_codebook_train(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
+                                           k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
+                                           finetune=FinetuneSettings(model_lr=0)), progress=False)
+    run_codebook_encode(CodebookEncodeConfig(store=str(root), codebook="cb", run="h"), progress=False)
     return root
 
 
@@ -402,7 +402,7 @@ def test_empty_store_pages_say_which_command_fills_them(store_dir, monkeypatch):
 
 
 def test_old_store_is_refused_with_the_upgrade_command_and_left_as_it_was(store_dir, monkeypatch):
-    harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=1024, run="h"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=1024, run="h"), progress=False)
     downgrade_to_v1(store_dir)
     before = store_snapshot(store_dir)
     monkeypatch.setenv("WORKBENCH_STORE", str(store_dir))
@@ -416,7 +416,7 @@ def test_old_store_is_refused_with_the_upgrade_command_and_left_as_it_was(store_
 
 def test_app_keeps_serving_committed_data_while_a_harvest_writes(store_dir, monkeypatch):
     """A harvest commits chunk by chunk while the overview reloads; every load shows a committed state."""
-    harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=4096, run="first"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=4096, run="first"), progress=False)
     monkeypatch.setenv("WORKBENCH_STORE", str(store_dir))
     chunk_rows = 16 * 128
     writer = subprocess.Popen([sys.executable, "-m", "workbench.cli", "harvest", "--model", "tiny", "--hooks", HOOK,
@@ -471,8 +471,8 @@ def _wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 9
 
 
 def test_feature_page_in_a_real_browser(app_store, tmp_path):
-    """`workbench app` serves; Chromium opens a feature by its URL and shows highlighted tokens and the histogram,
-    then the Codes page, where it steers generation from the button."""
+    """`workbench app` serves; Chromium opens the overview at / and at /overview, a feature by its URL and shows
+    highlighted tokens and the histogram, then the Codes page, where it steers generation from the button."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium).")
@@ -490,6 +490,14 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The overview opens both at the root and at /overview, the address the README gives, and
+            # neither answers "Page not found" (Streamlit serves a default page at the root only).
+            for address in (f"{url}/", f"{url}/overview"):
+                page.goto(address, timeout=60_000)
+                page.get_by_role("heading", name="Harvest runs").wait_for(timeout=60_000)
+                page.get_by_text("Probe runs").first.wait_for(timeout=60_000)  # the metrics row has rendered
+                assert page.get_by_text("Page not found").count() == 0, address
+                assert page.get_by_role("heading", name="Dictionaries").count() == 1, address
             page.goto(f"{url}/features?dict=d&feature={feature}", timeout=60_000)
             page.wait_for_selector(".wb-active", timeout=60_000)
             page.wait_for_selector(".js-plotly-plot .bars", timeout=60_000)  # the histogram's bars are drawn

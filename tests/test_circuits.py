@@ -186,10 +186,10 @@ def test_codes_rank_the_planted_head_first_and_score_auc_against_patching(store_
                                 name="reference"), progress=False)
     run = run_codes(CodesConfig(task=str(pairs_file), store=str(store_dir), name="codes"))
     heads = run.scores.head_scores
-    assert run.reference == "reference" and heads.shape == (2, 4)
+    assert run.circuit_run.reference_run == "reference" and heads.shape == (2, 4)
     # Every other head writes exactly nothing, so each keeps one code for every prompt.
     assert heads[PLANTED] >= 1 and np.delete(heads.ravel(), PLANTED[0] * 4 + PLANTED[1]).max() == 0
-    assert run.roc_auc_heads == 1.0
+    assert run.circuit_run.roc_auc_heads == 1.0
     import duckdb
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
@@ -220,20 +220,20 @@ GRAPH_PROMPT = "When Mary and John went to the store, John gave a drink to"
 @pytest.fixture(scope="module")
 def transcoder_store(tmp_path_factory, models_dir):
     """Tiny-model transcoders for both MLP layers, trained briefly on a real harvest, plus one plain SAE."""
-    from workbench.harvest import HarvestConfig, harvest
-    from workbench.train import TrainConfig, train
+    from workbench.harvest import HarvestConfig, run_harvest
+    from workbench.train import TrainConfig, run_train
 
     root = tmp_path_factory.mktemp("graphs") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
     hooks = [f"blocks.{l}.mlp.hook_{d}" for l in (0, 1) for d in ("in", "out")] + ["blocks.1.hook_out"]
-    harvest(HarvestConfig(model="tiny", hooks=hooks, store=str(root), tokens=8192, run="h"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=hooks, store=str(root), tokens=8192, run="h"), progress=False)
     for layer in (0, 1):
-        train(TrainConfig(store=str(root), hook=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.mlp.hook_out",
-                          arch="batchtopk", k=8, latents=128, tokens=40_000, batch_size=512, name=f"tc{layer}"),
-              progress=False)
-    train(TrainConfig(store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512,
-                      name="sae"), progress=False)
+        run_train(TrainConfig(store=str(root), hook=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.mlp.hook_out",
+                              arch="batchtopk", k=8, latents=128, tokens=40_000, batch_size=512, name=f"tc{layer}"),
+                  progress=False)
+    run_train(TrainConfig(store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512,
+                          name="sae"), progress=False)
     return root
 
 

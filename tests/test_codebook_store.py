@@ -315,7 +315,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from workbench.train import readable_folder
+    from workbench.checkpoints import readable_folder
 
     def checkpoint_step() -> int:
         folder = readable_folder(store_dir / "codebooks" / "killed" / "checkpoint")  # a read may fall between renames
@@ -344,7 +344,8 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
 
 
 def test_default_steering_targets_are_the_codes_commonest_word_tokens(coded_store):
-    from workbench.codebooks.browse import code_tokens, default_targets
+    from workbench.codebooks.browse import default_targets
+    from workbench.store.codes import code_tokens
     from workbench.store import Store
 
     root, _, _ = coded_store

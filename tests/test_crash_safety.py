@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from conftest import REPO, run_cli
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
@@ -97,8 +97,8 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     (reference_dir / "models").symlink_to(store_dir / "models")
-    harvest(HarvestConfig(model="tiny", hooks=HOOKS.split(","), store=str(reference_dir), tokens=TOKENS, context_len=64,
-                          chunk_contexts=2, batch_size=2, run="k"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=HOOKS.split(","), store=str(reference_dir), tokens=TOKENS, context_len=64,
+                              chunk_contexts=2, batch_size=2, run="k"), progress=False)
     resumed, reference = _activations(Store(store_dir), "k"), _activations(Store(reference_dir), "k")
     for hook in HOOKS.split(","):
         assert (resumed[hook][0] == np.arange(TOKENS)).all()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import run_cli, store_snapshot
-from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError
-from workbench.harvest import HarvestConfig, harvest
+from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError, WorkbenchError
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.hooks import parse_hooks
 from workbench.models import load_hf_model, make_backend
 from workbench.store import Store
@@ -26,7 +26,7 @@ def _config(store_dir, **overrides):
 
 @pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
 def test_stored_activations_equal_a_direct_forward_pass(store_dir, tiny_dir, backend):
-    result = harvest(_config(store_dir, backend=backend), progress=False)
+    result = run_harvest(_config(store_dir, backend=backend), progress=False)
     assert result.n_tokens == 47 * 64 and result.tokens_harvested_now == result.n_tokens
     store = Store.open_existing(store_dir)
     with store.reader() as con:
@@ -44,7 +44,7 @@ def test_stored_activations_equal_a_direct_forward_pass(store_dir, tiny_dir, bac
 
 
 def test_rows_trace_back_to_their_text_through_sql(store_dir):
-    harvest(_config(store_dir), progress=False)
+    run_harvest(_config(store_dir), progress=False)
     store = Store.open_existing(store_dir)
     table = run_query(store, """
         SELECT t.token, t.position, t.doc_id, substr(d.text, t.char_start + 1, t.char_end - t.char_start) AS span
@@ -59,7 +59,7 @@ def test_rows_trace_back_to_their_text_through_sql(store_dir):
 
 
 def test_catalog_records_provenance_and_hook_metadata(store_dir):
-    harvest(_config(store_dir), progress=False)
+    run_harvest(_config(store_dir), progress=False)
     with Store.open_existing(store_dir).reader() as con:
         run = con.execute("SELECT model, backend, hooks, corpus, status, package_version, config, n_layers, d_model "
                           "FROM runs WHERE run='t'").fetchone()
@@ -75,37 +75,37 @@ def test_catalog_records_provenance_and_hook_metadata(store_dir):
 
 
 def test_repeating_a_finished_run_is_a_no_op(store_dir):
-    harvest(_config(store_dir), progress=False)
+    run_harvest(_config(store_dir), progress=False)
     before = store_snapshot(store_dir)
-    result = harvest(_config(store_dir, batch_size=2), progress=False)  # batch size may change on resume
+    result = run_harvest(_config(store_dir, batch_size=2), progress=False)  # batch size may change on resume
     assert result.tokens_harvested_now == 0
     assert store_snapshot(store_dir) == before
 
 
 def test_hook_set_different_from_existing_run_is_refused(store_dir):
-    harvest(_config(store_dir), progress=False)
+    run_harvest(_config(store_dir), progress=False)
     before = store_snapshot(store_dir)
     with pytest.raises(RunConflictError, match="(?s)hooks: stored .*Choose a new --run name"):
-        harvest(_config(store_dir, hooks=["blocks.1.hook_out"]), progress=False)
+        run_harvest(_config(store_dir, hooks=["blocks.1.hook_out"]), progress=False)
     with pytest.raises(RunConflictError, match="tokens: stored 3000, now 5000"):
-        harvest(_config(store_dir, tokens=5000), progress=False)
+        run_harvest(_config(store_dir, tokens=5000), progress=False)
     assert store_snapshot(store_dir) == before
 
 
 def test_bad_input_names_the_problem_and_changes_nothing(store_dir, tmp_path):
-    harvest(_config(store_dir), progress=False)
+    run_harvest(_config(store_dir), progress=False)
     before = store_snapshot(store_dir)
     with pytest.raises(UnknownHookError, match="Valid hook points"):
-        harvest(_config(store_dir, run="u", hooks=["blocks.1.resid"]), progress=False)
+        run_harvest(_config(store_dir, run="u", hooks=["blocks.1.resid"]), progress=False)
     with pytest.raises(UnknownHookError, match="2 layers"):
-        harvest(_config(store_dir, run="u", hooks=["blocks.7.hook_out"]), progress=False)
+        run_harvest(_config(store_dir, run="u", hooks=["blocks.7.hook_out"]), progress=False)
     with pytest.raises(ModelLoadError, match="(?s)not a local folder.*--model DIR"):
-        harvest(_config(store_dir, run="u", model="no-such-org/no-such-model-xyz"), progress=False)
+        run_harvest(_config(store_dir, run="u", model="no-such-org/no-such-model-xyz"), progress=False)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(CorpusError, match="fewer than one context"):
-        harvest(_config(store_dir, run="u", corpus=str(tmp_path / "empty.txt")), progress=False)
+        run_harvest(_config(store_dir, run="u", corpus=str(tmp_path / "empty.txt")), progress=False)
     with pytest.raises(StoreError, match="Run name"):
-        harvest(_config(store_dir, run="../escape"), progress=False)
+        run_harvest(_config(store_dir, run="../escape"), progress=False)
     assert store_snapshot(store_dir) == before
 
 
@@ -113,7 +113,7 @@ def test_unwritable_store_directory_is_reported(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="Cannot write to the store directory"):
-        harvest(_config(blocker / "store"), progress=False)
+        run_harvest(_config(blocker / "store"), progress=False)
 
 
 def test_cli_harvest_info_and_sql(store_dir):
@@ -134,3 +134,9 @@ def test_cli_help_teaches():
     assert top.returncode == 0 and "harvest" in top.stdout and "typical session" in top.stdout
     sub = run_cli("harvest", "--help")
     assert "resumes" in sub.stdout and "blocks.i.mlp.hook_in" in sub.stdout and "smollm2-135m" in sub.stdout
+
+
+@pytest.mark.parametrize("size", ["tokens", "batch_size", "chunk_contexts"])
+def test_non_positive_sizes_are_refused(store_dir, size):
+    with pytest.raises(WorkbenchError, match="--tokens, --batch-size and --chunk-contexts must be positive"):
+        _config(store_dir, **{size: 0})

@@ -13,7 +13,7 @@ from workbench.errors import ProbeError
 from workbench.models import load_hf_model
 from workbench.models.backends import decoder_layers
 from workbench.probes.depth import DepthProbeConfig, run_depth_probes
-from workbench.probes.linear_maps import align_tokens, layer_map_errors, run_linear_map_probe, token_keys
+from workbench.probes.linear_maps import LinearMapsConfig, align_tokens, layer_map_errors, run_linear_maps, token_keys
 from workbench.probes.logit_lens import final_norm_and_unembed
 from workbench.probes.results import depth_score
 from workbench.store import Store
@@ -142,7 +142,7 @@ def test_token_alignment_uses_shared_text_positions():
 
 
 def test_linear_maps_between_models_are_stored(store_dir):
-    run_linear_map_probe("tiny", "tiny", str(store_dir), tokens=1024, name="m")
+    run_linear_maps(LinearMapsConfig(source="tiny", target="tiny", store=str(store_dir), tokens=1024, name="m"))
     with Store.open_existing(store_dir).reader() as con:
         grid = con.execute("SELECT source_layer, target_layer, rel_error, source_rel_depth FROM probe_linear_maps "
                            "ORDER BY ALL").fetchall()
@@ -162,7 +162,7 @@ def test_bad_probe_input_is_reported_and_changes_nothing(store_dir):
     with pytest.raises(ProbeError, match="split-position"):
         _probe(store_dir, split_position=CONTEXT)
     with pytest.raises(ProbeError, match="Too few aligned tokens.*Raise --tokens"):
-        run_linear_map_probe("tiny", "tiny", str(store_dir), tokens=64)
+        run_linear_maps(LinearMapsConfig(source="tiny", target="tiny", store=str(store_dir), tokens=64))
     assert store_snapshot(store_dir) == before
     with pytest.raises(ProbeError, match="final norm.*--lens-tokens 0"):
         final_norm_and_unembed(torch.nn.Linear(2, 2))

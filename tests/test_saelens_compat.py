@@ -119,11 +119,11 @@ def test_unsupported_sae_lens_settings_are_refused(tmp_path):
 
 def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_activations(store_dir):
     from conftest import run_cli
-    from workbench.harvest import HarvestConfig, harvest
+    from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
 
-    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
-                          tokens=4096, run="m"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
+                              tokens=4096, run="m"), progress=False)
     result = run_cli("train", "--store", str(store_dir), "--arch", "transcoder", "--in", "blocks.1.mlp.hook_in",
                      "--out", "blocks.1.mlp.hook_out", "--k", "8", "--latents", "128", "--tokens", "40k",
                      "--batch-size", "512", "--name", "tc")
@@ -143,11 +143,11 @@ def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_ac
 
 def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(store_dir, tmp_path):
     from conftest import run_cli, store_snapshot
-    from workbench.harvest import HarvestConfig, harvest
+    from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
 
-    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
-            progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
+                progress=False)
     from sae_lens.saes.sae import get_sae_class
 
     sae_cls, cfg_cls = get_sae_class("topk")

@@ -4,15 +4,15 @@ import pytest
 
 from conftest import store_snapshot
 from workbench.errors import ReadOnlySqlError
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.sql import run_query
 
 
 @pytest.fixture
 def store(store_dir):
-    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=1024,
-                          context_len=64, run="q"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=1024,
+                              context_len=64, run="q"), progress=False)
     return Store.open_existing(store_dir)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import downgrade_to_v1, run_cli, store_snapshot
 from workbench.errors import CorruptShardError, StoreError, StoreVersionError
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store, schema
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
@@ -19,7 +19,7 @@ def _harvest(store_dir, **overrides):
     settings = dict(model="tiny", hooks=["blocks.1.hook_out", "blocks.0.hook_in"], store=str(store_dir), tokens=2048,
                     context_len=64, chunk_contexts=8, batch_size=8, run="r")
     settings.update(overrides)
-    return harvest(HarvestConfig(**settings), progress=False)
+    return run_harvest(HarvestConfig(**settings), progress=False)
 
 
 def _all_acts(store, hook="blocks.1.hook_out"):

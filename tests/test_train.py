@@ -5,7 +5,7 @@ import torch
 
 from workbench.dictionaries import DictionaryConfig, load_dictionary, make_dictionary
 from workbench.dictionaries.base import DictionaryError
-from workbench.train import Checkpointer, fit, geometric_median
+from workbench.dictionaries.fit import Checkpointer, fit, geometric_median
 
 
 def planted_data(n_atoms=256, d=64, k=4, seed=0):
@@ -299,3 +299,12 @@ def test_sparse_topk_training_step_has_exactly_the_dense_gradients(transcoder):
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
     for (name, _), got, want in zip(model.named_parameters(), sparse_grads, dense_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_transcoder_shorthand_needs_an_output_hook_and_trains_batchtopk():
+    from workbench.train import TrainConfig
+
+    with pytest.raises(DictionaryError, match="--arch transcoder needs --out"):
+        TrainConfig(store="s", hook="blocks.1.mlp.hook_in", arch="transcoder")
+    config = TrainConfig(store="s", hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="transcoder")
+    assert config.arch == "batchtopk"  # what the catalog stores, and what a resume compares

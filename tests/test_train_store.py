@@ -1,6 +1,7 @@
 """Training on a real store: registration, kill -9 and exact resume, and bad input."""
 
 import signal
+from dataclasses import asdict
 import subprocess
 import sys
 import time
@@ -14,19 +15,19 @@ from workbench.activation_batches import ActivationBatches
 from workbench.dictionaries import load_dictionary
 from workbench.dictionaries.base import DictionaryError
 from workbench.errors import StoreError
-from workbench.harvest import HarvestConfig, harvest
+from workbench.harvest import HarvestConfig, run_harvest
 from workbench.metrics import FVUAccumulator
 from workbench.store import Store
 from workbench.store.shards import ShardBuilder
-from workbench.train import TrainConfig, train
+from workbench.train import TrainConfig, run_train
 
 TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
 
 
 @pytest.fixture
 def store(store_dir):
-    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=8192, run="h"),
-            progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=8192, run="h"),
+                progress=False)
     return Store.open_existing(store_dir)
 
 
@@ -38,7 +39,7 @@ def _config(store, **overrides):
 
 
 def test_trained_dictionary_is_registered_and_reconstructs(store):
-    name = train(_config(store), progress=False)
+    name = run_train(_config(store), progress=False).dictionary.name
     with store.reader() as con:
         row = con.execute("SELECT arch, run, hook, status, steps_done, tokens_done, train_l0, path FROM dictionaries "
                           "WHERE name = ?", [name]).fetchone()
@@ -52,7 +53,7 @@ def test_trained_dictionary_is_registered_and_reconstructs(store):
         fvu.add(x, model.decode(model.encode(x)))
     assert fvu.value() < 0.6  # a random decoder gives FVU >= 1
     before = store_snapshot(store.root)
-    assert train(_config(store), progress=False) == name  # already complete: nothing changes
+    assert run_train(_config(store), progress=False).dictionary.name == name  # already complete: nothing changes
     assert store_snapshot(store.root) == before
 
 
@@ -80,7 +81,7 @@ def test_kill_9_during_training_then_resume_is_exact(store):
     process.wait()
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    train(_config(store, tokens=400_000, name="straight"), progress=False)
+    run_train(_config(store, tokens=400_000, name="straight"), progress=False)
     a = load_dictionary(store.root / "dictionaries" / "killed")
     b = load_dictionary(store.root / "dictionaries" / "straight")
     for key, value in a.state_dict().items():
@@ -90,9 +91,9 @@ def test_kill_9_during_training_then_resume_is_exact(store):
 def test_bad_training_input_is_reported_and_changes_nothing(store):
     before = store_snapshot(store.root)
     with pytest.raises(DictionaryError, match="No run .* has hook 'blocks.0.hook_out'.*workbench harvest"):
-        train(_config(store, hook="blocks.0.hook_out"), progress=False)
+        run_train(_config(store, hook="blocks.0.hook_out"), progress=False)
     with pytest.raises(DictionaryError, match="k must be between 1"):
-        train(_config(store, k=128), progress=False)
+        run_train(_config(store, k=128), progress=False)
     assert store_snapshot(store.root) == before
 
 
@@ -108,16 +109,17 @@ def test_nan_in_stored_activations_is_located(store):
     with store.transaction() as con:
         con.execute("UPDATE shards SET sha256 = ?, n_bytes = ? WHERE path = ?", [info.sha256, info.n_bytes, record.path])
     with pytest.raises(StoreError, match=f"Non-finite activation in run 'h' at hook 'blocks.1.hook_out': token_id {int(token_ids[5])}, dim 3"):
-        train(_config(store), progress=False)
+        run_train(_config(store), progress=False)
 
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_transcoder_predicts_the_mlp_output(store_dir, skip):
-    harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
-                          tokens=8192, run="m"), progress=False)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
+                              tokens=8192, run="m"), progress=False)
     store = Store.open_existing(store_dir)
-    name = train(TrainConfig(store=str(store_dir), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out",
-                             skip_connection=skip, k=8, latents=256, tokens=200_000, batch_size=1024), progress=False)
+    name = run_train(TrainConfig(store=str(store_dir), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out",
+                                 skip_connection=skip, k=8, latents=256, tokens=200_000, batch_size=1024),
+                     progress=False).dictionary.name
     with store.reader() as con:
         path, hook_out = con.execute("SELECT path, hook_out FROM dictionaries WHERE name = ?", [name]).fetchone()
     assert hook_out == "blocks.1.mlp.hook_out" and "transcoder" in name
@@ -130,10 +132,11 @@ def test_transcoder_predicts_the_mlp_output(store_dir, skip):
 
 
 def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(store):
-    from workbench.encode import encode_dictionary
+    from workbench.encode import EncodeConfig, run_encode
 
-    name = train(_config(store), progress=False)
-    n_tokens, n_rows = encode_dictionary(str(store.root), name, progress=False)
+    name = run_train(_config(store), progress=False).dictionary.name
+    encoded = run_encode(EncodeConfig(store=str(store.root), dictionary=name), progress=False)
+    n_tokens, n_rows = encoded.n_tokens, encoded.n_rows
     model = load_dictionary(store.root / "dictionaries" / name)
     token_ids, acts = map(np.concatenate, zip(*store.iter_activations("h", "blocks.1.hook_out")))
     keep = token_ids % 128 != 0
@@ -155,18 +158,18 @@ def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(store):
 
 
 def test_encoding_an_unknown_or_unfinished_dictionary_is_refused(store):
-    from workbench.encode import encode_dictionary
+    from workbench.encode import EncodeConfig, run_encode
 
     with pytest.raises(DictionaryError, match="No dictionary 'nope'.*train one first"):
-        encode_dictionary(str(store.root), "nope", progress=False)
+        run_encode(EncodeConfig(store=str(store.root), dictionary="nope"), progress=False)
 
 
 def test_eval_metrics_agree_with_direct_computation_and_across_backends(store):
-    from workbench.evaluate import evaluate_dictionary, next_token_ce
+    from workbench.evaluate import EvalConfig, next_token_ce, run_eval
     from workbench.models import load_hf_model
 
-    name = train(_config(store), progress=False)
-    results = {b: evaluate_dictionary(str(store.root), name, ce_tokens=512, backend_name=b)
+    name = run_train(_config(store), progress=False).dictionary.name
+    results = {b: asdict(run_eval(EvalConfig(store=str(store.root), dictionary=name, ce_tokens=512, backend=b)).evaluation)
                for b in ("nnsight", "transformerlens")}
     r = results["nnsight"]
     model = load_dictionary(store.root / "dictionaries" / name)
@@ -194,13 +197,13 @@ def test_eval_metrics_agree_with_direct_computation_and_across_backends(store):
 
 @pytest.mark.slow
 def test_sae_on_smollm2_splices_with_a_meaningful_ce_loss_score(store_dir):
-    from workbench.evaluate import evaluate_dictionary
+    from workbench.evaluate import EvalConfig, run_eval
 
-    harvest(HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=str(store_dir), tokens=16384, run="s"),
-            progress=False)
-    name = train(TrainConfig(store=str(store_dir), hook="blocks.6.hook_out", k=32, latents=2304, tokens=300_000,
-                             batch_size=2048), progress=False)
-    r = evaluate_dictionary(str(store_dir), name, ce_tokens=1024)
+    run_harvest(HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=str(store_dir), tokens=16384, run="s"),
+                progress=False)
+    name = run_train(TrainConfig(store=str(store_dir), hook="blocks.6.hook_out", k=32, latents=2304, tokens=300_000,
+                                 batch_size=2048), progress=False).dictionary.name
+    r = asdict(run_eval(EvalConfig(store=str(store_dir), dictionary=name, ce_tokens=1024)).evaluation)
     print(f"SmolLM2 layer-6 TopK (300k tokens): FVU {r['fvu']:.3f}, CE-loss score {r['ce_loss_score']:.3f}, "
           f"delta CE {r['delta_ce']:.3f}, KL {r['kl']:.3f}")
     assert r["ce_zero_ablation"] > r["ce_clean"] + 1  # ablating the residual destroys the model's predictions

@@ -18,7 +18,7 @@ import torch
 from workbench.corpus import is_bos_position
 from workbench.errors import StoreError
 from workbench.store import Store
-from workbench.store.records import ShardRecord
+from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_all, read_one
 from workbench.store.shards import read_shard
 
 
@@ -36,14 +36,14 @@ class ActivationBatches:
         self.store, self.run, self.hook, self.hook_out = store, run, hook, hook_out
         self.batch_size, self.seed, self.shards_per_buffer = batch_size, seed, shards_per_buffer
         with store.reader() as con:
-            row = con.execute("SELECT context_len, d_model FROM runs WHERE run = ?", [run]).fetchone()
-            hooks = [r[0] for r in con.execute("SELECT hook FROM hook_points WHERE run = ?", [run]).fetchall()]
-        if row is None:
+            found = read_one(con, RunRecord, run=run)
+            hooks = [point.hook for point in read_all(con, HookPointRecord, run=run)]
+        if found is None:
             raise StoreError(f"No run '{run}' in the store. See `workbench store info {store.root}`.")
         for name in filter(None, (hook, hook_out)):
             if name not in hooks:
                 raise StoreError(f"Run '{run}' has no hook '{name}'; it has: {', '.join(hooks)}. Harvest it first.")
-        self.context_len, self.d_model = row
+        self.context_len, self.d_model = found.context_len, found.d_model
         inputs = store.shards(run, hook)
         outputs = {s.chunk: s for s in store.shards(run, hook_out)} if hook_out else {}
         if hook_out:

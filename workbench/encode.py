@@ -8,31 +8,51 @@ dictionary replaces its rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from workbench.dictionaries import load_dictionary
 from workbench.corpus import is_bos_position
-from workbench.store import Store
-from workbench.train import completed_dictionary
+from workbench.dictionaries import load_dictionary
+from workbench.store import Store, lookups
+from workbench.store.records import delete_rows, insert_arrow
 
 
-def encode_dictionary(store_path: str, name: str, batch_size: int = 8192, progress: bool = True) -> tuple[int, int]:
-    """Returns (tokens encoded, non-zero rows stored)."""
-    store = Store.open_existing(store_path)
-    record = completed_dictionary(store, name)
-    run, hook, path = record["run"], record["hook"], record["path"]
-    with store.reader() as con:
-        context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [run]).fetchone()[0]
-    model = load_dictionary(store.root / path).eval()
+@dataclass
+class EncodeConfig:
+    store: str
+    """The store directory."""
+    dictionary: str
+    """Dictionary name (see the dictionaries table)."""
+    batch_size: int = 8192
+    """Tokens encoded per step."""
+
+
+@dataclass
+class EncodeResult:
+    n_tokens: int
+    """Tokens encoded (BOS positions left out)."""
+    n_rows: int
+    """Non-zero activations stored in feature_acts."""
+
+
+def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
+    """Encode the dictionary's run and replace its rows in feature_acts and feature_stats."""
+    store = Store.open_existing(config.store)
+    name, batch_size = config.dictionary, config.batch_size
+    record = lookups.completed_dictionary(store, name)
+    run, hook = record.run, record.hook
+    context_len = lookups.run(store, run).context_len
+    model = load_dictionary(store.root / record.path).eval()
     n_latents = model.config.n_latents
 
     token_chunks, feature_chunks, value_chunks = [], [], []
     n_tokens = 0
-    records = store.shards(run, hook)
-    with torch.no_grad(), tqdm(total=sum(r.n_rows for r in records), unit="tok", unit_scale=True,
+    shards = store.shards(run, hook)
+    with torch.no_grad(), tqdm(total=sum(s.n_rows for s in shards), unit="tok", unit_scale=True,
                                desc=f"encode {name}", disable=not progress, dynamic_ncols=True) as bar:
         for token_ids, acts in store.iter_activations(run, hook):
             keep = ~is_bos_position(token_ids, context_len)  # BOS rows are left out, as in training
@@ -51,17 +71,20 @@ def encode_dictionary(store_path: str, name: str, batch_size: int = 8192, progre
     values = np.concatenate(value_chunks) if value_chunks else np.zeros(0, np.float32)
     order = np.lexsort((-values, features))  # by feature, then by value descending
     tokens, features, values = tokens[order], features[order], values[order]
-    acts_table = pa.table({"dictionary": pa.array([name] * len(tokens)), "run": pa.array([run] * len(tokens)),
+    acts_table = pa.table({"dictionary": _constant(name, len(tokens)), "run": _constant(run, len(tokens)),
                            "token_id": tokens, "feature": features, "value": values})
     stats = _feature_stats(name, features, values, n_latents, n_tokens)
     with store.transaction() as con:
-        con.execute("DELETE FROM feature_acts WHERE dictionary = ?", [name])
-        con.execute("DELETE FROM feature_stats WHERE dictionary = ?", [name])
-        con.register("new_acts", acts_table)
-        con.execute("INSERT INTO feature_acts SELECT * FROM new_acts")
-        con.register("new_stats", stats)
-        con.execute("INSERT INTO feature_stats SELECT * FROM new_stats")
-    return n_tokens, len(tokens)
+        delete_rows(con, "feature_acts", dictionary=name)
+        delete_rows(con, "feature_stats", dictionary=name)
+        insert_arrow(con, "feature_acts", acts_table)
+        insert_arrow(con, "feature_stats", stats)
+    return EncodeResult(n_tokens=n_tokens, n_rows=len(tokens))
+
+
+def _constant(text: str, n: int) -> pa.DictionaryArray:
+    """A column repeating one string, stored once: a big encode has millions of rows."""
+    return pa.DictionaryArray.from_arrays(np.zeros(n, dtype=np.int32), pa.array([text]))
 
 
 def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latents: int, n_tokens: int) -> pa.Table:
@@ -82,7 +105,7 @@ def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latent
                 columns[key].append(None)
     n_active = np.array(columns["n_active"], dtype=np.int64)
     return pa.table({
-        "dictionary": pa.array([name] * n_latents), "feature": pa.array(np.arange(n_latents, dtype=np.int32)),
+        "dictionary": _constant(name, n_latents), "feature": pa.array(np.arange(n_latents, dtype=np.int32)),
         "n_active": n_active, "density": n_active / max(n_tokens, 1),
         "max": pa.array(columns["max"], pa.float64()), "mean": pa.array(columns["mean"], pa.float64()),
         "q50": pa.array(columns["q50"], pa.float64()), "q90": pa.array(columns["q90"], pa.float64()),

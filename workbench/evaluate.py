@@ -10,17 +10,19 @@ and ablated passes: dictionaries are not trained on it, and its huge norm would 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from workbench.corpus import is_bos_position
 from workbench.dictionaries import load_dictionary
-from workbench.dictionaries.base import DictionaryError
+from workbench.errors import DictionaryError
 from workbench.hooks import parse_hook
 from workbench.metrics import FVUAccumulator
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Patch
-from workbench.store import Store
-from workbench.train import completed_dictionary
+from workbench.store import Store, lookups
+from workbench.store.records import DictionaryEvalRecord, RunRecord, delete, insert, read_one
 
 
 def _keep_bos(fn):
@@ -36,18 +38,41 @@ def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
 
 
-def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_tokens: int = 4096,
-                        backend_name: str = "nnsight", batch_size: int = 8) -> dict:
-    store = Store.open_existing(store_path)
-    record = completed_dictionary(store, name)
-    train_run, hook, hook_out, path = record["run"], record["hook"], record["hook_out"], record["path"]
-    run = run or train_run
+@dataclass
+class EvalConfig:
+    store: str
+    """The store directory."""
+    dictionary: str
+    """Dictionary name (see the dictionaries table)."""
+    run: str | None = None
+    """Run to evaluate on (default: the training run; harvest a separate run for held-out numbers)."""
+    ce_tokens: int = 4096
+    """Tokens for the spliced CE and KL."""
+    backend: str = "nnsight"
+    """Hooking library that splices the reconstruction into the model."""
+    batch_size: int = 8
+    """Contexts per forward pass of the spliced CE."""
+
+
+@dataclass
+class EvalResult:
+    evaluation: DictionaryEvalRecord
+    """The metrics, as written to the dictionary_evals table."""
+
+
+def run_eval(config: EvalConfig) -> EvalResult:
+    """Measure a dictionary on stored activations and spliced into the model; replaces its row for the run."""
+    store = Store.open_existing(config.store)
+    name, backend_name, ce_tokens, batch_size = config.dictionary, config.backend, config.ce_tokens, config.batch_size
+    record = lookups.completed_dictionary(store, name)
+    hook, hook_out = record.hook, record.hook_out
+    run = config.run or record.run
     with store.reader() as con:
-        found = con.execute("SELECT model, context_len, n_layers, d_model FROM runs WHERE run = ?", [run]).fetchone()
+        found = read_one(con, RunRecord, run=run)
     if found is None:
         raise DictionaryError(f"No run '{run}' to evaluate on.")
-    model_name, context_len, n_layers, d_model = found
-    sae = load_dictionary(store.root / path).eval()
+    model_name, context_len, n_layers, d_model = found.model, found.context_len, found.n_layers, found.d_model
+    sae = load_dictionary(store.root / record.path).eval()
     if sae.config.d_in != d_model:
         raise DictionaryError(f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
                               f"has d_model {d_model}; evaluate it on a run of the model it was trained on.")
@@ -90,7 +115,7 @@ def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_t
             clean_lp = torch.log_softmax(clean[:, 1:].float(), -1)
             kls.append((clean_lp.exp() * (clean_lp - torch.log_softmax(spliced[:, 1:].float(), -1))).sum(-1).clamp_min(0))
     ce_clean, ce_spliced, ce_zero = (torch.cat(ce[k]).mean().item() for k in ("clean", "spliced", "zero"))
-    result = dict(
+    evaluation = DictionaryEvalRecord(
         dictionary=name, eval_run=run, backend=backend_name, n_tokens=n_tokens, fvu=fvu.value(),
         l0=l0_sum / max(n_tokens, 1), dead_fraction=1 - fired.float().mean().item(),
         n_ce_tokens=int(torch.cat(ce["clean"]).numel()), ce_clean=ce_clean, ce_spliced=ce_spliced,
@@ -99,9 +124,6 @@ def evaluate_dictionary(store_path: str, name: str, run: str | None = None, ce_t
         delta_ce=ce_spliced - ce_clean, kl=torch.cat(kls).mean().item(),
     )
     with store.transaction() as con:
-        con.execute("DELETE FROM dictionary_evals WHERE dictionary = ? AND eval_run = ?", [name, run])
-        con.execute("INSERT INTO dictionary_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                    [result[k] for k in ("dictionary", "eval_run", "backend", "n_tokens", "fvu", "l0", "dead_fraction",
-                                         "n_ce_tokens", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_loss_score",
-                                         "delta_ce", "kl")])
-    return result
+        delete(con, DictionaryEvalRecord, dictionary=name, eval_run=run)
+        insert(con, evaluation)
+    return EvalResult(evaluation)

@@ -1,9 +1,9 @@
 """Reading features back out of a store: what the app's feature pages, analyses and bench show.
 
 Everything here reads committed data through short read-only connections (see store/catalog.py),
-so it works while a harvest or a training run writes to the same store. The queries lean on
-`feature_acts` being sorted by (dictionary, feature, value DESC), written that way by encode.py:
-one feature's rows sit in a few row groups, and DuckDB's zone maps skip the rest.
+so it works while a harvest or a training run writes to the same store. The queries are in
+store/features.py; here they become the pages' shapes. A dictionary is its catalog record
+(store/records.py DictionaryRecord, e.g. from lookups.completed_dictionary).
 
     top_contexts        the highest activations, each in its context with per-token values
     quantile_contexts   samples from equal-width activation intervals (SAEDashboard's layout)
@@ -17,50 +17,27 @@ one feature's rows sit in a few row groups, and DuckDB's zone maps skip the rest
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from workbench.dictionaries import load_dictionary
-from workbench.dictionaries.base import DictionaryError
-from workbench.store import Store
-from workbench.train import completed_dictionary
-
-
-@dataclass(frozen=True)
-class DictionaryRecord:
-    name: str
-    arch: str
-    run: str
-    hook: str
-    hook_out: str | None
-    n_latents: int
-    path: Path  # absolute
-    context_len: int
-    model: str  # the run's model, as the user gave it
-
-
-def dictionary_record(store: Store, name: str) -> DictionaryRecord:
-    """A finished dictionary with its run's context length and model; an error that says what to do otherwise."""
-    record = completed_dictionary(store, name)
-    with store.reader() as con:
-        arch, n_latents, context_len, model = con.execute(
-            "SELECT d.arch, d.n_latents, r.context_len, r.model FROM dictionaries d JOIN runs r USING (run) "
-            "WHERE d.name = ?", [name]).fetchone()
-    return DictionaryRecord(name, arch, record["run"], record["hook"], record["hook_out"], n_latents,
-                            path=store.root / record["path"], context_len=context_len, model=model)
-
-
-def is_encoded(store: Store, name: str) -> bool:
-    with store.reader() as con:
-        return con.execute("SELECT count(*) FROM feature_stats WHERE dictionary = ?", [name]).fetchone()[0] > 0
+from workbench.errors import DictionaryError
+from workbench.store import Store, lookups
+from workbench.store import features as reads
+from workbench.store.features import BROWSE_ORDERS, features_table, is_encoded  # noqa: F401 (the pages' API)
+from workbench.store.records import DictionaryRecord
 
 
 def check_feature(record: DictionaryRecord, feature: int) -> None:
     if not 0 <= feature < record.n_latents:
-        raise DictionaryError(f"Feature {feature} is out of range: '{record.name}' has features 0 to {record.n_latents - 1}.")
+        raise DictionaryError(f"Feature {feature} is out of range: '{record.name}' has features 0 to "
+                              f"{record.n_latents - 1}.")
+
+
+def _context_len(store: Store, record: DictionaryRecord) -> int:
+    return lookups.run(store, record.run).context_len
 
 
 # -- contexts ------------------------------------------------------------------------------------
@@ -94,13 +71,7 @@ def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[i
         context_start = token_id - token_id % length
         spans.append((token_id, max(context_start, token_id - before), min(context_start + length - 1, token_id + after)))
     spans_table = pa.table({"centre": [s[0] for s in spans], "lo": [s[1] for s in spans], "hi": [s[2] for s in spans]})
-    with store.reader() as con:
-        con.register("spans", spans_table)
-        rows = con.execute(
-            "SELECT s.centre, t.token_id, t.token, t.context_id FROM spans s JOIN tokens t "
-            "ON t.run = ? AND t.token_id BETWEEN s.lo AND s.hi ORDER BY s.centre, t.token_id", [run]).fetchall()
-        con.register("window_ids", pa.table({"token_id": pa.array(sorted({r[1] for r in rows}), pa.int64())}))
-        values = dict(con.execute(values_sql, values_params).fetchall())
+    rows, values = reads.window_tokens(store, run, spans_table, values_sql, values_params)
     by_centre: dict[int, list] = {}
     for centre, token_id, token, context_id in rows:
         by_centre.setdefault(centre, []).append((token_id, token, context_id))
@@ -115,23 +86,19 @@ def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[i
     return contexts
 
 
-def _feature_windows(store: Store, record: DictionaryRecord, feature: int, hits: list[tuple[int, float]],
-                     before: int, after: int) -> list[Context]:
-    return context_windows(store, record.run, record.context_len, hits, before, after,
-                           "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
-                           "AND token_id IN (SELECT token_id FROM window_ids)", [record.name, feature])
+def _feature_windows(store: Store, record: DictionaryRecord, context_len: int, feature: int,
+                     hits: list[tuple[int, float]], before: int, after: int) -> list[Context]:
+    return context_windows(store, record.run, context_len, hits, before, after, reads.FEATURE_WINDOW_VALUES,
+                           [record.name, feature])
 
 
 def top_contexts(store: Store, record: DictionaryRecord, feature: int, n: int = 10,
                  before: int = 16, after: int = 4) -> list[Context]:
     """The feature's n highest activations, at most one per context, each with its window."""
     check_feature(record, feature)
-    with store.reader() as con:
-        hits = con.execute(
-            "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
-            "QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
-            "ORDER BY value DESC, token_id LIMIT ?", [record.name, feature, record.context_len, n]).fetchall()
-    return _feature_windows(store, record, feature, hits, before, after)
+    context_len = _context_len(store, record)
+    hits = reads.top_hits(store, record.name, feature, context_len, n)
+    return _feature_windows(store, record, context_len, feature, hits, before, after)
 
 
 @dataclass
@@ -150,22 +117,16 @@ def quantile_contexts(store: Store, record: DictionaryRecord, feature: int, n_in
     corpus, and the same on every page load, so a shared link shows the same page.
     """
     check_feature(record, feature)
-    with store.reader() as con:
-        rows = con.execute(
-            "WITH acts AS (SELECT token_id, value, max(value) OVER () AS top FROM feature_acts "
-            "              WHERE dictionary = ? AND feature = ?), "
-            "binned AS (SELECT *, least(CAST(floor(value / top * ?) AS INTEGER), ? - 1) AS interval FROM acts), "
-            "counted AS (SELECT *, count(*) OVER (PARTITION BY interval) AS n_in, "
-            "            row_number() OVER (PARTITION BY interval ORDER BY hash(token_id), token_id) AS pick FROM binned) "
-            "SELECT interval, top, n_in, token_id, value FROM counted WHERE pick <= ? ORDER BY interval DESC, value DESC",
-            [record.name, feature, n_intervals, n_intervals, per_interval]).fetchall()
+    rows = reads.quantile_hits(store, record.name, feature, n_intervals, per_interval)
     if not rows:
         return []
     top = rows[0][1]
+    context_len = _context_len(store, record)
     samples = []
     for interval in sorted({r[0] for r in rows}, reverse=True):
         members = [r for r in rows if r[0] == interval]
-        contexts = _feature_windows(store, record, feature, [(r[3], r[4]) for r in members], before, after)
+        contexts = _feature_windows(store, record, context_len, feature, [(r[3], r[4]) for r in members], before,
+                                    after)
         samples.append(QuantileSample(low=top * interval / n_intervals, high=top * (interval + 1) / n_intervals,
                                       n_in_interval=members[0][2], contexts=contexts))
     return samples
@@ -189,11 +150,7 @@ class FeatureSummary:
 
 def feature_summary(store: Store, record: DictionaryRecord, feature: int) -> FeatureSummary:
     check_feature(record, feature)
-    with store.reader() as con:
-        row = con.execute(
-            "SELECT n_active, density, max, mean, q50, q90, q99, rank, n FROM ("
-            "  SELECT *, rank() OVER (ORDER BY density DESC) AS rank, count(*) OVER () AS n "
-            "  FROM feature_stats WHERE dictionary = ?) WHERE feature = ?", [record.name, feature]).fetchone()
+    row = reads.feature_stats(store, record.name, feature)
     if row is None:
         raise DictionaryError(f"Dictionary '{record.name}' has not been encoded: run "
                               f"`workbench encode --store {store.root} --dict {record.name}`.")
@@ -209,48 +166,22 @@ class Histogram:
 def activation_histogram(store: Store, record: DictionaryRecord, feature: int, n_bins: int = 40) -> Histogram:
     """Binned here rather than in the browser: a dense feature has millions of values on a big store."""
     check_feature(record, feature)
-    with store.reader() as con:
-        values = con.execute("SELECT value FROM feature_acts WHERE dictionary = ? AND feature = ?",
-                             [record.name, feature]).fetchnumpy()["value"]
+    values = reads.feature_values(store, record.name, feature)
     if len(values) == 0:
         return Histogram(edges=np.zeros(0), counts=np.zeros(0, dtype=np.int64))
-    counts, edges = np.histogram(np.asarray(values), bins=n_bins, range=(0.0, float(values.max()) or 1.0))
+    counts, edges = np.histogram(values, bins=n_bins, range=(0.0, float(values.max()) or 1.0))
     return Histogram(edges=edges, counts=counts)
 
 
 def log_densities(store: Store, name: str) -> np.ndarray:
     """log10 density of every feature that fired at least once (for the density histogram)."""
-    with store.reader() as con:
-        densities = con.execute("SELECT density FROM feature_stats WHERE dictionary = ? AND n_active > 0",
-                                [name]).fetchnumpy()["density"]
-    return np.log10(np.asarray(densities, dtype=np.float64))
+    return np.log10(reads.densities(store, name))
 
 
 def top_tokens(store: Store, record: DictionaryRecord, feature: int, n: int = 10) -> pa.Table:
     """The token texts the feature fires on most often, with how often and how strongly."""
     check_feature(record, feature)
-    with store.reader() as con:
-        return con.sql(
-            "SELECT t.token, count(*) AS n, avg(a.value) AS mean_value, max(a.value) AS max_value "
-            "FROM feature_acts a JOIN tokens t ON t.run = a.run AND t.token_id = a.token_id "
-            "WHERE a.dictionary = ? AND a.feature = ? GROUP BY t.token ORDER BY n DESC, max_value DESC LIMIT ?",
-            params=[record.name, feature, n]).to_arrow_table()
-
-
-# -- browsing --------------------------------------------------------------------------------------
-
-BROWSE_ORDERS = {"density": "density DESC", "rarest": "density ASC", "max activation": "max DESC NULLS LAST"}
-
-
-def features_table(store: Store, name: str, order: str = "density", min_density: float = 0.0,
-                   max_density: float = 1.0, limit: int = 200) -> pa.Table:
-    if order not in BROWSE_ORDERS:
-        raise ValueError(f"order must be one of {', '.join(BROWSE_ORDERS)}")
-    with store.reader() as con:
-        return con.sql(
-            f"SELECT feature, n_active, density, max, mean, q90 FROM feature_stats WHERE dictionary = ? "
-            f"AND n_active > 0 AND density BETWEEN ? AND ? ORDER BY {BROWSE_ORDERS[order]}, feature LIMIT ?",
-            params=[name, min_density, max_density, limit]).to_arrow_table()
+    return reads.top_tokens(store, record.name, feature, n)
 
 
 def features_on_token(store: Store, record: DictionaryRecord, token_text: str, limit: int = 50) -> pa.Table:
@@ -259,15 +190,7 @@ def features_on_token(store: Store, record: DictionaryRecord, token_text: str, l
     `share` is the fraction of the feature's firings that land on this token: near 1 for a
     token-specific feature, small for one that only passes through it.
     """
-    with store.reader() as con:
-        return con.sql(
-            "WITH matching AS (SELECT token_id FROM tokens WHERE run = ? AND lower(trim(token)) = lower(trim(?))) "
-            "SELECT a.feature, count(*) AS n_on_token, avg(a.value) AS mean_value, max(a.value) AS max_value, "
-            "       count(*) / any_value(s.n_active) AS share "
-            "FROM feature_acts a JOIN matching m USING (token_id) "
-            "JOIN feature_stats s ON s.dictionary = a.dictionary AND s.feature = a.feature "
-            "WHERE a.dictionary = ? GROUP BY a.feature ORDER BY n_on_token DESC, max_value DESC LIMIT ?",
-            params=[record.run, token_text, record.name, limit]).to_arrow_table()
+    return reads.features_on_token(store, record.name, record.run, token_text, limit)
 
 
 # -- weights -------------------------------------------------------------------------------------
@@ -276,9 +199,9 @@ def features_on_token(store: Store, record: DictionaryRecord, token_text: str, l
 class DictionaryView:
     """A loaded dictionary with the derived weights its pages need, computed once."""
 
-    def __init__(self, record: DictionaryRecord):
+    def __init__(self, store: Store, record: DictionaryRecord):
         self.record = record
-        self.model = load_dictionary(record.path).eval()
+        self.model = load_dictionary(store.root / record.path).eval()
         decoder = self.model.W_dec.detach().float()
         self.unit_decoder = decoder / decoder.norm(dim=1, keepdim=True).clamp_min(1e-8)
 

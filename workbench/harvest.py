@@ -10,56 +10,79 @@ harvests the rest.
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
-from workbench.errors import RunConflictError, StoreError, UnknownHookError
+from workbench.errors import RunConflictError, UnknownHookError, WorkbenchError
 from workbench.hooks import HookPoint, parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.provenance import git_commit, package_version
-from workbench.store import Store, check_run_name, make_run_name
-from workbench.store.schema import rebuild_activation_view
+from workbench.store import Store, check_run_name, lookups, make_run_name
+from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_one
+from workbench.store.runs import commit_chunk, committed_chunks, create_run
 from workbench.store.shards import ShardBuilder, sync_files
 
 
 @dataclass
 class HarvestConfig:
     model: str
+    """Registry name, local HF folder or hub id (see `workbench models`)."""
     hooks: list[str]
+    """Hook points to harvest, e.g. blocks.6.hook_out (canonical or legacy names)."""
     store: str
+    """The store directory (created if missing)."""
     corpus: str = "default"
+    """'default' (CPython's pydoc topics, ~114k SmolLM2 tokens), a .txt/.md file or folder, .jsonl, .parquet, or
+    hf:NAME[:CONFIG]."""
     tokens: int = 50_000
+    """Tokens to harvest, rounded up to whole contexts; capped by the corpus."""
     run: str | None = None
+    """Run name; repeat it to resume (default: derived from model, corpus and tokens)."""
     backend: str = "nnsight"  # measured ~0% over a bare forward; the TransformerLens bridge costs ~15%
+    """Hooking library; both give the same numbers, nnsight is faster here."""
     context_len: int = 128
+    """Tokens per context, including the BOS."""
     batch_size: int = 8
+    """Contexts per forward pass."""
     chunk_contexts: int = 64
+    """Contexts per shard: the unit of commit, and the most a crash can lose."""
     device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
     text_column: str = "text"
+    """Text field for .jsonl/.parquet/hf corpora."""
+
     # Arguments that must match when a run is resumed; batch size and device may change.
-    identity_fields: tuple[str, ...] = field(
-        default=("model", "backend", "corpus", "text_column", "tokens", "context_len", "chunk_contexts"), repr=False
-    )
+    IDENTITY_FIELDS: ClassVar[tuple[str, ...]] = (
+        "model", "backend", "corpus", "text_column", "tokens", "context_len", "chunk_contexts")
+
+    def __post_init__(self) -> None:
+        if self.tokens <= 0 or self.batch_size <= 0 or self.chunk_contexts <= 0:
+            raise WorkbenchError("--tokens, --batch-size and --chunk-contexts must be positive.")
 
 
 @dataclass
 class HarvestResult:
     run: str
+    """The run's name."""
     n_tokens: int
+    """Tokens the run holds once complete."""
     tokens_harvested_now: int
+    """Tokens harvested by this call (0 when the run was already complete)."""
     chunks_resumed_from: int
+    """Chunks that were already committed when this call started."""
     orphans_removed: int
-    seconds_harvesting: float = 0.0  # the chunk loop only: forward passes, shard writes and commits
+    """Shard files of uncommitted chunks (left by a kill) deleted before resuming."""
+    seconds_harvesting: float = 0.0
+    """Seconds in the chunk loop only: forward passes, shard writes and commits."""
 
 
 def default_run_name(config: HarvestConfig) -> str:
@@ -67,21 +90,15 @@ def default_run_name(config: HarvestConfig) -> str:
     return make_run_name(Path(config.model).name, corpus_label(config.corpus), str(config.tokens))
 
 
-def _existing_run(store: Store, run: str) -> dict | None:
-    with store.reader() as con:
-        row = con.execute("SELECT config, hooks FROM runs WHERE run = ?", [run]).fetchone()
-    return None if row is None else {"config": json.loads(row[0]), "hooks": list(row[1])}
-
-
-def _check_resumable(existing: dict, config: HarvestConfig, hooks: list[HookPoint], run: str) -> None:
-    previous = existing["config"]
+def _check_resumable(existing: RunRecord, config: HarvestConfig, hooks: list[HookPoint], run: str) -> None:
+    previous = existing.config or {}
     problems = [
         f"{name}: stored {previous.get(name)!r}, now {getattr(config, name)!r}"
-        for name in config.identity_fields
+        for name in config.IDENTITY_FIELDS
         if previous.get(name) != getattr(config, name)
     ]
-    if set(existing["hooks"]) != {h.name for h in hooks}:
-        problems.insert(0, f"hooks: stored {', '.join(existing['hooks'])}; now {', '.join(h.name for h in hooks)}")
+    if set(existing.hooks) != {h.name for h in hooks}:
+        problems.insert(0, f"hooks: stored {', '.join(existing.hooks)}; now {', '.join(h.name for h in hooks)}")
     if problems:
         raise RunConflictError(
             f"Run '{run}' already exists with different settings, so it cannot be resumed:\n  - "
@@ -126,45 +143,14 @@ def _create_run(store: Store, run: str, config: HarvestConfig, hooks: list[HookP
         "source": pa.array([d.source for d in corpus.documents]),
         "text": pa.array([d.text for d in corpus.documents]),
     })
-    settings = {k: v for k, v in asdict(config).items() if k != "identity_fields"}
-    with store.transaction() as con:
-        con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', now(), now())",
-            [run, config.model, str(model_dir), config.backend, [h.name for h in hooks], config.corpus,
-             config.text_column, corpus.context_len, config.tokens, corpus.n_contexts, n, config.chunk_contexts,
-             n_layers, d_model, json.dumps(settings), package_version(), git_commit()],
-        )
-        con.register("new_tokens", tokens)
-        con.register("new_documents", documents)
-        con.execute("INSERT INTO tokens SELECT * FROM new_tokens")
-        con.execute("INSERT INTO documents SELECT * FROM new_documents")
-        con.executemany(
-            "INSERT INTO hook_points VALUES (?, ?, ?, ?, ?, 'float32')",
-            [[run, h.name, h.layer, h.kind, d_model] for h in hooks],
-        )
-
-
-def _committed_chunks(store: Store, run: str, n_hooks: int) -> set[int]:
-    with store.reader() as con:
-        rows = con.execute(
-            "SELECT chunk FROM shards WHERE run = ? GROUP BY chunk HAVING count(*) = ?", [run, n_hooks]).fetchall()
-    return {r[0] for r in rows}
-
-
-def _commit_chunk(store: Store, run: str, rows: list[list], n_chunks: int) -> None:
-    try:
-        with store.transaction() as con:
-            con.executemany("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
-            done = con.execute("SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run]).fetchone()[0]
-            status = "complete" if done == n_chunks else "running"
-            con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE run = ?", [status, run])
-            rebuild_activation_view(con)
-    except duckdb.Error as exc:
-        raise StoreError(
-            f"Could not commit chunk {rows[0][2]} of run '{run}' to the catalog ({str(exc).splitlines()[0][:300]}). "
-            "Everything committed before it is intact (a full disk is the usual cause): fix that, then run the "
-            "same command again to resume."
-        ) from exc
+    record = RunRecord(
+        run=run, model=config.model, model_dir=str(model_dir), backend=config.backend, hooks=[h.name for h in hooks],
+        corpus=config.corpus, text_column=config.text_column, context_len=corpus.context_len,
+        tokens_requested=config.tokens, n_contexts=corpus.n_contexts, n_tokens=n, chunk_contexts=config.chunk_contexts,
+        n_layers=n_layers, d_model=d_model, config=asdict(config), package_version=package_version(),
+        git_commit=git_commit())
+    points = [HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model) for h in hooks]
+    create_run(store, record, points, tokens, documents)
 
 
 def _check_hook_widths(hooks, hf_model, d_model: int) -> None:
@@ -178,7 +164,8 @@ def _check_hook_widths(hooks, hf_model, d_model: int) -> None:
                                "Harvest blocks.{i}.attn.hook_out instead.")
 
 
-def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
+def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResult:
+    """Harvest a model's activations at some hook points into a store; re-running the same config resumes."""
     # Check hook names before anything slow (building a registry model takes ~20 s).
     parse_hooks(config.hooks, n_layers=10**6)
     store = Store.create_or_open(config.store)
@@ -187,7 +174,8 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
     hooks = parse_hooks(config.hooks, n_layers)
     run = check_run_name(config.run or default_run_name(config))
 
-    existing = _existing_run(store, run)
+    with store.reader() as con:
+        existing = read_one(con, RunRecord, run=run)
     if existing:
         _check_resumable(existing, config, hooks, run)
     hf_model, tokenizer = load_hf_model(model_dir, config.device)
@@ -197,12 +185,11 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
         _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model)
 
     contexts = store.contexts(run)  # read back from the store, not the corpus
-    with store.reader() as con:
-        chunk_contexts = con.execute("SELECT chunk_contexts FROM runs WHERE run = ?", [run]).fetchone()[0]
+    chunk_contexts = lookups.run(store, run).chunk_contexts
     context_len = contexts.shape[1]
     n_chunks = -(-len(contexts) // chunk_contexts)
     orphans = store.remove_orphan_files(run)
-    done = _committed_chunks(store, run, len(hooks))
+    done = committed_chunks(store, run, len(hooks))
     pending = [c for c in range(n_chunks) if c not in done]
     if not pending:
         return HarvestResult(run, contexts.size, 0, len(done), orphans)
@@ -232,19 +219,20 @@ def harvest(config: HarvestConfig, progress: bool = True) -> HarvestResult:
                 for hook, acts in backend.capture(batch, hooks).items():
                     builders[hook].append(token_ids, acts.reshape(-1, d_model).cpu().numpy())
                 bar.update(batch.numel())
-            catalog_rows = []
+            shards = []
             for hook in hooks:
                 path = store.shard_path(run, hook.name, chunk)
                 info = builders[hook].finish(store.root / path)
-                catalog_rows.append([run, hook.name, chunk, path, first_token, info.n_rows, info.n_bytes, info.sha256])
+                shards.append(ShardRecord(run=run, hook=hook.name, chunk=chunk, path=path, first_token=first_token,
+                                          n_rows=info.n_rows, n_bytes=info.n_bytes, sha256=info.sha256))
             if in_flight is not None:
                 in_flight.result()  # re-raises a failed sync or commit of the previous chunk
-            in_flight = committer.submit(_sync_and_commit, store, run, catalog_rows, n_chunks)
+            in_flight = committer.submit(_sync_and_commit, store, shards, n_chunks)
             harvested += chunk_ids.size
         in_flight.result()
     return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
 
 
-def _sync_and_commit(store: Store, run: str, catalog_rows: list[list], n_chunks: int) -> None:
-    sync_files([store.root / row[3] for row in catalog_rows])
-    _commit_chunk(store, run, catalog_rows, n_chunks)
+def _sync_and_commit(store: Store, shards: list[ShardRecord], n_chunks: int) -> None:
+    sync_files([store.root / shard.path for shard in shards])
+    commit_chunk(store, shards, n_chunks)

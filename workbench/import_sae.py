@@ -7,46 +7,73 @@ width of the hook it is meant for, and saved into <store>/dictionaries/<name>/, 
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.dictionaries import load_dictionary
-from workbench.dictionaries.base import DictionaryError
+from workbench.dictionaries.saelens_format import saelens_metadata
+from workbench.errors import DictionaryError
+from workbench.provenance import git_commit, package_version
+from workbench.store import Store, check_run_name, lookups, make_run_name, records
+from workbench.store.records import DictionaryRecord
 
 
-def import_dictionary(store_path: str | Path, source: str | Path, hook: str, hook_out: str | None = None,
-                      run: str | None = None, name: str | None = None) -> str:
-    from workbench.provenance import git_commit, package_version
-    from workbench.store import Store, check_run_name, make_run_name
-    from workbench.train import canonical_hooks, resolve_run, saelens_metadata
+@dataclass
+class ImportConfig:
+    store: str
+    """The store directory."""
+    source: str
+    """The dictionary folder (cfg.json + sae_weights.safetensors)."""
+    hook: str
+    """The hook it encodes (canonical or legacy name)."""
+    hook_out: str | None = None
+    """Transcoders: the hook it predicts."""
+    run: str | None = None
+    """The run whose activations it reads (default: the only run with the hook)."""
+    name: str | None = None
+    """Name in the store (default: derived from the family, hook and width)."""
 
-    store = Store.open_existing(store_path)
+
+@dataclass
+class ImportResult:
+    dictionary: DictionaryRecord
+    """The imported dictionary's catalog record."""
+
+
+def run_import(config: ImportConfig) -> ImportResult:
+    """Convert a SAELens-format folder, check it against the hook's width, and register it as complete."""
+    store = Store.open_existing(config.store)
+    source = config.source
     model = load_dictionary(source)  # refuses pickles and unknown architectures before anything is written
-    config = model.config
-    hook, hook_out = canonical_hooks(store, hook, hook_out)
-    if config.transcoder != (hook_out is not None):
-        raise DictionaryError(f"{source} is {'a transcoder: give --out, the hook it predicts' if config.transcoder else 'an SAE: leave out --out'}.")
-    run = resolve_run(store, hook, run)
-    with store.reader() as con:
-        widths = dict(con.execute("SELECT hook, d FROM hook_points WHERE run = ?", [run]).fetchall())
-    for role, point, width in (("input", hook, config.d_in), ("output", hook_out, config.d_out)):
+    dictionary_config = model.config
+    hook = lookups.canonical_hook(store, config.hook)
+    hook_out = lookups.canonical_hook(store, config.hook_out) if config.hook_out else None
+    if dictionary_config.transcoder != (hook_out is not None):
+        raise DictionaryError(f"{source} is " + ("a transcoder: give --out, the hook it predicts"
+                                                 if dictionary_config.transcoder else "an SAE: leave out --out") + ".")
+    run = lookups.run_with_hook(store, hook, config.run)
+    widths = lookups.hook_widths(store, run)
+    for role, point, width in (("input", hook, dictionary_config.d_in), ("output", hook_out, dictionary_config.d_out)):
         if point is None:
             continue
         if point not in widths:
-            raise DictionaryError(f"Run '{run}' has no hook '{point}'; harvest it first (stored: {', '.join(sorted(widths))}).")
+            raise DictionaryError(f"Run '{run}' has no hook '{point}'; harvest it first "
+                                  f"(stored: {', '.join(sorted(widths))}).")
         if widths[point] != width:
             raise DictionaryError(f"Dimension mismatch: the dictionary's {role} width is {width}, but '{point}' in run "
                                   f"'{run}' has width {widths[point]}. Was it trained on another model or hook?")
-    name = check_run_name(name or make_run_name("imported", config.arch, hook, str(config.n_latents)))
-    with store.reader() as con:
-        if con.execute("SELECT 1 FROM dictionaries WHERE name = ?", [name]).fetchone():
-            raise DictionaryError(f"The store already has a dictionary '{name}'; choose another --name.")
+    name = check_run_name(config.name or make_run_name("imported", dictionary_config.arch, hook,
+                                                       str(dictionary_config.n_latents)))
+    if lookups.dictionary(store, name) is not None:
+        raise DictionaryError(f"The store already has a dictionary '{name}'; choose another --name.")
     folder = store.root / "dictionaries" / name
-    model.save(folder, saelens_metadata(store, run, hook, hook_out))
+    model.save(folder, saelens_metadata(lookups.run(store, run).model, run, hook, hook_out))
     settings = {"imported_from": str(Path(source).resolve()), "run": run, "hook": hook, "hook_out": hook_out}
+    record = DictionaryRecord(
+        name=name, arch=dictionary_config.arch, run=run, hook=hook, hook_out=hook_out, d_in=dictionary_config.d_in,
+        d_out=dictionary_config.d_out, n_latents=dictionary_config.n_latents, k=dictionary_config.k,
+        path=folder.relative_to(store.root).as_posix(), status="complete", config=settings,
+        package_version=package_version(), git_commit=git_commit())
     with store.transaction() as con:
-        con.execute(
-            "INSERT INTO dictionaries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'complete', 0, 0, NULL, NULL, NULL, NULL, ?, ?, ?, now(), now())",
-            [name, config.arch, run, hook, hook_out, config.d_in, config.d_out, config.n_latents, config.k,
-             str(folder.relative_to(store.root)), json.dumps(settings), package_version(), git_commit()])
-    return name
+        records.insert(con, record)
+    return ImportResult(lookups.completed_dictionary(store, name))

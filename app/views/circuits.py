@@ -2,55 +2,49 @@
 heatmaps; attribution graphs through transcoders, drawn by layer and position with their thresholds as controls."""
 
 import json
-from pathlib import Path
 
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from common import NEGATIVE, POSITIVE, pick, stamp, store
-from workbench.store import Store
+from common import fail, open_store, pick, stamp, store
+from workbench import plots
+from workbench.errors import WorkbenchError
+from workbench.store import results
 
 st.title("Circuits")
 current = store()
 
-# Diverging scale centred on 0: red restores the clean behaviour, blue pushes the other way.
-SCORE_SCALE = "RdBu_r"
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def circuit_runs(path: str, stamp: int):
+    return results.circuit_runs(open_store(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def circuit_tables(path: str, version: int, circuit_run: str | None = None) -> dict:
-    with Store(path).reader() as con:
-        if circuit_run is None:
-            return {"runs": con.execute("SELECT circuit_run, method, task, model, metric, n_pairs, seq_len, metric_clean, "
-                                        "metric_corrupted, prompts, wall_s, reference_run, roc_auc_heads, roc_auc_pairs "
-                                        "FROM circuit_runs ORDER BY created_at").df()}
-        return {"scores": con.execute("SELECT level, layer, head, position, metric, score FROM circuit_patching "
-                                      "WHERE circuit_run = ?", [circuit_run]).df(),
-                "code_heads": con.execute("SELECT layer, head, unique_positive_codes AS score, in_reference "
-                                          "FROM circuit_code_heads WHERE circuit_run = ?", [circuit_run]).df(),
-                "code_pairs": con.execute("SELECT layer_a, head_a, layer_b, head_b, unique_positive_codes "
-                                          "FROM circuit_code_pairs WHERE circuit_run = ? "
-                                          "ORDER BY unique_positive_codes DESC LIMIT 20", [circuit_run]).df()}
+def circuit_tables(path: str, stamp: int, circuit_run: str) -> dict:
+    return results.circuit_tables(open_store(path), circuit_run)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def attribution_graphs(path: str, stamp: int):
+    return results.attribution_graphs(open_store(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def attribution_graph(path: str, stamp: int, graph: str) -> dict:
+    return results.attribution_graph(open_store(path), graph)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def transcoder_names(path: str, stamp: int) -> list[str]:
+    return results.complete_transcoder_names(open_store(path))
 
 
 def heatmap(frame, x: str, y: str, labels: dict, key: str, x_labels: list[str] | None = None,
             counts: bool = False) -> None:
-    grid = frame.pivot(index=y, columns=x, values="score")
-    if x_labels is not None:
-        grid.columns = [f"{i}: {x_labels[i]!r}" if i < len(x_labels) else str(i) for i in grid.columns]
-    if counts:  # code counts are never negative: the warm half of the same palette
-        scale, low, high = "Reds", 0.0, max(1.0, float(frame["score"].max()))
-    else:
-        bound = max(1.0, float(frame["score"].abs().max()))
-        scale, low, high = SCORE_SCALE, -bound, bound
-    figure = px.imshow(grid, color_continuous_scale=scale, zmin=low, zmax=high, origin="lower",
-                       aspect="auto", labels=labels)
-    figure.update_layout(height=max(320, 22 * len(grid) + 120), margin=dict(l=10, r=10, t=10, b=10))
-    st.plotly_chart(figure, key=key)
+    st.plotly_chart(plots.score_heatmap(frame, x, y, labels, x_labels, counts), key=key)
 
 
-runs = circuit_tables(str(current.root), stamp(current))["runs"]
+runs = circuit_runs(str(current.root), stamp(current))
 if runs.empty:
     st.info("No circuit analysis in this store yet. Find the reference circuit of a task by activation patching:\n\n"
             f"```\nworkbench circuit patch --task ioi --model smollm2-135m --store {current.root}\n```")
@@ -110,77 +104,8 @@ st.divider()
 st.subheader("Attribution graphs")
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def graph_list(path: str, version: int):
-    with Store(path).reader() as con:
-        return con.execute("SELECT graph, model, prompt, target_token, target_logit, transcoders, n_kept_nodes, "
-                           "n_kept_edges, replacement_score, completeness_score, path FROM circuit_graphs "
-                           "ORDER BY created_at").df()
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def graph_data(path: str, relative: str) -> dict:
-    return json.loads((Path(path) / relative).read_text())
-
-
-def graph_figure(data: dict, min_share: float, max_features: int) -> tuple[go.Figure, list[dict]]:
-    """Nodes by position (x) and layer (y), sized by influence; links coloured by sign, the strongest drawn thickest."""
-    n_layers = max([int(n["layer"]) for n in data["nodes"] if n["layer"].isdigit()] + [0]) + 1
-    features = sorted((n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"),
-                      key=lambda n: -n["influence"])[:max_features]
-    shown = [n for n in data["nodes"] if n["feature_type"] != "cross layer transcoder"] + features
-    ids = {n["node_id"] for n in shown}
-    y_of = {"E": -1, "Lgt": n_layers}
-    # Several nodes share a (layer, position) cell: spread them sideways so each can be hovered.
-    cells: dict[tuple, int] = {}
-    position = {}
-    for node in shown:
-        cell = (node["layer"], node["ctx_idx"])
-        slot = cells.get(cell, 0)
-        cells[cell] = slot + 1
-        position[node["node_id"]] = (node["ctx_idx"] + 0.12 * ((slot + 1) // 2) * (-1) ** slot,
-                                     y_of.get(node["layer"], int(node["layer"]) if node["layer"].isdigit() else 0))
-    links = [link for link in data["links"] if link["source"] in ids and link["target"] in ids]
-    largest = max([abs(link["weight"]) for link in links] + [1e-12])
-    links = [link for link in links if abs(link["weight"]) >= min_share * largest]
-    figure = go.Figure()
-    for sign, colour in ((1, POSITIVE), (-1, NEGATIVE)):
-        for low, high, width in ((0.0, 0.2, 0.6), (0.2, 0.5, 1.6), (0.5, 1.01, 3.2)):
-            xs, ys = [], []
-            for link in links:
-                share = abs(link["weight"]) / largest
-                if (link["weight"] > 0) == (sign > 0) and low <= share < high:
-                    (x0, y0), (x1, y1) = position[link["source"]], position[link["target"]]
-                    xs += [x0, x1, None]
-                    ys += [y0, y1, None]
-            if xs:
-                figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=width), opacity=0.55,
-                                   hoverinfo="skip", showlegend=False)
-    styles = {"embedding": "#444444", "cross layer transcoder": POSITIVE, "mlp reconstruction error": "#aaaaaa",
-              "logit": "#000000"}
-    for kind, colour in styles.items():
-        group = [n for n in shown if n["feature_type"] == kind]
-        if not group:
-            continue
-        top = max(n["influence"] for n in shown) or 1.0
-        figure.add_scatter(
-            x=[position[n["node_id"]][0] for n in group], y=[position[n["node_id"]][1] for n in group], mode="markers",
-            name=kind, marker=dict(color=colour, size=[8 + 22 * min(n["influence"] / top, 1) for n in group],
-                                   line=dict(color="#222", width=0.5)),
-            text=[f"{n['clerp']}<br>activation {n['activation']:.3f}<br>influence {n['influence']:.3f}" for n in group],
-            hoverinfo="text", customdata=[n["node_id"] for n in group])
-    tokens = data["metadata"]["prompt_tokens"]
-    figure.update_layout(height=620, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"),
-                         xaxis=dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, title=None),
-                         yaxis=dict(tickmode="array", tickvals=list(range(-1, n_layers + 1)),
-                                    ticktext=["emb"] + [str(i) for i in range(n_layers)] + ["logit"], title="layer"))
-    return figure, features
-
-
-graphs = graph_list(str(current.root), stamp(current))
-with current.reader() as con:
-    transcoders = [r[0] for r in con.execute(
-        "SELECT name FROM dictionaries WHERE hook_out IS NOT NULL AND status = 'complete' ORDER BY name").fetchall()]
+graphs = attribution_graphs(str(current.root), stamp(current))
+transcoders = transcoder_names(str(current.root), stamp(current))
 if graphs.empty:
     names = ",".join(transcoders) or "TC_L4,TC_L6"
     st.info("No attribution graph yet. Build one for a prompt from transcoders (one per MLP layer; a subset is fine):\n\n"
@@ -192,7 +117,10 @@ if graphs.empty:
 else:
     chosen_graph = pick("Graph", graphs["graph"].tolist(), "graph")
     row = graphs.set_index("graph").loc[chosen_graph]
-    data = graph_data(str(current.root), row["path"])
+    try:
+        data = attribution_graph(str(current.root), stamp(current), chosen_graph)
+    except WorkbenchError as exc:
+        fail(exc)
     st.caption(f"`{row['model']}` on {row['prompt']!r}, explaining the logit of {row['target_token']!r}; "
                f"transcoders {', '.join(row['transcoders'])}. Pruned to {row['n_kept_nodes']} nodes and "
                f"{row['n_kept_edges']} links.")
@@ -203,7 +131,7 @@ else:
     left, right = st.columns(2)
     min_share = left.slider("Hide links weaker than this share of the strongest", 0.0, 0.5, 0.02, 0.01)
     max_features = right.slider("Features shown (most influential first)", 5, 300, 60, 5)
-    figure, features = graph_figure(data, min_share, max_features)
+    figure, features = plots.attribution_graph(data, min_share, max_features)
     st.plotly_chart(figure, key="graph")
     layer_names = data["metadata"].get("transcoders", {})
     if features:

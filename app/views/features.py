@@ -4,14 +4,14 @@ The URL carries the state (`?dict=NAME&feature=N`), so a feature page can be sha
 """
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from common import (NEGATIVE, POSITIVE, cached_record, choose_dictionary, fail, feature_url, stamp, store,
-                    token_strip, unembedding, view_for, visible_token)
+from common import (cached_record, choose_dictionary, fail, feature_url, open_store, stamp, store, token_strip,
+                    unembedding, view_for, visible_token)
 from workbench import features as F
+from workbench import plots
 from workbench.errors import WorkbenchError
-from workbench.store import Store
+from workbench.store import lookups
 
 st.title("Feature explorer")
 current = store()
@@ -23,6 +23,7 @@ try:
     record = cached_record(path, version, name)
 except WorkbenchError as exc:
     fail(exc)
+model = lookups.run(current, record.run).model
 if not F.is_encoded(current, name):
     st.info(f"'{name}' is trained but not encoded, so there are no feature activations to show yet:\n\n"
             f"```\nworkbench encode --store {current.root} --dict {name}\n```")
@@ -30,25 +31,26 @@ if not F.is_encoded(current, name):
 
 
 # -- cached queries (per dictionary and feature; a new commit changes `version` and refreshes them) --
+# Each depends only on its arguments: it gets its Store back from `path` (common.open_store).
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def browse(path: str, version: int, name: str, order: str, low: float, high: float):
-    return F.features_table(Store(path), name, order, low, high).to_pandas()
+    return F.features_table(open_store(path), name, order, low, high).to_pandas()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def by_token(path: str, version: int, name: str, text: str):
-    return F.features_on_token(Store(path), cached_record(path, version, name), text).to_pandas()
+    return F.features_on_token(open_store(path), cached_record(path, version, name), text).to_pandas()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def log_densities(path: str, version: int, name: str) -> np.ndarray:
-    return F.log_densities(Store(path), name)
+    return F.log_densities(open_store(path), name)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def feature_data(path: str, version: int, name: str, feature: int) -> dict:
-    source, rec = Store(path), cached_record(path, version, name)
+    source, rec = open_store(path), cached_record(path, version, name)
     return {
         "summary": F.feature_summary(source, rec, feature),
         "top": F.top_contexts(source, rec, feature, n=12),
@@ -109,7 +111,7 @@ summary = data["summary"]
 
 st.header(f"{name} · feature {feature}")
 st.caption(f"{record.arch} on `{record.hook}`" + (f" → `{record.hook_out}`" if record.hook_out else "")
-           + f", run `{record.run}` · model `{record.model}`")
+           + f", run `{record.run}` · model `{model}`")
 cols = st.columns(5)
 cols[0].metric("Density", f"{summary.density:.3%}" if summary.density >= 1e-4 else f"{summary.density:.2e}")
 cols[1].metric("Fires on", f"{summary.n_active:,} tokens")
@@ -139,21 +141,11 @@ with right:
     histogram = data["histogram"]
     st.subheader("Activation histogram")
     if len(histogram.counts):
-        centres = (histogram.edges[:-1] + histogram.edges[1:]) / 2
-        figure = go.Figure(go.Bar(x=centres, y=histogram.counts, marker_color=POSITIVE,
-                                  width=np.diff(histogram.edges), name="activations"))
-        figure.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="activation",
-                             yaxis_title="tokens", bargap=0.02)
-        st.plotly_chart(figure, key="histogram")
+        st.plotly_chart(plots.activation_histogram(histogram.edges, histogram.counts), key="histogram")
     st.subheader("Density among all features")
-    densities = log_densities(path, version, name)
-    figure = go.Figure(go.Histogram(x=densities, nbinsx=50, marker_color="#bbbbbb", name="features"))
-    if summary.n_active:
-        figure.add_vline(x=float(np.log10(summary.density)), line_color=POSITIVE, line_width=3,
-                         annotation_text=f"feature {feature}")
-    figure.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="log10 density",
-                         yaxis_title="features")
-    st.plotly_chart(figure, key="densities")
+    st.plotly_chart(plots.density_histogram(log_densities(path, version, name),
+                                            float(np.log10(summary.density)) if summary.n_active else None,
+                                            f"feature {feature}"), key="densities")
 
     st.subheader("Tokens it fires on")
     fired_on = data["tokens"].assign(token=lambda t: t["token"].map(visible_token))
@@ -161,7 +153,7 @@ with right:
         "mean_value": st.column_config.NumberColumn("mean", format="%.3f"),
         "max_value": st.column_config.NumberColumn("max", format="%.3f")})
 
-    view = view_for(current, record)
+    view = view_for(current, name)
     st.subheader("Nearest features by decoder cosine")
     neighbours = view.nearest(feature, n=8)
     for other, cosine in neighbours:
@@ -172,15 +164,8 @@ st.subheader("Logit effects of the decoder direction")
 st.caption("W_U · (g ⊙ W_dec[f]): the tokens this direction most boosts and suppresses when written to the "
            "residual stream (g is the final norm's gain).")
 try:
-    boosts, suppressions = view.logit_effects(unembedding(path, record.model), feature, n=10)
+    boosts, suppressions = view.logit_effects(unembedding(path, model), feature, n=10)
 except WorkbenchError as exc:
-    st.warning(str(exc))
-else:
-    figure = go.Figure()
-    figure.add_bar(y=[visible_token(t) for t, _ in suppressions][::-1], x=[v for _, v in suppressions][::-1],
-                   orientation="h", marker_color=NEGATIVE, name="suppressed")
-    figure.add_bar(y=[visible_token(t) for t, _ in boosts][::-1], x=[v for _, v in boosts][::-1],
-                   orientation="h", marker_color=POSITIVE, name="boosted")
-    figure.update_layout(height=480, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="logit change per unit",
-                         barmode="relative")
-    st.plotly_chart(figure, key="logits")
+    fail(exc)  # the last section: everything above is already shown
+st.plotly_chart(plots.logit_effects([(visible_token(t), v) for t, v in boosts],
+                                    [(visible_token(t), v) for t, v in suppressions]), key="logits")

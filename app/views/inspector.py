@@ -3,10 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from common import (cached_record, choose_dictionary, fail, feature_url, model_backend, stamp, store, token_strip,
-                    view_for, visible_token)
+from common import (cached_record, choose_dictionary, fail, feature_url, model_backend, open_store, stamp, store,
+                    token_strip, view_for, visible_token)
 from workbench import features as F
 from workbench.errors import WorkbenchError
+from workbench.store import lookups
 
 st.title("Text inspector")
 current = store()
@@ -17,7 +18,8 @@ try:
     record = cached_record(str(current.root), stamp(current), name)
 except WorkbenchError as exc:
     fail(exc)
-st.caption(f"Runs `{record.model}` on [BOS] + your text, reads `{record.hook}`, and encodes it with '{name}'.")
+model = lookups.run(current, record.run).model
+st.caption(f"Runs `{model}` on [BOS] + your text, reads `{record.hook}`, and encodes it with '{name}'.")
 
 prompt = st.text_area("Prompt", value=st.query_params.get("prompt", "When Mary and John went to the store, John gave a drink to"),
                       height=100)
@@ -28,12 +30,13 @@ if not prompt.strip():
 st.query_params["prompt"] = prompt
 
 
-
 @st.cache_data(show_spinner="Running the model ...", max_entries=32)
 def encode(path: str, version: int, name: str, prompt: str) -> F.PromptEncoding:
-    """One forward pass per distinct prompt: moving the slider or picking a feature reuses it."""
+    """One forward pass per distinct prompt: moving the slider or picking a feature reuses it.
+    Depends only on its arguments: the Store comes back from `path` (common.open_store)."""
     rec = cached_record(path, version, name)
-    return F.encode_prompt(view_for(current, rec), model_backend(path, rec.model), prompt)
+    opened = open_store(path)
+    return F.encode_prompt(view_for(opened, name), model_backend(path, lookups.run(opened, rec.run).model), prompt)
 
 
 try:

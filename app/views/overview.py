@@ -2,48 +2,25 @@
 
 import streamlit as st
 
-from common import PAGES, stamp, store
+from common import PAGES, open_store, stamp, store
+from workbench.store import results
 
 st.title("Overview")
 current = store()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def overview_tables(path: str, stamp: int) -> dict:
-    from workbench.store import Store
-
-    queries = {
-        "runs": "SELECT run, model, backend, corpus, n_tokens, context_len, len(hooks) AS n_hooks, status, "
-                "created_at FROM runs ORDER BY created_at",
-        "hooks": "SELECT h.run, h.hook, h.d, count(s.chunk) AS shards, coalesce(sum(s.n_rows), 0) AS tokens, "
-                 "coalesce(sum(s.n_bytes), 0) / 1e6 AS mb FROM hook_points h LEFT JOIN shards s USING (run, hook) "
-                 "GROUP BY h.run, h.hook, h.d, h.layer ORDER BY h.run, h.layer, h.hook",
-        # The newest evaluation of each dictionary, if it has one.
-        "dictionaries": "SELECT d.name, d.arch, d.hook, d.hook_out, d.n_latents, d.k, d.status, d.tokens_done, "
-                        "e.fvu, e.l0, coalesce(e.dead_fraction, d.dead_fraction) AS dead_fraction, e.ce_loss_score, "
-                        "e.delta_ce, d.train_fvu, (SELECT count(*) > 0 FROM feature_stats f WHERE f.dictionary = d.name) "
-                        "AS encoded FROM dictionaries d LEFT JOIN (SELECT * FROM dictionary_evals "
-                        "QUALIFY row_number() OVER (PARTITION BY dictionary ORDER BY created_at DESC) = 1) e "
-                        "ON e.dictionary = d.name ORDER BY d.name",
-        "probes": "SELECT probe_run, kind, model, target_model, task, n_layers, n_tokens, created_at FROM probe_runs "
-                  "ORDER BY created_at",
-        "circuits": "SELECT circuit_run, method, task, model, metric, n_pairs, metric_clean, metric_corrupted, created_at "
-                    "FROM circuit_runs ORDER BY created_at",
-        "codebooks": "SELECT name, model, sites, n_codes, k, status, lm_loss_original, lm_loss_codebooks, lm_loss_increase, "
-                     "(SELECT count(DISTINCT run) FROM codebook_codes c WHERE c.codebook = b.name) AS encoded_runs, "
-                     "created_at FROM codebooks b ORDER BY created_at",
-    }
-    with Store(path).reader() as con:
-        return {key: con.execute(sql).df() for key, sql in queries.items()}
+def overview(path: str, stamp: int) -> results.Overview:
+    return results.overview(open_store(path))
 
 
-tables = overview_tables(str(current.root), stamp(current))
-runs, dictionaries, probes = tables["runs"], tables["dictionaries"], tables["probes"]
+tables = overview(str(current.root), stamp(current))
+runs, hooks, dictionaries, probes = tables.runs, tables.hooks, tables.dictionaries, tables.probes
 
 columns = st.columns(5)
 columns[0].metric("Harvest runs", len(runs))
 columns[1].metric("Tokens", f"{int(runs['n_tokens'].sum()) if len(runs) else 0:,}")
-columns[2].metric("Activation rows", f"{int(tables['hooks']['tokens'].sum()) if len(tables['hooks']) else 0:,}",
+columns[2].metric("Activation rows", f"{int(hooks['tokens'].sum()) if len(hooks) else 0:,}",
                   help="token x hook rows in committed shards; grows chunk by chunk while a harvest runs")
 columns[3].metric("Dictionaries", len(dictionaries))
 columns[4].metric("Probe runs", len(probes))
@@ -55,7 +32,7 @@ if runs.empty:
 else:
     st.dataframe(runs, hide_index=True)
     st.caption("Hook points and their committed shards")
-    st.dataframe(tables["hooks"], hide_index=True, column_config={"mb": st.column_config.NumberColumn("MB", format="%.1f")})
+    st.dataframe(hooks, hide_index=True, column_config={"mb": st.column_config.NumberColumn("MB", format="%.1f")})
 
 st.subheader("Dictionaries")
 if dictionaries.empty:
@@ -84,7 +61,6 @@ else:
                    + "; ".join(f"`workbench eval --store {current.root} --dict {n}`" for n in unevaluated))
 
 
-
 def linked_runs(title: str, frame, key: str, page: str, param: str, command: str) -> None:
     """A table of runs, each linked to the page that draws it, or the command that makes the first one."""
     st.subheader(title)
@@ -98,9 +74,9 @@ def linked_runs(title: str, frame, key: str, page: str, param: str, command: str
 
 linked_runs("Depth probes", probes, "probe_run", "layers", "probe",
             f"workbench probe depth --model smollm2-135m --tokens 2048 --store {current.root}")
-linked_runs("Circuit analyses", tables["circuits"], "circuit_run", "circuits", "run",
+linked_runs("Circuit analyses", tables.circuits, "circuit_run", "circuits", "run",
             f"workbench circuit patch --task ioi --model smollm2-135m --store {current.root}")
-linked_runs("Codebooks", tables["codebooks"], "name", "codes", "codebook",
+linked_runs("Codebooks", tables.codebooks, "name", "codes", "codebook",
             f"workbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out --tokens 32k --store {current.root}")
 
 st.page_link(PAGES["sql"], label="Query anything with SQL →")

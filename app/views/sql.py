@@ -7,7 +7,7 @@ a time limit and a row limit. This page adds nothing that could bypass it.
 
 import streamlit as st
 
-from common import store
+from common import fail, store
 from workbench.errors import WorkbenchError
 from workbench.store.sql import EXAMPLE_QUERIES, run_query
 
@@ -30,12 +30,11 @@ if st.button("Run", type="primary") or st.session_state.get("ran-query") == quer
         with st.spinner("Running ..."):
             result = run_query(current, query, max_rows=max_rows, timeout_s=timeout_s)
     except WorkbenchError as exc:
-        st.error(str(exc))
-    else:
-        frame = result.table.to_pandas()
-        st.dataframe(frame, hide_index=True)
-        note = f"{len(frame):,} rows"
-        if result.truncated:
-            note += f", cut at the row limit of {max_rows:,}: raise it or narrow the query to see more"
-        st.caption(note)
-        st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name="query.csv", mime="text/csv")
+        fail(exc)
+    frame = result.table.to_pandas()
+    st.dataframe(frame, hide_index=True)
+    note = f"{len(frame):,} rows"
+    if result.truncated:
+        note += f", cut at the row limit of {max_rows:,}: raise it or narrow the query to see more"
+    st.caption(note)
+    st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name="query.csv", mime="text/csv")

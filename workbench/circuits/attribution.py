@@ -29,7 +29,10 @@ supported; other layouts get an error that says so.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +40,11 @@ from torch import nn
 
 from workbench.circuits.tasks import TaskError
 from workbench.dictionaries.base import SparseCoder
+from workbench.models import load_hf_model, resolve_model_dir
+from workbench.provenance import git_commit, package_version
+from workbench.store import Store, check_run_name, lookups, make_run_name
+from workbench.store.analyses import replace_graph
+from workbench.store.records import GraphRecord
 
 
 @dataclass
@@ -443,44 +451,54 @@ def validate_graph_json(data: dict) -> None:
 # -- running it on a store ----------------------------------------------------------------------
 
 
-def load_transcoder(store, name: str) -> tuple[int, SparseCoder, str]:
+def load_transcoder(store: Store, name: str) -> tuple[int, SparseCoder, str]:
     """(layer, transcoder, the model of its run) for a stored blocks.L.mlp.hook_in -> blocks.L.mlp.hook_out dictionary."""
     from workbench.dictionaries import load_dictionary
     from workbench.hooks import parse_hook
-    from workbench.train import completed_dictionary
+    from workbench.store.lookups import completed_dictionary
 
     record = completed_dictionary(store, name)
-    point = parse_hook(record["hook"], 10**6)
-    out = parse_hook(record["hook_out"], 10**6) if record["hook_out"] else None
+    point = parse_hook(record.hook, 10**6)
+    out = parse_hook(record.hook_out, 10**6) if record.hook_out else None
     if point.kind != "mlp.hook_in" or out is None or out.kind != "mlp.hook_out" or out.layer != point.layer:
-        raise TaskError(f"'{name}' maps {record['hook']} to {record['hook_out']}; attribution graphs and de-embeddings "
+        raise TaskError(f"'{name}' maps {record.hook} to {record.hook_out}; attribution graphs and de-embeddings "
                         "need transcoders from blocks.L.mlp.hook_in to blocks.L.mlp.hook_out.")
-    with store.reader() as con:
-        model = con.execute("SELECT model FROM runs WHERE run = ?", [record["run"]]).fetchone()[0]
-    return point.layer, load_dictionary(store.root / record["path"]).eval(), model
+    return point.layer, load_dictionary(store.root / record.path).eval(), lookups.run(store, record.run).model
 
 
 @dataclass
 class GraphConfig:
     prompt: str
-    transcoders: list[str]  # dictionary names in the store, one per MLP layer at most
+    """The prompt whose next token is explained."""
+    transcoders: list[str]
+    """Transcoder names from the store, one per MLP layer at most."""
     store: str
+    """The store directory."""
     target: str | None = None
+    """The answer token whose logit is explained (default: the top prediction)."""
     node_threshold: float = 0.8
+    """Keep the features that carry this share of the logit's influence."""
     edge_threshold: float = 0.98
+    """Keep the edges that carry this share of the edge influence."""
     max_features: int = 4096
+    """Refuse graphs with more active features."""
     name: str | None = None
-    json_path: str | None = None  # also write the graph here
+    """Graph name; re-using one replaces it."""
+    json_path: str | None = None
+    """Also write the graph's JSON here."""
 
 
-def run_graph(config: GraphConfig) -> tuple[str, AttributionGraph, dict]:
-    import json
-    import time
+@dataclass
+class GraphResult:
+    """A stored attribution graph: its catalog record (pruned sizes, scores, the JSON's path), and the full graph
+    with every node's influence."""
 
-    from workbench.models import load_hf_model, resolve_model_dir
-    from workbench.provenance import git_commit, package_version
-    from workbench.store import Store, check_run_name, make_run_name
+    graph: GraphRecord
+    attribution: AttributionGraph
 
+
+def run_graph(config: GraphConfig) -> GraphResult:
+    """Build, prune and store the attribution graph of the prompt through the transcoders."""
     store = Store.open_existing(config.store)
     if not config.transcoders:
         raise TaskError("Give at least one transcoder (--transcoders NAME[,NAME...]); train one per MLP layer with "
@@ -511,15 +529,48 @@ def run_graph(config: GraphConfig) -> tuple[str, AttributionGraph, dict]:
     partial.write_text(json.dumps(data))
     partial.replace(path)  # whole or not at all: the catalog row below points at a complete file
     if config.json_path:
-        from pathlib import Path
-
         Path(config.json_path).write_text(json.dumps(data, indent=1))
-    with store.transaction() as con:
-        con.execute("DELETE FROM circuit_graphs WHERE graph = ?", [name])
-        con.execute("INSERT INTO circuit_graphs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                    [name, model, config.prompt, graph.target_token, graph.target_logit,
-                     [names[l] for l in sorted(names)], len(graph.nodes), int((graph.adjacency != 0).sum()),
-                     len(data["nodes"]), len(data["links"]), graph.replacement_score, graph.completeness_score,
-                     config.node_threshold, config.edge_threshold, str(path.relative_to(store.root)), wall_s,
-                     package_version(), git_commit()])
-    return name, graph, data
+    record = GraphRecord(graph=name, model=model, prompt=config.prompt, target_token=graph.target_token,
+                         target_logit=graph.target_logit, transcoders=[names[l] for l in sorted(names)],
+                         n_nodes=len(graph.nodes), n_edges=int((graph.adjacency != 0).sum()),
+                         n_kept_nodes=len(data["nodes"]), n_kept_edges=len(data["links"]),
+                         replacement_score=graph.replacement_score, completeness_score=graph.completeness_score,
+                         node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
+                         path=str(path.relative_to(store.root)), wall_s=wall_s, package_version=package_version(),
+                         git_commit=git_commit())
+    return GraphResult(replace_graph(store, record), graph)
+
+
+@dataclass
+class DeembedConfig:
+    store: str
+    """The store directory."""
+    dictionary: str
+    """A transcoder (blocks.L.mlp.hook_in -> blocks.L.mlp.hook_out)."""
+    feature: int
+    """The transcoder feature to de-embed."""
+    tokens: int = 10
+    """Tokens listed per path."""
+    heads: int = 5
+    """Heads shown, strongest first."""
+
+
+@dataclass
+class DeembedResult:
+    """The tokens that most drive a transcoder feature: directly, and through its strongest heads."""
+
+    dictionary: str
+    layer: int  # the transcoder's MLP layer
+    feature: int
+    direct: list[tuple[str, float]]
+    heads: list[tuple[tuple[int, int], list[tuple[str, float]]]]  # ((layer, head), tokens), strongest first
+
+
+def run_deembed(config: DeembedConfig) -> DeembedResult:
+    """De-embed one transcoder feature with the model of the transcoder's run."""
+    store = Store.open_existing(config.store)
+    layer, coder, model = load_transcoder(store, config.dictionary)
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
+    result = de_embeddings(hf_model, tokenizer, coder, layer, config.feature, config.tokens)
+    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[:config.heads]
+    return DeembedResult(config.dictionary, layer, config.feature, result.direct, strongest)

@@ -18,14 +18,22 @@ pass per patched head for patching; `bench/circuits.py` measures the two side by
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from workbench.circuits.tasks import TaskError, TokenizedTask
+from workbench.circuits.patching import task_metrics
+from workbench.circuits.results import circuit_record
+from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, tokenize_task
 from workbench.hooks import HookPoint
+from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, attention_heads, attention_name, decoder_layers, output_projection_name
+from workbench.store import Store, check_run_name, make_run_name
+from workbench.store.analyses import (PATCHING_RUNS_QUERY, head_scores, newest_patching_run, patching_run,
+                                      replace_circuit_run)
+from workbench.store.records import CircuitRunRecord
 
 
 POSITIONS = ("mean", "last")
@@ -64,7 +72,7 @@ def head_writes(backend: Backend, ids: torch.Tensor, position: str = "last", bat
 
 def _train_code_dictionary(vectors: torch.Tensor, n_latents: int, k: int, steps: int, seed: int):
     from workbench.dictionaries import DictionaryConfig, make_dictionary
-    from workbench.train import fit
+    from workbench.dictionaries.fit import fit
 
     torch.manual_seed(seed)
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=vectors.shape[1], n_latents=n_latents, k=k))
@@ -141,73 +149,74 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass
 class CodesConfig:
-    task: str  # ioi | greater-than | PATH.jsonl
+    task: str
+    """ioi, greater-than or PATH.jsonl (lines of {"clean", "corrupted", "answer", "wrong"})."""
     store: str
-    model: str | None = None  # default: the reference run's model
-    reference: str | None = None  # a patching run of the same task; default: the newest one
-    reference_threshold: float = 0.1  # a head is in the reference circuit if |patching score| >= this
+    """The store directory."""
+    model: str | None = None
+    """Registry name, local HF folder or hub id (default: the reference patching run's model)."""
+    reference: str | None = None
+    """Patching run to score against (default: the task's newest with head scores)."""
+    reference_threshold: float = 0.1
+    """A head belongs to the reference circuit if |its patching score| >= this."""
     pairs: int = 32
+    """Prompt pairs for ioi and greater-than."""
     train_prompts: int = 10
-    latents: int | None = None  # default: 4 per head, so every head can keep codes of its own
+    """Prompts the dictionary is trained on, half positive."""
+    latents: int | None = None
+    """Dictionary width (default: 4 per attention head, so every head can keep codes of its own)."""
     k: int = 4
+    """Active latents per vector while training."""
     steps: int = 300
+    """Training steps of the code dictionary."""
     position: str = "last"
+    """Head output at the last position ("last"), or the mean over positions as in the paper ("mean")."""
     backend: str = "nnsight"
+    """How activations are read: one of workbench.models.BACKENDS."""
     name: str | None = None
+    """Circuit run name; re-using one replaces its results."""
     seed: int = 0
+    """Seed for the built-in tasks' prompts and the dictionary's training."""
 
 
 @dataclass
-class CodesRun:
-    name: str
+class CodesResult:
+    """A stored codes run: its catalog record (reference_run and ROC AUCs are in it), the scores, and how long the
+    reference patching run took (None without one)."""
+
+    circuit_run: CircuitRunRecord
     scores: CodeScores
-    reference: str | None
     reference_wall_s: float | None
-    roc_auc_heads: float | None
-    roc_auc_pairs: float | None
 
 
-def _reference(store, config: CodesConfig, task_name: str) -> tuple[str | None, str | None, float | None, np.ndarray | None]:
-    """(name, model, wall_s, head scores [layers, heads]) of the reference patching run, or Nones without one."""
-    with store.reader() as con:
-        if config.reference:
-            row = con.execute("SELECT circuit_run, model, wall_s FROM circuit_runs WHERE circuit_run = ? AND method = "
-                              "'patching'", [config.reference]).fetchone()
-            if row is None:
-                raise TaskError(f"No patching run '{config.reference}' in the store. List them with `workbench sql "
-                                f"{store.root} \"SELECT circuit_run, task FROM circuit_runs WHERE method = 'patching'\"`.")
-        else:
-            row = con.execute("SELECT r.circuit_run, r.model, r.wall_s FROM circuit_runs r WHERE r.method = 'patching' "
-                              "AND r.task = ? AND EXISTS (SELECT 1 FROM circuit_patching p WHERE p.circuit_run = "
-                              "r.circuit_run AND p.level = 'heads') ORDER BY r.created_at DESC LIMIT 1",
-                              [task_name]).fetchone()
-        if row is None:
-            return None, None, None, None
-        heads = con.execute("SELECT layer, head, score FROM circuit_patching WHERE circuit_run = ? AND level = 'heads'",
-                            [row[0]]).fetchall()
+def _reference(store: Store, config: CodesConfig,
+               task_name: str) -> tuple[CircuitRunRecord | None, np.ndarray | None]:
+    """The reference patching run and its head scores [layers, heads], or Nones without one."""
+    if config.reference:
+        found = patching_run(store, config.reference)
+        if found is None:
+            raise TaskError(f"No patching run '{config.reference}' in the store. List them with `workbench sql "
+                            f"{store.root} \"{PATCHING_RUNS_QUERY}\"`.")
+    else:
+        found = newest_patching_run(store, task_name)
+    if found is None:
+        return None, None
+    heads = head_scores(store, found.circuit_run)
     if not heads:
-        raise TaskError(f"Patching run '{row[0]}' has no head scores; run `workbench circuit patch ... --levels heads`.")
+        raise TaskError(f"Patching run '{found.circuit_run}' has no head scores; run `workbench circuit patch ... "
+                        "--levels heads`.")
     grid = np.zeros((max(h[0] for h in heads) + 1, max(h[1] for h in heads) + 1))
     for layer, head, score in heads:
         grid[layer, head] = score
-    return row[0], row[1], row[2], grid
+    return found, grid
 
 
-def run_codes(config: CodesConfig) -> CodesRun:
-    from dataclasses import asdict
-
-    from workbench.circuits.patching import task_metrics
-    from workbench.circuits.results import replace_circuit_run
-    from workbench.circuits.tasks import load_task, tokenize_task
-    from workbench.models import load_hf_model, make_backend, resolve_model_dir
-    from workbench.store import Store, check_run_name, make_run_name
-
+def run_codes(config: CodesConfig) -> CodesResult:
+    """Find the task's circuit from discrete codes, score it against the reference patching run, and store it."""
     store = Store.open_existing(config.store)
-    from pathlib import Path
-
     task_label = Path(config.task).stem if config.task.endswith(".jsonl") else config.task  # as tasks.py names it
-    reference, reference_model, reference_wall_s, reference_scores = _reference(store, config, task_label)
-    model = config.model or reference_model
+    reference, reference_scores = _reference(store, config, task_label)
+    model = config.model or (reference.model if reference else None)
     if model is None:
         raise TaskError(f"No patching run of task '{task_label}' in the store to take the model from and score against. "
                         f"Run `workbench circuit patch --task {config.task} --model MODEL --store {config.store} "
@@ -217,8 +226,9 @@ def run_codes(config: CodesConfig) -> CodesRun:
     backend = make_backend(config.backend, hf_model, tokenizer)
     n_heads, _ = attention_heads(hf_model)
     if reference_scores is not None and reference_scores.shape != (backend.n_layers, n_heads):
-        raise TaskError(f"The reference run '{reference}' has {reference_scores.shape[0]} x {reference_scores.shape[1]} "
-                        f"heads but this model has {backend.n_layers} x {n_heads}; give the reference's model.")
+        raise TaskError(f"The reference run '{reference.circuit_run}' has {reference_scores.shape[0]} x "
+                        f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; "
+                        "give the reference's model.")
     latents = config.latents or 4 * backend.n_layers * n_heads  # as find_circuit_from_codes's default; recorded below
     scores = find_circuit_from_codes(backend, task, config.train_prompts, latents, config.k, config.steps,
                                      config.position, config.seed)
@@ -231,16 +241,14 @@ def run_codes(config: CodesConfig) -> CodesRun:
         auc_pairs = roc_auc(scores.pair_scores[upper], (flat[:, None] & flat[None, :])[upper])
     name = check_run_name(config.name or make_run_name("codes", task.task.name, str(model).split("/")[-1]))
     metrics = task_metrics(backend, task)
-    head_rows = [(name, layer, head, int(scores.head_scores[layer, head]),
+    head_rows = [(layer, head, int(scores.head_scores[layer, head]),
                   None if in_reference is None else bool(in_reference[layer, head]))
                  for layer in range(backend.n_layers) for head in range(n_heads)]
     a, b = np.nonzero(scores.pair_scores)
-    pair_rows = [(name, int(i // n_heads), int(i % n_heads), int(j // n_heads), int(j % n_heads),
+    pair_rows = [(int(i // n_heads), int(i % n_heads), int(j // n_heads), int(j % n_heads),
                   int(scores.pair_scores[i, j])) for i, j in zip(a, b)]
-    with store.transaction() as con:
-        replace_circuit_run(con, name, "codes", task, model, config.backend, metrics, scores.wall_s,
-                            asdict(config) | {"latents": latents}, reference, (auc_heads, auc_pairs))
-        con.executemany("INSERT INTO circuit_code_heads VALUES (?, ?, ?, ?, ?)", head_rows)
-        if pair_rows:
-            con.executemany("INSERT INTO circuit_code_pairs VALUES (?, ?, ?, ?, ?, ?)", pair_rows)
-    return CodesRun(name, scores, reference, reference_wall_s, auc_heads, auc_pairs)
+    record = circuit_record(name, "codes", task, model, config.backend, metrics, scores.wall_s,
+                            asdict(config) | {"latents": latents}, reference.circuit_run if reference else None,
+                            (auc_heads, auc_pairs))
+    stored = replace_circuit_run(store, record, {"circuit_code_heads": head_rows, "circuit_code_pairs": pair_rows})
+    return CodesResult(stored, scores, reference.wall_s if reference else None)

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from workbench.circuits.tasks import TaskError, TokenizedTask, metric_values
+from workbench.circuits.results import circuit_record
+from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, metric_values, tokenize_task
 from workbench.hooks import HookPoint
+from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, Patch, attention_heads
+from workbench.store import Store, check_run_name, make_run_name
+from workbench.store.analyses import replace_circuit_run
+from workbench.store.records import CircuitRunRecord
 
 LEVELS = ("layers", "heads", "head-positions")
 
@@ -45,7 +50,9 @@ class PatchScore:
 
 
 @dataclass
-class PatchingResult:
+class LevelScores:
+    """Every patch of one level, with the clean and corrupted metrics its scores are normalised by."""
+
     metric_clean: float
     metric_corrupted: float
     scores: list[PatchScore]
@@ -94,7 +101,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 @torch.no_grad()
 def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[int] | None = None,
                max_batch: int = 256, progress: bool = True,
-               metrics: tuple[float, float] | None = None) -> PatchingResult:
+               metrics: tuple[float, float] | None = None) -> LevelScores:
     """Patch every (layer, head/position) of `level`; `metrics` (clean, corrupted) saves their passes when known."""
     if level not in LEVELS:
         raise TaskError(f"Unknown patching level '{level}'; choose from {', '.join(LEVELS)}.")
@@ -134,7 +141,7 @@ def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[i
                     scores.append(PatchScore(level, point.layer, head, position, patched,
                                              (patched - metric_corrupted) / (metric_clean - metric_corrupted)))
                 bar.update(len(group))
-    return PatchingResult(metric_clean, metric_corrupted, scores)
+    return LevelScores(metric_clean, metric_corrupted, scores)
 
 
 # -- running it on a store ----------------------------------------------------------------------
@@ -142,26 +149,36 @@ def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[i
 
 @dataclass
 class PatchingConfig:
-    task: str  # ioi | greater-than | PATH.jsonl
+    task: str
+    """ioi, greater-than or PATH.jsonl (lines of {"clean", "corrupted", "answer", "wrong"})."""
     model: str
+    """Registry name, local HF folder or hub id."""
     store: str
-    levels: tuple[str, ...] = ("layers", "heads")
-    pairs: int = 16  # for the built-in tasks
-    layers: list[int] | None = None  # default: all
+    """The store directory (created if missing)."""
+    levels: list[str] = field(default_factory=lambda: ["layers", "heads"])
+    """Levels to patch: layers, heads, head-positions."""
+    pairs: int = 16
+    """Prompt pairs for ioi and greater-than."""
+    layers: list[int] | None = None
+    """Layers to patch (default: all)."""
     backend: str = "nnsight"
+    """How activations are read and patched: one of workbench.models.BACKENDS."""
     name: str | None = None
+    """Circuit run name; re-using one replaces its results."""
     seed: int = 0
+    """Seed for the built-in tasks' names and numbers."""
 
 
-def run_patching(config: PatchingConfig, progress: bool = True) -> tuple[str, dict[str, PatchingResult]]:
-    """Patch every requested level and store the scores under one circuit run; returns (name, results)."""
-    from dataclasses import asdict
+@dataclass
+class PatchingResult:
+    """A stored patching run: its catalog record, and the scores of each level (also in circuit_patching)."""
 
-    from workbench.circuits.results import replace_circuit_run
-    from workbench.circuits.tasks import load_task, tokenize_task
-    from workbench.models import load_hf_model, make_backend, resolve_model_dir
-    from workbench.store import Store, check_run_name, make_run_name
+    circuit_run: CircuitRunRecord
+    levels: dict[str, LevelScores]
 
+
+def run_patching(config: PatchingConfig, *, progress: bool = True) -> PatchingResult:
+    """Patch every requested level and store the scores under one circuit run."""
     unknown = [level for level in config.levels if level not in LEVELS]
     if unknown:
         raise TaskError(f"Unknown patching level {unknown}; choose from {', '.join(LEVELS)}.")
@@ -175,10 +192,6 @@ def run_patching(config: PatchingConfig, progress: bool = True) -> tuple[str, di
                for level in config.levels}
     wall_s = time.perf_counter() - started
     name = check_run_name(config.name or make_run_name("patch", task.task.name, str(config.model).split("/")[-1]))
-    first = next(iter(results.values()))
-    rows = [(name, s.level, s.layer, s.head, s.position, s.metric, s.score) for r in results.values() for s in r.scores]
-    with store.transaction() as con:
-        replace_circuit_run(con, name, "patching", task, config.model, config.backend,
-                            (first.metric_clean, first.metric_corrupted), wall_s, asdict(config))
-        con.executemany("INSERT INTO circuit_patching VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    return name, results
+    rows = [(s.level, s.layer, s.head, s.position, s.metric, s.score) for r in results.values() for s in r.scores]
+    record = circuit_record(name, "patching", task, config.model, config.backend, metrics, wall_s, asdict(config))
+    return PatchingResult(replace_circuit_run(store, record, {"circuit_patching": rows}), results)

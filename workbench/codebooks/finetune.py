@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from workbench.codebooks.attach import CodebookModel
 from workbench.dictionaries.codebook import CodebookError
-from workbench.train import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
+from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 
 CHECKPOINT = "checkpoint"
 
@@ -38,10 +38,15 @@ CHECKPOINT = "checkpoint"
 @dataclass
 class FinetuneSettings:
     codebook_lr: float = 1e-3
-    model_lr: float = 3e-5  # 0 freezes the model: only the codebooks learn
+    """The codebooks' learning rate."""
+    model_lr: float = 3e-5
+    """The model's own learning rate; 0 freezes it (only the codebooks learn)."""
     recon_coefficient: float = 0.1
-    dead_window_tokens: int = 0  # re-seed codes unused for this many tokens; 0 never does
+    """Weight of the relative reconstruction error in the loss."""
+    dead_window_tokens: int = 0
+    """Re-seed codes unused for this many tokens from recent activations; 0 never does."""
     checkpoint_seconds: float = 60.0
+    """Seconds between checkpoints; rerun the same command to resume from the last one."""
 
 
 @dataclass

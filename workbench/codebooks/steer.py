@@ -9,7 +9,7 @@ most in the store, which is how the paper's topic-steering experiments score gen
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,7 +18,9 @@ from workbench.dictionaries.codebook import CodebookError
 
 
 @dataclass
-class SteeringResult:
+class SteerResult:
+    """Baseline and steered continuations of one prompt, and how often each shows a target."""
+
     forced: dict[str, int]
     targets: list[str]
     baseline: list[str]  # continuations without forcing
@@ -61,11 +63,53 @@ def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, m
 
 
 def steer(coded: CodebookModel, tokenizer, prompt: str, forced: dict[str, int], targets: list[str], n_samples: int = 8,
-          max_new_tokens: int = 24, seed: int = 0, mode: str = "swap") -> SteeringResult:
+          max_new_tokens: int = 24, seed: int = 0, mode: str = "swap") -> SteerResult:
     if not forced:
         raise CodebookError("Name at least one code to force (--site and --code).")
     for site, code in forced.items():  # before any generation
         coded.check_code(site, code)
     baseline = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed)
     steered = generate(coded, tokenizer, prompt, n_samples, max_new_tokens, seed, forced, mode=mode)
-    return SteeringResult(forced, targets, baseline, steered)
+    return SteerResult(forced, targets, baseline, steered)
+
+
+@dataclass
+class SteerConfig:
+    store: str
+    """The store directory."""
+    codebook: str
+    """Codebooks name (see the codebooks table)."""
+    site: str
+    """The site whose code is forced, e.g. blocks.3.mlp.hook_out."""
+    code: int
+    """The code forced on at every position."""
+    prompt: str
+    """The prompt continued."""
+    targets: list[str] = field(default_factory=list)
+    """Strings that count as the behaviour (default: the code's top tokens, from `workbench codebook encode`)."""
+    mode: str = "swap"
+    """swap: the code replaces the weakest of the k codes; only: it fills all k slots, so the site outputs nothing
+    else (a stronger push)."""
+    samples: int = 16
+    """Continuations per arm (baseline and steered, same seeds)."""
+    max_new_tokens: int = 24
+    """Tokens generated per continuation."""
+    seed: int = 0
+    """Sampling seed, shared by both arms."""
+
+
+def run_codebook_steer(config: SteerConfig) -> SteerResult:
+    """Generate with the code forced on and without; targets default to the code's commonest stored tokens."""
+    from workbench.codebooks.browse import default_targets
+    from workbench.codebooks.train import open_codebook_model
+    from workbench.store import Store
+
+    store = Store.open_existing(config.store)
+    coded, tokenizer, _ = open_codebook_model(store, config.codebook)
+    coded.check_code(config.site, config.code)
+    targets = config.targets or default_targets(store, config.codebook, config.site, config.code)
+    if not targets:
+        raise CodebookError(f"Code {config.code} at {config.site} has no stored firings to take targets from: run "
+                            "`workbench codebook encode` first, or give --targets.")
+    return steer(coded, tokenizer, config.prompt, {config.site: config.code}, targets, config.samples,
+                 config.max_new_tokens, config.seed, mode=config.mode)

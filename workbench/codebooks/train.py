@@ -10,7 +10,6 @@ encode  runs the model with its codebooks over a harvest run's token contexts an
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,28 +22,56 @@ from workbench.codebooks.attach import CodebookModel
 from workbench.codebooks.finetune import (CHECKPOINT, FinetuneSettings, codebook_identity, finetune, load_codebooks, mean_lm_loss,
                                           model_fingerprint, save_codebooks)
 from workbench.dictionaries.codebook import CodebookError
-from workbench.train import readable_folder
+from workbench.checkpoints import readable_folder
+from workbench.store import Store, check_run_name, lookups
+from workbench.store.codes import replace_codes
+from workbench.store.records import CodebookRecord, RunRecord, insert, update
 
 
 @dataclass
 class CodebookTrainConfig:
     store: str
+    """The store directory (created if missing)."""
     model: str
+    """Registry name, local HF folder or hub id."""
     sites: list[str]
-    tokens: int = 65_536                 # fine-tuning tokens
+    """Sublayer outputs, e.g. blocks.3.mlp.hook_out: blocks.{l}.attn.hook_out, blocks.{l}.attn.hook_z (one codebook
+    per head) or blocks.{l}.mlp.hook_out."""
+    tokens: int = 65_536
+    """Fine-tuning tokens, e.g. 64k."""
     n_codes: int = 1024
+    """Codebook size per site, or per head at attn.hook_z."""
     k: int = 8
+    """Codes per token per site."""
     reduce: str = "sum"
+    """How the k codes combine: sum or mean."""
     corpus: str = "default"
+    """default, a .txt/.jsonl/.parquet path, or hf:NAME."""
     text_column: str = "text"
+    """Text field for .jsonl/.parquet/hf corpora."""
     context_len: int = 128
+    """Tokens per context, including the BOS."""
     batch_size: int = 8
-    eval_tokens: int = 8192              # held out, for the LM loss before and after
-    kmeans_tokens: int = 16_384          # activations the codes are initialised from (at least n_codes)
+    """Contexts per step."""
+    eval_tokens: int = 8192
+    """Held out for the LM loss before and after."""
+    kmeans_tokens: int = 16_384
+    """Activations the codes are initialised from by k-means (at least n_codes)."""
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    """Learning rates, reconstruction weight, dead-code re-seeding and checkpoint interval."""
     name: str | None = None
+    """Codebooks name; repeat it to resume (default: derived from model, sites, codes, k)."""
     seed: int = 0
+    """Seed for fine-tuning."""
     device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+
+@dataclass
+class CodebookTrainResult:
+    """Finished codebooks: their catalog record, with the held-out LM losses and the reconstruction error."""
+
+    codebook: CodebookRecord
 
 
 def default_codebook_name(config: CodebookTrainConfig) -> str:
@@ -72,12 +99,11 @@ def _resumable(settings: dict) -> dict:
     return settings
 
 
-def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
-    """Fine-tune a model with codebooks at `config.sites` and register them; returns their name."""
+def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) -> CodebookTrainResult:
+    """Fine-tune a model with codebooks at `config.sites` and register them; a finished run is returned as it is."""
     from workbench.corpus import tokenize_corpus
     from workbench.models.registry import load_hf_model, resolve_model_dir
     from workbench.provenance import git_commit, package_version
-    from workbench.store import Store, check_run_name
 
     _check(config)
     store = Store.create_or_open(config.store)
@@ -89,16 +115,15 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
     settings.pop("store")
     folder = store.root / "codebooks" / name
 
-    with store.reader() as con:
-        existing = con.execute("SELECT config, status FROM codebooks WHERE name = ?", [name]).fetchone()
+    existing = lookups.codebook(store, name)
     if existing:
-        previous = _resumable(json.loads(existing[0]))
+        previous = _resumable(existing.config)
         differing = [key for key, value in _resumable(settings).items() if previous.get(key) != value]
         if differing:
             raise CodebookError(f"Codebooks '{name}' exist with different settings ({', '.join(differing)}); "
                                 "choose a new --name, or repeat the original arguments to resume them.")
-        if existing[1] == "complete":
-            return name
+        if existing.status == "complete":
+            return CodebookTrainResult(existing)
 
     n_steps = -(-config.tokens // (config.batch_size * config.context_len))
     n_eval = -(-config.eval_tokens // config.context_len)
@@ -131,14 +156,13 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
     if not existing:
         say(f"Measuring the original model's LM loss on {len(held_out) * config.context_len:,} held-out tokens ...")
         lm_loss_original = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
+        existing = CodebookRecord(name=name, model=config.model, model_fingerprint=identity["model_fingerprint"],
+                                  sites=coded.sites, n_codes=config.n_codes, k=config.k, reduce=config.reduce,
+                                  path=str(folder.relative_to(store.root)), lm_loss_original=lm_loss_original,
+                                  config=settings, package_version=package_version(), git_commit=git_commit())
         with store.transaction() as con:
-            con.execute("INSERT INTO codebooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', 0, 0, ?, NULL, NULL, NULL, "
-                        "NULL, ?, ?, ?, now(), now())",
-                        [name, config.model, identity["model_fingerprint"], coded.sites, config.n_codes, config.k,
-                         config.reduce, str(folder.relative_to(store.root)), lm_loss_original, json.dumps(settings),
-                         package_version(), git_commit()])
-    with store.reader() as con:
-        lm_loss_original = con.execute("SELECT lm_loss_original FROM codebooks WHERE name = ?", [name]).fetchone()[0]
+            insert(con, existing)
+    lm_loss_original = existing.lm_loss_original
 
     state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
     save_codebooks(coded, folder, identity, train_model=config.finetune.model_lr > 0)
@@ -146,66 +170,67 @@ def train_codebooks(config: CodebookTrainConfig, progress: bool = True) -> str:
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
     lm_loss_bypassed = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
     with store.transaction() as con:
-        con.execute("UPDATE codebooks SET status = 'complete', steps_done = ?, tokens_done = ?, lm_loss_codebooks = ?, "
-                    "lm_loss_increase = ?, lm_loss_bypassed = ?, recon_error = ?, updated_at = now() WHERE name = ?",
-                    [state.step, state.tokens, lm_loss_codebooks, lm_loss_codebooks - lm_loss_original, lm_loss_bypassed,
-                     state.last_recon, name])
-    return name
+        update(con, CodebookRecord, {"name": name}, status="complete", steps_done=state.step, tokens_done=state.tokens,
+               lm_loss_codebooks=lm_loss_codebooks, lm_loss_increase=lm_loss_codebooks - lm_loss_original,
+               lm_loss_bypassed=lm_loss_bypassed, recon_error=state.last_recon)
+    return CodebookTrainResult(lookups.codebook(store, name))
 
 
-def completed_codebooks(store, name: str) -> dict:
-    """The catalog row of finished codebooks, or an error that says what to do."""
-    with store.reader() as con:
-        row = con.execute("SELECT name, model, sites, n_codes, k, reduce, path, status FROM codebooks WHERE name = ?",
-                          [name]).fetchone()
-        known = [r[0] for r in con.execute("SELECT name FROM codebooks ORDER BY name").fetchall()] if row is None else []
-    if row is None:
-        raise CodebookError(f"No codebooks '{name}' in the store. Known: {', '.join(known) or 'none (run `workbench codebook train`)'}.")
-    record = dict(zip(("name", "model", "sites", "n_codes", "k", "reduce", "path", "status"), row))
-    if record["status"] != "complete":
-        raise CodebookError(f"Codebooks '{name}' are still training; run the same `workbench codebook train` command to finish them.")
-    return record
-
-
-def open_codebook_model(store, name: str, device: str = "cpu") -> tuple[CodebookModel, object, dict]:
-    """(model with its trained codebooks, tokenizer, catalog row) for finished codebooks in the store."""
+def open_codebook_model(store: Store, name: str, device: str = "cpu") -> tuple[CodebookModel, object, CodebookRecord]:
+    """(model with its trained codebooks, tokenizer, catalog record) for finished codebooks in the store."""
     from workbench.models.registry import load_hf_model, resolve_model_dir
 
-    record = completed_codebooks(store, name)
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(record["model"], store.root / "models"), device)
-    coded = CodebookModel(hf_model, list(record["sites"]), record["n_codes"], record["k"], record["reduce"])
-    load_codebooks(coded, store.root / record["path"], codebook_identity(coded, model_fingerprint(hf_model)))
+    record = lookups.completed_codebook(store, name)
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(record.model, store.root / "models"), device)
+    coded = CodebookModel(hf_model, list(record.sites), record.n_codes, record.k, record.reduce)
+    load_codebooks(coded, store.root / record.path, codebook_identity(coded, model_fingerprint(hf_model)))
     return coded.eval(), tokenizer, record
 
 
-def run_contexts(store, run: str) -> tuple[torch.Tensor, torch.Tensor]:
+def run_contexts(store: Store, run: RunRecord) -> tuple[torch.Tensor, torch.Tensor]:
     """(vocab ids, token ids), each [contexts, context_len], of a harvest run's tokens."""
-    with store.reader() as con:
-        known = [r[0] for r in con.execute("SELECT run FROM runs ORDER BY run").fetchall()]
-    if run not in known:
-        raise CodebookError(f"No run '{run}' in the store. Known: {', '.join(known) or 'none (run `workbench harvest`)'}.")
-    vocab_ids = torch.from_numpy(store.contexts(run))
+    vocab_ids = torch.from_numpy(store.contexts(run.run))
     if vocab_ids.numel() == 0:
-        raise CodebookError(f"Run '{run}' has no committed tokens yet; finish its harvest first.")
+        raise CodebookError(f"Run '{run.run}' has no committed tokens yet; finish its harvest first.")
     return vocab_ids, torch.arange(vocab_ids.numel()).reshape(vocab_ids.shape)  # token_id is the row index in the run
 
 
-def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, progress: bool = True) -> int:
-    """Write the codes that fire on every token of `run` as codebook_codes rows; returns the row count.
-    Replaces any earlier rows of (name, run) in one transaction."""
-    from workbench.store import Store
+@dataclass
+class CodebookEncodeConfig:
+    store: str
+    """The store directory."""
+    codebook: str
+    """Codebooks name (see the codebooks table)."""
+    run: str
+    """A harvest run of the same model."""
+    batch_size: int = 8
+    """Contexts per forward pass."""
 
-    store = Store.open_existing(store_path)
+
+@dataclass
+class CodebookEncodeResult:
+    """Codes written for a run: the codebooks' record, the run, and the codebook_codes rows written."""
+
+    codebook: CodebookRecord
+    run: str
+    rows: int
+
+
+def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) -> CodebookEncodeResult:
+    """Write the codes that fire on every token of the run as codebook_codes rows, replacing any earlier rows of
+    (codebooks, run) in one transaction."""
+    store = Store.open_existing(config.store)
+    name, batch_size = config.codebook, config.batch_size
     coded, _, record = open_codebook_model(store, name)
-    with store.reader() as con:
-        run_model = con.execute("SELECT model, model_dir FROM runs WHERE run = ?", [run]).fetchone()
-    if run_model is not None and run_model[0] != record["model"]:
-        raise CodebookError(f"Run '{run}' was harvested from '{run_model[0]}', but codebooks '{name}' belong to "
-                            f"'{record['model']}'. Encode a run of the same model.")
+    run = lookups.run(store, config.run)
+    if run.model != record.model:
+        raise CodebookError(f"Run '{run.run}' was harvested from '{run.model}', but codebooks '{name}' belong to "
+                            f"'{record.model}'. Encode a run of the same model.")
     vocab_ids, token_ids = run_contexts(store, run)
     vocab_size = coded.hf_model.config.vocab_size
     if int(vocab_ids.max()) >= vocab_size:
-        raise CodebookError(f"Run '{run}' has token ids beyond this model's vocabulary ({vocab_size}); it is another model's run.")
+        raise CodebookError(f"Run '{run.run}' has token ids beyond this model's vocabulary ({vocab_size}); "
+                            "it is another model's run.")
     # Text columns are dictionary-encoded (an index per row into a handful of strings): a million-token run at
     # two sites with k = 8 is 16M rows, and plain string arrays of that length would cost gigabytes.
     columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}
@@ -226,14 +251,11 @@ def encode_codes(store_path: str, name: str, run: str, batch_size: int = 8, prog
     def constant(text: str) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([text]))
 
-    table = pa.table({"codebook": constant(name), "run": constant(run),
+    table = pa.table({"codebook": constant(name), "run": constant(run.run),
                       "token_id": np.concatenate(columns["token_id"]),
                       "site": pa.DictionaryArray.from_arrays(np.concatenate(columns["site"]), pa.array(coded.sites)),
                       "rank": np.concatenate(columns["rank"]),
                       "code": np.concatenate(columns["code"]),
                       "similarity": np.concatenate(columns["similarity"])})
-    with store.transaction() as con:
-        con.execute("DELETE FROM codebook_codes WHERE codebook = ? AND run = ?", [name, run])
-        con.register("new_codes", table)
-        con.execute("INSERT INTO codebook_codes SELECT * FROM new_codes")
-    return table.num_rows
+    replace_codes(store, name, run.run, table)
+    return CodebookEncodeResult(record, run.run, table.num_rows)

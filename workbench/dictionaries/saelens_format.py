@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from workbench.dictionaries.base import DictionaryConfig, DictionaryError, SparseCoder
+from workbench.hooks import legacy_name
 
 SAELENS_FORMAT_VERSION = "6.0.0"  # the cfg.json layout we write (SAELens reads older layouts differently)
 
@@ -112,3 +113,11 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor], source: Path | str
     if unknown:
         raise DictionaryError(f"{source}: unexpected tensors {sorted(unknown)} for SAELens architecture '{arch}'.")
     return config, tensors
+
+
+def saelens_metadata(model_name: str, run: str, hook: str, hook_out: str | None) -> dict:
+    """What SAELens users look for in cfg.json: the model and the hook names, in TransformerLens's spelling."""
+    metadata = {"model_name": model_name, "hook_name": legacy_name(hook), "workbench_run": run, "workbench_hook": hook}
+    if hook_out:
+        metadata |= {"hook_name_out": legacy_name(hook_out), "workbench_hook_out": hook_out}
+    return metadata

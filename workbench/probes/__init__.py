@@ -5,5 +5,5 @@
     logit_lens.py   final norm + unembedding on every layer's residual: KL and top-5 overlap
     linear_maps.py  linear maps from each layer of one model to each layer of another
     depth.py        runs the first three over a corpus, sharing one clean pass per batch
-    results.py      writes the tidy result tables into the store; depth scores
+    results.py      ProbeResult, storing a probe run (through workbench/store/analyses.py); depth scores
 """

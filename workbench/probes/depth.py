@@ -21,7 +21,7 @@ from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.models.backends import LayerSkip
 from workbench.probes.logit_lens import final_norm_and_unembed, lens_measures
-from workbench.probes.results import depth_score, write_probe_run
+from workbench.probes.results import ProbeResult, depth_score, write_probe_run
 from workbench.probes.skipping import output_change, relative_update_change
 from workbench.probes.stats import MeanMax
 from workbench.probes.sublayer import sublayer_measures
@@ -31,20 +31,35 @@ from workbench.store import Store, check_run_name, make_run_name
 @dataclass
 class DepthProbeConfig:
     model: str
+    """Registry name, local HF folder or hub id."""
     store: str
+    """The store directory (created if missing)."""
     corpus: str = "default"
+    """As for harvest: default, a .txt/.jsonl/.parquet path, or hf:NAME."""
     tokens: int = 20_000
+    """Tokens for the sublayer probe."""
     name: str | None = None
-    task: str | None = None  # label for the depth score; defaults to the corpus
+    """Probe run name; re-using one replaces its results."""
+    task: str | None = None
+    """Label for the depth score (default: the corpus)."""
     backend: str = "nnsight"
+    """How activations are read: one of workbench.models.BACKENDS."""
     context_len: int = 128
+    """Tokens per context, including the BOS."""
     batch_size: int = 8
-    lens_tokens: int = 4096  # logit lens on the first tokens only: it costs one unembedding per layer
-    skip_tokens: int = 1024  # layer skipping on the first tokens only: one forward pass per skipped layer
-    skip_layers: list[int] | None = None  # default: every layer
-    split_position: int | None = None  # t; default context_len // 2
+    """Contexts per forward pass."""
+    lens_tokens: int = 4096
+    """Of those, tokens for the logit lens; 0 skips it (it costs one unembedding per layer)."""
+    skip_tokens: int = 1024
+    """Of those, tokens for layer skipping; 0 skips it (it costs one forward pass per skipped layer)."""
+    skip_layers: list[int] | None = None
+    """Layers to skip (default: all)."""
+    split_position: int | None = None
+    """t: skip before it, measure from it (default: context length / 2)."""
     device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
     text_column: str = "text"
+    """Text field for .jsonl/.parquet/hf corpora."""
 
 
 def default_probe_name(config: DepthProbeConfig) -> str:
@@ -69,8 +84,8 @@ def _block_points(n_layers: int, kinds: tuple[str, ...]) -> list[HookPoint]:
     return [HookPoint(layer, kind) for layer in range(n_layers) for kind in kinds]
 
 
-def run_depth_probes(config: DepthProbeConfig, progress: bool = True) -> str:
-    """Run the sublayer, layer-skipping and logit-lens probes; returns the probe run's name."""
+def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> ProbeResult:
+    """Run the sublayer, layer-skipping and logit-lens probes and store them as one probe run."""
     store = Store.create_or_open(config.store)
     model_dir = resolve_model_dir(config.model, store.root / "models")
     n_layers, _ = model_shape(model_dir)
@@ -150,8 +165,4 @@ def run_depth_probes(config: DepthProbeConfig, progress: bool = True) -> str:
                                         for measure, e in effects.items()]
     header = dict(kind="depth", model=config.model, backend=config.backend, corpus=config.corpus, task=task,
                   n_layers=n_layers, n_tokens=int(contexts.numel()), config=asdict(config))
-    write_probe_run(store, name, header, tables)
-    return name
-
-
-
+    return write_probe_run(store, name, header, tables)

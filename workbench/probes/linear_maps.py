@@ -14,10 +14,15 @@ preceding context.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from workbench.errors import ProbeError
+from workbench.probes.results import ProbeResult, write_probe_run
+from workbench.store import Store, check_run_name, make_run_name
 
 
 def token_keys(doc_ids: np.ndarray, char_ends: np.ndarray) -> np.ndarray:
@@ -94,29 +99,52 @@ def _residuals(model: str, store, corpus: str, tokens: int, context_len: int, ba
     return [torch.cat(chunks) for chunks in per_layer], keys, n_layers
 
 
-def run_linear_map_probe(source: str, target: str, store_path: str, corpus: str = "default", tokens: int = 8192,
-                         name: str | None = None, backend: str = "nnsight", context_len: int = 128, batch_size: int = 8,
-                         device: str = "cpu", text_column: str = "text", ridge: float = 1e-4) -> str:
-    """Fit and store the layer-to-layer map errors from `source` to `target`; returns the probe run's name."""
-    from pathlib import Path
+@dataclass
+class LinearMapsConfig:
+    source: str
+    """The model mapped from: registry name, local HF folder or hub id."""
+    target: str
+    """The model mapped to: registry name, local HF folder or hub id."""
+    store: str
+    """The store directory (created if missing)."""
+    corpus: str = "default"
+    """As for harvest: default, a .txt/.jsonl/.parquet path, or hf:NAME."""
+    tokens: int = 8192
+    """Tokens of text each model reads."""
+    name: str | None = None
+    """Probe run name; re-using one replaces its results."""
+    backend: str = "nnsight"
+    """How activations are read: one of workbench.models.BACKENDS."""
+    context_len: int = 128
+    """Tokens per context, including the BOS."""
+    batch_size: int = 8
+    """Contexts per forward pass."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+    text_column: str = "text"
+    """Text field for .jsonl/.parquet/hf corpora."""
+    ridge: float = 1e-4
+    """Ridge penalty of the least-squares fit, relative to the mean diagonal of the Gram matrix."""
 
-    from workbench.probes.results import write_probe_run
-    from workbench.store import Store, check_run_name, make_run_name
 
-    store = Store.create_or_open(store_path)
-    name = check_run_name(name or make_run_name("maps", Path(source).name, "to", Path(target).name, str(tokens)))
-    common = dict(store=store, corpus=corpus, tokens=tokens, context_len=context_len, batch_size=batch_size,
-                  backend_name=backend, device=device, text_column=text_column)
-    source_layers, source_keys, n_source = _residuals(source, **common)
-    target_layers, target_keys, n_target = _residuals(target, **common)
+def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
+    """Fit and store the layer-to-layer map errors from `config.source` to `config.target` as one probe run."""
+    store = Store.create_or_open(config.store)
+    name = check_run_name(config.name or make_run_name("maps", Path(config.source).name, "to", Path(config.target).name,
+                                                       str(config.tokens)))
+    common = dict(store=store, corpus=config.corpus, tokens=config.tokens, context_len=config.context_len,
+                  batch_size=config.batch_size, backend_name=config.backend, device=config.device,
+                  text_column=config.text_column)
+    source_layers, source_keys, n_source = _residuals(config.source, **common)
+    target_layers, target_keys, n_target = _residuals(config.target, **common)
     rows_a, rows_b = align_tokens(source_keys, target_keys)
-    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers], ridge=ridge)
+    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers],
+                              ridge=config.ridge)
     n_train = int(len(rows_a) * 0.8)
     table = [(i, j, (i + 1) / n_source, (j + 1) / n_target, float(errors[i, j]), n_train, len(rows_a) - n_train)
              for i in range(n_source) for j in range(n_target)]
-    header = dict(kind="linear_maps", model=source, target_model=target, backend=backend, corpus=corpus, task=corpus,
-                  n_layers=n_source, n_tokens=len(rows_a),
-                  config=dict(source=source, target=target, corpus=corpus, tokens=tokens, context_len=context_len,
-                              ridge=ridge, aligned_tokens=len(rows_a)))
-    write_probe_run(store, name, header, {"probe_linear_maps": table})
-    return name
+    header = dict(kind="linear_maps", model=config.source, target_model=config.target, backend=config.backend,
+                  corpus=config.corpus, task=config.corpus, n_layers=n_source, n_tokens=len(rows_a),
+                  config=dict(source=config.source, target=config.target, corpus=config.corpus, tokens=config.tokens,
+                              context_len=config.context_len, ridge=config.ridge, aligned_tokens=len(rows_a)))
+    return write_probe_run(store, name, header, {"probe_linear_maps": table})

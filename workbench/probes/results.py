@@ -1,16 +1,22 @@
-"""Writing probe results to the store, and the depth score derived from them."""
+"""Probe results: what a probe run returns, how it is stored, and the depth score derived from them."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
 import numpy as np
 
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store
+from workbench.store.analyses import replace_probe_run
+from workbench.store.records import ProbeRunRecord
 
-_RESULT_TABLES = ("probe_sublayer", "probe_skip_layers", "probe_skip_output", "probe_logit_lens",
-                  "probe_linear_maps", "probe_depth_scores")
+
+@dataclass
+class ProbeResult:
+    """A stored probe run: its catalog record (the measurements are in the probe_* tables under its name)."""
+
+    probe_run: ProbeRunRecord
 
 
 def depth_score(effects: dict[int, float]) -> float:
@@ -20,19 +26,9 @@ def depth_score(effects: dict[int, float]) -> float:
     return float((layers * weights).sum() / weights.sum()) if weights.sum() > 0 else float("nan")
 
 
-def write_probe_run(store: Store, probe_run: str, header: dict, tables: dict[str, list[tuple]]) -> None:
-    """Replace everything stored under `probe_run` with these results, in one transaction."""
-    with store.transaction() as con:
-        for table in _RESULT_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE probe_run = ?", [probe_run])
-        con.execute("DELETE FROM probe_runs WHERE probe_run = ?", [probe_run])
-        con.execute(
-            "INSERT INTO probe_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [probe_run, header["kind"], header["model"], header.get("target_model"), header["backend"],
-             header["corpus"], header["task"], header["n_layers"], header["n_tokens"],
-             json.dumps(header["config"]), package_version(), git_commit()],
-        )
-        for table, rows in tables.items():
-            if rows:
-                marks = ", ".join("?" * (len(rows[0]) + 1))
-                con.executemany(f"INSERT INTO {table} VALUES ({marks})", [(probe_run, *row) for row in rows])
+def write_probe_run(store: Store, probe_run: str, header: dict, tables: dict[str, list[tuple]]) -> ProbeResult:
+    """Replace everything stored under `probe_run` with these results, in one transaction. `header` holds the
+    ProbeRunRecord's fields other than the name and provenance; `tables` the rows of each probe_* table."""
+    record = ProbeRunRecord(probe_run=probe_run, target_model=header.pop("target_model", None), **header,
+                            package_version=package_version(), git_commit=git_commit())
+    return ProbeResult(replace_probe_run(store, record, tables))

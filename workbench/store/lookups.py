@@ -99,3 +99,13 @@ def completed_codebook(store: Store, name: str) -> CodebookRecord:
         raise CodebookError(f"Codebooks '{name}' are still training; run the same `workbench codebook train` command "
                             "to finish them.")
     return found
+
+
+# -- runs and dictionaries
+
+
+def canonical_hook(store: Store, hook: str) -> str:
+    """The canonical name of `hook` (legacy aliases accepted), checked against the deepest model in the store."""
+    from workbench.hooks import parse_hook
+
+    return parse_hook(hook, n_layers(store)).name

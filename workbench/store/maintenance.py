@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.store.catalog import Store
+from workbench.store.records import RunRecord, ShardRecord, delete, update
 from workbench.store.schema import SCHEMA_VERSION, read_version, rebuild_activation_view
 from workbench.store.shards import file_sha256
 
@@ -102,8 +103,8 @@ def drop_chunks(store: Store, problems: list[ShardProblem]) -> int:
     chunks = sorted({(p.run, p.chunk) for p in problems})
     with store.transaction() as con:
         for run, chunk in chunks:
-            con.execute("DELETE FROM shards WHERE run = ? AND chunk = ?", [run, chunk])
-            con.execute("UPDATE runs SET status = 'running', updated_at = now() WHERE run = ?", [run])
+            delete(con, ShardRecord, run=run, chunk=chunk)
+            update(con, RunRecord, {"run": run}, status="running")
         rebuild_activation_view(con)
     for run, _ in chunks:
         store.remove_orphan_files(run)
