@@ -101,5 +101,6 @@ def test_arch_choices_come_from_the_registry():
 
     train = dict(_leaf_parsers(build_parser(only="train")))["train"]
     arch = next(a for a in train._actions if a.dest == "arch")
-    assert arch.choices == [*families(), "transcoder"]
+    assert arch.choices == [*families(trainable=True), "transcoder"]
+    assert "jumprelu" in families() and "jumprelu" not in arch.choices  # inference only
     assert {"topk", "batchtopk", "matryoshka", "mp"} <= set(arch.choices)

@@ -60,68 +60,69 @@ def _where(score) -> str:
 
 
 def report_patch(config, result) -> None:
-    first = next(iter(result.results.values()))
-    print(f"metric: clean {first.metric_clean:.4f}, corrupted {first.metric_corrupted:.4f}")
-    for level, level_result in result.results.items():
-        top = sorted(level_result.scores, key=lambda s: -abs(s.score))[:5]
+    run = result.circuit_run
+    print(f"metric: clean {run.metric_clean:.4f}, corrupted {run.metric_corrupted:.4f}")
+    for level, scores in result.levels.items():
+        top = sorted(scores.scores, key=lambda s: -abs(s.score))[:5]
         print(f"{level:15s} strongest: {', '.join(_where(s) for s in top)}")
-    print(f"Stored as '{result.name}'. For example:\n  workbench sql {config.store} \"SELECT layer, head, "
-          f"round(score, 3) AS score FROM circuit_patching WHERE circuit_run = '{result.name}' AND level = 'heads' "
+    print(f"Stored as '{run.circuit_run}'. For example:\n  workbench sql {config.store} \"SELECT layer, head, "
+          f"round(score, 3) AS score FROM circuit_patching WHERE circuit_run = '{run.circuit_run}' AND level = 'heads' "
           "ORDER BY abs(score) DESC LIMIT 10\"")
 
 
-def report_codes(config, run) -> None:
+def report_codes(config, result) -> None:
     import numpy as np
 
-    heads = run.scores.head_scores
+    run, scores = result.circuit_run, result.scores
+    heads = scores.head_scores
     order = np.argsort(-heads, axis=None, kind="stable")[:8]
     print("heads with the most codes unique to positives: "
           + ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]} {int(heads.flat[i])}" for i in order))
-    print(f"time: {run.scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
-    if run.reference:
-        print(f"against patching run '{run.reference}' (heads with |score| >= {config.reference_threshold}): "
+    print(f"time: {scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
+    if run.reference_run:
+        print(f"against patching run '{run.reference_run}' (heads with |score| >= {config.reference_threshold}): "
               f"ROC AUC {run.roc_auc_heads:.3f} for heads, {run.roc_auc_pairs:.3f} for pairs of heads")
-        if run.reference_wall_s:
-            print(f"that patching run took {run.reference_wall_s:.1f}s: "
-                  f"{run.reference_wall_s / run.scores.wall_s:.0f}x longer")
+        if result.reference_wall_s:
+            print(f"that patching run took {result.reference_wall_s:.1f}s: "
+                  f"{result.reference_wall_s / scores.wall_s:.0f}x longer")
     else:
         print("no patching run of this task to score against: run `workbench circuit patch` for ROC AUC")
-    print(f"Stored as '{run.name}' (tables circuit_code_heads, circuit_code_pairs).")
+    print(f"Stored as '{run.circuit_run}' (tables circuit_code_heads, circuit_code_pairs).")
+
+
+def _node_label(n) -> str:
+    return {"embedding": f"emb {n.token!r}@{n.position}", "error": f"L{n.layer} error@{n.position}",
+            "feature": f"L{n.layer}#{n.feature}@{n.position}", "logit": f"logit {n.token!r}"}[n.kind]
 
 
 def report_graph(config, result) -> None:
     from workbench.circuits.attribution import greedy_paths
 
-    graph, data = result.graph, result.data
+    record, graph = result.graph, result.attribution
     features = sum(node.kind == "feature" for node in graph.nodes)
-    print(f"target {graph.target_token!r}: logit {graph.target_logit:.3f}; {features} active features, "
-          f"{len(graph.nodes)} nodes, {int((graph.adjacency != 0).sum())} edges")
-    print(f"replacement score {graph.replacement_score:.3f}, completeness score {graph.completeness_score:.3f}")
-    print(f"pruned to {len(data['nodes'])} nodes and {len(data['links'])} links; stored as '{result.name}'"
+    print(f"target {record.target_token!r}: logit {record.target_logit:.3f}; {features} active features, "
+          f"{record.n_nodes} nodes, {record.n_edges} edges")
+    print(f"replacement score {record.replacement_score:.3f}, completeness score {record.completeness_score:.3f}")
+    print(f"pruned to {record.n_kept_nodes} nodes and {record.n_kept_edges} links; stored as '{record.graph}'"
           + (f", JSON also at {config.json_path}" if config.json_path else ""))
     top = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -n.influence)[:5]
     if top:
         print("most influential features: "
               + ", ".join(f"L{n.layer}#{n.feature}@{n.position} {n.influence:.3f}" for n in top))
-
-    def label(n) -> str:
-        return {"embedding": f"emb {n.token!r}@{n.position}", "error": f"L{n.layer} error@{n.position}",
-                "feature": f"L{n.layer}#{n.feature}@{n.position}", "logit": f"logit {n.token!r}"}[n.kind]
-
     print("strongest paths (share of the logit's input along the path):")
     for strength, path in greedy_paths(graph, 5):
-        print(f"  {strength:.4f}  " + " -> ".join(label(graph.nodes[i]) for i in path))
+        print(f"  {strength:.4f}  " + " -> ".join(_node_label(graph.nodes[i]) for i in path))
+
+
+def _tokens(pairs) -> str:
+    return ", ".join(f"{t!r} {v:+.2f}" for t, v in pairs)
 
 
 def report_deembed(config, result) -> None:
-    def show(pairs) -> str:
-        return ", ".join(f"{t!r} {v:+.2f}" for t, v in pairs)
-
-    print(f"{config.dictionary} feature {config.feature} (layer {result.layer} MLP)")
-    print(f"  direct:   {show(result.direct)}")
-    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[:config.heads]
-    for (layer, head), pairs in strongest:
-        print(f"  L{layer}H{head}: {show(pairs)}")
+    print(f"{result.dictionary} feature {result.feature} (layer {result.layer} MLP)")
+    print(f"  direct:   {_tokens(result.direct)}")
+    for (layer, head), pairs in result.heads:
+        print(f"  L{layer}H{head}: {_tokens(pairs)}")
 
 
 def add_circuit(sub, name: str, help_text: str) -> None:
@@ -138,7 +139,7 @@ def add_circuit(sub, name: str, help_text: str) -> None:
                 epilog=PATCH_EPILOG, choices=backends)
     add_command(circuit_sub, "codes", "find a task's circuit from discrete SAE codes of head outputs (O'Neill & Bui), "
                 "scored against patching", CodesConfig, run_codes, report_codes, description=CODES_DESCRIPTION,
-                epilog=CODES_EPILOG, choices=backends)
+                epilog=CODES_EPILOG, choices=backends | {"position": ["last", "mean"]})
     add_command(circuit_sub, "graph", "an attribution graph of one prompt through transcoders", GraphConfig,
                 run_graph, report_graph, description=GRAPH_DESCRIPTION, epilog=GRAPH_EPILOG,
                 flags={"json_path": ["--json"]})

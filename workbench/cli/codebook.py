@@ -57,7 +57,7 @@ def report_train(config, result) -> None:
 
 
 def report_encode(config, result) -> None:
-    print(f"Wrote {result.rows:,} (token, site, code) rows for '{config.codebook}' on run '{config.run}' "
+    print(f"Wrote {result.rows:,} (token, site, code) rows for '{result.codebook.name}' on run '{result.run}' "
           "(table codebook_codes).")
 
 

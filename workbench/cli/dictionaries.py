@@ -43,7 +43,7 @@ def add_train(sub, name: str, help_text: str) -> None:
               "FROM dictionaries\"")
 
     add_command(sub, name, help_text, TrainConfig, run_train, report, description=TRAIN_DESCRIPTION,
-                epilog=TRAIN_EPILOG, flags=HOOK_FLAGS, choices={"arch": [*families(), "transcoder"]})
+                epilog=TRAIN_EPILOG, flags=HOOK_FLAGS, choices={"arch": [*families(trainable=True), "transcoder"]})
 
 
 ENCODE_EPILOG = textwrap.dedent("""\

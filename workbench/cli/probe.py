@@ -27,12 +27,12 @@ def add_probe(sub, name: str, help_text: str) -> None:
     probe_sub = parser.add_subparsers(dest="probe_command", required=True, metavar="{depth,maps}")
 
     def report_depth(config, result) -> None:
-        print(f"Stored depth probes as '{result.probe_run}'. For example:\n"
-              f"  workbench sql {config.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{result.probe_run}'\"")
+        print(f"Stored depth probes as '{result.probe_run.probe_run}'. For example:\n"
+              f"  workbench sql {config.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{result.probe_run.probe_run}'\"")
 
     def report_maps(config, result) -> None:
-        print(f"Stored linear maps as '{result.probe_run}'. For example:\n"
-              f"  workbench sql {config.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{result.probe_run}' "
+        print(f"Stored linear maps as '{result.probe_run.probe_run}'. For example:\n"
+              f"  workbench sql {config.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{result.probe_run.probe_run}' "
               "ORDER BY rel_error LIMIT 10\"")
 
     add_command(probe_sub, "depth", "sublayer norm ratios and cosines, layer skipping, logit lens, depth score",

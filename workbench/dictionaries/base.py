@@ -69,6 +69,7 @@ class SparseCoder(nn.Module):
     """Base: an encoder to latents and a unit-norm linear decoder with a bias."""
 
     config: DictionaryConfig
+    trainable = True  # False for inference-only families (imported JumpReLU): `workbench train` does not offer them
 
     def __init__(self, config: DictionaryConfig):
         super().__init__()
@@ -195,7 +196,9 @@ def register(arch: str):
     return decorate
 
 
-def make_dictionary(config: DictionaryConfig) -> SparseCoder:
+def families(trainable: bool = False) -> list[str]:
+    """The registered dictionary families in registration order; with trainable, those `workbench train` can
+    train (what --arch accepts: inference-only families such as imported JumpReLU SAEs are left out)."""
     import workbench.dictionaries.batchtopk  # noqa: F401  (importing registers the families)
     import workbench.dictionaries.choice  # noqa: F401
     import workbench.dictionaries.matryoshka  # noqa: F401
@@ -203,7 +206,11 @@ def make_dictionary(config: DictionaryConfig) -> SparseCoder:
     import workbench.dictionaries.topafa  # noqa: F401
     import workbench.dictionaries.topk  # noqa: F401
 
-    if config.arch not in _FAMILIES:
+    return [arch for arch, cls in _FAMILIES.items() if cls.trainable or not trainable]
+
+
+def make_dictionary(config: DictionaryConfig) -> SparseCoder:
+    if config.arch not in families():
         raise DictionaryError(f"Unknown architecture '{config.arch}'; available: {', '.join(sorted(_FAMILIES))}.")
     return _FAMILIES[config.arch](config)
 

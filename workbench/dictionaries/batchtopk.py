@@ -28,6 +28,7 @@ class JumpReLUSAE(SparseCoder):
     This is the family of dictionaries imported from SAELens (JumpReLU, and ReLU as threshold 0).
     """
 
+    trainable = False  # only BatchTopK and feature choice, its subclasses, learn thresholds
     threshold_momentum = 0.99
     per_latent_threshold = False  # one threshold for all latents (BatchTopK); feature choice learns one per latent
 
@@ -67,6 +68,8 @@ class JumpReLUSAE(SparseCoder):
 
 @register("batchtopk")
 class BatchTopKSAE(JumpReLUSAE):
+    trainable = True  # learns its inference threshold while training
+
     def select(self, pre_BF: torch.Tensor) -> torch.Tensor:
         """Training-time activations: the k * batch largest of the batch."""
         return batch_topk_activations(pre_BF, self.config.k)
