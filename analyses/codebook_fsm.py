@@ -35,8 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from workbench.codebooks.attach import CodebookModel  # noqa: E402
-from workbench.codebooks.finetune import (FinetuneSettings, codebook_identity, finetune, mean_lm_loss,  # noqa: E402
-                                          model_fingerprint)
+from workbench.codebooks.finetune import FinetuneSettings, codebook_identity, finetune, mean_lm_loss, model_fingerprint  # noqa: E402
 from workbench.codebooks.fsm import TokFSM, next_state_accuracy, tiny_transformer, train_on_fsm  # noqa: E402
 from workbench.codebooks.fsm_eval import chance_purity, intervene, site_purities, state_codes  # noqa: E402
 

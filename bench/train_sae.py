@@ -34,10 +34,10 @@ import torch
 
 from workbench.activation_batches import ActivationBatches
 from workbench.dictionaries import DictionaryConfig, make_dictionary
+from workbench.dictionaries.fit import fit
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.metrics import FVUAccumulator
 from workbench.store import Store
-from workbench.dictionaries.fit import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harvest import hardware  # noqa: E402

@@ -19,10 +19,10 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, downgrade_to_v1, run_cli, store_snapshot
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, downgrade_to_v1, run_cli, store_snapshot
 from workbench.circuits.attribution import GraphConfig, run_graph
 from workbench.circuits.codes import CodesConfig, run_codes
 from workbench.circuits.patching import PatchingConfig, run_patching

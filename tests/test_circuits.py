@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
 import torch
-
 from conftest import run_cli, store_snapshot
+
 from workbench.circuits.patching import PatchingConfig, patch_task, run_patching
 from workbench.circuits.tasks import TaskError, jsonl_task, load_task, tokenize_task
 from workbench.models import load_hf_model, make_backend

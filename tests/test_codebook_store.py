@@ -7,12 +7,18 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, store_snapshot
 from safetensors.torch import load_file
 
-from conftest import run_cli, store_snapshot
 from workbench.codebooks.attach import CodebookModel
-from workbench.codebooks.finetune import (FinetuneSettings, codebook_identity, finetune, load_codebooks, model_fingerprint,
-                                          save_codebooks)
+from workbench.codebooks.finetune import (
+    FinetuneSettings,
+    codebook_identity,
+    finetune,
+    load_codebooks,
+    model_fingerprint,
+    save_codebooks,
+)
 from workbench.codebooks.fsm import TokFSM, tiny_transformer
 from workbench.dictionaries.codebook import CodebookError
 
@@ -345,8 +351,8 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
 
 def test_default_steering_targets_are_the_codes_commonest_word_tokens(coded_store):
     from workbench.codebooks.browse import default_targets
-    from workbench.store.codes import code_tokens
     from workbench.store import Store
+    from workbench.store.codes import code_tokens
 
     root, _, _ = coded_store
     store = Store.open_existing(root)

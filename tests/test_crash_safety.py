@@ -7,8 +7,8 @@ import sys
 import time
 
 import numpy as np
-
 from conftest import REPO, run_cli
+
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.maintenance import verify

@@ -45,7 +45,13 @@ SITES = [f"blocks.{layer}.{kind}" for layer in range(2) for kind in ("attn.hook_
 def fsm_with_codebooks():
     """The FSM model with k-means-initialised codebooks at all four sublayer outputs, then fine-tuned."""
     from workbench.codebooks.attach import CodebookModel
-    from workbench.codebooks.finetune import FinetuneSettings, codebook_identity, finetune, mean_lm_loss, model_fingerprint
+    from workbench.codebooks.finetune import (
+        FinetuneSettings,
+        codebook_identity,
+        finetune,
+        mean_lm_loss,
+        model_fingerprint,
+    )
 
     torch.manual_seed(0)
     fsm = TokFSM.random(seed=0)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, store_snapshot
+
 from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError, WorkbenchError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.hooks import parse_hooks

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, store_snapshot
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli, store_snapshot
 from workbench.corpus import tokenize_corpus
 from workbench.errors import ProbeError
 from workbench.models import load_hf_model

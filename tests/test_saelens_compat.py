@@ -119,6 +119,7 @@ def test_unsupported_sae_lens_settings_are_refused(tmp_path):
 
 def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_activations(store_dir):
     from conftest import run_cli
+
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
 
@@ -143,6 +144,7 @@ def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_ac
 
 def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(store_dir, tmp_path):
     from conftest import run_cli, store_snapshot
+
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
 

@@ -1,8 +1,8 @@
 """Read-only SQL: what it answers, what it refuses, and its limits."""
 
 import pytest
-
 from conftest import store_snapshot
+
 from workbench.errors import ReadOnlySqlError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store

@@ -6,8 +6,8 @@ import uuid
 import duckdb
 import numpy as np
 import pytest
-
 from conftest import downgrade_to_v1, run_cli, store_snapshot
+
 from workbench.errors import CorruptShardError, StoreError, StoreVersionError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store, schema

@@ -1,16 +1,16 @@
 """Training on a real store: registration, kill -9 and exact resume, and bad input."""
 
 import signal
-from dataclasses import asdict
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, store_snapshot
+
 from workbench.activation_batches import ActivationBatches
 from workbench.dictionaries import load_dictionary
 from workbench.dictionaries.base import DictionaryError

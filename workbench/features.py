@@ -213,7 +213,7 @@ class DictionaryView:
         values, indices = cosines.topk(min(n, len(cosines) - 1))
         return list(zip(indices.tolist(), values.tolist()))
 
-    def logit_effects(self, unembed: "Unembedding", feature: int, n: int = 10) -> tuple[list, list]:
+    def logit_effects(self, unembed: Unembedding, feature: int, n: int = 10) -> tuple[list, list]:
         """The tokens the decoder direction most boosts and most suppresses: (token, logit) lists."""
         check_feature(self.record, feature)
         logits = unembed.weight @ self.model.W_dec.detach()[feature].float()
@@ -235,7 +235,7 @@ class Unembedding:
         return self.tokenizer.decode([vocab_id])
 
     @classmethod
-    def from_model(cls, hf_model, tokenizer) -> "Unembedding":
+    def from_model(cls, hf_model, tokenizer) -> Unembedding:
         from workbench.probes.logit_lens import final_norm_and_unembed
 
         norm, unembed = final_norm_and_unembed(hf_model, "The logit-effect table",

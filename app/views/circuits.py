@@ -5,10 +5,11 @@ import json
 
 import streamlit as st
 
-from common import fail, open_store, pick, stamp, store
 from workbench import plots
 from workbench.errors import WorkbenchError
 from workbench.store import results
+
+from common import fail, open_store, pick, stamp, store
 
 st.title("Circuits")
 current = store()

@@ -3,11 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from common import fail, open_store, pick, stamp, store, token_strip
 from workbench.codebooks import browse
 from workbench.errors import WorkbenchError
 from workbench.store import codes as stored_codes
 from workbench.store import results
+
+from common import fail, open_store, pick, stamp, store, token_strip
 
 st.title("Codes")
 current = store()

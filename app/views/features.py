@@ -6,12 +6,24 @@ The URL carries the state (`?dict=NAME&feature=N`), so a feature page can be sha
 import numpy as np
 import streamlit as st
 
-from common import (cached_record, choose_dictionary, fail, feature_url, open_store, stamp, store, token_strip,
-                    unembedding, view_for, visible_token)
 from workbench import features as F
 from workbench import plots
 from workbench.errors import WorkbenchError
 from workbench.store import lookups
+
+from common import (
+    cached_record,
+    choose_dictionary,
+    fail,
+    feature_url,
+    open_store,
+    stamp,
+    store,
+    token_strip,
+    unembedding,
+    view_for,
+    visible_token,
+)
 
 st.title("Feature explorer")
 current = store()

@@ -3,11 +3,23 @@
 import pandas as pd
 import streamlit as st
 
-from common import (cached_record, choose_dictionary, fail, feature_url, model_backend, open_store, stamp, store,
-                    token_strip, view_for, visible_token)
 from workbench import features as F
 from workbench.errors import WorkbenchError
 from workbench.store import lookups
+
+from common import (
+    cached_record,
+    choose_dictionary,
+    fail,
+    feature_url,
+    model_backend,
+    open_store,
+    stamp,
+    store,
+    token_strip,
+    view_for,
+    visible_token,
+)
 
 st.title("Text inspector")
 current = store()

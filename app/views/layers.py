@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from common import open_store, pick, stamp, store
 from workbench import plots
 from workbench.store import results
+
+from common import open_store, pick, stamp, store
 
 st.title("Layer contributions")
 current = store()

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from common import PAGES, open_store, stamp, store
 from workbench.store import results
+
+from common import PAGES, open_store, stamp, store
 
 st.title("Overview")
 current = store()

@@ -7,9 +7,10 @@ a time limit and a row limit. This page adds nothing that could bypass it.
 
 import streamlit as st
 
-from common import fail, store
 from workbench.errors import WorkbenchError
 from workbench.store.sql import EXAMPLE_QUERIES, run_query
+
+from common import fail, store
 
 st.title("SQL console")
 current = store()

@@ -31,10 +31,14 @@ from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, attention_heads, attention_name, decoder_layers, output_projection_name
 from workbench.store import Store, check_run_name, make_run_name
-from workbench.store.analyses import (PATCHING_RUNS_QUERY, head_scores, newest_patching_run, patching_run,
-                                      replace_circuit_run)
+from workbench.store.analyses import (
+    PATCHING_RUNS_QUERY,
+    head_scores,
+    newest_patching_run,
+    patching_run,
+    replace_circuit_run,
+)
 from workbench.store.records import CircuitRunRecord
-
 
 POSITIONS = ("mean", "last")
 

@@ -73,8 +73,12 @@ def report_steer(config, result) -> None:
 
 def add_codebook(sub, name: str, help_text: str) -> None:
     from workbench.codebooks.steer import SteerConfig, run_codebook_steer
-    from workbench.codebooks.train import (CodebookEncodeConfig, CodebookTrainConfig, run_codebook_encode,
-                                           run_codebook_train)
+    from workbench.codebooks.train import (
+        CodebookEncodeConfig,
+        CodebookTrainConfig,
+        run_codebook_encode,
+        run_codebook_train,
+    )
 
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
     codebook_sub = parser.add_subparsers(dest="codebook_command", required=True, metavar="{train,encode,steer}")

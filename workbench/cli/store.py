@@ -6,8 +6,19 @@ import sys
 import textwrap
 
 from workbench.cli.common import add_command, human_bytes, print_table
-from workbench.store.commands import (SqlConfig, StoreInfoConfig, StoreSummary, UpgradeConfig, UpgradeResult,
-                                      VerifyConfig, VerifyResult, run_sql, run_store_info, run_upgrade, run_verify)
+from workbench.store.commands import (
+    SqlConfig,
+    StoreInfoConfig,
+    StoreSummary,
+    UpgradeConfig,
+    UpgradeResult,
+    VerifyConfig,
+    VerifyResult,
+    run_sql,
+    run_store_info,
+    run_upgrade,
+    run_verify,
+)
 from workbench.store.sql import QueryResult
 
 POSITIONAL_STORE = {"store": ["STORE"]}

@@ -28,9 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 from workbench.codebooks.attach import CodebookModel
 from workbench.dictionaries.codebook import CodebookError
-from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 
 CHECKPOINT = "checkpoint"
 

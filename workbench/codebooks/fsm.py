@@ -33,7 +33,7 @@ class TokFSM:
     digits: int  # tokens per state
 
     @classmethod
-    def random(cls, n_states: int = 20, n_transitions: int = 3, seed: int = 0) -> "TokFSM":
+    def random(cls, n_states: int = 20, n_transitions: int = 3, seed: int = 0) -> TokFSM:
         if not 2 <= n_transitions <= n_states:
             raise FSMError(f"Each state needs 2 to {n_states} outgoing transitions; got {n_transitions}.")
         rng = np.random.default_rng(seed)

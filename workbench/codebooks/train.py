@@ -18,11 +18,19 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from workbench.codebooks.attach import CodebookModel
-from workbench.codebooks.finetune import (CHECKPOINT, FinetuneSettings, codebook_identity, finetune, load_codebooks, mean_lm_loss,
-                                          model_fingerprint, save_codebooks)
-from workbench.dictionaries.codebook import CodebookError
 from workbench.checkpoints import readable_folder
+from workbench.codebooks.attach import CodebookModel
+from workbench.codebooks.finetune import (
+    CHECKPOINT,
+    FinetuneSettings,
+    codebook_identity,
+    finetune,
+    load_codebooks,
+    mean_lm_loss,
+    model_fingerprint,
+    save_codebooks,
+)
+from workbench.dictionaries.codebook import CodebookError
 from workbench.store import Store, check_run_name, lookups
 from workbench.store.codes import replace_codes
 from workbench.store.records import CodebookRecord, RunRecord, insert, update

@@ -67,7 +67,7 @@ def output_projection_name(attention: nn.Module) -> str:
 def attention_heads(hf_model: nn.Module) -> tuple[int, int]:
     """(n_heads, d_head) of the model's attention: the layout of attn.hook_z's last dimension."""
     config = hf_model.config
-    n_heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head"))
+    n_heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
     d_head = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
     return n_heads, d_head
 
