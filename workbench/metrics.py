@@ -1,4 +1,4 @@
-"""Metrics, as DESIGN.md defines them (peers disagree; these are ours).
+"""Metrics, as docs/ARCHITECTURE.md defines them (peers disagree; these are ours).
 
 FVU = sum ||x - x_hat||^2 / sum ||x - mu||^2, mu the per-dimension mean over the evaluation
 set. L0 = mean number of non-zero latents per token. Dead fraction = share of latents

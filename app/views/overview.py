@@ -45,7 +45,7 @@ else:
                                     for name, encoded in zip(dictionaries["name"], dictionaries["encoded"])])
     st.dataframe(dictionaries, hide_index=True, column_config={
         "page": st.column_config.LinkColumn("Explore", display_text="features →"),
-        "fvu": st.column_config.NumberColumn("FVU", format="%.3f", help="eval FVU (DESIGN.md definition)"),
+        "fvu": st.column_config.NumberColumn("FVU", format="%.3f", help="eval FVU (docs/ARCHITECTURE.md definition)"),
         "l0": st.column_config.NumberColumn("L0", format="%.1f"),
         "dead_fraction": st.column_config.NumberColumn("dead", format="%.3f"),
         "ce_loss_score": st.column_config.NumberColumn("CE-loss score", format="%.3f"),

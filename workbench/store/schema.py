@@ -144,7 +144,7 @@ CREATE TABLE feature_stats (
     q50 DOUBLE, q90 DOUBLE, q99 DOUBLE,
     PRIMARY KEY (dictionary, feature)
 );
--- `workbench eval`: metrics as DESIGN.md defines them, on an evaluation run's tokens.
+-- `workbench eval`: metrics as docs/ARCHITECTURE.md defines them, on an evaluation run's tokens.
 CREATE TABLE dictionary_evals (
     dictionary VARCHAR NOT NULL, eval_run VARCHAR NOT NULL, backend VARCHAR NOT NULL,
     n_tokens BIGINT NOT NULL, fvu DOUBLE, l0 DOUBLE, dead_fraction DOUBLE,
