@@ -34,7 +34,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """Registry models shared by every test store. Override with WORKBENCH_TEST_MODELS to reuse a built SmolLM2."""
-    path = Path(os.environ.get("WORKBENCH_TEST_MODELS") or tmp_path_factory.mktemp("models"))
+    # Absolute, because store_dir links to it from each test's own tmp folder: a relative link target
+    # (the README's `WORKBENCH_TEST_MODELS=store/models`) would resolve against that folder instead.
+    path = Path(os.environ.get("WORKBENCH_TEST_MODELS") or tmp_path_factory.mktemp("models")).resolve()
     resolve_model_dir("tiny", path)
     return path
 
