@@ -77,6 +77,31 @@ def test_saved_dictionary_round_trips_and_pickles_are_refused(tmp_path):
         load_dictionary(tmp_path / "dict", expected_arch="batchtopk")
 
 
+def test_register_refuses_an_architecture_name_that_is_taken():
+    from workbench.dictionaries.base import register
+    from workbench.dictionaries.topk import TopKSAE
+
+    class Impostor(TopKSAE):
+        pass
+
+    with pytest.raises(DictionaryError, match="'topk' is already registered by workbench.dictionaries.topk.TopKSAE"):
+        register("topk")(Impostor)
+    # The refused class replaced nothing: topk still builds the real family.
+    assert type(make_dictionary(DictionaryConfig(arch="topk", d_in=8, n_latents=16, k=2))) is TopKSAE
+
+
+def test_every_family_takes_the_base_forward_signature():
+    """The training loop calls forward(x, dead_F, target_BD) on whatever family it trains."""
+    import inspect
+
+    from workbench.dictionaries.base import _FAMILIES, SparseCoder
+
+    make_dictionary(DictionaryConfig(arch="topk", d_in=8, n_latents=16, k=2))  # imports (registers) every family
+    assert len(_FAMILIES) >= 8
+    for arch, cls in _FAMILIES.items():
+        assert inspect.signature(cls.forward) == inspect.signature(SparseCoder.forward), arch
+
+
 @pytest.mark.parametrize("k,latents", [(32, 32), (0, 32), (40, 32)])
 def test_k_must_be_smaller_than_the_number_of_latents(k, latents):
     with pytest.raises(DictionaryError, match="k must be between 1"):
