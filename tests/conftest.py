@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from workbench.models import resolve_model_dir
 
@@ -53,6 +55,77 @@ def store_dir(tmp_path, models_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(models_dir) -> Path:
     return models_dir / "tiny"
+
+
+@contextmanager
+def deterministic_torch(seed: int = 0):
+    """Seeded, one thread, deterministic kernels, and the caller's settings back afterwards.
+
+    For tests whose measured number depends on every float: a training run whose early discrete choices
+    (which code wins) flip with the last bit. With two threads the order of a parallel reduction follows the
+    thread split, so one fixture gave 0.69-0.76 alone and 0.31 after other modules; one thread takes that
+    order out of play. The global RNG is forked, so the seed does not leak into later tests either.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
+APP_STORE_HOOK = "blocks.1.hook_out"
+APP_STORE_CODEBOOK_SITES = ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"]
+
+
+@pytest.fixture(scope="session")
+def app_store(tmp_path_factory, models_dir) -> Path:
+    """A store with every table filled: a harvest run, a trained, encoded and evaluated dictionary (and one not
+    encoded), depth probes, patching and code circuits, an attribution graph over a transcoder, and encoded
+    codebooks. The app's pages and the SQL console's examples read it; built once per session because it is
+    the suite's most expensive store. Tests may read it; one that changes it must put it back."""
+    from workbench.circuits.attribution import GraphConfig, run_graph
+    from workbench.circuits.codes import CodesConfig, run_codes
+    from workbench.circuits.patching import PatchingConfig, run_patching
+    from workbench.codebooks.finetune import FinetuneSettings
+    from workbench.codebooks.train import CodebookTrainConfig, encode_codes, train_codebooks
+    from workbench.encode import encode_dictionary
+    from workbench.evaluate import evaluate_dictionary
+    from workbench.harvest import HarvestConfig, harvest
+    from workbench.probes.depth import DepthProbeConfig, run_depth_probes
+    from workbench.train import TrainConfig, train
+
+    HOOK, CODEBOOK_SITES = APP_STORE_HOOK, APP_STORE_CODEBOOK_SITES
+    root = tmp_path_factory.mktemp("app") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
+    harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
+                          tokens=8192, run="h"), progress=False)
+    common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
+    train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
+    encode_dictionary(str(root), "d", progress=False)
+    evaluate_dictionary(str(root), "d", ce_tokens=512)
+    train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
+    run_depth_probes(DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256,
+                                      name="p"), progress=False)
+    run_patching(PatchingConfig(task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4,
+                                name="ioi-patch"), progress=False)
+    run_codes(CodesConfig(task="ioi", store=str(root), pairs=8, name="ioi-codes"))
+    train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
+                      k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
+    run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
+                          store=str(root), name="mary"))
+    train_codebooks(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
+                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
+                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
+    encode_codes(str(root), "cb", "h", progress=False)
+    return root
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
