@@ -134,6 +134,25 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
                           timeout=timeout, cwd=REPO, **kwargs)
 
 
+def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`workbench ...` through the same main() in this process: its exit status and output, without a new
+    interpreter paying the torch/transformers/nnsight imports (seconds each). For refusals and their messages;
+    what needs a real process (kill -9, crash safety, the entry point's exit status) uses run_cli."""
+    import contextlib
+    import io
+
+    from workbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    code = 0 if code is None else code if isinstance(code, int) else 1  # as sys.exit(main()) turns it into a status
+    return subprocess.CompletedProcess(["workbench", *args], code, out.getvalue(), err.getvalue())
+
+
 def store_snapshot(root: Path) -> dict:
     """Everything a store holds, for asserting that a failed command changed nothing."""
     import hashlib

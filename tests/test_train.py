@@ -152,7 +152,8 @@ def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
     atoms, batches_from = planted_data(seed=3)
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="batchtopk", d_in=64, n_latents=512, k=4))
-    state, _ = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 600 steps: recovery 0.96 and inference L0 3.9 measured (1500 steps before gave no stronger test)
+    state, _ = fit(model, batches_from, n_steps=600, lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     x, _ = next(batches_from(10_000))
     model.fold_scales(state.input_scale, state.target_scale)
@@ -186,7 +187,8 @@ def test_mp_sae_changes_l0_at_inference_without_retraining():
     atoms, batches_from = planted_data(seed=5)
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="mp", d_in=64, n_latents=512, k=4))
-    state, _ = fit(model, batches_from, n_steps=600, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 300 steps: at 240, recovery 0.999 and FVU by k 0.53 > 0.26 > 0.016 >= 0.007 were measured
+    state, _ = fit(model, batches_from, n_steps=300, lr=4e-3, dead_window_tokens=200_000, progress=False)
     model.fold_scales(state.input_scale, state.target_scale)
     x, _ = next(batches_from(90_000))
     with torch.no_grad():
@@ -227,7 +229,8 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
     for arch in ("topk", "matryoshka", "mp"):
         torch.manual_seed(0)
         model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=256, k=4))
-        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        # 400 steps: at 320, children 0.94 / 0.81 / 0.91 and FVU <= 0.034 (topk / matryoshka / mp) were measured
+        state, _ = fit(model, batches_from, n_steps=400, lr=4e-3, dead_window_tokens=200_000, progress=False)
         rows[arch] = (mean_max_cosine(parents, model.W_dec.data), mean_max_cosine(kids, model.W_dec.data), state.last_fvu)
     print("planted hierarchy (mean max cosine to parents, to children; final batch FVU):")
     for arch, (p, c, fvu) in rows.items():
