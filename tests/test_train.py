@@ -35,7 +35,8 @@ def test_topk_recovers_a_planted_dictionary():
     atoms, batches_from = planted_data()
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=512, k=4))
-    state, tracker = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 800 steps: recovery 0.999, final batch FVU 0.085, L0 4 measured
+    state, tracker = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     print(f"TopK planted recovery: mean max cosine {recovery:.3f}, final batch FVU {state.last_fvu:.4f}, L0 {state.last_l0:.2f}")
     assert recovery > 0.95
@@ -171,7 +172,8 @@ def test_matryoshka_prefixes_reconstruct_better_than_a_plain_batchtopk_prefix():
     for arch in ("batchtopk", "matryoshka"):
         torch.manual_seed(0)
         model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=4))
-        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        # 500 steps: prefix FVU 0.67 against 0.89, matryoshka recovery 0.90 measured
+        state, _ = fit(model, batches_from, n_steps=500, lr=4e-3, dead_window_tokens=200_000, progress=False)
         model.fold_scales(state.input_scale, state.target_scale)
         with torch.no_grad():
             f = model.encode(x)
@@ -245,6 +247,10 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
 # input's norm, so the norm-matching rule rarely stops early on this data.
 VARIABLE_SPARSITY_BOUNDS = {"mutualchoice": (4, 0.15, (2.5, 6.5)), "featurechoice": (4, 0.3, (2.5, 6.5)),
                             "topafa": (16, 0.15, (2.5, 16.0))}
+# Training steps: the choice families reach the numbers above by 600 (measured: mutual FVU 0.12, L0 3.9; feature
+# 0.245, L0 4.2; recovery 0.995). Top-AFA needs longer to start stopping below its ceiling: at 600 steps every token
+# still used all 16, at 1000 L0 was 15.1 (std 3.0), FVU 0.087, recovery 0.96.
+VARIABLE_SPARSITY_STEPS = {"mutualchoice": 600, "featurechoice": 600, "topafa": 1000}
 
 
 @pytest.mark.parametrize("arch", sorted(VARIABLE_SPARSITY_BOUNDS))
@@ -254,7 +260,7 @@ def test_variable_sparsity_families_recover_a_planted_dictionary(arch):
     atoms, batches_from = planted_data()
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=k))
-    state, tracker = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    state, tracker = fit(model, batches_from, n_steps=VARIABLE_SPARSITY_STEPS[arch], lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     model.eval()
     model.fold_scales(state.input_scale, state.target_scale)  # training saw scaled inputs
