@@ -68,11 +68,13 @@ def fsm_with_codebooks():
 
 def test_finetuning_with_codebooks_recovers_the_lm_loss_and_keeps_the_behaviour(fsm_with_codebooks):
     fsm, coded, losses, _ = fsm_with_codebooks
-    # k-means codes alone cost LM loss; fine-tuning wins a good part of it back. How much varies from 31% to 76%
-    # between machines and thread counts (a code choice that flips early changes the run), so the bar is 20%.
+    # k-means codes alone cost LM loss; fine-tuning wins a good part of it back. The fixture runs deterministically
+    # (one thread, deterministic kernels), which measured 71.5% won back (LM loss 0.4718 plain, 0.6261 k-means,
+    # 0.5159 fine-tuned), the same alone and after the rest of the suite. Without that, a code choice that flipped
+    # early gave anywhere from 31% to 76%. The bar keeps room for another CPU's kernels rounding differently.
     assert losses["kmeans"] > losses["original"]
     recovered = (losses["kmeans"] - losses["finetuned"]) / (losses["kmeans"] - losses["original"])
-    assert recovered > 0.2, losses
+    assert recovered > 0.5, losses
     tokens, states = fsm.sample(64, 12, seed=999)
     assert next_state_accuracy(coded, fsm, tokens, states) > 0.9
 
