@@ -12,7 +12,7 @@ HOOKS  := blocks.6.hook_out,blocks.6.mlp.hook_in,blocks.6.mlp.hook_out
 # The app's browser test drives Debian's Chromium (Playwright never downloads a browser here).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo app test test-slow bench clean-store
+.PHONY: setup browser demo app lint test test-slow bench clean-store
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,13 @@ demo: setup
 app: setup
 	$(VENV)/bin/workbench app --store $(STORE)
 
-test: setup browser
+# The linters run first: a style or type error fails in seconds, before the 7-minute suite.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup browser lint
 	$(PY) -m pytest
 
 test-slow: setup browser

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from workbench.models import resolve_model_dir
 
@@ -34,7 +36,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """Registry models shared by every test store. Override with WORKBENCH_TEST_MODELS to reuse a built SmolLM2."""
-    path = Path(os.environ.get("WORKBENCH_TEST_MODELS") or tmp_path_factory.mktemp("models"))
+    # Absolute, because store_dir links to it from each test's own tmp folder: a relative link target
+    # (the README's `WORKBENCH_TEST_MODELS=store/models`) would resolve against that folder instead.
+    path = Path(os.environ.get("WORKBENCH_TEST_MODELS") or tmp_path_factory.mktemp("models")).resolve()
     resolve_model_dir("tiny", path)
     return path
 
@@ -53,10 +57,105 @@ def tiny_dir(models_dir) -> Path:
     return models_dir / "tiny"
 
 
+@contextmanager
+def deterministic_torch(seed: int = 0):
+    """Seeded, one thread, deterministic kernels, and the caller's settings back afterwards.
+
+    For tests whose measured number depends on every float: a training run whose early discrete choices
+    (which code wins) flip with the last bit. With two threads the order of a parallel reduction follows the
+    thread split, so one fixture gave 0.69-0.76 alone and 0.31 after other modules; one thread takes that
+    order out of play. The global RNG is forked, so the seed does not leak into later tests either.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
+APP_STORE_HOOK = "blocks.1.hook_out"
+APP_STORE_CODEBOOK_SITES = ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"]
+
+
+@pytest.fixture(scope="session")
+def app_store(tmp_path_factory, models_dir) -> Path:
+    """A store with every table filled: a harvest run, a trained, encoded and evaluated dictionary (and one not
+    encoded), depth probes, patching and code circuits, an attribution graph over a transcoder, and encoded
+    codebooks. The app's pages and the SQL console's examples read it; built once per session because it is
+    the suite's most expensive store. Tests may read it; one that changes it must put it back."""
+    from workbench.circuits.attribution import GraphConfig, run_graph
+    from workbench.circuits.codes import CodesConfig, run_codes
+    from workbench.circuits.patching import PatchingConfig, run_patching
+    from workbench.codebooks.finetune import FinetuneSettings
+    from workbench.codebooks.train import (
+        CodebookEncodeConfig,
+        CodebookTrainConfig,
+        run_codebook_encode,
+        run_codebook_train,
+    )
+    from workbench.encode import EncodeConfig, run_encode
+    from workbench.evaluate import EvalConfig, run_eval
+    from workbench.harvest import HarvestConfig, run_harvest
+    from workbench.probes.depth import DepthProbeConfig, run_depth_probes
+    from workbench.train import TrainConfig, run_train
+
+    HOOK, CODEBOOK_SITES = APP_STORE_HOOK, APP_STORE_CODEBOOK_SITES
+    root = tmp_path_factory.mktemp("app") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
+                          tokens=8192, run="h"), progress=False)
+    common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
+    run_train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
+    run_encode(EncodeConfig(store=str(root), dictionary="d"), progress=False)
+    run_eval(EvalConfig(store=str(root), dictionary="d", ce_tokens=512))
+    run_train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
+    run_depth_probes(DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256,
+                                      name="p"), progress=False)
+    run_patching(PatchingConfig(task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4,
+                                name="ioi-patch"), progress=False)
+    run_codes(CodesConfig(task="ioi", store=str(root), pairs=8, name="ioi-codes"))
+    run_train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
+                      k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
+    run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
+                          store=str(root), name="mary"))
+    run_codebook_train(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
+                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
+                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
+    run_codebook_encode(CodebookEncodeConfig(store=str(root), codebook="cb", run="h"), progress=False)
+    return root
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `workbench ...` as a real subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, **kwargs)
+
+
+def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`workbench ...` through the same main() in this process: its exit status and output, without a new
+    interpreter paying the torch/transformers/nnsight imports (seconds each). For refusals and their messages;
+    what needs a real process (kill -9, crash safety, the entry point's exit status) uses run_cli."""
+    import contextlib
+    import io
+
+    from workbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    code = 0 if code is None else code if isinstance(code, int) else 1  # as sys.exit(main()) turns it into a status
+    return subprocess.CompletedProcess(["workbench", *args], code, out.getvalue(), err.getvalue())
 
 
 def store_snapshot(root: Path) -> dict:

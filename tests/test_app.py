@@ -19,53 +19,17 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, downgrade_to_v1, run_cli, store_snapshot
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
-from workbench.circuits.attribution import GraphConfig, run_graph
-from workbench.circuits.codes import CodesConfig, run_codes
-from workbench.circuits.patching import PatchingConfig, run_patching
-from workbench.codebooks.finetune import FinetuneSettings
-from workbench.codebooks.train import CodebookEncodeConfig, CodebookTrainConfig, run_codebook_encode, run_codebook_train
-from workbench.encode import EncodeConfig, run_encode
-from workbench.evaluate import EvalConfig, run_eval
 from workbench.harvest import HarvestConfig, run_harvest
-from workbench.probes.depth import DepthProbeConfig, run_depth_probes
 from workbench.store import Store
-from workbench.train import TrainConfig, run_train
+
+from conftest import APP_STORE_CODEBOOK_SITES, APP_STORE_HOOK, REPO, downgrade_to_v1, run_cli, store_snapshot
 
 MAIN = REPO / "app" / "main.py"
-HOOK = "blocks.1.hook_out"
-CODEBOOK_SITES = ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"]
-
-
-@pytest.fixture(scope="module")
-def app_store(tmp_path_factory, models_dir) -> Path:
-    root = tmp_path_factory.mktemp("app") / "store"
-    root.mkdir()
-    (root / "models").symlink_to(models_dir, target_is_directory=True)
-    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
-                              tokens=8192, run="h"), progress=False)
-    common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
-    run_train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
-    run_encode(EncodeConfig(store=str(root), dictionary="d"), progress=False)
-    run_eval(EvalConfig(store=str(root), dictionary="d", ce_tokens=512))
-    run_train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
-    run_depth_probes(DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256,
-                                      name="p"), progress=False)
-    run_patching(PatchingConfig(task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4,
-                                name="ioi-patch"), progress=False)
-    run_codes(CodesConfig(task="ioi", store=str(root), pairs=8, name="ioi-codes"))
-    run_train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
-                          k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
-    run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
-                          store=str(root), name="mary"))
-    run_codebook_train(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
-                                           k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
-                                           finetune=FinetuneSettings(model_lr=0)), progress=False)
-    run_codebook_encode(CodebookEncodeConfig(store=str(root), codebook="cb", run="h"), progress=False)
-    return root
+HOOK = APP_STORE_HOOK
+CODEBOOK_SITES = APP_STORE_CODEBOOK_SITES
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, store_snapshot
 
 from workbench.circuits.patching import PatchingConfig, patch_task, run_patching
 from workbench.circuits.tasks import TaskError, jsonl_task, load_task, tokenize_task
 from workbench.models import load_hf_model, make_backend
+
+from conftest import run_cli, run_cli_in_process, store_snapshot
 
 PLANTED = (1, 2)  # (layer, head): the one head whose output reaches the residual stream
 
@@ -145,8 +146,8 @@ def test_cli_stores_the_scores_and_bad_input_changes_nothing(store_dir, planted_
     bad = run_cli("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir), "--store", str(store_dir),
                   "--levels", "heads", "--layers", "7", "--name", "planted")
     assert bad.returncode == 2 and "layers 0 to 1" in bad.stderr
-    bad = run_cli("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir), "--store", str(store_dir),
-                  "--levels", "neurons")
+    bad = run_cli_in_process("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir),
+                             "--store", str(store_dir), "--levels", "neurons")
     assert bad.returncode == 2 and "Unknown patching level" in bad.stderr
     assert store_snapshot(store_dir) == before
 
@@ -319,7 +320,8 @@ def test_graph_json_follows_the_schema_and_the_cli_stores_it(transcoder_store, t
 ])
 def test_bad_graph_requests_are_refused_and_store_nothing(transcoder_store, args, message):
     before = store_snapshot(transcoder_store)
-    result = run_cli("circuit", "graph", "--prompt", GRAPH_PROMPT, "--store", str(transcoder_store), *args)
+    # In this process: test_cli_stores_the_scores_and_bad_input_changes_nothing checks a real process's exit status.
+    result = run_cli_in_process("circuit", "graph", "--prompt", GRAPH_PROMPT, "--store", str(transcoder_store), *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert store_snapshot(transcoder_store) == before
 

@@ -7,7 +7,6 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, store_snapshot
 from safetensors.torch import load_file
 
 from workbench.codebooks.attach import CodebookModel
@@ -22,6 +21,8 @@ from workbench.codebooks.finetune import (
 from workbench.codebooks.fsm import TokFSM, tiny_transformer
 from workbench.dictionaries.codebook import CodebookError
 
+from conftest import run_cli, run_cli_in_process, store_snapshot
+
 SITES = "blocks.0.mlp.hook_out,blocks.1.attn.hook_out"
 K, N_CODES = 2, 32
 
@@ -32,13 +33,13 @@ def coded_store(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("codebooks") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
-    harvest = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.0.mlp.hook_out", "--tokens", "2048",
-                      "--store", str(root), "--run", "h")
+    harvest = run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.mlp.hook_out", "--tokens", "2048",
+                                 "--store", str(root), "--run", "h")
     assert harvest.returncode == 0, harvest.stderr
     train = run_cli("codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(root), "--tokens", "4096",
                     "--codes", str(N_CODES), "--k", str(K), "--model-lr", "0", "--eval-tokens", "1024", "--name", "cb")
     assert train.returncode == 0, train.stderr
-    encode = run_cli("codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "h")
+    encode = run_cli_in_process("codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "h")
     assert encode.returncode == 0, encode.stderr
     return root, train.stdout, encode.stdout
 
@@ -184,8 +185,9 @@ def test_bad_cli_input_gets_a_clear_error_and_changes_nothing(coded_store):
         (["codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "nope"], "No run 'nope'"),
         (["codebook", "encode", "--store", str(root), "--codebook", "nope", "--run", "h"], "No codebooks 'nope'"),
     ]
-    for args, message in cases:
-        result = run_cli(*args)
+    for index, (args, message) in enumerate(cases):
+        # The first through a real process (its exit status end to end), the rest through the same main() here.
+        result = run_cli(*args) if index == 0 else run_cli_in_process(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
         assert "Traceback" not in result.stderr
     assert store_snapshot(root) == before
@@ -264,8 +266,8 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
 
 
 def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
-    assert run_cli("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--tokens", "1024",
-                   "--store", str(store_dir), "--run", "h").returncode == 0
+    assert run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--tokens", "1024",
+                              "--store", str(store_dir), "--run", "h").returncode == 0
     train = run_cli("codebook", "train", "--model", "tiny", "--sites", "blocks.1.attn.hook_z", "--store", str(store_dir),
                     "--tokens", "2048", "--codes", "16", "--k", "1", "--eval-tokens", "512", "--name", "heads")
     assert train.returncode == 0, train.stderr
@@ -317,7 +319,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
 
     common = ["codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(store_dir), "--tokens", "12288",
               "--codes", "16", "--k", "2", "--eval-tokens", "512", "--checkpoint-seconds", "0", "--model-lr", "1e-4"]
-    whole = run_cli(*common, "--name", "whole")
+    whole = run_cli_in_process(*common, "--name", "whole")  # the reference needs no process of its own
     assert whole.returncode == 0, whole.stderr
     process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

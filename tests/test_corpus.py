@@ -78,3 +78,15 @@ def test_bad_corpus_inputs_name_the_problem(tmp_path, tokenizer):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(CorpusError, match="Unsupported corpus file type"):
         tokenize_corpus(str(tmp_path / "x.csv"), tokenizer, 100, 8)
+
+
+def test_contexts_start_with_the_bos_or_else_the_eos_and_a_tokenizer_without_either_is_refused(tiny_dir):
+    from workbench.corpus import bos_token_id
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)  # a copy of its own: the module's fixture stays intact
+    assert bos_token_id(tokenizer) == tokenizer.bos_token_id is not None
+    tokenizer.bos_token = None  # GPT-2 style: one token marks both ends
+    assert bos_token_id(tokenizer) == tokenizer.eos_token_id is not None
+    tokenizer.eos_token = None
+    with pytest.raises(CorpusError, match="neither a BOS nor an EOS"):
+        bos_token_id(tokenizer)

@@ -7,12 +7,13 @@ import sys
 import time
 
 import numpy as np
-from conftest import REPO, run_cli
 
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
+
+from conftest import REPO, run_cli
 
 HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 # Long enough (300 chunks, ~12 s of harvesting) that the three short kill windows below cannot finish it,
@@ -77,7 +78,7 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     last_rows = _committed_rows(store_dir)
     for _ in range(3):
         process = _harvest_process(store_dir)
-        _wait_until(lambda: _committed_rows(store_dir) > last_rows, process)
+        _wait_until(lambda: _committed_rows(store_dir) > last_rows, process)  # noqa: B023 (called before the loop moves on)
         time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait()

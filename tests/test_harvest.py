@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, store_snapshot
 
 from workbench.errors import CorpusError, ModelLoadError, RunConflictError, StoreError, UnknownHookError, WorkbenchError
 from workbench.harvest import HarvestConfig, run_harvest
@@ -13,6 +12,8 @@ from workbench.hooks import parse_hooks
 from workbench.models import load_hf_model, make_backend
 from workbench.store import Store
 from workbench.store.sql import run_query
+
+from conftest import run_cli, store_snapshot
 
 HOOKS = ["blocks.1.hook_out", "blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out"]
 

@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, store_snapshot
 from safetensors.torch import load_file, save_file
 
 from workbench.corpus import tokenize_corpus
@@ -17,6 +16,8 @@ from workbench.probes.linear_maps import LinearMapsConfig, align_tokens, layer_m
 from workbench.probes.logit_lens import final_norm_and_unembed
 from workbench.probes.results import depth_score
 from workbench.store import Store
+
+from conftest import run_cli, store_snapshot
 
 TOKENS, CONTEXT = 1024, 64
 

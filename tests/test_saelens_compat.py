@@ -118,10 +118,10 @@ def test_unsupported_sae_lens_settings_are_refused(tmp_path):
 
 
 def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_activations(store_dir):
-    from conftest import run_cli
-
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
+
+    from conftest import run_cli
 
     run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
                               tokens=4096, run="m"), progress=False)
@@ -143,10 +143,10 @@ def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_ac
 
 
 def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(store_dir, tmp_path):
-    from conftest import run_cli, store_snapshot
-
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
+
+    from conftest import run_cli, store_snapshot
 
     run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
                 progress=False)

@@ -1,12 +1,13 @@
 """Read-only SQL: what it answers, what it refuses, and its limits."""
 
 import pytest
-from conftest import store_snapshot
 
 from workbench.errors import ReadOnlySqlError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 from workbench.store.sql import run_query
+
+from conftest import store_snapshot
 
 
 @pytest.fixture
@@ -81,3 +82,17 @@ def test_long_queries_are_interrupted(store):
 def test_syntax_errors_are_reported(store):
     with pytest.raises(ReadOnlySqlError, match="does not parse"):
         run_query(store, "SELEC 1")
+
+
+def test_every_example_query_runs_and_finds_rows_on_a_full_store(app_store):
+    """The SQL console offers these; each must parse on the installed DuckDB and find the data it names.
+
+    app_store has every table filled (harvest, dictionaries, probes, circuits, codebooks), so an empty result
+    means the query is wrong, not the store."""
+    from workbench.store.sql import EXAMPLE_QUERIES
+
+    store = Store.open_existing(app_store)
+    assert len(EXAMPLE_QUERIES) >= 13
+    for title, sql in EXAMPLE_QUERIES.items():
+        result = run_query(store, sql, max_rows=100)  # raises ReadOnlySqlError with DuckDB's message if it fails
+        assert result.table.num_rows > 0, title

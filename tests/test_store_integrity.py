@@ -6,13 +6,14 @@ import uuid
 import duckdb
 import numpy as np
 import pytest
-from conftest import downgrade_to_v1, run_cli, store_snapshot
 
 from workbench.errors import CorruptShardError, StoreError, StoreVersionError
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store, schema
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
+
+from conftest import downgrade_to_v1, run_cli, store_snapshot
 
 
 def _harvest(store_dir, **overrides):

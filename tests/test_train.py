@@ -35,7 +35,8 @@ def test_topk_recovers_a_planted_dictionary():
     atoms, batches_from = planted_data()
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=512, k=4))
-    state, tracker = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 800 steps: recovery 0.999, final batch FVU 0.085, L0 4 measured
+    state, tracker = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     print(f"TopK planted recovery: mean max cosine {recovery:.3f}, final batch FVU {state.last_fvu:.4f}, L0 {state.last_l0:.2f}")
     assert recovery > 0.95
@@ -75,6 +76,31 @@ def test_saved_dictionary_round_trips_and_pickles_are_refused(tmp_path):
         load_dictionary(tmp_path / "evil.pt")
     with pytest.raises(DictionaryError, match="holds a 'topk' dictionary, not 'batchtopk'"):
         load_dictionary(tmp_path / "dict", expected_arch="batchtopk")
+
+
+def test_register_refuses_an_architecture_name_that_is_taken():
+    from workbench.dictionaries.base import register
+    from workbench.dictionaries.topk import TopKSAE
+
+    class Impostor(TopKSAE):
+        pass
+
+    with pytest.raises(DictionaryError, match="'topk' is already registered by workbench.dictionaries.topk.TopKSAE"):
+        register("topk")(Impostor)
+    # The refused class replaced nothing: topk still builds the real family.
+    assert type(make_dictionary(DictionaryConfig(arch="topk", d_in=8, n_latents=16, k=2))) is TopKSAE
+
+
+def test_every_family_takes_the_base_forward_signature():
+    """The training loop calls forward(x, dead_F, target_BD) on whatever family it trains."""
+    import inspect
+
+    from workbench.dictionaries.base import _FAMILIES, SparseCoder
+
+    make_dictionary(DictionaryConfig(arch="topk", d_in=8, n_latents=16, k=2))  # imports (registers) every family
+    assert len(_FAMILIES) >= 8
+    for arch, cls in _FAMILIES.items():
+        assert inspect.signature(cls.forward) == inspect.signature(SparseCoder.forward), arch
 
 
 @pytest.mark.parametrize("k,latents", [(32, 32), (0, 32), (40, 32)])
@@ -127,7 +153,8 @@ def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
     atoms, batches_from = planted_data(seed=3)
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="batchtopk", d_in=64, n_latents=512, k=4))
-    state, _ = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 600 steps: recovery 0.96 and inference L0 3.9 measured (1500 steps before gave no stronger test)
+    state, _ = fit(model, batches_from, n_steps=600, lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     x, _ = next(batches_from(10_000))
     model.fold_scales(state.input_scale, state.target_scale)
@@ -145,7 +172,8 @@ def test_matryoshka_prefixes_reconstruct_better_than_a_plain_batchtopk_prefix():
     for arch in ("batchtopk", "matryoshka"):
         torch.manual_seed(0)
         model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=4))
-        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        # 500 steps: prefix FVU 0.67 against 0.89, matryoshka recovery 0.90 measured
+        state, _ = fit(model, batches_from, n_steps=500, lr=4e-3, dead_window_tokens=200_000, progress=False)
         model.fold_scales(state.input_scale, state.target_scale)
         with torch.no_grad():
             f = model.encode(x)
@@ -161,7 +189,8 @@ def test_mp_sae_changes_l0_at_inference_without_retraining():
     atoms, batches_from = planted_data(seed=5)
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch="mp", d_in=64, n_latents=512, k=4))
-    state, _ = fit(model, batches_from, n_steps=600, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    # 300 steps: at 240, recovery 0.999 and FVU by k 0.53 > 0.26 > 0.016 >= 0.007 were measured
+    state, _ = fit(model, batches_from, n_steps=300, lr=4e-3, dead_window_tokens=200_000, progress=False)
     model.fold_scales(state.input_scale, state.target_scale)
     x, _ = next(batches_from(90_000))
     with torch.no_grad():
@@ -202,12 +231,13 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
     for arch in ("topk", "matryoshka", "mp"):
         torch.manual_seed(0)
         model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=256, k=4))
-        state, _ = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
+        # 400 steps: at 320, children 0.94 / 0.81 / 0.91 and FVU <= 0.034 (topk / matryoshka / mp) were measured
+        state, _ = fit(model, batches_from, n_steps=400, lr=4e-3, dead_window_tokens=200_000, progress=False)
         rows[arch] = (mean_max_cosine(parents, model.W_dec.data), mean_max_cosine(kids, model.W_dec.data), state.last_fvu)
     print("planted hierarchy (mean max cosine to parents, to children; final batch FVU):")
     for arch, (p, c, fvu) in rows.items():
         print(f"  {arch:10s} parents {p:.3f}  children {c:.3f}  FVU {fvu:.3f}")
-    for arch, (p, c, fvu) in rows.items():
+    for arch, (_, c, fvu) in rows.items():
         assert c > 0.7 and fvu < 0.5, arch  # every family learns the data; the comparison is the output
 
 
@@ -217,6 +247,10 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
 # input's norm, so the norm-matching rule rarely stops early on this data.
 VARIABLE_SPARSITY_BOUNDS = {"mutualchoice": (4, 0.15, (2.5, 6.5)), "featurechoice": (4, 0.3, (2.5, 6.5)),
                             "topafa": (16, 0.15, (2.5, 16.0))}
+# Training steps: the choice families reach the numbers above by 600 (measured: mutual FVU 0.12, L0 3.9; feature
+# 0.245, L0 4.2; recovery 0.995). Top-AFA needs longer to start stopping below its ceiling: at 600 steps every token
+# still used all 16, at 1000 L0 was 15.1 (std 3.0), FVU 0.087, recovery 0.96.
+VARIABLE_SPARSITY_STEPS = {"mutualchoice": 600, "featurechoice": 600, "topafa": 1000}
 
 
 @pytest.mark.parametrize("arch", sorted(VARIABLE_SPARSITY_BOUNDS))
@@ -226,7 +260,7 @@ def test_variable_sparsity_families_recover_a_planted_dictionary(arch):
     atoms, batches_from = planted_data()
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=k))
-    state, tracker = fit(model, batches_from, n_steps=1500, lr=4e-3, dead_window_tokens=200_000, progress=False)
+    state, tracker = fit(model, batches_from, n_steps=VARIABLE_SPARSITY_STEPS[arch], lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     model.eval()
     model.fold_scales(state.input_scale, state.target_scale)  # training saw scaled inputs
@@ -298,7 +332,7 @@ def test_sparse_topk_training_step_has_exactly_the_dense_gradients(transcoder):
     assert torch.equal(output.f_BF != 0, f_dense != 0)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
     for (name, _), got, want in zip(model.named_parameters(), sparse_grads, dense_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)
 
 
 def test_transcoder_shorthand_needs_an_output_hook_and_trains_batchtopk():

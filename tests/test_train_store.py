@@ -1,5 +1,6 @@
 """Training on a real store: registration, kill -9 and exact resume, and bad input."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,6 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, store_snapshot
 
 from workbench.activation_batches import ActivationBatches
 from workbench.dictionaries import load_dictionary
@@ -21,14 +21,40 @@ from workbench.store import Store
 from workbench.store.shards import ShardBuilder
 from workbench.train import TrainConfig, run_train
 
+from conftest import REPO, store_snapshot
+
 TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
 
 
-@pytest.fixture
-def store(store_dir):
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=8192, run="h"),
-                progress=False)
+@pytest.fixture(scope="module")
+def harvested(tmp_path_factory, models_dir):
+    """Run 'h' harvested once for the module, and the same store with dictionary 'd' trained on it (_config's)."""
+    root = tmp_path_factory.mktemp("harvested") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(root), tokens=8192, run="h"),
+            progress=False)
+    trained = root.parent / "trained"
+    shutil.copytree(root, trained, symlinks=True)
+    run_train(_config(Store.open_existing(trained)), progress=False)
+    return root, trained
+
+
+def _copy(template, store_dir) -> Store:
+    """A test's own copy of a prepared store: tests change their store, and the template stays as it was."""
+    shutil.copytree(template, store_dir, symlinks=True, dirs_exist_ok=True)
     return Store.open_existing(store_dir)
+
+
+@pytest.fixture
+def store(store_dir, harvested):
+    return _copy(harvested[0], store_dir)
+
+
+@pytest.fixture
+def trained_store(store_dir, harvested):
+    """As `store`, with 'd' already trained: run_train(_config(store)) finds it complete and returns its name."""
+    return _copy(harvested[1], store_dir)
 
 
 def _config(store, **overrides):
@@ -131,7 +157,8 @@ def test_transcoder_predicts_the_mlp_output(store_dir, skip):
     assert fvu.value() < 0.8  # against the MLP output, raw activations, BOS rows included; predicting the mean gives 1.0
 
 
-def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(store):
+def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(trained_store):
+    store = trained_store
     from workbench.encode import EncodeConfig, run_encode
 
     name = run_train(_config(store), progress=False).dictionary.name
@@ -164,7 +191,8 @@ def test_encoding_an_unknown_or_unfinished_dictionary_is_refused(store):
         run_encode(EncodeConfig(store=str(store.root), dictionary="nope"), progress=False)
 
 
-def test_eval_metrics_agree_with_direct_computation_and_across_backends(store):
+def test_eval_metrics_agree_with_direct_computation_and_across_backends(trained_store):
+    store = trained_store
     from workbench.evaluate import EvalConfig, next_token_ce, run_eval
     from workbench.models import load_hf_model
 

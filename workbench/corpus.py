@@ -119,6 +119,16 @@ def _hub_documents(name: str, text_column: str) -> Iterator[tuple[str, str]]:
         ) from exc
 
 
+def bos_token_id(tokenizer) -> int:
+    """The token every context starts with: the tokenizer's BOS, or its EOS where it has no BOS (GPT-2 style
+    tokenizers mark both boundaries with one token). Harvest, prompts and tasks all start with this one id, so a
+    prompt typed later lines up with the contexts a dictionary was trained on."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise CorpusError("The tokenizer has neither a BOS nor an EOS token to start contexts with.")
+    return bos
+
+
 def is_bos_position(token_ids: np.ndarray, context_len: int) -> np.ndarray:
     """True for rows at position 0 of their context. A run's token_id is context * context_len + position
     (see harvest.py), so this needs no lookup in the tokens table."""
@@ -151,9 +161,7 @@ def tokenize_corpus(spec: str, tokenizer, n_tokens: int, context_len: int = 128,
     """Tokenize documents until `n_tokens` (rounded up to whole contexts) are filled, or the corpus ends."""
     if context_len < 2:
         raise CorpusError("--context-len must be at least 2 (a BOS token and one text token).")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if bos is None:
-        raise CorpusError("The tokenizer has neither a BOS nor an EOS token to start contexts with.")
+    bos = bos_token_id(tokenizer)
     n_contexts_wanted = -(-n_tokens // context_len)
     body = context_len - 1  # each context spends one slot on its BOS
 

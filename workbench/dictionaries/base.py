@@ -87,7 +87,10 @@ class SparseCoder(nn.Module):
 
     # -- the family-specific part ----------------------------------------------------
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None) -> SparseOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
+                target_BD: torch.Tensor | None = None) -> SparseOutput:
+        """One training pass. `dead_F` marks the latents the auxiliary loss may revive; `target_BD` is what
+        to reconstruct (a transcoder's output hook), x_BD itself when None. Every family takes these three."""
         raise NotImplementedError
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -189,11 +192,25 @@ _FAMILIES: dict[str, type[SparseCoder]] = {}
 
 
 def register(arch: str):
+    """Class decorator: make `cls` the family that make_dictionary builds for `arch`.
+
+    A name that is already taken is refused: silently replacing a family would change what
+    every stored dictionary of that arch loads as.
+    """
     def decorate(cls: type[SparseCoder]) -> type[SparseCoder]:
+        taken = _FAMILIES.get(arch)
+        # The same class defined again (a module reloaded) is the same family, not a clash.
+        if taken is not None and _qualified_name(taken) != _qualified_name(cls):
+            raise DictionaryError(f"Architecture '{arch}' is already registered by {_qualified_name(taken)}; "
+                                  f"choose another name for {_qualified_name(cls)}.")
         _FAMILIES[arch] = cls
         return cls
 
     return decorate
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def families(trainable: bool = False) -> list[str]:

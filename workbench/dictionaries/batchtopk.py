@@ -40,7 +40,8 @@ class JumpReLUSAE(SparseCoder):
         pre_BF = self.pre_activations(x_BD)
         return pre_BF.relu() * (pre_BF > self.threshold)
 
-    def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
+                target_BD: torch.Tensor | None = None) -> SparseOutput:
         raise DictionaryError("A JumpReLU dictionary is for inference (imported from SAELens); the workbench trains "
                               "its JumpReLU SAEs as batchtopk. Use --arch batchtopk.")
 
@@ -78,7 +79,8 @@ class BatchTopKSAE(JumpReLUSAE):
                        dead_F: torch.Tensor | None) -> torch.Tensor:
         return self.residual_aux_loss(pre_BF, residual_BD, dead_F)
 
-    def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
+                target_BD: torch.Tensor | None = None) -> SparseOutput:
         target_BD = x_BD if target_BD is None else target_BD
         pre_BF = self.pre_activations(x_BD)
         f_BF = self.select(pre_BF)

@@ -39,7 +39,8 @@ class MatchingPursuitSAE(SparseCoder):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.encode_with(x_BD)
 
-    def forward(self, x_BD, dead_F=None, target_BD=None) -> SparseOutput:
+    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
+                target_BD: torch.Tensor | None = None) -> SparseOutput:
         f_BF = self.encode(x_BD)
         return SparseOutput(f_BF, self.decode(f_BF, x_BD), f_BF.new_zeros(()))
 

@@ -202,9 +202,11 @@ class NNsightBackend(Backend):
 
     def __init__(self, hf_model: nn.Module, tokenizer):
         super().__init__(hf_model, tokenizer)
-        from nnsight import LanguageModel
+        from nnsight import TransformersModel
 
-        self.lm = LanguageModel(hf_model, tokenizer=tokenizer)
+        # nnsight 0.8 deprecates LanguageModel, which was this class pinned to the text-generation task;
+        # naming the task keeps exactly what LanguageModel built.
+        self.lm = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
         self._layers_path = self._find_layers_path()
         self._attn_name = attention_name(decoder_layers(hf_model)[0])
         self._o_proj_name = output_projection_name(getattr(decoder_layers(hf_model)[0], self._attn_name))

@@ -111,7 +111,7 @@ EXAMPLE_QUERIES = {
         "GROUP BY ALL HAVING sum(n) >= 20 ORDER BY purity DESC LIMIT 20",
     "Most frequent tokens": "SELECT token, count(*) AS n FROM tokens GROUP BY token ORDER BY n DESC LIMIT 20",
     "Activation norms per hook (reads the shards)":
-        "SELECT hook, count(*) AS tokens, round(avg(sqrt(list_sum(list_transform(act, x -> x * x)))), 3) AS mean_norm\n"
+        "SELECT hook, count(*) AS tokens, round(avg(sqrt(list_sum(list_transform(act, lambda x: x * x)))), 3) AS mean_norm\n"
         "FROM activations GROUP BY hook ORDER BY hook",
     "Depth scores of the probe runs": "SELECT * FROM probe_depth_scores ORDER BY probe_run, measure",
     "Logit lens by layer": "SELECT probe_run, layer, round(kl_mean, 4) AS kl, round(top5_overlap_mean, 3) AS top5\n"
