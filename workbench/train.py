@@ -107,7 +107,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         with store.transaction() as con:
             records.insert(con, DictionaryRecord(
                 name=name, arch=config.arch, run=run, hook=hook, hook_out=hook_out, d_in=data.d_model,
-                d_out=dictionary_config.d_out, n_latents=config.latents, k=config.k,
+                d_out=dictionary_config.output_width, n_latents=config.latents, k=config.k,
                 path=folder.relative_to(store.root).as_posix(), dead_window_tokens=dead_window, config=settings,
                 package_version=package_version(), git_commit=git_commit()))
 
