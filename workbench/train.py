@@ -97,6 +97,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     existing = lookups.dictionary(store, name)
     if existing:
+        assert existing.config is not None  # train and import write every dictionary record with its settings
         differing = [k for k in settings if k != "checkpoint_seconds" and existing.config.get(k) != settings[k]]
         if differing:
             raise DictionaryError(f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
