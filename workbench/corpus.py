@@ -166,14 +166,20 @@ def tokenize_corpus(spec: str, tokenizer, n_tokens: int, context_len: int = 128,
     body = context_len - 1  # each context spends one slot on its BOS
 
     # The stream of body tokens (without the per-context BOS), as lists, then sliced into contexts.
-    vocab, docs, starts, ends = [], [], [], []
+    vocab: list[int] = []
+    docs: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
     documents: list[Document] = []
     for document in iter_documents(spec, text_column):
         if len(vocab) >= n_contexts_wanted * body:
             break
         encoded = tokenizer(document.text, add_special_tokens=False, return_offsets_mapping=True)
         if documents:  # separator between documents
-            vocab.append(bos), docs.append(-1), starts.append(0), ends.append(0)
+            vocab.append(bos)
+            docs.append(-1)
+            starts.append(0)
+            ends.append(0)
         documents.append(document)
         vocab.extend(encoded["input_ids"])
         docs.extend([document.doc_id] * len(encoded["input_ids"]))

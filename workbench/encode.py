@@ -59,10 +59,10 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
             token_ids, acts = token_ids[keep], acts[keep]
             for start in range(0, len(acts), batch_size):
                 f = model.encode(torch.from_numpy(acts[start:start + batch_size]))
-                rows, features = f.nonzero(as_tuple=True)
+                rows, latents = f.nonzero(as_tuple=True)
                 token_chunks.append(token_ids[start:start + batch_size][rows.numpy()])
-                feature_chunks.append(features.numpy().astype(np.int32))
-                value_chunks.append(f[rows, features].numpy().astype(np.float32))
+                feature_chunks.append(latents.numpy().astype(np.int32))
+                value_chunks.append(f[rows, latents].numpy().astype(np.float32))
             n_tokens += len(token_ids)
             bar.update(int(keep.size))
 
@@ -91,7 +91,7 @@ def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latent
     """Per-feature density, max, mean and quantiles; features are sorted, so each is one slice."""
     starts = np.searchsorted(features, np.arange(n_latents), side="left")
     ends = np.searchsorted(features, np.arange(n_latents), side="right")
-    columns = {k: [] for k in ("n_active", "max", "mean", "q50", "q90", "q99")}
+    columns: dict[str, list[float | None]] = {k: [] for k in ("n_active", "max", "mean", "q50", "q90", "q99")}
     for start, end in zip(starts, ends):
         active = values[start:end]
         columns["n_active"].append(int(end - start))
@@ -99,7 +99,9 @@ def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latent
             columns["max"].append(float(active.max()))
             columns["mean"].append(float(active.mean()))
             q50, q90, q99 = np.quantile(active, [0.5, 0.9, 0.99])
-            columns["q50"].append(float(q50)), columns["q90"].append(float(q90)), columns["q99"].append(float(q99))
+            columns["q50"].append(float(q50))
+            columns["q90"].append(float(q90))
+            columns["q99"].append(float(q99))
         else:
             for key in ("max", "mean", "q50", "q90", "q99"):
                 columns[key].append(None)

@@ -102,7 +102,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     # A transcoder reads its input hook and replaces the output hook; an SAE replaces its own hook.
     spliced_patch = Patch(target, _keep_bos(lambda t: sae.reconstruct(t.float()).to(t.dtype)), source=source)
     zero_patch = Patch(target, _keep_bos(torch.zeros_like))
-    ce = {"clean": [], "spliced": [], "zero": []}
+    ce: dict[str, list[torch.Tensor]] = {"clean": [], "spliced": [], "zero": []}
     kls = []
     with torch.no_grad():
         for start in range(0, len(contexts), batch_size):
@@ -110,6 +110,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
             clean = backend.run(batch, [], logits=True).logits
             spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
             zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
+            assert clean is not None and spliced is not None and zero is not None  # asked for
             for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero)):
                 ce[key].append(next_token_ce(logits, batch))
             clean_lp = torch.log_softmax(clean[:, 1:].float(), -1)

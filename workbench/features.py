@@ -17,6 +17,7 @@ store/features.py; here they become the pages' shapes. A dictionary is its catal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -229,7 +230,7 @@ class Unembedding:
     logit tables use it: a direction v written to the residual stream moves logit t by W_U[t]·(g*v)."""
 
     weight: torch.Tensor  # [vocab, d_model]
-    tokenizer: object
+    tokenizer: Any  # a HF tokenizer: only .decode is used
 
     def token_text(self, vocab_id: int) -> str:
         return self.tokenizer.decode([vocab_id])
@@ -240,7 +241,7 @@ class Unembedding:
 
         norm, unembed = final_norm_and_unembed(hf_model, "The logit-effect table",
                                                "The rest of the feature page works without it.")
-        weight = unembed.weight.detach().float()
+        weight = cast(torch.Tensor, unembed.weight).detach().float()  # the unembedding's [vocab, d_model] matrix
         gain = getattr(norm, "weight", None)
         if gain is not None:
             weight = weight * gain.detach().float()

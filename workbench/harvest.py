@@ -229,6 +229,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
                 in_flight.result()  # re-raises a failed sync or commit of the previous chunk
             in_flight = committer.submit(_sync_and_commit, store, shards, n_chunks)
             harvested += chunk_ids.size
+        assert in_flight is not None  # pending is not empty (checked above)
         in_flight.result()
     return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
 

@@ -71,7 +71,7 @@ def run_import(config: ImportConfig) -> ImportResult:
     settings = {"imported_from": str(Path(source).resolve()), "run": run, "hook": hook, "hook_out": hook_out}
     record = DictionaryRecord(
         name=name, arch=dictionary_config.arch, run=run, hook=hook, hook_out=hook_out, d_in=dictionary_config.d_in,
-        d_out=dictionary_config.d_out, n_latents=dictionary_config.n_latents, k=dictionary_config.k,
+        d_out=dictionary_config.output_width, n_latents=dictionary_config.n_latents, k=dictionary_config.k,
         path=folder.relative_to(store.root).as_posix(), status="complete", config=settings,
         package_version=package_version(), git_commit=git_commit())
     with store.transaction() as con:

@@ -27,6 +27,7 @@ class FVUAccumulator:
         self.n += target.shape[0]
 
     def value(self) -> float:
+        assert self.sum_D is not None, "value() follows at least one add()"
         total_variance = self.sum_sq - (self.sum_D.pow(2).sum().item() / self.n)
         return self.error / max(total_variance, 1e-12)
 

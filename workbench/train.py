@@ -97,6 +97,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     existing = lookups.dictionary(store, name)
     if existing:
+        assert existing.config is not None  # train and import write every dictionary record with its settings
         differing = [k for k in settings if k != "checkpoint_seconds" and existing.config.get(k) != settings[k]]
         if differing:
             raise DictionaryError(f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
@@ -107,7 +108,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         with store.transaction() as con:
             records.insert(con, DictionaryRecord(
                 name=name, arch=config.arch, run=run, hook=hook, hook_out=hook_out, d_in=data.d_model,
-                d_out=dictionary_config.d_out, n_latents=config.latents, k=config.k,
+                d_out=dictionary_config.output_width, n_latents=config.latents, k=config.k,
                 path=folder.relative_to(store.root).as_posix(), dead_window_tokens=dead_window, config=settings,
                 package_version=package_version(), git_commit=git_commit()))
 

@@ -33,10 +33,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from workbench.circuits.tasks import TaskError
 from workbench.dictionaries.base import SparseCoder
@@ -45,6 +45,9 @@ from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
 from workbench.store.analyses import replace_graph
 from workbench.store.records import GraphRecord
+
+# The Hugging Face models here are typed `Any`: their config fields and submodules (model.layers, self_attn.v_proj,
+# ...) are per-architecture attributes that torch's stubs type as `Tensor | Module`.
 
 
 @dataclass
@@ -81,7 +84,7 @@ def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + eps)
 
 
-def _check_llama(hf_model: nn.Module) -> None:
+def _check_llama(hf_model: Any) -> None:
     layers = getattr(getattr(hf_model, "model", None), "layers", None)
     block = layers[0] if layers is not None else None
     needed = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
@@ -91,7 +94,7 @@ def _check_llama(hf_model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _attention_patterns(hf_model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+def _attention_patterns(hf_model: Any, ids: torch.Tensor) -> list[torch.Tensor]:
     """[heads, seq, seq] per layer, from the model's own eager attention (SDPA does not return them)."""
     previous = hf_model.config._attn_implementation
     hf_model.set_attn_implementation("eager")
@@ -110,7 +113,7 @@ class _Frozen:
     final_scale: torch.Tensor | None  # [1]: the final norm's factor at the last position
 
 
-def _attention(attention: nn.Module, h: torch.Tensor, pattern: torch.Tensor, T: int, H: int, d_head: int,
+def _attention(attention: Any, h: torch.Tensor, pattern: torch.Tensor, T: int, H: int, d_head: int,
                groups: int) -> torch.Tensor:
     """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
     v = h @ attention.v_proj.weight.T
@@ -121,7 +124,7 @@ def _attention(attention: nn.Module, h: torch.Tensor, pattern: torch.Tensor, T: 
     return out + attention.o_proj.bias if attention.o_proj.bias is not None else out
 
 
-def _replacement_forward(hf_model: nn.Module, transcoders: dict[int, SparseCoder], leaves: dict, frozen: _Frozen,
+def _replacement_forward(hf_model: Any, transcoders: dict[int, SparseCoder], leaves: dict, frozen: _Frozen,
                          T: int, H: int, d_head: int, groups: int) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The local replacement model: affine in the leaves (embeddings, feature activations, errors)."""
     model = hf_model.model
@@ -144,7 +147,7 @@ def _replacement_forward(hf_model: nn.Module, transcoders: dict[int, SparseCoder
     return pre_activations, final @ hf_model.get_output_embeddings().weight.T
 
 
-def build_graph(hf_model: nn.Module, tokenizer, prompt: str, transcoders: dict[int, SparseCoder],
+def build_graph(hf_model: Any, tokenizer, prompt: str, transcoders: dict[int, SparseCoder],
                 target: str | None = None, max_features: int = 4096) -> AttributionGraph:
     """The full (unpruned) attribution graph of `prompt` for the logit of `target` (default: the top prediction)."""
     _check_llama(hf_model)
@@ -225,8 +228,8 @@ def build_graph(hf_model: nn.Module, tokenizer, prompt: str, transcoders: dict[i
     targets = [(T + i, pre_activations[l][p, f]) for i, (l, p, f) in enumerate(feature_index)]
     targets.append((n - 1, logits[target_id]))
     for row, value in targets:
-        grads = torch.autograd.grad(value, leaf_list, retain_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaf_list)]
+        raw_grads = torch.autograd.grad(value, leaf_list, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(raw_grads, leaf_list)]
         with torch.no_grad():
             adjacency[row, :T] = (grads[0] * embeddings).sum(-1).numpy()
             column = T
@@ -339,7 +342,7 @@ class DeEmbedding:
 
 
 @torch.no_grad()
-def de_embeddings(hf_model: nn.Module, tokenizer, coder: SparseCoder, layer: int, feature: int, n: int = 10) -> DeEmbedding:
+def de_embeddings(hf_model: Any, tokenizer, coder: SparseCoder, layer: int, feature: int, n: int = 10) -> DeEmbedding:
     """Which tokens most drive transcoder feature `feature` at MLP `layer`, directly and through each head's OV circuit.
 
     RMSNorm's gains are folded in and its per-token scale left out (it depends on the context), as in
@@ -503,7 +506,9 @@ def run_graph(config: GraphConfig) -> GraphResult:
     if not config.transcoders:
         raise TaskError("Give at least one transcoder (--transcoders NAME[,NAME...]); train one per MLP layer with "
                         "`workbench train --hook blocks.L.mlp.hook_in --out blocks.L.mlp.hook_out --arch transcoder ...`.")
-    coders, names, models = {}, {}, set()
+    coders: dict[int, SparseCoder] = {}
+    names: dict[int, str] = {}
+    models: set[str] = set()
     for name in config.transcoders:
         layer, coder, model = load_transcoder(store, name)
         if layer in coders:

@@ -230,6 +230,7 @@ def run_codes(config: CodesConfig) -> CodesResult:
     backend = make_backend(config.backend, hf_model, tokenizer)
     n_heads, _ = attention_heads(hf_model)
     if reference_scores is not None and reference_scores.shape != (backend.n_layers, n_heads):
+        assert reference is not None  # _reference returns scores only with their run
         raise TaskError(f"The reference run '{reference.circuit_run}' has {reference_scores.shape[0]} x "
                         f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; "
                         "give the reference's model.")

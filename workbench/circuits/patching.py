@@ -59,7 +59,9 @@ class LevelScores:
 
 
 def _final_metric(backend: Backend, ids: torch.Tensor, task: TokenizedTask, patch: Patch | None = None) -> torch.Tensor:
-    logits = backend.run(ids, [], logits=True, patch=patch).logits[:, -1]
+    all_logits = backend.run(ids, [], logits=True, patch=patch).logits
+    assert all_logits is not None  # asked for
+    logits = all_logits[:, -1]
     repeats = len(ids) // len(task.answer_ids)
     return metric_values(logits, task.answer_ids.repeat(repeats, 1), task.wrong_ids.repeat(repeats, 1), task.task.metric)
 

@@ -181,7 +181,10 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
 def tokenize_task(task: Task, tokenizer) -> TokenizedTask:
     """[BOS] + prompt for both sides; every pair's two prompts, and all pairs, must have one length."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    clean, corrupted, answers, wrong = [], [], [], []
+    clean: list[list[int]] = []
+    corrupted: list[list[int]] = []
+    answers: list[list[int]] = []
+    wrong: list[list[int]] = []
     for number, pair in enumerate(task.pairs, start=1):
         a = [bos, *tokenizer(pair.clean, add_special_tokens=False)["input_ids"]]
         b = [bos, *tokenizer(pair.corrupted, add_special_tokens=False)["input_ids"]]
@@ -192,7 +195,8 @@ def tokenize_task(task: Task, tokenizer) -> TokenizedTask:
         if clean and len(a) != len(clean[0]):
             raise TaskError(f"Pair {number} is {len(a) - 1} tokens but pair 1 is {len(clean[0]) - 1}; patching scores "
                             "positions across pairs, so give prompts of one length (or run them as separate tasks).")
-        clean.append(a), corrupted.append(b)
+        clean.append(a)
+        corrupted.append(b)
         answers.append([_answer_id(tokenizer, t, number) for t in pair.answers])
         wrong.append([_answer_id(tokenizer, t, number) for t in pair.wrong])
     if not clean:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,7 +47,11 @@ def check_code(site: str, code: int, total_codes: dict[str, int]) -> None:
 class CodebookModel(nn.Module):
     """A causal LM with codebook bottlenecks at some sublayer outputs."""
 
-    def __init__(self, hf_model: nn.Module, sites: list[str], n_codes: int, k: int = 1, reduce: str = "sum"):
+    # A HF causal LM: its config and submodules are per-architecture attributes that torch's stubs type as
+    # `Tensor | Module`, so it is `Any` here.
+    hf_model: Any
+
+    def __init__(self, hf_model: Any, sites: list[str], n_codes: int, k: int = 1, reduce: str = "sum"):
         super().__init__()
         self.hf_model = hf_model
         n_layers = len(decoder_layers(hf_model))
@@ -67,7 +72,7 @@ class CodebookModel(nn.Module):
         self.enabled = True
         self._handles = []
         for point in points:
-            block = decoder_layers(hf_model)[point.layer]
+            block: Any = decoder_layers(hf_model)[point.layer]  # a HF block: .mlp is per-architecture
             attention = getattr(block, attention_name(block))
             if point.kind == "attn.hook_z":  # the output projection's input: the heads' outputs, concatenated
                 projection = getattr(attention, output_projection_name(attention))
@@ -77,7 +82,7 @@ class CodebookModel(nn.Module):
                 self._handles.append(module.register_forward_hook(self._hook(point.name)))
 
     def bottleneck(self, site: str) -> CodebookBottleneck:
-        return self.bottlenecks[site.replace(".", "_")]
+        return cast(CodebookBottleneck, self.bottlenecks[site.replace(".", "_")])
 
     def _quantise(self, site: str, tensor: torch.Tensor) -> torch.Tensor:
         """The bottleneck's output for what the site holds (with any forced code), recording codes and inputs."""

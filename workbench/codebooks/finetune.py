@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -58,7 +59,7 @@ class FinetuneState:
     codes_replaced: int = 0
 
 
-def model_fingerprint(hf_model: torch.nn.Module) -> str:
+def model_fingerprint(hf_model: Any) -> str:  # a HF model: config fields are per-architecture
     """A hash of the base model's shape and token embedding: a codebook only fits the model it was trained on."""
     config = hf_model.config
     digest = hashlib.sha256(json.dumps([config.model_type, config.hidden_size, config.num_hidden_layers,
@@ -120,6 +121,7 @@ def finetune(coded: CodebookModel, batch_at: Callable[[int], torch.Tensor], n_st
         state = FinetuneState(**json.loads((checkpoint / "state.json").read_text()))
 
     def save_checkpoint() -> None:
+        assert folder is not None  # checkpoints are saved only when there is a folder
         def write(staging: Path) -> None:
             save_file(_trained_state(coded, train_model), staging / "trained.safetensors")
             save_file(optimizer_tensors(optimizer, coded), staging / "optimizer.safetensors")

@@ -125,6 +125,7 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
 
     existing = lookups.codebook(store, name)
     if existing:
+        assert existing.config is not None  # run_codebook_train writes every codebooks record with its settings
         previous = _resumable(existing.config)
         differing = [key for key, value in _resumable(settings).items() if previous.get(key) != value]
         if differing:
@@ -170,6 +171,7 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
                                   config=settings, package_version=package_version(), git_commit=git_commit())
         with store.transaction() as con:
             insert(con, existing)
+    assert existing.lm_loss_original is not None  # measured before the record is first inserted, just above
     lm_loss_original = existing.lm_loss_original
 
     state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
@@ -181,7 +183,9 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
         update(con, CodebookRecord, {"name": name}, status="complete", steps_done=state.step, tokens_done=state.tokens,
                lm_loss_codebooks=lm_loss_codebooks, lm_loss_increase=lm_loss_codebooks - lm_loss_original,
                lm_loss_bypassed=lm_loss_bypassed, recon_error=state.last_recon)
-    return CodebookTrainResult(lookups.codebook(store, name))
+    finished = lookups.codebook(store, name)
+    assert finished is not None  # inserted above
+    return CodebookTrainResult(finished)
 
 
 def open_codebook_model(store: Store, name: str, device: str = "cpu") -> tuple[CodebookModel, object, CodebookRecord]:

@@ -52,6 +52,21 @@ class DictionaryConfig:
         if not 0 < self.k < self.n_latents:
             raise DictionaryError(f"k must be between 1 and the number of latents minus one ({self.n_latents - 1}); got k={self.k}.")
 
+    # d_out and aux_k stay optional fields (the constructor takes None, asdict and cfg.json are unchanged);
+    # __post_init__ fills them in, and these give that filled-in value as an int.
+
+    @property
+    def output_width(self) -> int:
+        """d_out once resolved: the width of the reconstruction (d_in unless a transcoder says otherwise)."""
+        assert self.d_out is not None, "set by __post_init__"
+        return self.d_out
+
+    @property
+    def aux_width(self) -> int:
+        """aux_k once resolved: how many latents AuxK uses."""
+        assert self.aux_k is not None, "set by __post_init__"
+        return self.aux_k
+
 
 # Families whose encoder reads the input against its own decoder (MP's residual, top-AFA's norm).
 SAME_SPACE_ONLY = ("mp", "topafa")
@@ -74,7 +89,7 @@ class SparseCoder(nn.Module):
     def __init__(self, config: DictionaryConfig):
         super().__init__()
         self.config = config
-        d_in, n, d_out = config.d_in, config.n_latents, config.d_out
+        d_in, n, d_out = config.d_in, config.n_latents, config.output_width
         decoder = torch.randn(n, d_out)
         self.W_dec = nn.Parameter(decoder / decoder.norm(dim=1, keepdim=True))
         self.W_enc = nn.Parameter(self.W_dec.data.T.contiguous() if d_in == d_out else torch.randn(d_in, n) / d_in**0.5)
@@ -111,6 +126,7 @@ class SparseCoder(nn.Module):
         """Latents to output; transcoders with a skip connection also need the input."""
         recon = f_BF @ self.W_dec + self.b_dec
         if self.config.skip_connection:
+            assert x_BD is not None, "a skip connection decodes with the input too"
             recon = recon + x_BD @ self.W_skip
         return recon
 
@@ -129,7 +145,7 @@ class SparseCoder(nn.Module):
         """
         if eligible_F is None or not bool(eligible_F.any()):
             return pre_BF.new_zeros(())
-        k_aux = min(self.config.aux_k, int(eligible_F.sum()))
+        k_aux = min(self.config.aux_width, int(eligible_F.sum()))
         _, indices = pre_BF.detach().masked_fill(~eligible_F, float("-inf")).topk(k_aux, dim=-1, sorted=False)
         if encoder_input_BD is not None:
             values = gather_pre_activations(encoder_input_BD, self.W_enc, self.b_enc, indices, pre_BF)

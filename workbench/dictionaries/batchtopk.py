@@ -31,6 +31,7 @@ class JumpReLUSAE(SparseCoder):
     trainable = False  # only BatchTopK and feature choice, its subclasses, learn thresholds
     threshold_momentum = 0.99
     per_latent_threshold = False  # one threshold for all latents (BatchTopK); feature choice learns one per latent
+    threshold: torch.Tensor  # buffer [latents], registered in __init__
 
     def __init__(self, config):
         super().__init__(config)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.dictionaries.base import register
+from workbench.dictionaries.base import DictionaryConfig, register
 from workbench.dictionaries.batchtopk import BatchTopKSAE
 
 USAGE_MOMENTUM = 0.99
@@ -28,7 +28,10 @@ USAGE_MOMENTUM = 0.99
 class ZipfAuxMixin:
     """Tracks each latent's usage and replaces the AuxK dead-latent loss with aux_zipf_loss."""
 
-    training_buffers = ("usage",)
+    # Set by the SparseCoder this is mixed into, and the buffer registered in __init__.
+    config: DictionaryConfig
+    usage: torch.Tensor
+    training_buffers: tuple[str, ...] = ("usage",)
 
     def __init__(self, config):
         super().__init__(config)

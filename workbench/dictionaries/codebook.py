@@ -36,6 +36,8 @@ class CodebookBottleneck(nn.Module):
     and its own top-k. Code ids are global: code c belongs to group c // n_codes, and codes_BK holds the
     groups' k codes one group after another ([..., groups * k])."""
 
+    since_used: torch.Tensor  # buffer [groups * n_codes], registered in __init__
+
     def __init__(self, d: int, n_codes: int, k: int = 1, reduce: str = "sum", groups: int = 1):
         super().__init__()
         if not 1 <= k <= n_codes:

@@ -104,7 +104,8 @@ def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.T
     if state.step == 0:
         first_x, first_y = next(batches)
         state.input_scale = model.config.d_in**0.5 / first_x.float().norm(dim=1).mean().clamp_min(1e-12).item()
-        state.target_scale = (model.config.d_out**0.5 / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
+        state.target_scale = (model.config.output_width**0.5
+                              / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
                               if model.config.transcoder else state.input_scale)
         model.b_dec.data = geometric_median(first_y.float() * state.target_scale)
         batches = _prepend((first_x, first_y), batches)

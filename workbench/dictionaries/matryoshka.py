@@ -36,5 +36,6 @@ class MatryoshkaSAE(BatchTopKSAE):
         """The reconstruction from the first m latents only."""
         recon = f_BF[:, :m] @ self.W_dec[:m] + self.b_dec
         if self.config.skip_connection:
+            assert x_BD is not None, "a skip connection decodes with the input too"
             recon = recon + x_BD @ self.W_skip
         return recon

@@ -11,12 +11,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from workbench.errors import ModelLoadError
 from workbench.hooks import HOOK_KINDS, HookPoint
+
+# Hugging Face models are typed `Any` where their config and attributes are read: these are per-architecture
+# attributes that torch's stubs type as `Tensor | Module`.
 
 BACKENDS = ("transformerlens", "nnsight")
 
@@ -25,13 +29,13 @@ class _StopForward(Exception):
     """Raised from a hook to end a forward pass once everything needed is captured."""
 
 
-def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type = nn.Module) -> nn.Module | None:
+def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type[nn.Module] = nn.Module) -> nn.Module | None:
     """The first of the dotted attribute paths that exists on the model and is a `kind`, else None.
 
     HF architectures name the same part differently (model.layers, transformer.h, ...).
     """
     for path in paths:
-        module = hf_model
+        module: Any = hf_model
         for attr in path.split("."):
             module = getattr(module, attr, None)
             if module is None:
@@ -45,7 +49,7 @@ def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
     """The list of transformer blocks of a HF causal LM (Llama/Mistral/Qwen, GPT-2, GPT-NeoX)."""
     layers = find_module(hf_model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"), nn.ModuleList)
     if layers is not None:
-        return layers
+        return cast(nn.ModuleList, layers)  # find_module returns only instances of `kind`
     raise ModelLoadError(f"Cannot find the transformer blocks of {type(hf_model).__name__}; supported layouts: Llama-like, GPT-2, GPT-NeoX.")
 
 
@@ -64,7 +68,7 @@ def output_projection_name(attention: nn.Module) -> str:
     raise ModelLoadError(f"Cannot find the output projection of {type(attention).__name__} (for attn.hook_z).")
 
 
-def attention_heads(hf_model: nn.Module) -> tuple[int, int]:
+def attention_heads(hf_model: Any) -> tuple[int, int]:
     """(n_heads, d_head) of the model's attention: the layout of attn.hook_z's last dimension."""
     config = hf_model.config
     n_heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
@@ -111,7 +115,7 @@ class ForwardResult:
 class Backend(ABC):
     name: str
 
-    def __init__(self, hf_model: nn.Module, tokenizer):
+    def __init__(self, hf_model: Any, tokenizer):
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.n_layers = len(decoder_layers(hf_model))
@@ -139,7 +143,7 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 class TransformerLensBackend(Backend):
     name = "transformerlens"
 
-    def __init__(self, hf_model: nn.Module, tokenizer):
+    def __init__(self, hf_model: Any, tokenizer):
         super().__init__(hf_model, tokenizer)
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -200,7 +204,7 @@ class TransformerLensBackend(Backend):
 class NNsightBackend(Backend):
     name = "nnsight"
 
-    def __init__(self, hf_model: nn.Module, tokenizer):
+    def __init__(self, hf_model: Any, tokenizer):
         super().__init__(hf_model, tokenizer)
         from nnsight import TransformersModel
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +61,9 @@ def build_smollm2(dest: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     folder = smollm2_gguf_dir()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # HF models are typed Any here: their per-architecture attributes (hf_quantizer) are `Tensor | Module` to torch's
+    # stubs, and transformers' stubs type the decorated PreTrainedModel.to as taking a model rather than a dtype/device.
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # Without these two lines save_pretrained records a GGUF quantizer that no loader can use.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -88,7 +91,8 @@ def build_tiny(dest: Path) -> None:
         initializer_range=0.1,  # larger than the default 0.02 so activations are not all near zero
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
+    model = model.to(torch.float32)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
@@ -175,7 +179,8 @@ def load_hf_model(model_dir: Path, device: str = "cpu"):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # Any: see build_smollm2
+        model = model.to(device).eval()
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {model_dir}: {exc}") from exc
     return model, tokenizer

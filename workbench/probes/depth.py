@@ -111,6 +111,7 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
         for index, start in enumerate(range(0, len(contexts), config.batch_size)):
             ids = contexts[start:start + config.batch_size].to(config.device)
             clean = backend.run(ids, clean_points, logits=True)
+            assert clean.logits is not None  # asked for
             acts = {(p.layer, p.kind): v[:, 1:] for p, v in clean.acts.items()}  # drop the BOS position
             log_probs = torch.log_softmax(clean.logits[:, 1:].float(), dim=-1)
             bar.update(1)
@@ -120,6 +121,7 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
                 for metric, values in measures.items():
                     sublayer.add((layer, metric), values)
                 if index < lens_batches:
+                    assert norm is not None and unembed is not None  # lens_batches is 0 without lens tokens
                     kl, overlap = lens_measures(acts[layer, "hook_out"].reshape(-1, acts[layer, "hook_out"].shape[-1]),
                                                 log_probs.reshape(-1, log_probs.shape[-1]), norm, unembed)
                     lens.add((layer, "kl"), kl)
@@ -131,6 +133,7 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
             deltas = {l: (acts[l, "hook_out"] - acts[l, "hook_in"])[:, future] for l in range(n_layers)}
             for skipped in skip_layers:
                 result = backend.run(ids, residual_points, logits=True, skip=LayerSkip(skipped, split))
+                assert result.logits is not None  # asked for
                 skipped_acts = {(p.layer, p.kind): v[:, 1:] for p, v in result.acts.items()}
                 for affected in range(skipped + 1, n_layers):
                     delta_skip = (skipped_acts[affected, "hook_out"] - skipped_acts[affected, "hook_in"])[:, future]
@@ -143,7 +146,7 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
                 skip_output.add((skipped, "kl_skipped"), kl_skipped)
                 bar.update(1)
 
-    tables = {
+    tables: dict[str, list[tuple]] = {
         "probe_sublayer": [(layer, metric, sublayer.mean((layer, metric)), sublayer.max((layer, metric)),
                             sublayer.count((layer, metric))) for layer, metric in sublayer.keys()],
         "probe_logit_lens": [(layer, lens.mean((layer, "kl")), lens.max((layer, "kl")), lens.mean((layer, "top5")),

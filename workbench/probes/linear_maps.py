@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,9 +133,9 @@ def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
     store = Store.create_or_open(config.store)
     name = check_run_name(config.name or make_run_name("maps", Path(config.source).name, "to", Path(config.target).name,
                                                        str(config.tokens)))
-    common = dict(store=store, corpus=config.corpus, tokens=config.tokens, context_len=config.context_len,
-                  batch_size=config.batch_size, backend_name=config.backend, device=config.device,
-                  text_column=config.text_column)
+    common: dict[str, Any] = dict(store=store, corpus=config.corpus, tokens=config.tokens,
+                                  context_len=config.context_len, batch_size=config.batch_size,
+                                  backend_name=config.backend, device=config.device, text_column=config.text_column)
     source_layers, source_keys, n_source = _residuals(config.source, **common)
     target_layers, target_keys, n_target = _residuals(config.target, **common)
     rows_a, rows_b = align_tokens(source_keys, target_keys)

@@ -47,7 +47,9 @@ def replace_probe_run(store: Store, record: ProbeRunRecord, tables: dict[str, li
         insert(con, record)
         for table, rows in tables.items():
             insert_rows(con, table, ("probe_run", *PROBE_COLUMNS[table]), [(name, *row) for row in rows])
-        return read_one(con, ProbeRunRecord, probe_run=name)
+        stored = read_one(con, ProbeRunRecord, probe_run=name)
+        assert stored is not None  # inserted just above, in this transaction
+        return stored
 
 
 def replace_circuit_run(store: Store, record: CircuitRunRecord, tables: dict[str, list[tuple]]) -> CircuitRunRecord:
@@ -61,7 +63,9 @@ def replace_circuit_run(store: Store, record: CircuitRunRecord, tables: dict[str
         insert(con, record)
         for table, rows in tables.items():
             insert_rows(con, table, ("circuit_run", *CIRCUIT_COLUMNS[table]), [(name, *row) for row in rows])
-        return read_one(con, CircuitRunRecord, circuit_run=name)
+        stored = read_one(con, CircuitRunRecord, circuit_run=name)
+        assert stored is not None  # inserted just above, in this transaction
+        return stored
 
 
 # For messages: the `workbench sql` query that lists the patching runs.
@@ -94,4 +98,6 @@ def replace_graph(store: Store, record: GraphRecord) -> GraphRecord:
     with store.transaction() as con:
         delete(con, GraphRecord, graph=record.graph)
         insert(con, record)
-        return read_one(con, GraphRecord, graph=record.graph)
+        stored = read_one(con, GraphRecord, graph=record.graph)
+        assert stored is not None  # inserted just above, in this transaction
+        return stored

@@ -26,7 +26,7 @@ import numpy as np
 
 from workbench.errors import StoreError, StoreLockedError
 from workbench.store import schema
-from workbench.store.records import ShardRecord, read_all
+from workbench.store.records import ShardRecord, read_all, scalar
 from workbench.store.shards import read_shard
 
 CATALOG_NAME = "catalog.duckdb"
@@ -40,7 +40,7 @@ def _is_lock_conflict(exc: Exception) -> bool:
 class Store:
     """A store directory. Cheap to construct; connections are opened per transaction or query."""
 
-    def __init__(self, root: Path, lock_timeout_s: float = 120.0):
+    def __init__(self, root: str | Path, lock_timeout_s: float = 120.0):
         self.root = Path(root).expanduser().resolve()
         self.catalog_path = self.root / CATALOG_NAME
         self.lock_timeout_s = lock_timeout_s
@@ -76,6 +76,7 @@ class Store:
         with store.reader() as con:
             version = schema.read_version(con)
         schema.check_readable(version, str(store.catalog_path))
+        assert version is not None  # check_readable refuses a catalog without a version
         if version < schema.SCHEMA_VERSION:
             raise StoreError(
                 f"The store at {store.root} uses schema v{version}; this workbench uses v{schema.SCHEMA_VERSION}. "
@@ -158,7 +159,7 @@ class Store:
         Row c holds token ids c * context_len ... (c + 1) * context_len - 1: token_id is the row index in the run.
         """
         with self.reader() as con:
-            context_len = con.execute("SELECT context_len FROM runs WHERE run = ?", [run]).fetchone()[0]
+            context_len = scalar(con, "SELECT context_len FROM runs WHERE run = ?", [run])
             limit = n_contexts if n_contexts is not None else 2**31 - 1
             ids = con.execute("SELECT vocab_id FROM tokens WHERE run = ? AND context_id < ? ORDER BY token_id",
                               [run, limit]).fetchnumpy()["vocab_id"]

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.store.catalog import Store
+from workbench.store.records import scalar
 
 # SQL for context_windows' `values_sql`: a feature's value on each token of the windows.
 FEATURE_WINDOW_VALUES = ("SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
@@ -22,7 +23,7 @@ BROWSE_ORDERS = {"density": "density DESC", "rarest": "density ASC", "max activa
 
 def is_encoded(store: Store, dictionary: str) -> bool:
     with store.reader() as con:
-        return con.execute("SELECT count(*) FROM feature_stats WHERE dictionary = ?", [dictionary]).fetchone()[0] > 0
+        return scalar(con, "SELECT count(*) FROM feature_stats WHERE dictionary = ?", [dictionary]) > 0
 
 
 def window_tokens(store: Store, run: str, spans: pa.Table, values_sql: str,

@@ -9,6 +9,7 @@ the dataclass, never a positional `VALUES (?, ?, ...)` list.
     read_all(con, RecordType, ...)          rows, optionally filtered and ordered
     update(con, RecordType, key, **changes) change named columns (and updated_at)
     delete(con, RecordType, **key)          remove rows by key
+    scalar(con, sql, params)                the one value of a query that must return a row (count(*), ...)
 
 Result tables that are not entities (probe measurements, patching scores, sparse feature
 activations) are written by `insert_rows` and `insert_arrow`, which name their columns too.
@@ -29,6 +30,8 @@ from typing import Any, ClassVar, TypeVar
 import duckdb
 import pyarrow as pa
 
+from workbench.errors import StoreError
+
 _TIMESTAMPS = ("created_at", "updated_at")
 
 
@@ -42,6 +45,8 @@ class Record:
 
     TABLE: ClassVar[str]
     KEY: ClassVar[tuple[str, ...]]
+    # Every record type is a dataclass; declared here so `fields()` type-checks on Record and its TypeVar.
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
 R = TypeVar("R", bound=Record)
@@ -288,7 +293,7 @@ def _where(key: dict[str, Any]) -> tuple[str, list[Any]]:
 def insert(con: duckdb.DuckDBPyConnection, record: Record) -> None:
     """Write one record as a new row; timestamps left as None become now()."""
     columns, marks, values = [], [], []
-    for f in fields(record):  # type: ignore[arg-type]
+    for f in fields(record):
         value = getattr(record, f.name)
         columns.append(f.name)
         if value is None and f.name in _TIMESTAMPS:
@@ -306,7 +311,7 @@ def read_all(con: duckdb.DuckDBPyConnection, cls: type[R], where: str = "true", 
     Filters: `key` columns equal to values (read_all(con, ShardRecord, run="demo")), and/or `where`, a SQL
     condition on the table's columns with ? placeholders filled from `params`.
     """
-    columns = ", ".join(f.name for f in fields(cls))  # type: ignore[arg-type]
+    columns = ", ".join(f.name for f in fields(cls))
     key_where, key_params = _where(key)
     order = order_by or ", ".join(cls.KEY)
     query = f"SELECT {columns} FROM {cls.TABLE} WHERE ({where}) AND {key_where} ORDER BY {order}"
@@ -319,9 +324,17 @@ def read_one(con: duckdb.DuckDBPyConnection, cls: type[R], **key: Any) -> R | No
     return found[0] if found else None
 
 
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the query's first row; a StoreError if there is no row (count(*) always has one)."""
+    row = con.execute(sql, list(params)).fetchone()
+    if row is None:
+        raise StoreError(f"The catalog has no row for {sql!r} with {list(params)}.")
+    return row[0]
+
+
 def update(con: duckdb.DuckDBPyConnection, cls: type[Record], key: dict[str, Any], **changes: Any) -> None:
     """Set the named columns of the keyed row(s); updated_at follows, where the table has it."""
-    by_name = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    by_name = {f.name: f for f in fields(cls)}
     unknown = set(changes) - set(by_name)
     if unknown:
         raise ValueError(f"{cls.__name__} has no column(s) {sorted(unknown)}")

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from workbench.errors import StoreError
 from workbench.store.catalog import Store
-from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, insert, insert_arrow, update
+from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, insert, insert_arrow, scalar, update
 from workbench.store.schema import rebuild_activation_view
 
 
@@ -42,7 +42,7 @@ def commit_chunk(store: Store, shards: list[ShardRecord], n_chunks: int) -> None
         with store.transaction() as con:
             for shard in shards:
                 insert(con, shard)
-            done = con.execute("SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run]).fetchone()[0]
+            done = scalar(con, "SELECT count(DISTINCT chunk) FROM shards WHERE run = ?", [run])
             update(con, RunRecord, {"run": run}, status="complete" if done == n_chunks else "running")
             rebuild_activation_view(con)
     except duckdb.Error as exc:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import duckdb
 
 from workbench.errors import StoreVersionError
+from workbench.store.records import scalar
 
 SCHEMA_VERSION = 5
 
@@ -276,9 +277,9 @@ def rebuild_activation_view(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def read_version(con: duckdb.DuckDBPyConnection) -> int | None:
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info' AND table_schema = 'main'"
-    ).fetchone()[0]
+    exists = scalar(
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info' AND table_schema = 'main'"
+    )
     if not exists:
         return None
     row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()

@@ -85,6 +85,8 @@ class ShardBuilder:
         registers it in the catalog. A file that is never registered is an orphan, which the
         next harvest of the run deletes.
         """
+        # finish() follows start() and at least one append(), which set these
+        assert self._writer is not None and self._sink is not None and self._scratch is not None
         self._writer.close()
         payload = memoryview(self._scratch)[: self._sink.tell()]
         partial = path.with_name(path.name + ".partial")
