@@ -70,27 +70,57 @@ def main() -> None:
     train_on_fsm(model, fsm, steps=args.train_steps, seed=args.seed, progress=True)
     coded = CodebookModel(model, sites, n_codes=args.codes, k=args.k)
     coded.enabled = False
-    rows = [("plain model", next_state_accuracy(coded, fsm, test_tokens, test_states),
-             mean_lm_loss(coded, held_out, 64, codebooks=False))]
+    rows = [
+        (
+            "plain model",
+            next_state_accuracy(coded, fsm, test_tokens, test_states),
+            mean_lm_loss(coded, held_out, 64, codebooks=False),
+        )
+    ]
     coded.enabled = True
     coded.kmeans_init(fsm.sample(64, 24, seed=args.seed + 5)[0])
-    rows.append(("codebooks, k-means only", next_state_accuracy(coded, fsm, test_tokens, test_states),
-                 mean_lm_loss(coded, held_out, 64, codebooks=True)))
-    finetune(coded, lambda step: fsm.sample(64, 24, seed=args.seed * 1_000_003 + 10_000 + step)[0], args.finetune_steps,
-             FinetuneSettings(model_lr=args.model_lr), codebook_identity(coded, model_fingerprint(model)), progress=True)
-    rows.append(("codebooks, fine-tuned", next_state_accuracy(coded, fsm, test_tokens, test_states),
-                 mean_lm_loss(coded, held_out, 64, codebooks=True)))
+    rows.append(
+        (
+            "codebooks, k-means only",
+            next_state_accuracy(coded, fsm, test_tokens, test_states),
+            mean_lm_loss(coded, held_out, 64, codebooks=True),
+        )
+    )
+    finetune(
+        coded,
+        lambda step: fsm.sample(64, 24, seed=args.seed * 1_000_003 + 10_000 + step)[0],
+        args.finetune_steps,
+        FinetuneSettings(model_lr=args.model_lr),
+        codebook_identity(coded, model_fingerprint(model)),
+        progress=True,
+    )
+    rows.append(
+        (
+            "codebooks, fine-tuned",
+            next_state_accuracy(coded, fsm, test_tokens, test_states),
+            mean_lm_loss(coded, held_out, 64, codebooks=True),
+        )
+    )
     coded.enabled = False
-    rows.append(("fine-tuned, codebooks bypassed", next_state_accuracy(coded, fsm, test_tokens, test_states),
-                 mean_lm_loss(coded, held_out, 64, codebooks=False)))
+    rows.append(
+        (
+            "fine-tuned, codebooks bypassed",
+            next_state_accuracy(coded, fsm, test_tokens, test_states),
+            mean_lm_loss(coded, held_out, 64, codebooks=False),
+        )
+    )
     coded.enabled = True
 
-    print(f"\nTokFSM: {args.states} states x {fsm.digits} digits, {args.transitions} transitions; {args.layers}-layer model; "
-          f"{args.codes} codes per site, k={args.k}\n")
+    print(
+        f"\nTokFSM: {args.states} states x {fsm.digits} digits, {args.transitions} transitions; {args.layers}-layer model; "
+        f"{args.codes} codes per site, k={args.k}\n"
+    )
     print(f"{'':32s}{'next-state accuracy':>21s}{'LM loss':>10s}")
     for label, accuracy, loss in rows:
         print(f"{label:32s}{accuracy:21.3f}{loss:10.4f}")
-    print(f"LM-loss increase of the fine-tuned codebook model over the plain model: {rows[2][2] - rows[0][2]:+.4f} nats")
+    print(
+        f"LM-loss increase of the fine-tuned codebook model over the plain model: {rows[2][2] - rows[0][2]:+.4f} nats"
+    )
 
     purities, chance = site_purities(coded, test_tokens, test_states), chance_purity(test_states)
     print(f"\nPurity of the top code for the true current state (chance {chance:.3f}):")
@@ -103,15 +133,24 @@ def main() -> None:
     scopes["attention"] = [s for s in sites if ".attn." in s]
     scopes["MLPs"] = [s for s in sites if ".mlp." in s]
     scopes["all sites"] = sites
-    results = {scope: intervene(coded, fsm, codes, chosen, test_tokens, test_states, position, seed=args.seed)
-               for scope, chosen in scopes.items()}
-    results["all, all digits"] = intervene(coded, fsm, codes, sites, test_tokens, test_states, position,
-                                           seed=args.seed, digits="all")
-    print(f"\nInterventions: force state B's codes at state A's last digit ({len(test_tokens)} contexts, B random, B != A)")
-    print(f"{'forced at':16s}{'mass on B succ.':>18s}{'mass on A succ.':>18s}{'JS to B':>16s}{'sampled in B succ.':>21s}")
+    results = {
+        scope: intervene(coded, fsm, codes, chosen, test_tokens, test_states, position, seed=args.seed)
+        for scope, chosen in scopes.items()
+    }
+    results["all, all digits"] = intervene(
+        coded, fsm, codes, sites, test_tokens, test_states, position, seed=args.seed, digits="all"
+    )
+    print(
+        f"\nInterventions: force state B's codes at state A's last digit ({len(test_tokens)} contexts, B random, B != A)"
+    )
+    print(
+        f"{'forced at':16s}{'mass on B succ.':>18s}{'mass on A succ.':>18s}{'JS to B':>16s}{'sampled in B succ.':>21s}"
+    )
     for scope, r in results.items():
-        print(f"{scope:16s}" + "".join(f"{a:>9.3f}->{b:<6.3f}" for a, b in
-                                       (r.on_target, r.on_current, r.js_to_target, r.sampled_target)))
+        print(
+            f"{scope:16s}"
+            + "".join(f"{a:>9.3f}->{b:<6.3f}" for a, b in (r.on_target, r.on_current, r.js_to_target, r.sampled_target))
+        )
     print(f"\n{time.perf_counter() - started:.0f} s in all")
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -126,8 +165,11 @@ def main() -> None:
     figure.savefig(out / "purity.png", dpi=120)
 
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
-    measures = [("mass on B's successors", "on_target"), ("JS divergence to B", "js_to_target"),
-                ("sampled next state in B's successors", "sampled_target")]
+    measures = [
+        ("mass on B's successors", "on_target"),
+        ("JS divergence to B", "js_to_target"),
+        ("sampled next state in B's successors", "sampled_target"),
+    ]
     for axis, (title, attribute) in zip(axes, measures):
         before = [getattr(r, attribute)[0] for r in results.values()]
         after = [getattr(r, attribute)[1] for r in results.values()]

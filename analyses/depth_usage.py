@@ -55,16 +55,39 @@ def halves(n_layers: int) -> tuple[range, range]:
 def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict]:
     n_layers = query(store, "SELECT n_layers FROM probe_runs WHERE probe_run = ?", [prose])[0][0]
     first, second = halves(n_layers)
-    sub = {(l, m): v for l, m, v in query(store, "SELECT layer, metric, mean FROM probe_sublayer WHERE probe_run = ?", [prose])}
-    skip = query(store, "SELECT skipped_layer, affected_layer, rel_change_mean FROM probe_skip_layers WHERE probe_run = ?", [prose])
-    out = {s: (kl, kls) for s, kl, kls in
-           query(store, "SELECT skipped_layer, kl_mean, skipped_kl_mean FROM probe_skip_output WHERE probe_run = ?", [prose])}
-    lens = {l: (kl, top5) for l, kl, top5 in
-            query(store, "SELECT layer, kl_mean, top5_overlap_mean FROM probe_logit_lens WHERE probe_run = ?", [prose])}
-    scores = {(run, m): (d, r) for run, m, d, r in
-              query(store, "SELECT probe_run, measure, depth_score, relative_depth_score FROM probe_depth_scores "
-                           "WHERE probe_run IN (?, ?)", [prose, math])}
-    maps_grid = query(store, "SELECT source_layer, target_layer, rel_error FROM probe_linear_maps WHERE probe_run = ?", [maps])
+    sub = {
+        (l, m): v
+        for l, m, v in query(store, "SELECT layer, metric, mean FROM probe_sublayer WHERE probe_run = ?", [prose])
+    }
+    skip = query(
+        store,
+        "SELECT skipped_layer, affected_layer, rel_change_mean FROM probe_skip_layers WHERE probe_run = ?",
+        [prose],
+    )
+    out = {
+        s: (kl, kls)
+        for s, kl, kls in query(
+            store, "SELECT skipped_layer, kl_mean, skipped_kl_mean FROM probe_skip_output WHERE probe_run = ?", [prose]
+        )
+    }
+    lens = {
+        l: (kl, top5)
+        for l, kl, top5 in query(
+            store, "SELECT layer, kl_mean, top5_overlap_mean FROM probe_logit_lens WHERE probe_run = ?", [prose]
+        )
+    }
+    scores = {
+        (run, m): (d, r)
+        for run, m, d, r in query(
+            store,
+            "SELECT probe_run, measure, depth_score, relative_depth_score FROM probe_depth_scores "
+            "WHERE probe_run IN (?, ?)",
+            [prose, math],
+        )
+    }
+    maps_grid = query(
+        store, "SELECT source_layer, target_layer, rel_error FROM probe_linear_maps WHERE probe_run = ?", [maps]
+    )
 
     def mean_over(layers, values: dict, index=None):
         picked = [values[l] if index is None else values[l][index] for l in layers if l in values]
@@ -73,9 +96,23 @@ def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict
     ratio = {l: sub[l, "layer_norm_ratio"] for l in range(n_layers)}
     cos_next = {l: sub[l, "cos_next_resid"] for l in range(n_layers)}
     # Effect of skipping s on the *later* layers' updates: mean over affected layers > s.
-    later = {s: float(np.mean([v for ss, a, v in skip if ss == s])) for s in {ss for ss, _, _ in skip} if any(ss == s for ss, _, _ in skip)}
-    figures = dict(n_layers=n_layers, ratio=ratio, cos_next=cos_next, later=later, out=out, lens=lens, scores=scores,
-                   skip=skip, sub=sub, maps=maps_grid)
+    later = {
+        s: float(np.mean([v for ss, a, v in skip if ss == s]))
+        for s in {ss for ss, _, _ in skip}
+        if any(ss == s for ss, _, _ in skip)
+    }
+    figures = dict(
+        n_layers=n_layers,
+        ratio=ratio,
+        cos_next=cos_next,
+        later=later,
+        out=out,
+        lens=lens,
+        scores=scores,
+        skip=skip,
+        sub=sub,
+        maps=maps_grid,
+    )
     half_lens = next((l for l in range(n_layers) if lens.get(l, (0, 0))[1] >= 0.5), None)
     lines = [
         f"SmolLM2-135M, {n_layers} layers; first half = layers 0-{first[-1]}, second half = layers {second[0]}-{second[-1]}.",
@@ -92,7 +129,8 @@ def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict
         f"   on the output, KL: first-half layers {mean_over(first, out, 0):.4f}, second-half layers {mean_over(second, out, 0):.4f}.",
         f"   on the output at the skipped positions themselves, KL: first half {mean_over(first, out, 1):.4f}, "
         f"second half {mean_over(second, out, 1):.4f}.",
-        "   per layer, output KL at skipped positions: " + " ".join(f"{out[l][1]:.3f}" for l in range(n_layers) if l in out),
+        "   per layer, output KL at skipped positions: "
+        + " ".join(f"{out[l][1]:.3f}" for l in range(n_layers) if l in out),
         "",
         "3. Logit lens (KL to the final distribution, top-5 overlap):",
         "   " + "  ".join(f"L{l}:{lens[l][0]:.2f}/{lens[l][1]:.2f}" for l in range(0, n_layers, 3) if l in lens),
@@ -108,10 +146,13 @@ def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict
     if maps_grid:
         diag_next = [e for i, j, e in maps_grid if j == i + 1]
         far = [e for i, j, e in maps_grid if j >= i + n_layers // 2]
-        lines += ["", "5. Linear maps between SmolLM2's own layers (held-out relative error):",
-                  f"   layer i -> i+1: mean {np.mean(diag_next):.3f}; layer i -> i + {n_layers // 2} or more: mean {np.mean(far):.3f}.",
-                  "   (Only one pretrained model is available offline, so the map is from the model to itself; "
-                  "`workbench probe maps --source A --target B` compares two models where a network exists.)"]
+        lines += [
+            "",
+            "5. Linear maps between SmolLM2's own layers (held-out relative error):",
+            f"   layer i -> i+1: mean {np.mean(diag_next):.3f}; layer i -> i + {n_layers // 2} or more: mean {np.mean(far):.3f}.",
+            "   (Only one pretrained model is available offline, so the map is from the model to itself; "
+            "`workbench probe maps --source A --target B` compares two models where a network exists.)",
+        ]
     return "\n".join(lines), figures
 
 
@@ -173,21 +214,51 @@ def plot(figures: dict, out_dir: Path) -> list[Path]:
     fig.savefig(png, dpi=110)
     written.append(png)
 
-    page = make_subplots(rows=2, cols=3, subplot_titles=(
-        "Sublayer write / residual norm", "Cosine with the residual", "Skip: relative change of later updates",
-        "Output KL when a layer is skipped", "Logit lens KL to the final output", "Linear map error over relative depth"))
+    page = make_subplots(
+        rows=2,
+        cols=3,
+        subplot_titles=(
+            "Sublayer write / residual norm",
+            "Cosine with the residual",
+            "Skip: relative change of later updates",
+            "Output KL when a layer is skipped",
+            "Logit lens KL to the final output",
+            "Linear map error over relative depth",
+        ),
+    )
     for metric in ("attn_norm_ratio", "mlp_norm_ratio", "layer_norm_ratio"):
         page.add_trace(go.Scatter(x=layers, y=[sub[l, metric] for l in layers], name=metric), row=1, col=1)
     for metric in ("cos_attn_resid", "cos_mlp_resid", "cos_layer_resid", "cos_next_resid"):
         page.add_trace(go.Scatter(x=layers, y=[sub[l, metric] for l in layers], name=metric), row=1, col=2)
-    page.add_trace(go.Heatmap(z=skip_matrix, x=layers, y=layers, colorscale="Viridis", colorbar=dict(x=1.0, y=0.8, len=0.4),
-                              hovertemplate="skip %{y} -> layer %{x}: %{z:.3f}<extra></extra>"), row=1, col=3)
+    page.add_trace(
+        go.Heatmap(
+            z=skip_matrix,
+            x=layers,
+            y=layers,
+            colorscale="Viridis",
+            colorbar=dict(x=1.0, y=0.8, len=0.4),
+            hovertemplate="skip %{y} -> layer %{x}: %{z:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=3,
+    )
     page.add_trace(go.Bar(x=list(out), y=[out[l][1] for l in out], name="KL at skipped positions"), row=2, col=1)
     page.add_trace(go.Bar(x=list(out), y=[out[l][0] for l in out], name="KL at later positions"), row=2, col=1)
     page.add_trace(go.Scatter(x=list(lens), y=[lens[l][0] for l in lens], name="logit lens KL"), row=2, col=2)
     depth = [(l + 1) / n for l in layers]
-    page.add_trace(go.Heatmap(z=maps, x=depth, y=depth, colorscale="Magma", reversescale=True, showscale=False,
-                              hovertemplate="source %{y:.2f} -> target %{x:.2f}: %{z:.3f}<extra></extra>"), row=2, col=3)
+    page.add_trace(
+        go.Heatmap(
+            z=maps,
+            x=depth,
+            y=depth,
+            colorscale="Magma",
+            reversescale=True,
+            showscale=False,
+            hovertemplate="source %{y:.2f} -> target %{x:.2f}: %{z:.3f}<extra></extra>",
+        ),
+        row=2,
+        col=3,
+    )
     page.update_yaxes(type="log", row=1, col=1)
     page.update_yaxes(type="log", row=2, col=1)
     page.update_yaxes(type="log", row=2, col=2)
@@ -201,7 +272,9 @@ def plot(figures: dict, out_dir: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="store")
-    parser.add_argument("--tokens", type=int, default=8192, help="prose tokens for the sublayer probe (default: %(default)s)")
+    parser.add_argument(
+        "--tokens", type=int, default=8192, help="prose tokens for the sublayer probe (default: %(default)s)"
+    )
     parser.add_argument("--out", default="analyses/output/depth_usage")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -209,13 +282,32 @@ def main() -> int:
     additions = out_dir / "additions.txt"
     write_addition_corpus(additions)
 
-    prose = run_depth_probes(DepthProbeConfig(model=MODEL, store=args.store, tokens=args.tokens, name="depth-usage-prose",
-                                              task="prose", lens_tokens=4096, skip_tokens=1024)).probe_run.probe_run
-    math = run_depth_probes(DepthProbeConfig(model=MODEL, store=args.store, corpus=str(additions), tokens=4096,
-                                             name="depth-usage-addition", task="addition", lens_tokens=2048,
-                                             skip_tokens=1024)).probe_run.probe_run
-    maps = run_linear_maps(LinearMapsConfig(source=MODEL, target=MODEL, store=args.store, tokens=4096,
-                                            name="depth-usage-maps")).probe_run.probe_run
+    prose = run_depth_probes(
+        DepthProbeConfig(
+            model=MODEL,
+            store=args.store,
+            tokens=args.tokens,
+            name="depth-usage-prose",
+            task="prose",
+            lens_tokens=4096,
+            skip_tokens=1024,
+        )
+    ).probe_run.probe_run
+    math = run_depth_probes(
+        DepthProbeConfig(
+            model=MODEL,
+            store=args.store,
+            corpus=str(additions),
+            tokens=4096,
+            name="depth-usage-addition",
+            task="addition",
+            lens_tokens=2048,
+            skip_tokens=1024,
+        )
+    ).probe_run.probe_run
+    maps = run_linear_maps(
+        LinearMapsConfig(source=MODEL, target=MODEL, store=args.store, tokens=4096, name="depth-usage-maps")
+    ).probe_run.probe_run
     text, figures = summarize(Store.open_existing(args.store), prose, math, maps)
     print("\n" + text)
     (out_dir / "summary.txt").write_text(text + "\n")

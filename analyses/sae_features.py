@@ -33,29 +33,49 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=3, help="features to show (default: %(default)s)")
     args = parser.parse_args()
 
-    run = run_harvest(HarvestConfig(model="smollm2-135m", hooks=[HOOK], store=args.store, tokens=args.tokens,
-                                    run="sae-features")).run
-    name = run_train(TrainConfig(store=args.store, hook=HOOK, run=run, arch=args.arch, k=32, latents=2304,
-                                 tokens=300_000, batch_size=2048, name=f"sae-features-{args.arch}")).dictionary.name
+    run = run_harvest(
+        HarvestConfig(model="smollm2-135m", hooks=[HOOK], store=args.store, tokens=args.tokens, run="sae-features")
+    ).run
+    name = run_train(
+        TrainConfig(
+            store=args.store,
+            hook=HOOK,
+            run=run,
+            arch=args.arch,
+            k=32,
+            latents=2304,
+            tokens=300_000,
+            batch_size=2048,
+            name=f"sae-features-{args.arch}",
+        )
+    ).dictionary.name
     metrics = run_eval(EvalConfig(store=args.store, dictionary=name, ce_tokens=2048)).evaluation
-    print(f"\n{name}: FVU {metrics.fvu:.3f}, L0 {metrics.l0:.1f}, dead {100 * metrics.dead_fraction:.1f}%, "
-          f"CE-loss score {metrics.ce_loss_score:.3f}, KL {metrics.kl:.3f} (on the training run)")
+    print(
+        f"\n{name}: FVU {metrics.fvu:.3f}, L0 {metrics.l0:.1f}, dead {100 * metrics.dead_fraction:.1f}%, "
+        f"CE-loss score {metrics.ce_loss_score:.3f}, KL {metrics.kl:.3f} (on the training run)"
+    )
     run_encode(EncodeConfig(store=args.store, dictionary=name))
 
     store = Store.open_existing(args.store)
-    features = run_query(store, f"""
+    features = run_query(
+        store,
+        f"""
         SELECT feature, density, max FROM feature_stats WHERE dictionary = '{name}' AND density BETWEEN 0.001 AND 0.05
-        ORDER BY max DESC LIMIT {int(args.features)}""").table.to_pylist()
+        ORDER BY max DESC LIMIT {int(args.features)}""",
+    ).table.to_pylist()
     for row in features:
         print(f"\nfeature {row['feature']}: fires on {100 * row['density']:.2f}% of tokens, max {row['max']:.2f}")
-        contexts = run_query(store, f"""
+        contexts = run_query(
+            store,
+            f"""
             WITH top AS (SELECT run, token_id, value FROM feature_acts
-                         WHERE dictionary = '{name}' AND feature = {row['feature']} ORDER BY value DESC LIMIT 5)
+                         WHERE dictionary = '{name}' AND feature = {row["feature"]} ORDER BY value DESC LIMIT 5)
             SELECT top.value, string_agg(CASE WHEN c.token_id = top.token_id THEN '[[' || c.token || ']]' ELSE c.token END,
                                          '' ORDER BY c.position) AS context
             FROM top JOIN tokens t USING (run, token_id)
                      JOIN tokens c ON c.run = t.run AND c.context_id = t.context_id AND c.position BETWEEN t.position - 8 AND t.position + 2
-            GROUP BY top.value, top.token_id ORDER BY top.value DESC""").table.to_pylist()
+            GROUP BY top.value, top.token_id ORDER BY top.value DESC""",
+        ).table.to_pylist()
         for context in contexts:
             print(f"  {context['value']:6.2f}  {context['context']!r}")
     return 0

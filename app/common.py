@@ -37,7 +37,7 @@ from workbench.store.records import DictionaryRecord
 STORE_ENV = "WORKBENCH_STORE"
 
 # The plots' warm colour, for rgba() shading of token strips: one palette everywhere (workbench/plots.py).
-POSITIVE_RGB = tuple(int(POSITIVE[i:i + 2], 16) for i in (1, 3, 5))
+POSITIVE_RGB = tuple(int(POSITIVE[i : i + 2], 16) for i in (1, 3, 5))
 
 # Page files, for st.page_link and st.switch_page; main.py registers them under these url paths.
 PAGES = {
@@ -150,8 +150,10 @@ def token_strip(tokens: list[str], values: list[float], scale: float, centre: in
             style += " outline: 1px solid #333;"
         text = html.escape(token.replace("\n", "↵"))  # spaces stay spaces here: the strip reads as text
         spans.append(f'<span class="{classes}" style="{style}" title="{value:.3f}">{text}</span>')
-    return ('<div style="font-family: ui-monospace, monospace; font-size: 0.85rem; white-space: pre-wrap; '
-            'line-height: 1.7; margin-bottom: 0.3rem;">' + "".join(spans) + "</div>")
+    return (
+        '<div style="font-family: ui-monospace, monospace; font-size: 0.85rem; white-space: pre-wrap; '
+        'line-height: 1.7; margin-bottom: 0.3rem;">' + "".join(spans) + "</div>"
+    )
 
 
 def pick(label: str, names: list[str], param: str) -> str:
@@ -168,9 +170,11 @@ def choose_dictionary(store: Store, key: str = "dict") -> str | None:
     """A dictionary picker bound to the `dict` query parameter, listing complete dictionaries."""
     names = complete_dictionary_names(str(store.root), stamp(store))
     if not names:
-        st.info("No trained dictionary yet. Train and encode one, then reload:\n\n"
-                f"```\nworkbench train --store {store.root} --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 "
-                f"--tokens 2M --name my-sae\nworkbench encode --store {store.root} --dict my-sae\n```")
+        st.info(
+            "No trained dictionary yet. Train and encode one, then reload:\n\n"
+            f"```\nworkbench train --store {store.root} --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 "
+            f"--tokens 2M --name my-sae\nworkbench encode --store {store.root} --dict my-sae\n```"
+        )
         return None
     wanted = st.query_params.get(key)
     index = names.index(wanted) if wanted in names else 0

@@ -51,10 +51,12 @@ def build_store(root: Path, tokens: int) -> None:
         with corpus.open("w") as out:
             for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
                 out.write(json.dumps({"text": path.read_text(errors="replace")}) + "\n")
-    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], corpus=str(corpus), store=str(root), tokens=tokens,
-                              run="big"))
-    run_train(TrainConfig(store=str(root), hook=HOOK, k=32, latents=2048, tokens=400_000, batch_size=4096,
-                          name="big-sae"))
+    run_harvest(
+        HarvestConfig(model="tiny", hooks=[HOOK], corpus=str(corpus), store=str(root), tokens=tokens, run="big")
+    )
+    run_train(
+        TrainConfig(store=str(root), hook=HOOK, k=32, latents=2048, tokens=400_000, batch_size=4096, name="big-sae")
+    )
     if not is_encoded(Store.open_existing(root), "big-sae"):
         run_encode(EncodeConfig(store=str(root), dictionary="big-sae"))
 
@@ -96,8 +98,12 @@ def main() -> int:
     with store.reader() as con:
         n_rows = con.execute("SELECT count(*) FROM feature_acts WHERE dictionary = 'big-sae'").fetchone()[0]
         n_tokens = con.execute("SELECT count(*) FROM tokens WHERE run = 'big'").fetchone()[0]
-        live = [r[0] for r in con.execute("SELECT feature FROM feature_stats WHERE dictionary = 'big-sae' "
-                                          "AND n_active > 0 ORDER BY density DESC").fetchall()]
+        live = [
+            r[0]
+            for r in con.execute(
+                "SELECT feature FROM feature_stats WHERE dictionary = 'big-sae' AND n_active > 0 ORDER BY density DESC"
+            ).fetchall()
+        ]
     # Features spread from the densest to the rarest, so dense features' long scans are included.
     chosen = [live[int(i)] for i in np.linspace(0, len(live) - 1, args.features)]
     record = lookups.completed_dictionary(store, "big-sae")
@@ -120,11 +126,15 @@ def main() -> int:
         data.append(time.perf_counter() - t0)
 
     print(f"hardware: {hardware()}")
-    print(f"store: {n_tokens:,} tokens, {n_rows:,} feature activations of a 2,048-latent TopK SAE (k 32) "
-          f"(ready in {build_s:.0f}s)")
+    print(
+        f"store: {n_tokens:,} tokens, {n_rows:,} feature activations of a 2,048-latent TopK SAE (k 32) "
+        f"(ready in {build_s:.0f}s)"
+    )
     print(f"first page of a fresh app (loads model and dictionary): {first:.2f}s")
-    print(f"feature page, {len(chosen)} features densest to rarest: median {statistics.median(pages):.3f}s, "
-          f"max {max(pages):.3f}s  (target < 1 s)")
+    print(
+        f"feature page, {len(chosen)} features densest to rarest: median {statistics.median(pages):.3f}s, "
+        f"max {max(pages):.3f}s  (target < 1 s)"
+    )
     print(f"  same data without Streamlit: median {statistics.median(data):.3f}s, max {max(data):.3f}s")
     print(f"  page / data: {statistics.median(pages) / statistics.median(data):.2f}x (Streamlit's share of the time)")
     print(f"  reload from cache: median {statistics.median(reloads):.3f}s")

@@ -31,7 +31,9 @@ def main() -> int:
     parser.add_argument("--task", default="ioi")
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parent.parent / "store" / "models"))
-    parser.add_argument("--threshold", type=float, default=0.1, help="|patching score| that puts a head in the reference")
+    parser.add_argument(
+        "--threshold", type=float, default=0.1, help="|patching score| that puts a head in the reference"
+    )
     args = parser.parse_args()
 
     from workbench.circuits.codes import find_circuit_from_codes, roc_auc
@@ -56,20 +58,28 @@ def main() -> int:
     name = lambda i: f"L{i // n_heads}H{i % n_heads}"  # noqa: E731
     top_patch = np.argsort(-np.abs(reference), axis=None)[:5]
     print(f"hardware: {hardware()}")
-    print(f"task: {args.task}, {args.pairs} pairs of {task.seq_len} tokens; model {args.model} "
-          f"({backend.n_layers} layers x {n_heads} heads)")
-    print(f"head patching ({args.pairs} pairs): {patch_s:7.1f}s  top {', '.join(name(i) for i in top_patch)}  "
-          f"({int(in_circuit.sum())} heads with |score| >= {args.threshold})")
+    print(
+        f"task: {args.task}, {args.pairs} pairs of {task.seq_len} tokens; model {args.model} "
+        f"({backend.n_layers} layers x {n_heads} heads)"
+    )
+    print(
+        f"head patching ({args.pairs} pairs): {patch_s:7.1f}s  top {', '.join(name(i) for i in top_patch)}  "
+        f"({int(in_circuit.sum())} heads with |score| >= {args.threshold})"
+    )
     # The code method gets sharper with more prompts (more chances for a code unique to positives), at
     # one forward pass each: it is run on the same pairs as patching, and on 2x and 4x as many.
     for factor in (1, 2, 4):
-        prompts = task if factor == 1 else tokenize_task(load_task(args.task, tokenizer, factor * args.pairs), tokenizer)
+        prompts = (
+            task if factor == 1 else tokenize_task(load_task(args.task, tokenizer, factor * args.pairs), tokenizer)
+        )
         start = time.perf_counter()
         codes = find_circuit_from_codes(backend, prompts)
         codes_s = time.perf_counter() - start
         top_codes = np.argsort(-codes.head_scores, axis=None, kind="stable")[:5]
-        print(f"discrete codes ({factor * args.pairs} pairs): {codes_s:7.1f}s  top {', '.join(name(i) for i in top_codes)}  "
-              f"ROC AUC {roc_auc(codes.head_scores, in_circuit):.3f}; patching / codes: {patch_s / codes_s:.0f}x")
+        print(
+            f"discrete codes ({factor * args.pairs} pairs): {codes_s:7.1f}s  top {', '.join(name(i) for i in top_codes)}  "
+            f"ROC AUC {roc_auc(codes.head_scores, in_circuit):.3f}; patching / codes: {patch_s / codes_s:.0f}x"
+        )
     return 0
 
 

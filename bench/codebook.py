@@ -53,10 +53,10 @@ def main() -> int:
     hf_model, tokenizer = load_hf_model(resolve_model_dir(args.model, Path(args.models_dir)))
     n_tokens = (args.steps + 2) * args.batch_size * args.context_len
     contexts = torch.from_numpy(tokenize_corpus("default", tokenizer, n_tokens, args.context_len).contexts()).long()
-    batch_at = lambda step: contexts[(step * args.batch_size) % len(contexts):][:args.batch_size]  # noqa: E731
+    batch_at = lambda step: contexts[(step * args.batch_size) % len(contexts) :][: args.batch_size]  # noqa: E731
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     coded = CodebookModel(hf_model, sites, args.codes, args.k)
-    coded.kmeans_init(contexts[:max(2, -(-args.codes // args.context_len))], batch_size=args.batch_size)
+    coded.kmeans_init(contexts[: max(2, -(-args.codes // args.context_len))], batch_size=args.batch_size)
     coded.eval()
 
     times = {True: [], False: []}
@@ -108,13 +108,19 @@ def main() -> int:
     rate = lambda seconds: args.steps * batch_tokens / seconds  # noqa: E731
 
     print(f"hardware: {hardware()}")
-    print(f"model {args.model}; codebooks at {', '.join(sites)}: {args.codes} codes, k={args.k}; "
-          f"batch {args.batch_size} x {args.context_len} tokens")
-    print(f"forward (median of {args.repeats}):   plain {plain_s * 1000:8.1f} ms   with codebooks {coded_s * 1000:8.1f} ms"
-          f"   overhead {coded_s / plain_s:.3f}x")
-    print(f"fine-tuning ({args.steps} steps each): plain LM {rate(plain_train_s):8.0f} tok/s   "
-          f"codebooks + model {rate(coded_train_s):8.0f} tok/s ({plain_train_s / coded_train_s:.2f}x the plain speed)   "
-          f"codebooks, model frozen {rate(frozen_train_s):8.0f} tok/s ({plain_train_s / frozen_train_s:.2f}x the plain speed)")
+    print(
+        f"model {args.model}; codebooks at {', '.join(sites)}: {args.codes} codes, k={args.k}; "
+        f"batch {args.batch_size} x {args.context_len} tokens"
+    )
+    print(
+        f"forward (median of {args.repeats}):   plain {plain_s * 1000:8.1f} ms   with codebooks {coded_s * 1000:8.1f} ms"
+        f"   overhead {coded_s / plain_s:.3f}x"
+    )
+    print(
+        f"fine-tuning ({args.steps} steps each): plain LM {rate(plain_train_s):8.0f} tok/s   "
+        f"codebooks + model {rate(coded_train_s):8.0f} tok/s ({plain_train_s / coded_train_s:.2f}x the plain speed)   "
+        f"codebooks, model frozen {rate(frozen_train_s):8.0f} tok/s ({plain_train_s / frozen_train_s:.2f}x the plain speed)"
+    )
     return 0
 
 

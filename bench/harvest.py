@@ -47,7 +47,7 @@ def hardware() -> str:
 def time_bare(hf_model, contexts, batch_size: int, stop_layer: int) -> float:
     start = time.perf_counter()
     for i in range(0, len(contexts), batch_size):
-        bare_forward(hf_model, torch.from_numpy(contexts[i:i + batch_size]).long(), stop_layer)
+        bare_forward(hf_model, torch.from_numpy(contexts[i : i + batch_size]).long(), stop_layer)
     return time.perf_counter() - start
 
 
@@ -59,7 +59,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="harvest passes per backend (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backend", choices=["transformerlens", "nnsight", "both"], default="both")
-    parser.add_argument("--models-dir", default="store/models", help="where registry models are built (default: %(default)s)")
+    parser.add_argument(
+        "--models-dir", default="store/models", help="where registry models are built (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     model_dir = resolve_model_dir(args.model, Path(args.models_dir))
@@ -72,8 +74,10 @@ def main() -> int:
     time_bare(hf_model, contexts[: args.batch_size], args.batch_size, stop_layer)  # warm-up
 
     print(f"hardware: {hardware()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"model {args.model}, hooks {args.hooks}, stopped after block {stop_layer} of {n_layers}; "
-          f"{n_tokens} tokens in batches of {args.batch_size}x{contexts.shape[1]}")
+    print(
+        f"model {args.model}, hooks {args.hooks}, stopped after block {stop_layer} of {n_layers}; "
+        f"{n_tokens} tokens in batches of {args.batch_size}x{contexts.shape[1]}"
+    )
     backends = ["transformerlens", "nnsight"] if args.backend == "both" else [args.backend]
     for backend in backends:
         bare_times, harvest_times, setup_times = [time_bare(hf_model, contexts, args.batch_size, stop_layer)], [], []
@@ -82,9 +86,17 @@ def main() -> int:
             try:
                 os.symlink(Path(args.models_dir).resolve(), root / "models")
                 wall = time.perf_counter()
-                result = run_harvest(HarvestConfig(model=args.model, hooks=args.hooks.split(","), store=str(root),
-                                                   tokens=args.tokens, backend=backend, batch_size=args.batch_size),
-                                     progress=False)
+                result = run_harvest(
+                    HarvestConfig(
+                        model=args.model,
+                        hooks=args.hooks.split(","),
+                        store=str(root),
+                        tokens=args.tokens,
+                        backend=backend,
+                        batch_size=args.batch_size,
+                    ),
+                    progress=False,
+                )
                 setup_times.append(time.perf_counter() - wall - result.seconds_harvesting)
                 harvest_times.append(result.seconds_harvesting)
                 summary = summarize(Store.open_existing(root))
@@ -95,14 +107,20 @@ def main() -> int:
         ratio = statistics.median(ratios)
         bare, loop = statistics.median(bare_times), statistics.median(harvest_times)
         print(f"\n[{backend}]  ({args.repeats} harvest passes, {len(bare_times)} bare passes, alternating)")
-        print(f"  bare forward      {n_tokens / bare:8.0f} tok/s   (median {bare:.2f}s; range {min(bare_times):.2f}-{max(bare_times):.2f}s)")
+        print(
+            f"  bare forward      {n_tokens / bare:8.0f} tok/s   (median {bare:.2f}s; range {min(bare_times):.2f}-{max(bare_times):.2f}s)"
+        )
         print(f"  harvest           {n_tokens / loop:8.0f} tok/s   (median {loop:.2f}s; capture + shards + commits)")
-        print(f"  harvest/bare time {ratio:8.3f}x   (overhead {100 * (ratio - 1):+.1f}%; per pass "
-              f"{', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.10x)")
+        print(
+            f"  harvest/bare time {ratio:8.3f}x   (overhead {100 * (ratio - 1):+.1f}%; per pass "
+            f"{', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.10x)"
+        )
         print(f"  one-time setup    {statistics.median(setup_times):8.2f}s    (model load, tokenize, run creation)")
         for row in summary["hook_points"].to_pylist():
-            print(f"  {row['hook']:24s} {row['bytes_per_token']:7.1f} bytes/token stored vs {row['raw_fp32_bytes_per_token']} raw fp32 "
-                  f"({row['ratio_to_fp32']:.3f}x)")
+            print(
+                f"  {row['hook']:24s} {row['bytes_per_token']:7.1f} bytes/token stored vs {row['raw_fp32_bytes_per_token']} raw fp32 "
+                f"({row['ratio_to_fp32']:.3f}x)"
+            )
     return 0
 
 

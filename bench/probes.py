@@ -46,7 +46,7 @@ def main() -> int:
     n_layers, _ = model_shape(model_dir)
     hf_model, tokenizer = load_hf_model(model_dir)
     contexts = torch.from_numpy(tokenize_corpus("default", tokenizer, args.tokens).contexts()).long()
-    batches = [contexts[i:i + args.batch_size] for i in range(0, len(contexts), args.batch_size)]
+    batches = [contexts[i : i + args.batch_size] for i in range(0, len(contexts), args.batch_size)]
     skip_batches = min(len(batches), -(-args.skip_tokens // (args.batch_size * contexts.shape[1])))
     schedule = batches + [b for b in batches[:skip_batches] for _ in range(n_layers)]
     with torch.no_grad():
@@ -64,8 +64,17 @@ def main() -> int:
     try:
         os.symlink(Path(args.models_dir).resolve(), root / "models")
         start = time.perf_counter()
-        run_depth_probes(DepthProbeConfig(model=args.model, store=str(root), tokens=args.tokens, batch_size=args.batch_size,
-                                          lens_tokens=args.lens_tokens, skip_tokens=args.skip_tokens), progress=False)
+        run_depth_probes(
+            DepthProbeConfig(
+                model=args.model,
+                store=str(root),
+                tokens=args.tokens,
+                batch_size=args.batch_size,
+                lens_tokens=args.lens_tokens,
+                skip_tokens=args.skip_tokens,
+            ),
+            progress=False,
+        )
         probe = time.perf_counter() - start
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -73,10 +82,14 @@ def main() -> int:
     bare_time = (bare_before + bare_after) / 2
 
     print(f"hardware: {hardware()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"model {args.model} ({n_layers} layers); {contexts.numel()} tokens, logit lens on {args.lens_tokens}, "
-          f"skipping every layer on {args.skip_tokens}")
-    print(f"forward passes       {len(schedule)} ({len(batches)} clean + {skip_batches} x {n_layers} skip) of "
-          f"{args.batch_size}x{contexts.shape[1]} tokens")
+    print(
+        f"model {args.model} ({n_layers} layers); {contexts.numel()} tokens, logit lens on {args.lens_tokens}, "
+        f"skipping every layer on {args.skip_tokens}"
+    )
+    print(
+        f"forward passes       {len(schedule)} ({len(batches)} clean + {skip_batches} x {n_layers} skip) of "
+        f"{args.batch_size}x{contexts.shape[1]} tokens"
+    )
     print(f"bare forward passes  {bare_time:8.1f}s  ({bare_before:.1f}s before, {bare_after:.1f}s after)")
     print(f"depth probes         {probe:8.1f}s  (model load, tokenizing and storing included)")
     print(f"probes / bare        {probe / bare_time:8.2f}x")

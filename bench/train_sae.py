@@ -61,11 +61,18 @@ def train_ours(pairs, args, lr, transcoder: bool):
     """Our TopK SAE (pairs of (x, x)) or TopK transcoder (pairs of (input, output)), through workbench.dictionaries.fit.fit."""
     torch.manual_seed(args.seed)
     d_in, d_out = pairs[0][0].shape[1], pairs[0][1].shape[1]
-    model = make_dictionary(DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k,
-                                             transcoder=transcoder))
+    model = make_dictionary(
+        DictionaryConfig(arch="topk", d_in=d_in, d_out=d_out, n_latents=args.latents, k=args.k, transcoder=transcoder)
+    )
     start = time.perf_counter()
-    state, _ = fit(model, lambda step: iter(pairs[step:]), args.steps, lr,
-                   dead_window_tokens=args.dead_window_steps * args.batch_size, progress=False)
+    state, _ = fit(
+        model,
+        lambda step: iter(pairs[step:]),
+        args.steps,
+        lr,
+        dead_window_tokens=args.dead_window_steps * args.batch_size,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     model.eval()
     model.fold_scales(state.input_scale, state.target_scale)
@@ -78,11 +85,20 @@ def train_saelens(batches, args, lr):
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(args.seed)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=batches[0].shape[1], d_sae=args.latents, k=args.k,
-                                                normalize_activations="expected_average_only_in"))
-    config = SAETrainerConfig(total_training_samples=args.steps * args.batch_size, train_batch_size_samples=args.batch_size,
-                              lr=lr, lr_end=lr, dead_feature_window=args.dead_window_steps, n_batches_for_norm_estimate=1,
-                              feature_sampling_window=10**9)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=batches[0].shape[1], d_sae=args.latents, k=args.k, normalize_activations="expected_average_only_in"
+        )
+    )
+    config = SAETrainerConfig(
+        total_training_samples=args.steps * args.batch_size,
+        train_batch_size_samples=args.batch_size,
+        lr=lr,
+        lr_end=lr,
+        dead_feature_window=args.dead_window_steps,
+        n_batches_for_norm_estimate=1,
+        feature_sampling_window=10**9,
+    )
     provider = iter(batches[:1] + batches)  # the norm estimate takes one batch, as ours does
     trainer = SAETrainer(config, sae, provider)
     start = time.perf_counter()
@@ -95,8 +111,9 @@ def train_sparsify_transcoder(pairs, args, lr):
     from sparsify import SparseCoder, SparseCoderConfig
 
     torch.manual_seed(args.seed)
-    coder = SparseCoder(pairs[0][0].shape[1], SparseCoderConfig(num_latents=args.latents, k=args.k, transcode=True),
-                        device="cpu")
+    coder = SparseCoder(
+        pairs[0][0].shape[1], SparseCoderConfig(num_latents=args.latents, k=args.k, transcode=True), device="cpu"
+    )
     optimizer = torch.optim.Adam(coder.parameters(), lr=lr)
     tokens_since_fired = torch.zeros(args.latents, dtype=torch.long)
     start = time.perf_counter()
@@ -125,17 +142,23 @@ def train_sparsify_transcoder(pairs, args, lr):
 def report(rows, tokens) -> None:
     print(f"{'':10s} {'tokens/s':>10s} {'seconds':>8s} {'FVU':>8s} {'L0':>6s} {'dead':>6s}")
     for label, seconds, m in rows:
-        print(f"{label:10s} {tokens / seconds:10,.0f} {seconds:8.1f} {m['fvu']:8.4f} {m['l0']:6.1f} {100 * m['dead']:5.1f}%")
+        print(
+            f"{label:10s} {tokens / seconds:10,.0f} {seconds:8.1f} {m['fvu']:8.4f} {m['l0']:6.1f} {100 * m['dead']:5.1f}%"
+        )
     (_, ours_s, ours_m), (theirs, theirs_s, theirs_m) = rows
-    print(f"\nthroughput ratio (workbench / {theirs}): {theirs_s / ours_s:.2f}x; "
-          f"FVU ratio: {ours_m['fvu'] / theirs_m['fvu']:.3f} (below 1 is better)\n")
+    print(
+        f"\nthroughput ratio (workbench / {theirs}): {theirs_s / ours_s:.2f}x; "
+        f"FVU ratio: {ours_m['fvu'] / theirs_m['fvu']:.3f} (below 1 is better)\n"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--hook", default="blocks.6.hook_out")
-    parser.add_argument("--harvest-tokens", type=int, default=65536, help="tokens harvested for the batches (default: %(default)s)")
+    parser.add_argument(
+        "--harvest-tokens", type=int, default=65536, help="tokens harvested for the batches (default: %(default)s)"
+    )
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--latents", type=int, default=4608)
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -155,22 +178,28 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         os.symlink(Path(args.models_dir).resolve(), root / "models")
-        run_harvest(HarvestConfig(model=args.model, hooks=hooks, store=str(root), tokens=args.harvest_tokens,
-                                  run="bench"), progress=False)
+        run_harvest(
+            HarvestConfig(model=args.model, hooks=hooks, store=str(root), tokens=args.harvest_tokens, run="bench"),
+            progress=False,
+        )
         store = Store.open_existing(root)
         data = ActivationBatches(store, "bench", args.hook, args.batch_size, args.seed)
         stream = data.iterate(0)
         batches = [next(stream)[0].float() for _ in range(args.steps)]
         held_out = [next(stream)[0].float() for _ in range(args.eval_batches)]  # later in the shuffled epochs
         if args.transcoders:
-            pair_stream = ActivationBatches(store, "bench", mlp_in, args.batch_size, args.seed, hook_out=mlp_out).iterate(0)
+            pair_stream = ActivationBatches(
+                store, "bench", mlp_in, args.batch_size, args.seed, hook_out=mlp_out
+            ).iterate(0)
             pairs = [tuple(t.float() for t in next(pair_stream)) for _ in range(args.steps + args.eval_batches)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"hardware: {hardware()}")
-    print(f"data: {args.model} {args.hook}, {args.harvest_tokens:,} harvested tokens (BOS left out) reshuffled into "
-          f"{args.steps} batches of {args.batch_size}; held out: {args.eval_batches} later batches")
+    print(
+        f"data: {args.model} {args.hook}, {args.harvest_tokens:,} harvested tokens (BOS left out) reshuffled into "
+        f"{args.steps} batches of {args.batch_size}; held out: {args.eval_batches} later batches"
+    )
     print(f"settings: TopK k={args.k}, {args.latents} latents, Adam lr {lr:.2e} constant, {args.steps} steps\n")
 
     ours_s, ours = train_ours([(b, b) for b in batches], args, lr, transcoder=False)
@@ -178,15 +207,25 @@ def main() -> int:
     tokens = args.steps * args.batch_size
     held_out = [(b, b) for b in held_out]
     print(f"SAEs on {args.hook}:")
-    report([("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out)),
-            ("SAELens", theirs_s, held_out_metrics(theirs.encode, theirs.decode, held_out))], tokens)
+    report(
+        [
+            ("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out)),
+            ("SAELens", theirs_s, held_out_metrics(theirs.encode, theirs.decode, held_out)),
+        ],
+        tokens,
+    )
     if args.transcoders:
-        train_pairs, held_out_pairs = pairs[:args.steps], pairs[args.steps:]
+        train_pairs, held_out_pairs = pairs[: args.steps], pairs[args.steps :]
         ours_s, ours = train_ours(train_pairs, args, lr, transcoder=True)
         theirs_s, encode, decode = train_sparsify_transcoder(train_pairs, args, lr)
         print(f"TopK transcoders {mlp_in} -> {mlp_out}:")
-        report([("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out_pairs)),
-                ("sparsify", theirs_s, held_out_metrics(encode, decode, held_out_pairs))], tokens)
+        report(
+            [
+                ("workbench", ours_s, held_out_metrics(ours.encode, ours.decode, held_out_pairs)),
+                ("sparsify", theirs_s, held_out_metrics(encode, decode, held_out_pairs)),
+            ],
+            tokens,
+        )
     return 0
 
 

@@ -110,33 +110,83 @@ def app_store(tmp_path_factory, models_dir) -> Path:
     root = tmp_path_factory.mktemp("app") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
-    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(root),
-                          tokens=8192, run="h"), progress=False)
+    run_harvest(
+        HarvestConfig(
+            model="tiny",
+            hooks=[HOOK, "blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"],
+            store=str(root),
+            tokens=8192,
+            run="h",
+        ),
+        progress=False,
+    )
     common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
     run_train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
     run_encode(EncodeConfig(store=str(root), dictionary="d"), progress=False)
     run_eval(EvalConfig(store=str(root), dictionary="d", ce_tokens=512))
     run_train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
-    run_depth_probes(DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256,
-                                      name="p"), progress=False)
-    run_patching(PatchingConfig(task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4,
-                                name="ioi-patch"), progress=False)
+    run_depth_probes(
+        DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256, name="p"),
+        progress=False,
+    )
+    run_patching(
+        PatchingConfig(
+            task="ioi", model="tiny", store=str(root), levels=("heads", "layers"), pairs=4, name="ioi-patch"
+        ),
+        progress=False,
+    )
     run_codes(CodesConfig(task="ioi", store=str(root), pairs=8, name="ioi-codes"))
-    run_train(TrainConfig(store=str(root), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="batchtopk",
-                      k=8, latents=128, tokens=20_000, batch_size=512, name="tc1"), progress=False)
-    run_graph(GraphConfig(prompt="When Mary and John went to the store, John gave a drink to", transcoders=["tc1"],
-                          store=str(root), name="mary"))
-    run_codebook_train(CodebookTrainConfig(store=str(root), model="tiny", sites=CODEBOOK_SITES, tokens=2048, n_codes=32,
-                                        k=2, eval_tokens=512, kmeans_tokens=2048, name="cb",
-                                        finetune=FinetuneSettings(model_lr=0)), progress=False)
+    run_train(
+        TrainConfig(
+            store=str(root),
+            hook="blocks.1.mlp.hook_in",
+            hook_out="blocks.1.mlp.hook_out",
+            arch="batchtopk",
+            k=8,
+            latents=128,
+            tokens=20_000,
+            batch_size=512,
+            name="tc1",
+        ),
+        progress=False,
+    )
+    run_graph(
+        GraphConfig(
+            prompt="When Mary and John went to the store, John gave a drink to",
+            transcoders=["tc1"],
+            store=str(root),
+            name="mary",
+        )
+    )
+    run_codebook_train(
+        CodebookTrainConfig(
+            store=str(root),
+            model="tiny",
+            sites=CODEBOOK_SITES,
+            tokens=2048,
+            n_codes=32,
+            k=2,
+            eval_tokens=512,
+            kmeans_tokens=2048,
+            name="cb",
+            finetune=FinetuneSettings(model_lr=0),
+        ),
+        progress=False,
+    )
     run_codebook_encode(CodebookEncodeConfig(store=str(root), codebook="cb", run="h"), progress=False)
     return root
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `workbench ...` as a real subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **kwargs,
+    )
 
 
 def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
@@ -166,12 +216,24 @@ def store_snapshot(root: Path) -> dict:
 
     con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
     try:
-        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1"
+            ).fetchall()
+        ]
         contents = {t: sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
     finally:
         con.close()
-    files = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in (root / "shards").rglob("*") if p.is_file()} if (root / "shards").exists() else {}
+    files = (
+        {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (root / "shards").rglob("*")
+            if p.is_file()
+        }
+        if (root / "shards").exists()
+        else {}
+    )
     return {"tables": contents, "files": files}
 
 
@@ -184,8 +246,10 @@ def downgrade_to_v1(store_dir: Path) -> None:
     from workbench.store import schema
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"))
-    later_tables = re.findall(r"CREATE TABLE (\w+)", schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3
-                              + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5)
+    later_tables = re.findall(
+        r"CREATE TABLE (\w+)",
+        schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3 + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5,
+    )
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
     for table in later_tables:
         con.execute(f"DROP TABLE {table}")

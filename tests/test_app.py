@@ -93,7 +93,9 @@ def test_overview_shows_runs_and_dictionary_metrics_from_the_store(app, app_stor
     dictionaries = next(v for k, v in frames.items() if k == ("page", "name", "arch"))
     d = dictionaries.set_index("name").loc["d"]
     fvu, l0, score = sql(app_store, "SELECT fvu, l0, ce_loss_score FROM dictionary_evals WHERE dictionary = 'd'")[0]
-    assert d["fvu"] == pytest.approx(fvu) and d["l0"] == pytest.approx(l0) and d["ce_loss_score"] == pytest.approx(score)
+    assert (
+        d["fvu"] == pytest.approx(fvu) and d["l0"] == pytest.approx(l0) and d["ce_loss_score"] == pytest.approx(score)
+    )
     assert d["page"] == "features?dict=d"
     # The unencoded dictionary has no feature page yet, and the page says how to make one.
     assert not isinstance(dictionaries.set_index("name").loc["not-encoded", "page"], str)
@@ -108,10 +110,16 @@ def test_overview_shows_runs_and_dictionary_metrics_from_the_store(app, app_stor
 
 
 def test_feature_page_numbers_agree_with_the_store_and_the_weights(app, app_store, tiny_dir):
-    feature, n_active, density = sql(app_store, "SELECT feature, n_active, density FROM feature_stats "
-                                                "WHERE dictionary = 'd' ORDER BY density DESC LIMIT 1")[0]
-    values = np.array([r[0] for r in sql(app_store, "SELECT value FROM feature_acts WHERE dictionary = 'd' "
-                                                    "AND feature = ?", [feature])])
+    feature, n_active, density = sql(
+        app_store,
+        "SELECT feature, n_active, density FROM feature_stats WHERE dictionary = 'd' ORDER BY density DESC LIMIT 1",
+    )[0]
+    values = np.array(
+        [
+            r[0]
+            for r in sql(app_store, "SELECT value FROM feature_acts WHERE dictionary = 'd' AND feature = ?", [feature])
+        ]
+    )
     open_page(app, "views/features.py", dict="d", feature=feature)
     assert app.query_params["feature"] == [str(feature)] or app.query_params["feature"] == str(feature)
     assert metric(app, "Fires on") == f"{n_active:,} tokens" and metric(app, "Density") == f"{density:.3%}"
@@ -119,13 +127,18 @@ def test_feature_page_numbers_agree_with_the_store_and_the_weights(app, app_stor
     assert metric(app, "Density rank") == "1 / 128"
 
     # The first top context is the feature's strongest activation, centred on its token.
-    top_id, top_value = sql(app_store, "SELECT token_id, value FROM feature_acts WHERE dictionary = 'd' AND "
-                                       "feature = ? ORDER BY value DESC, token_id LIMIT 1", [feature])[0]
+    top_id, top_value = sql(
+        app_store,
+        "SELECT token_id, value FROM feature_acts WHERE dictionary = 'd' AND "
+        "feature = ? ORDER BY value DESC, token_id LIMIT 1",
+        [feature],
+    )[0]
     first = next(h.proto.body for h in app.get("html") if "wb-context" in h.proto.body)
     assert f"{top_value:.3f} · token {top_id}" in first
     token_text = sql(app_store, "SELECT token FROM tokens WHERE run = 'h' AND token_id = ?", [top_id])[0][0]
     centre = first.split('wb-centre"')[1].split(">", 1)[1].split("</span>")[0]
     import html as html_lib
+
     assert html_lib.unescape(centre) == token_text.replace("\n", "↵")
     assert first.count("wb-active") >= 1
 
@@ -152,11 +165,18 @@ def test_feature_page_numbers_agree_with_the_store_and_the_weights(app, app_stor
 
 
 def test_browsing_by_token_ranks_features_by_how_often_they_fire_there(app, app_store):
-    token, = sql(app_store, "SELECT trim(t.token) FROM feature_acts a JOIN tokens t USING (run, token_id) "
-                            "WHERE a.dictionary = 'd' AND regexp_matches(t.token, '[a-z]') GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")[0]
-    expected = sql(app_store, "SELECT a.feature, count(*) AS n FROM feature_acts a JOIN tokens t USING (run, token_id) "
-                              "WHERE a.dictionary = 'd' AND lower(trim(t.token)) = lower(?) GROUP BY 1 "
-                              "ORDER BY n DESC, max(a.value) DESC LIMIT 5", [token])
+    (token,) = sql(
+        app_store,
+        "SELECT trim(t.token) FROM feature_acts a JOIN tokens t USING (run, token_id) "
+        "WHERE a.dictionary = 'd' AND regexp_matches(t.token, '[a-z]') GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+    )[0]
+    expected = sql(
+        app_store,
+        "SELECT a.feature, count(*) AS n FROM feature_acts a JOIN tokens t USING (run, token_id) "
+        "WHERE a.dictionary = 'd' AND lower(trim(t.token)) = lower(?) GROUP BY 1 "
+        "ORDER BY n DESC, max(a.value) DESC LIMIT 5",
+        [token],
+    )
     open_page(app, "views/features.py", dict="d")
     app.text_input[0].input(token).run()
     table = next(df.value for df in app.dataframe if "n_on_token" in df.value.columns)
@@ -177,20 +197,27 @@ def test_feature_page_explains_missing_data_and_bad_addresses(app, app_store):
 
 def test_inspector_reproduces_the_stored_encoding_of_the_same_text(app, app_store):
     """Context 0 of the harvest, typed as a prompt, gives the same activations encode stored for it."""
-    rows = sql(app_store, "SELECT token_id, doc_id, char_start, char_end, token FROM tokens WHERE run = 'h' "
-                          "AND context_id = 0 AND position > 0 ORDER BY position")
+    rows = sql(
+        app_store,
+        "SELECT token_id, doc_id, char_start, char_end, token FROM tokens WHERE run = 'h' "
+        "AND context_id = 0 AND position > 0 ORDER BY position",
+    )
     doc = rows[0][1]
     rows = [r for r in rows if r[1] == doc][:40]
     text = sql(app_store, "SELECT text FROM documents WHERE run = 'h' AND doc_id = ?", [doc])[0][0]
-    prompt = text[rows[0][2]:rows[-1][3]]
+    prompt = text[rows[0][2] : rows[-1][3]]
     open_page(app, "views/inspector.py", dict="d")
     app.text_area[0].input(prompt).run()
     assert not app.exception
     table = next(df.value for df in app.dataframe if "activation" in df.value.columns)
     ids = [r[0] for r in rows]
-    stored = sql(app_store, "SELECT token_id, feature, value FROM feature_acts WHERE dictionary = 'd' AND "
-                            "token_id IN (SELECT unnest(?::BIGINT[])) "
-                            "QUALIFY row_number() OVER (PARTITION BY token_id ORDER BY value DESC) <= 3", [ids])
+    stored = sql(
+        app_store,
+        "SELECT token_id, feature, value FROM feature_acts WHERE dictionary = 'd' AND "
+        "token_id IN (SELECT unnest(?::BIGINT[])) "
+        "QUALIFY row_number() OVER (PARTITION BY token_id ORDER BY value DESC) <= 3",
+        [ids],
+    )
     expected = {(ids.index(t) + 1, f): v for t, f, v in stored}
     shown = {(int(p), int(f)): v for p, f, v in zip(table["position"], table["feature"], table["activation"])}
     assert shown.keys() == expected.keys()
@@ -208,24 +235,35 @@ def test_layer_page_plots_the_stored_probe_results(app, app_store):
     assert app.query_params["probe"] in ("p", ["p"])
     norms = plotly(app, "norms")["data"]
     for trace in norms:
-        stored = dict(sql(app_store, "SELECT layer, mean FROM probe_sublayer WHERE probe_run = 'p' AND metric = ?",
-                          [trace["name"]]))
+        stored = dict(
+            sql(
+                app_store,
+                "SELECT layer, mean FROM probe_sublayer WHERE probe_run = 'p' AND metric = ?",
+                [trace["name"]],
+            )
+        )
         assert [stored[layer] for layer in trace["x"]] == pytest.approx(trace["y"])
     heatmap = plotly(app, "skip-heatmap")["data"][0]
-    for skipped, affected, value in sql(app_store, "SELECT skipped_layer, affected_layer, rel_change_mean "
-                                                   "FROM probe_skip_layers WHERE probe_run = 'p'"):
+    for skipped, affected, value in sql(
+        app_store, "SELECT skipped_layer, affected_layer, rel_change_mean FROM probe_skip_layers WHERE probe_run = 'p'"
+    ):
         assert heatmap["z"][heatmap["y"].index(affected)][heatmap["x"].index(skipped)] == pytest.approx(value)
     lens = plotly(app, "lens")["data"][0]
-    assert lens["y"] == pytest.approx([r[0] for r in sql(app_store, "SELECT kl_mean FROM probe_logit_lens "
-                                                                     "WHERE probe_run = 'p' ORDER BY layer")])
+    assert lens["y"] == pytest.approx(
+        [r[0] for r in sql(app_store, "SELECT kl_mean FROM probe_logit_lens WHERE probe_run = 'p' ORDER BY layer")]
+    )
 
 
 def test_circuits_page_draws_the_stored_patching_scores(app, app_store):
     open_page(app, "views/circuits.py", run="ioi-patch")
     assert app.query_params["run"] in ("ioi-patch", ["ioi-patch"])
-    clean, corrupted = sql(app_store, "SELECT metric_clean, metric_corrupted FROM circuit_runs "
-                                      "WHERE circuit_run = 'ioi-patch'")[0]
-    assert metric(app, "logit_diff, clean") == f"{clean:.3f}" and metric(app, "logit_diff, corrupted") == f"{corrupted:.3f}"
+    clean, corrupted = sql(
+        app_store, "SELECT metric_clean, metric_corrupted FROM circuit_runs WHERE circuit_run = 'ioi-patch'"
+    )[0]
+    assert (
+        metric(app, "logit_diff, clean") == f"{clean:.3f}"
+        and metric(app, "logit_diff, corrupted") == f"{corrupted:.3f}"
+    )
     heads = plotly(app, "heads")["data"][0]
     for layer, head, score in sql(app_store, "SELECT layer, head, score FROM circuit_patching WHERE level = 'heads'"):
         assert heads["z"][heads["y"].index(layer)][heads["x"].index(head)] == pytest.approx(score)
@@ -233,10 +271,12 @@ def test_circuits_page_draws_the_stored_patching_scores(app, app_store):
     assert len(layers["x"]) == sql(app_store, "SELECT seq_len FROM circuit_runs WHERE circuit_run = 'ioi-patch'")[0][0]
     assert layers["x"][1] == "1: 'When'"  # positions are labelled with the first clean prompt's tokens
 
+
 def test_circuits_page_draws_the_attribution_graph_and_links_its_features(app, app_store):
     open_page(app, "views/circuits.py", graph="mary")
-    replacement, completeness, kept = sql(app_store, "SELECT replacement_score, completeness_score, n_kept_nodes "
-                                                     "FROM circuit_graphs WHERE graph = 'mary'")[0]
+    replacement, completeness, kept = sql(
+        app_store, "SELECT replacement_score, completeness_score, n_kept_nodes FROM circuit_graphs WHERE graph = 'mary'"
+    )[0]
     assert metric(app, "Replacement score") == f"{replacement:.3f}"
     assert metric(app, "Completeness score") == f"{completeness:.3f}"
     figure = plotly(app, "graph")["data"]
@@ -250,11 +290,14 @@ def test_circuits_page_draws_the_attribution_graph_and_links_its_features(app, a
 
 def test_circuits_page_shows_the_code_method_against_its_reference(app, app_store):
     open_page(app, "views/circuits.py", run="ioi-codes")
-    auc, reference = sql(app_store, "SELECT roc_auc_heads, reference_run FROM circuit_runs WHERE circuit_run = 'ioi-codes'")[0]
+    auc, reference = sql(
+        app_store, "SELECT roc_auc_heads, reference_run FROM circuit_runs WHERE circuit_run = 'ioi-codes'"
+    )[0]
     assert reference == "ioi-patch" and metric(app, "ROC AUC, heads") == f"{auc:.3f}"
     grid = plotly(app, "code-heads")["data"][0]
-    for layer, head, count in sql(app_store, "SELECT layer, head, unique_positive_codes FROM circuit_code_heads "
-                                             "WHERE circuit_run = 'ioi-codes'"):
+    for layer, head, count in sql(
+        app_store, "SELECT layer, head, unique_positive_codes FROM circuit_code_heads WHERE circuit_run = 'ioi-codes'"
+    ):
         assert grid["z"][grid["y"].index(layer)][grid["x"].index(head)] == count
     assert any(link.proto.label.startswith("Open the reference ioi-patch") for link in app.get("page_link"))
 
@@ -266,7 +309,10 @@ def test_codes_page_lists_codes_and_their_contexts_from_the_store(app, app_store
     site = CODEBOOK_SITES[1]
     open_page(app, "views/codes.py", codebook="cb", site=site)
     before, after = sql(app_store, "SELECT lm_loss_original, lm_loss_codebooks FROM codebooks WHERE name = 'cb'")[0]
-    assert metric(app, "LM loss, original model") == f"{before:.4f}" and metric(app, "LM loss, with codebooks") == f"{after:.4f}"
+    assert (
+        metric(app, "LM loss, original model") == f"{before:.4f}"
+        and metric(app, "LM loss, with codebooks") == f"{after:.4f}"
+    )
     table = app.dataframe[0].value
     counts = dict(sql(app_store, "SELECT code, count(*) FROM codebook_codes WHERE site = ? GROUP BY code", [site]))
     assert dict(zip(table["code"], table["firings"])) == counts
@@ -280,9 +326,16 @@ def test_codes_page_lists_codes_and_their_contexts_from_the_store(app, app_store
     assert 0 < len(strips) <= 12 and all("wb-centre" in strip and "wb-active" in strip for strip in strips)
     assert f'title="{best:.3f}"' in strips[0]
     tokens = app.dataframe[1].value
-    assert tokens["firings"].iloc[0] == sql(app_store, "SELECT count(*) FROM codebook_codes c JOIN tokens t USING (run, token_id) "
-                                                       "WHERE c.site = ? AND c.code = ? AND t.doc_id IS NOT NULL "
-                                                       "GROUP BY t.token ORDER BY 1 DESC LIMIT 1", [site, top])[0][0]
+    assert (
+        tokens["firings"].iloc[0]
+        == sql(
+            app_store,
+            "SELECT count(*) FROM codebook_codes c JOIN tokens t USING (run, token_id) "
+            "WHERE c.site = ? AND c.code = ? AND t.doc_id IS NOT NULL "
+            "GROUP BY t.token ORDER BY 1 DESC LIMIT 1",
+            [site, top],
+        )[0][0]
+    )
 
 
 def test_codes_page_steers_generation_with_the_chosen_code(app, app_store):
@@ -321,20 +374,23 @@ def test_sql_console_shows_results_and_cuts_them_at_the_row_limit(app, app_store
     assert app.get("download_button")
 
 
-@pytest.mark.parametrize("statement", [
-    "DELETE FROM runs",
-    "DROP TABLE tokens",
-    "UPDATE dictionaries SET k = 1",
-    "ATTACH '/tmp/other.duckdb' AS other",
-    "COPY runs TO '/tmp/leak.csv'",
-    "INSTALL httpfs",
-    "LOAD httpfs",
-    "SET enable_external_access = true",
-    "SELECT * FROM read_csv('/etc/passwd')",
-    "SELECT * FROM read_text('/etc/hostname')",
-    "SELECT 1; DELETE FROM runs",
-    "SELECT * FROM runs; DROP TABLE runs",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM runs",
+        "DROP TABLE tokens",
+        "UPDATE dictionaries SET k = 1",
+        "ATTACH '/tmp/other.duckdb' AS other",
+        "COPY runs TO '/tmp/leak.csv'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT 1; DELETE FROM runs",
+        "SELECT * FROM runs; DROP TABLE runs",
+    ],
+)
 def test_sql_console_refuses_anything_that_writes_or_reads_outside_the_store(app, app_store, statement):
     before = store_snapshot(app_store)
     open_page(app, "views/sql.py")
@@ -380,12 +436,35 @@ def test_old_store_is_refused_with_the_upgrade_command_and_left_as_it_was(store_
 
 def test_app_keeps_serving_committed_data_while_a_harvest_writes(store_dir, monkeypatch):
     """A harvest commits chunk by chunk while the overview reloads; every load shows a committed state."""
-    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=4096, run="first"), progress=False)
+    run_harvest(
+        HarvestConfig(model="tiny", hooks=[HOOK], store=str(store_dir), tokens=4096, run="first"), progress=False
+    )
     monkeypatch.setenv("WORKBENCH_STORE", str(store_dir))
     chunk_rows = 16 * 128
-    writer = subprocess.Popen([sys.executable, "-m", "workbench.cli", "harvest", "--model", "tiny", "--hooks", HOOK,
-                               "--tokens", "65536", "--chunk-contexts", "16", "--store", str(store_dir), "--run", "live"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "harvest",
+            "--model",
+            "tiny",
+            "--hooks",
+            HOOK,
+            "--tokens",
+            "65536",
+            "--chunk-contexts",
+            "16",
+            "--store",
+            str(store_dir),
+            "--run",
+            "live",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     try:
         deadline = time.monotonic() + 120
@@ -406,8 +485,16 @@ def test_app_keeps_serving_committed_data_while_a_harvest_writes(store_dir, monk
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags for a machine without a display or network: no sandbox as root, no calls home.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -443,12 +530,29 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
         pytest.skip("needs Debian's chromium (apt-get install chromium); `make test` installs it")
     from playwright.sync_api import sync_playwright
 
-    feature, = sql(app_store, "SELECT feature FROM feature_stats WHERE dictionary = 'd' ORDER BY density DESC LIMIT 1")[0]
+    (feature,) = sql(
+        app_store, "SELECT feature FROM feature_stats WHERE dictionary = 'd' ORDER BY density DESC LIMIT 1"
+    )[0]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "workbench.cli", "app", "--store", str(app_store), "--port",
-                               str(port), "--host", "127.0.0.1"], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "app",
+            "--store",
+            str(app_store),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_until_serving(url, server)
         with sync_playwright() as playwright:
@@ -468,7 +572,10 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
             assert page.get_by_text(f"d · feature {feature}").count() == 1
             assert page.locator(".wb-context").count() >= 5
             assert page.locator(".wb-active").count() >= 5
-            assert page.locator(".wb-centre").first.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+            assert (
+                page.locator(".wb-centre").first.evaluate("e => getComputedStyle(e).backgroundColor")
+                != "rgba(0, 0, 0, 0)"
+            )
             screenshot = tmp_path / "feature-page.png"
             page.screenshot(path=str(screenshot))
             # The Codes page by its address: a code's contexts, then steering from the button.

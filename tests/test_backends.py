@@ -22,7 +22,9 @@ def _input_ids(vocab: int, batch=3, seq=24):
 
 def _assert_close(a, b, rtol):
     scale = b.abs().max().item()
-    assert (a - b).abs().max().item() <= rtol * max(scale, 1e-6), f"max diff {(a - b).abs().max().item()} vs scale {scale}"
+    assert (a - b).abs().max().item() <= rtol * max(scale, 1e-6), (
+        f"max diff {(a - b).abs().max().item()} vs scale {scale}"
+    )
 
 
 def test_backends_agree_at_every_hook_kind(tiny_dir):

@@ -30,7 +30,7 @@ def planted_dir(tiny_dir, tmp_path_factory):
         for index, layer in enumerate(model.model.layers):
             keep = torch.zeros(model.config.hidden_size, dtype=torch.bool)
             if index == PLANTED[0]:
-                keep[PLANTED[1] * d_head:(PLANTED[1] + 1) * d_head] = True
+                keep[PLANTED[1] * d_head : (PLANTED[1] + 1) * d_head] = True
             layer.self_attn.o_proj.weight[:, ~keep] = 0
     folder = tmp_path_factory.mktemp("planted")
     model.save_pretrained(folder)
@@ -38,8 +38,16 @@ def planted_dir(tiny_dir, tmp_path_factory):
     return folder
 
 
-NOUNS = [("cat", "dog"), ("house", "river"), ("king", "table"), ("girl", "horse"), ("boy", "tree"), ("car", "bird"),
-         ("man", "fish"), ("city", "road")]
+NOUNS = [
+    ("cat", "dog"),
+    ("house", "river"),
+    ("king", "table"),
+    ("girl", "horse"),
+    ("boy", "tree"),
+    ("car", "bird"),
+    ("man", "fish"),
+    ("city", "road"),
+]
 
 
 @pytest.fixture
@@ -48,8 +56,17 @@ def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     with path.open("w") as out:
         for clean, corrupted in NOUNS:
-            out.write(json.dumps({"clean": f"The {clean} sat on the mat and then", "corrupted": f"The {corrupted} sat on "
-                                  "the mat and then", "answer": " ran", "wrong": " slept"}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "clean": f"The {clean} sat on the mat and then",
+                        "corrupted": f"The {corrupted} sat on the mat and then",
+                        "answer": " ran",
+                        "wrong": " slept",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -72,8 +89,10 @@ def test_patching_finds_exactly_the_planted_head(planted_dir, pairs_file):
 def test_head_position_and_layer_patching_localise_the_route(planted_dir, pairs_file):
     backend, task = _planted(planted_dir, pairs_file)
     last = task.seq_len - 1
-    by_position = {(s.layer, s.head, s.position): s.score
-                   for s in patch_task(backend, task, "head-positions", progress=False).scores}
+    by_position = {
+        (s.layer, s.head, s.position): s.score
+        for s in patch_task(backend, task, "head-positions", progress=False).scores
+    }
     assert by_position.pop((*PLANTED, last)) == pytest.approx(1.0, abs=1e-4)  # it moves the token to the end
     assert max(abs(v) for v in by_position.values()) < 1e-4
     # The residual stream matters at the corrupted token (position 2) before the head reads it, and nowhere else.
@@ -101,7 +120,9 @@ def test_builtin_tasks_are_equal_length_and_single_token(tiny_dir):
     # ABC corruption: exactly one position differs, the second mention of the subject.
     differing = (ioi.clean_ids != ioi.corrupted_ids).sum(1)
     assert (differing == 1).all()
-    assert (ioi.clean_ids[:, 4] == ioi.clean_ids[ioi.clean_ids != ioi.corrupted_ids]).all()  # " When A and B": B is at 4
+    assert (
+        ioi.clean_ids[:, 4] == ioi.clean_ids[ioi.clean_ids != ioi.corrupted_ids]
+    ).all()  # " When A and B": B is at 4
     gt = tokenize_task(load_task("greater-than", tokenizer, n_pairs=12), tokenizer)
     # One token per digit: the start year's tens digit decides which digits count as greater.
     for pair, answers, wrong in zip(gt.task.pairs, gt.answer_ids, gt.wrong_ids):
@@ -113,11 +134,21 @@ def test_builtin_tasks_are_equal_length_and_single_token(tiny_dir):
 def test_bad_tasks_are_refused_with_the_fix(tiny_dir, tmp_path):
     _, tokenizer = load_hf_model(tiny_dir)
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"clean": "The cat sat", "corrupted": "The big dog sat", "answer": " ran", "wrong": " x"}))
+    path.write_text(
+        json.dumps({"clean": "The cat sat", "corrupted": "The big dog sat", "answer": " ran", "wrong": " x"})
+    )
     with pytest.raises(TaskError, match="must be equally long"):
         tokenize_task(jsonl_task(path), tokenizer)
-    path.write_text(json.dumps({"clean": "The cat sat", "corrupted": "The dog sat", "answer": " antidisestablishmentarianism",
-                                "wrong": " x"}))
+    path.write_text(
+        json.dumps(
+            {
+                "clean": "The cat sat",
+                "corrupted": "The dog sat",
+                "answer": " antidisestablishmentarianism",
+                "wrong": " x",
+            }
+        )
+    )
     with pytest.raises(TaskError, match="not one"):
         tokenize_task(jsonl_task(path), tokenizer)
     path.write_text('{"clean": "no answer here"}\n')
@@ -128,33 +159,71 @@ def test_bad_tasks_are_refused_with_the_fix(tiny_dir, tmp_path):
 
 
 def test_cli_stores_the_scores_and_bad_input_changes_nothing(store_dir, planted_dir, pairs_file):
-    done = run_cli("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir), "--store", str(store_dir),
-                   "--levels", "heads", "--name", "planted")
+    done = run_cli(
+        "circuit",
+        "patch",
+        "--task",
+        str(pairs_file),
+        "--model",
+        str(planted_dir),
+        "--store",
+        str(store_dir),
+        "--levels",
+        "heads",
+        "--name",
+        "planted",
+    )
     assert done.returncode == 0, done.stderr
     assert "L1H2 +1.00" in done.stdout
     import duckdb
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
-    rows = con.execute("SELECT layer, head, score FROM circuit_patching WHERE circuit_run = 'planted' "
-                       "ORDER BY score DESC").fetchall()
+    rows = con.execute(
+        "SELECT layer, head, score FROM circuit_patching WHERE circuit_run = 'planted' ORDER BY score DESC"
+    ).fetchall()
     header = con.execute("SELECT method, task, metric, n_pairs FROM circuit_runs").fetchall()
     con.close()
     assert len(rows) == 8 and rows[0][:2] == PLANTED and rows[0][2] == pytest.approx(1.0, abs=1e-4)
     assert header == [("patching", "pairs", "logit_diff", len(NOUNS))]
 
     before = store_snapshot(store_dir)
-    bad = run_cli("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir), "--store", str(store_dir),
-                  "--levels", "heads", "--layers", "7", "--name", "planted")
+    bad = run_cli(
+        "circuit",
+        "patch",
+        "--task",
+        str(pairs_file),
+        "--model",
+        str(planted_dir),
+        "--store",
+        str(store_dir),
+        "--levels",
+        "heads",
+        "--layers",
+        "7",
+        "--name",
+        "planted",
+    )
     assert bad.returncode == 2 and "layers 0 to 1" in bad.stderr
-    bad = run_cli_in_process("circuit", "patch", "--task", str(pairs_file), "--model", str(planted_dir),
-                             "--store", str(store_dir), "--levels", "neurons")
+    bad = run_cli_in_process(
+        "circuit",
+        "patch",
+        "--task",
+        str(pairs_file),
+        "--model",
+        str(planted_dir),
+        "--store",
+        str(store_dir),
+        "--levels",
+        "neurons",
+    )
     assert bad.returncode == 2 and "Unknown patching level" in bad.stderr
     assert store_snapshot(store_dir) == before
 
 
 def test_patching_the_same_run_twice_replaces_it(store_dir, planted_dir, pairs_file):
-    config = PatchingConfig(task=str(pairs_file), model=str(planted_dir), store=str(store_dir), levels=("heads",),
-                            name="again")
+    config = PatchingConfig(
+        task=str(pairs_file), model=str(planted_dir), store=str(store_dir), levels=("heads",), name="again"
+    )
     run_patching(config, progress=False)
     run_patching(config, progress=False)
     import duckdb
@@ -182,8 +251,12 @@ def test_roc_auc_matches_the_pairwise_definition():
 def test_codes_rank_the_planted_head_first_and_score_auc_against_patching(store_dir, planted_dir, pairs_file):
     from workbench.circuits.codes import CodesConfig, run_codes
 
-    run_patching(PatchingConfig(task=str(pairs_file), model=str(planted_dir), store=str(store_dir), levels=("heads",),
-                                name="reference"), progress=False)
+    run_patching(
+        PatchingConfig(
+            task=str(pairs_file), model=str(planted_dir), store=str(store_dir), levels=("heads",), name="reference"
+        ),
+        progress=False,
+    )
     run = run_codes(CodesConfig(task=str(pairs_file), store=str(store_dir), name="codes"))
     heads = run.scores.head_scores
     assert run.circuit_run.reference_run == "reference" and heads.shape == (2, 4)
@@ -193,10 +266,13 @@ def test_codes_rank_the_planted_head_first_and_score_auc_against_patching(store_
     import duckdb
 
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
-    stored = con.execute("SELECT layer, head, unique_positive_codes, in_reference FROM circuit_code_heads "
-                         "WHERE circuit_run = 'codes' ORDER BY unique_positive_codes DESC").fetchall()
-    header = con.execute("SELECT method, reference_run, roc_auc_heads, wall_s > 0 FROM circuit_runs "
-                         "WHERE circuit_run = 'codes'").fetchone()
+    stored = con.execute(
+        "SELECT layer, head, unique_positive_codes, in_reference FROM circuit_code_heads "
+        "WHERE circuit_run = 'codes' ORDER BY unique_positive_codes DESC"
+    ).fetchall()
+    header = con.execute(
+        "SELECT method, reference_run, roc_auc_heads, wall_s > 0 FROM circuit_runs WHERE circuit_run = 'codes'"
+    ).fetchone()
     con.close()
     assert stored[0] == (*PLANTED, int(heads[PLANTED]), True) and len(stored) == 8
     assert header == ("codes", "reference", 1.0, True)
@@ -229,11 +305,26 @@ def transcoder_store(tmp_path_factory, models_dir):
     hooks = [f"blocks.{l}.mlp.hook_{d}" for l in (0, 1) for d in ("in", "out")] + ["blocks.1.hook_out"]
     run_harvest(HarvestConfig(model="tiny", hooks=hooks, store=str(root), tokens=8192, run="h"), progress=False)
     for layer in (0, 1):
-        run_train(TrainConfig(store=str(root), hook=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.mlp.hook_out",
-                              arch="batchtopk", k=8, latents=128, tokens=40_000, batch_size=512, name=f"tc{layer}"),
-                  progress=False)
-    run_train(TrainConfig(store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512,
-                          name="sae"), progress=False)
+        run_train(
+            TrainConfig(
+                store=str(root),
+                hook=f"blocks.{layer}.mlp.hook_in",
+                hook_out=f"blocks.{layer}.mlp.hook_out",
+                arch="batchtopk",
+                k=8,
+                latents=128,
+                tokens=40_000,
+                batch_size=512,
+                name=f"tc{layer}",
+            ),
+            progress=False,
+        )
+    run_train(
+        TrainConfig(
+            store=str(root), hook="blocks.1.hook_out", k=8, latents=128, tokens=4096, batch_size=512, name="sae"
+        ),
+        progress=False,
+    )
     return root
 
 
@@ -262,8 +353,10 @@ def test_replacement_model_is_exact_and_edges_sum_to_each_target(transcoder_stor
     assert np.abs(explained + errors + graph.bias - values)[targets].max() < 1e-4
     # Sources only feed later targets: nothing reaches a feature from its own or a later layer.
     layers = np.array([n.layer for n in graph.nodes])
-    assert not (graph.adjacency[np.ix_(kinds == "feature", np.ones(len(kinds), bool))]
-                * (layers[None, :] >= layers[kinds == "feature"][:, None])).any()
+    assert not (
+        graph.adjacency[np.ix_(kinds == "feature", np.ones(len(kinds), bool))]
+        * (layers[None, :] >= layers[kinds == "feature"][:, None])
+    ).any()
 
 
 def test_planted_head_carries_the_only_cross_position_edges(planted_dir):
@@ -272,8 +365,10 @@ def test_planted_head_carries_the_only_cross_position_edges(planted_dir):
 
     model, tokenizer = load_hf_model(planted_dir)
     torch.manual_seed(0)
-    coders = {layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True)).eval()
-              for layer in (0, 1)}
+    coders = {
+        layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True)).eval()
+        for layer in (0, 1)
+    }
     graph = build_graph(model, tokenizer, "The cat sat on the mat and then", coders, target=" ran")
     positions = np.array([n.position for n in graph.nodes])
     layers = np.array([n.layer for n in graph.nodes])
@@ -290,8 +385,22 @@ def test_graph_json_follows_the_schema_and_the_cli_stores_it(transcoder_store, t
     from workbench.circuits.attribution import validate_graph_json
 
     out = tmp_path / "graph.json"
-    result = run_cli("circuit", "graph", "--prompt", GRAPH_PROMPT, "--transcoders", "tc0,tc1", "--store",
-                     str(transcoder_store), "--target", " to", "--name", "g", "--json", str(out))
+    result = run_cli(
+        "circuit",
+        "graph",
+        "--prompt",
+        GRAPH_PROMPT,
+        "--transcoders",
+        "tc0,tc1",
+        "--store",
+        str(transcoder_store),
+        "--target",
+        " to",
+        "--name",
+        "g",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "replacement score" in result.stdout and "completeness score" in result.stdout
     data = json.loads(out.read_text())
@@ -305,19 +414,24 @@ def test_graph_json_follows_the_schema_and_the_cli_stores_it(transcoder_store, t
     import duckdb
 
     con = duckdb.connect(str(transcoder_store / "catalog.duckdb"), read_only=True)
-    row = con.execute("SELECT transcoders, n_kept_nodes, n_kept_edges, path FROM circuit_graphs WHERE graph = 'g'").fetchone()
+    row = con.execute(
+        "SELECT transcoders, n_kept_nodes, n_kept_edges, path FROM circuit_graphs WHERE graph = 'g'"
+    ).fetchone()
     con.close()
     assert row[0] == ["tc0", "tc1"] and row[1] == len(data["nodes"]) and row[2] == len(data["links"])
     assert json.loads((transcoder_store / row[3]).read_text()) == data
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--transcoders", "tc0,nope"], "No dictionary 'nope'"),
-    (["--transcoders", "tc0,sae"], "need transcoders from blocks.L.mlp.hook_in"),
-    (["--transcoders", "tc0,tc0"], "Two transcoders for layer 0"),
-    (["--transcoders", "tc0,tc1", "--max-features", "5"], "over the limit of 5"),
-    (["--transcoders", "tc0", "--target", " antidisestablishmentarianism"], "not one"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--transcoders", "tc0,nope"], "No dictionary 'nope'"),
+        (["--transcoders", "tc0,sae"], "need transcoders from blocks.L.mlp.hook_in"),
+        (["--transcoders", "tc0,tc0"], "Two transcoders for layer 0"),
+        (["--transcoders", "tc0,tc1", "--max-features", "5"], "over the limit of 5"),
+        (["--transcoders", "tc0", "--target", " antidisestablishmentarianism"], "not one"),
+    ],
+)
 def test_bad_graph_requests_are_refused_and_store_nothing(transcoder_store, args, message):
     before = store_snapshot(transcoder_store)
     # In this process: test_cli_stores_the_scores_and_bad_input_changes_nothing checks a real process's exit status.
@@ -336,7 +450,9 @@ def test_de_embeddings_agree_with_direct_computation_and_see_only_the_planted_he
     result = de_embeddings(model, tokenizer, coder, layer=1, feature=7, n=5)
     # Direct path, computed here from the weights: W_E . (g_post * W_enc[:, f]).
     with torch.no_grad():
-        direct = model.model.embed_tokens.weight @ (coder.W_enc[:, 7] * model.model.layers[1].post_attention_layernorm.weight)
+        direct = model.model.embed_tokens.weight @ (
+            coder.W_enc[:, 7] * model.model.layers[1].post_attention_layernorm.weight
+        )
     assert [v for _, v in result.direct] == pytest.approx(direct.topk(5).values.tolist(), rel=1e-5)
     assert set(result.heads) == {(layer, head) for layer in (0, 1) for head in range(4)}
     # Every output projection but head 2 of layer 1 is zero, so no other head can carry a token to the feature.
@@ -351,8 +467,14 @@ def test_greedy_paths_follow_the_largest_normalised_edges():
     from workbench.circuits.attribution import AttributionGraph, Node, greedy_paths
 
     # embedding 0 -> feature 2 -> logit 4, embedding 1 -> feature 3 -> logit, and error 5 -> logit.
-    nodes = [Node("e0", "embedding", -1, 0), Node("e1", "embedding", -1, 1), Node("f2", "feature", 0, 1, 2),
-             Node("f3", "feature", 0, 1, 3), Node("logit", "logit", 1, 1), Node("err", "error", 0, 1)]
+    nodes = [
+        Node("e0", "embedding", -1, 0),
+        Node("e1", "embedding", -1, 1),
+        Node("f2", "feature", 0, 1, 2),
+        Node("f3", "feature", 0, 1, 3),
+        Node("logit", "logit", 1, 1),
+        Node("err", "error", 0, 1),
+    ]
     nodes[4], nodes[5] = nodes[5], nodes[4]  # the logit is the last node
     adjacency = np.zeros((6, 6))
     adjacency[2, 0], adjacency[2, 1] = 3.0, 1.0  # f2 <- e0 (0.75), e1 (0.25)

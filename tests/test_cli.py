@@ -41,8 +41,9 @@ def _parse(*argv: str) -> _Example:
 
 
 def test_options_follow_the_config_types_and_defaults():
-    parsed = _parse("--store", "s", "--names", "a, b,c", "--tokens", "2M", "--layers", "0,3", "--verbose",
-                    "--rate", "0.25")
+    parsed = _parse(
+        "--store", "s", "--names", "a, b,c", "--tokens", "2M", "--layers", "0,3", "--verbose", "--rate", "0.25"
+    )
     assert parsed == _Example("s", ["a", "b", "c"], 2_000_000, [0, 3], True, _Inner(0.25))
     assert _parse("--store", "s", "--names", "x") == _Example("s", ["x"])
     with pytest.raises(SystemExit):
@@ -56,8 +57,9 @@ def test_field_docs_are_the_docstrings_under_the_fields():
     assert field_docs(_Inner) == {"rate": "How fast."}
 
 
-@pytest.mark.parametrize("text, value", [("2M", 2_000_000), ("500k", 500_000), ("1.5b", 1_500_000_000),
-                                         ("4_096", 4096), ("17", 17)])
+@pytest.mark.parametrize(
+    "text, value", [("2M", 2_000_000), ("500k", 500_000), ("1.5b", 1_500_000_000), ("4_096", 4096), ("17", 17)]
+)
 def test_int_with_suffix(text, value):
     assert int_with_suffix(text) == value
 

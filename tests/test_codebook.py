@@ -10,7 +10,10 @@ def _clusters(n_clusters=16, d=32, per_cluster=200, noise=0.05, seed=0):
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(n_clusters, d, generator=generator)
     labels = torch.arange(n_clusters).repeat_interleave(per_cluster)
-    x = centres[labels] + noise * torch.randn(len(labels), d, generator=generator) * centres.norm(dim=1, keepdim=True)[labels] / d**0.5
+    x = (
+        centres[labels]
+        + noise * torch.randn(len(labels), d, generator=generator) * centres.norm(dim=1, keepdim=True)[labels] / d**0.5
+    )
     return x, labels, centres
 
 
@@ -38,8 +41,11 @@ def test_gradient_is_straight_through_for_x_and_exact_for_the_chosen_codes():
     chosen = set(out.codes_BK.reshape(-1).tolist())
     for code in range(10):
         expected = sum(weights[b] for b in range(5) if code in out.codes_BK[b].tolist())
-        assert torch.allclose(bottleneck.codebook.grad[code], torch.as_tensor(expected, dtype=torch.float32)) \
-            if code in chosen else bottleneck.codebook.grad[code].abs().max() == 0
+        assert (
+            torch.allclose(bottleneck.codebook.grad[code], torch.as_tensor(expected, dtype=torch.float32))
+            if code in chosen
+            else bottleneck.codebook.grad[code].abs().max() == 0
+        )
     # The forward value is the sum of the chosen codes; mean divides it by k.
     assert torch.allclose(out.out_BD, bottleneck.codebook[out.codes_BK].sum(1))
     mean = CodebookBottleneck(8, 10, k=3, reduce="mean")
@@ -63,11 +69,14 @@ def test_dead_codes_are_reseeded_from_recent_activations():
     assert int(exact.sum()) >= replaced
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(d=8, n_codes=4, k=5), "k must be between 1 and the codebook size"),
-    (dict(d=8, n_codes=4, k=0), "k must be between 1 and the codebook size"),
-    (dict(d=8, n_codes=4, k=1, reduce="max"), "reduce must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d=8, n_codes=4, k=5), "k must be between 1 and the codebook size"),
+        (dict(d=8, n_codes=4, k=0), "k must be between 1 and the codebook size"),
+        (dict(d=8, n_codes=4, k=1, reduce="max"), "reduce must be"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(CodebookError, match=message):
         CodebookBottleneck(**kwargs)

@@ -33,11 +33,42 @@ def coded_store(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("codebooks") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
-    harvest = run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.mlp.hook_out", "--tokens", "2048",
-                                 "--store", str(root), "--run", "h")
+    harvest = run_cli_in_process(
+        "harvest",
+        "--model",
+        "tiny",
+        "--hooks",
+        "blocks.0.mlp.hook_out",
+        "--tokens",
+        "2048",
+        "--store",
+        str(root),
+        "--run",
+        "h",
+    )
     assert harvest.returncode == 0, harvest.stderr
-    train = run_cli("codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(root), "--tokens", "4096",
-                    "--codes", str(N_CODES), "--k", str(K), "--model-lr", "0", "--eval-tokens", "1024", "--name", "cb")
+    train = run_cli(
+        "codebook",
+        "train",
+        "--model",
+        "tiny",
+        "--sites",
+        SITES,
+        "--store",
+        str(root),
+        "--tokens",
+        "4096",
+        "--codes",
+        str(N_CODES),
+        "--k",
+        str(K),
+        "--model-lr",
+        "0",
+        "--eval-tokens",
+        "1024",
+        "--name",
+        "cb",
+    )
     assert train.returncode == 0, train.stderr
     encode = run_cli_in_process("codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "h")
     assert encode.returncode == 0, encode.stderr
@@ -47,8 +78,10 @@ def coded_store(tmp_path_factory, models_dir):
 def test_train_reports_the_lm_loss_before_and_after_and_saves_only_the_codebooks(coded_store):
     root, stdout, _ = coded_store
     con = duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
-    row = con.execute("SELECT status, sites, n_codes, k, steps_done, tokens_done, lm_loss_original, lm_loss_codebooks, "
-                      "lm_loss_increase, lm_loss_bypassed, recon_error FROM codebooks WHERE name = 'cb'").fetchone()
+    row = con.execute(
+        "SELECT status, sites, n_codes, k, steps_done, tokens_done, lm_loss_original, lm_loss_codebooks, "
+        "lm_loss_increase, lm_loss_bypassed, recon_error FROM codebooks WHERE name = 'cb'"
+    ).fetchone()
     con.close()
     status, sites, n_codes, k, steps, tokens, before, after, increase, bypassed, recon = row
     assert status == "complete" and sites == SITES.split(",") and (n_codes, k) == (N_CODES, K)
@@ -73,19 +106,27 @@ def test_stored_codes_are_the_top_k_cosine_codes_of_the_harvested_activations(co
     n_rows = con.execute("SELECT count(*) FROM codebook_codes WHERE codebook = 'cb' AND run = 'h'").fetchone()[0]
     assert n_rows == n_tokens * 2 * K and f"{n_rows:,}" in encode_out
     # Each (token, site) has k distinct codes with ranks 0..k-1, all in range.
-    bad = con.execute("SELECT count(*) FROM (SELECT token_id, site, count(DISTINCT code) AS c, min(rank) AS lo, "
-                      "max(rank) AS hi FROM codebook_codes GROUP BY ALL) WHERE c != ? OR lo != 0 OR hi != ?",
-                      [K, K - 1]).fetchone()[0]
+    bad = con.execute(
+        "SELECT count(*) FROM (SELECT token_id, site, count(DISTINCT code) AS c, min(rank) AS lo, "
+        "max(rank) AS hi FROM codebook_codes GROUP BY ALL) WHERE c != ? OR lo != 0 OR hi != ?",
+        [K, K - 1],
+    ).fetchone()[0]
     assert bad == 0
     assert con.execute("SELECT min(code) >= 0 AND max(code) < ? FROM codebook_codes", [N_CODES]).fetchone()[0]
-    stored = con.execute("SELECT token_id, code FROM codebook_codes WHERE site = 'blocks.0.mlp.hook_out' "
-                         "ORDER BY token_id, rank").fetchnumpy()
-    acts = con.execute("SELECT token_id, act FROM activations WHERE run = 'h' AND hook = 'blocks.0.mlp.hook_out' "
-                       "ORDER BY token_id").fetchnumpy()
+    stored = con.execute(
+        "SELECT token_id, code FROM codebook_codes WHERE site = 'blocks.0.mlp.hook_out' ORDER BY token_id, rank"
+    ).fetchnumpy()
+    acts = con.execute(
+        "SELECT token_id, act FROM activations WHERE run = 'h' AND hook = 'blocks.0.mlp.hook_out' ORDER BY token_id"
+    ).fetchnumpy()
     con.close()
-    codebook = load_file(root / "codebooks" / "cb" / "final" / "codebooks.safetensors")["bottlenecks.blocks_0_mlp_hook_out.codebook"]
+    codebook = load_file(root / "codebooks" / "cb" / "final" / "codebooks.safetensors")[
+        "bottlenecks.blocks_0_mlp_hook_out.codebook"
+    ]
     x = torch.tensor(np.stack(acts["act"]), dtype=torch.float32)
-    expected = (torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(codebook, dim=-1).T).topk(K).indices
+    expected = (
+        (torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(codebook, dim=-1).T).topk(K).indices
+    )
     got = torch.from_numpy(stored["code"].reshape(-1, K))
     assert np.array_equal(stored["token_id"][::K], acts["token_id"])
     same = (got.sort(-1).values == expected.sort(-1).values).all(-1).float().mean().item()
@@ -118,7 +159,9 @@ def test_steering_forces_the_code_everywhere_and_keeps_the_sampling_seeds(coded_
     with torch.no_grad():
         coded(torch.tensor([[tokenizer.bos_token_id] + tokenizer("The cat sat")["input_ids"]]))
     code = int(torch.bincount(coded.codes[site].reshape(-1), minlength=N_CODES).argmin())
-    result = steer(coded, tokenizer, "The cat sat", {site: code}, targets=["the"], n_samples=3, max_new_tokens=6, seed=3)
+    result = steer(
+        coded, tokenizer, "The cat sat", {site: code}, targets=["the"], n_samples=3, max_new_tokens=6, seed=3
+    )
     assert result.baseline == first and result.steered != result.baseline
     with coded.forcing(site, code, slice(None)), torch.no_grad():
         coded(torch.tensor([[tokenizer.bos_token_id] + tokenizer("The cat sat")["input_ids"]]))
@@ -132,7 +175,9 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     batch_at = lambda step: fsm.sample(8, 8, seed=step)[0]  # noqa: E731
 
     def fresh():
-        coded = CodebookModel(tiny_transformer(fsm, seed=1), ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"], 16, k=2)
+        coded = CodebookModel(
+            tiny_transformer(fsm, seed=1), ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"], 16, k=2
+        )
         coded.kmeans_init(fsm.sample(16, 8, seed=99)[0])
         return coded, codebook_identity(coded, model_fingerprint(coded.hf_model))
 
@@ -160,28 +205,113 @@ def test_codebooks_refuse_another_model_and_changed_settings(tmp_path):
     with pytest.raises(CodebookError, match="differ in n_codes"):
         load_codebooks(bigger, tmp_path, codebook_identity(bigger, identity["model_fingerprint"]))
     # A checkpoint is checked the same way before it is resumed.
-    finetune(coded, lambda step: fsm.sample(4, 4, seed=step)[0], 3, FinetuneSettings(checkpoint_seconds=0), identity,
-             tmp_path / "run", progress=False, stop_after_steps=1)
+    finetune(
+        coded,
+        lambda step: fsm.sample(4, 4, seed=step)[0],
+        3,
+        FinetuneSettings(checkpoint_seconds=0),
+        identity,
+        tmp_path / "run",
+        progress=False,
+        stop_after_steps=1,
+    )
     with pytest.raises(CodebookError, match="trained on another model"):
-        finetune(other, lambda step: fsm.sample(4, 4, seed=step)[0], 3, FinetuneSettings(),
-                 codebook_identity(other, model_fingerprint(other.hf_model)), tmp_path / "run", progress=False)
+        finetune(
+            other,
+            lambda step: fsm.sample(4, 4, seed=step)[0],
+            3,
+            FinetuneSettings(),
+            codebook_identity(other, model_fingerprint(other.hf_model)),
+            tmp_path / "run",
+            progress=False,
+        )
 
 
 def test_bad_cli_input_gets_a_clear_error_and_changes_nothing(coded_store):
     root, _, _ = coded_store
     before = store_snapshot(root)
     cases = [
-        (["codebook", "train", "--model", "tiny", "--sites", "blocks.7.mlp.hook_out", "--store", str(root)], "out of range"),
+        (
+            ["codebook", "train", "--model", "tiny", "--sites", "blocks.7.mlp.hook_out", "--store", str(root)],
+            "out of range",
+        ),
         (["codebook", "train", "--model", "tiny", "--sites", "blocks.0.hook_resid", "--store", str(root)], "hook"),
-        (["codebook", "train", "--model", "tiny", "--sites", SITES, "--codes", "8", "--k", "9", "--store", str(root)],
-         "codebook size"),
-        (["codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(root), "--tokens", "4096",
-          "--codes", str(N_CODES), "--k", str(K), "--model-lr", "1e-4", "--eval-tokens", "1024", "--name", "cb"],
-         "different settings"),
-        (["codebook", "steer", "--store", str(root), "--codebook", "cb", "--site", "blocks.0.mlp.hook_out",
-          "--code", str(N_CODES), "--prompt", "hi"], f"codes 0 to {N_CODES - 1}"),
-        (["codebook", "steer", "--store", str(root), "--codebook", "cb", "--site", "blocks.1.mlp.hook_out",
-          "--code", "1", "--prompt", "hi"], "No codebook at"),
+        (
+            [
+                "codebook",
+                "train",
+                "--model",
+                "tiny",
+                "--sites",
+                SITES,
+                "--codes",
+                "8",
+                "--k",
+                "9",
+                "--store",
+                str(root),
+            ],
+            "codebook size",
+        ),
+        (
+            [
+                "codebook",
+                "train",
+                "--model",
+                "tiny",
+                "--sites",
+                SITES,
+                "--store",
+                str(root),
+                "--tokens",
+                "4096",
+                "--codes",
+                str(N_CODES),
+                "--k",
+                str(K),
+                "--model-lr",
+                "1e-4",
+                "--eval-tokens",
+                "1024",
+                "--name",
+                "cb",
+            ],
+            "different settings",
+        ),
+        (
+            [
+                "codebook",
+                "steer",
+                "--store",
+                str(root),
+                "--codebook",
+                "cb",
+                "--site",
+                "blocks.0.mlp.hook_out",
+                "--code",
+                str(N_CODES),
+                "--prompt",
+                "hi",
+            ],
+            f"codes 0 to {N_CODES - 1}",
+        ),
+        (
+            [
+                "codebook",
+                "steer",
+                "--store",
+                str(root),
+                "--codebook",
+                "cb",
+                "--site",
+                "blocks.1.mlp.hook_out",
+                "--code",
+                "1",
+                "--prompt",
+                "hi",
+            ],
+            "No codebook at",
+        ),
         (["codebook", "encode", "--store", str(root), "--codebook", "cb", "--run", "nope"], "No run 'nope'"),
         (["codebook", "encode", "--store", str(root), "--codebook", "nope", "--run", "h"], "No codebooks 'nope'"),
     ]
@@ -191,8 +321,11 @@ def test_bad_cli_input_gets_a_clear_error_and_changes_nothing(coded_store):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
         assert "Traceback" not in result.stderr
     assert store_snapshot(root) == before
-    config = json.loads(duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
-                        .execute("SELECT config FROM codebooks WHERE name = 'cb'").fetchone()[0])
+    config = json.loads(
+        duckdb.connect(str(root / "catalog.duckdb"), read_only=True)
+        .execute("SELECT config FROM codebooks WHERE name = 'cb'")
+        .fetchone()[0]
+    )
     assert config["finetune"]["model_lr"] == 0
 
 
@@ -237,7 +370,11 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
     coded.enabled = False
     with torch.no_grad():
         coded(ids)
-    z = make_backend("nnsight", hf_model, tokenizer).run(ids, [HookPoint(1, "attn.hook_z")]).acts[HookPoint(1, "attn.hook_z")]
+    z = (
+        make_backend("nnsight", hf_model, tokenizer)
+        .run(ids, [HookPoint(1, "attn.hook_z")])
+        .acts[HookPoint(1, "attn.hook_z")]
+    )
     assert torch.allclose(coded.inputs[site], z, atol=1e-5)
     coded.enabled = True
     coded.kmeans_init(ids, batch_size=1)
@@ -247,7 +384,9 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
         coded(ids)
     codes = coded.codes[site]
     assert codes.shape == (1, ids.shape[1], n_heads * 2)
-    assert torch.equal(codes // 8, torch.arange(n_heads).repeat_interleave(2).expand_as(codes))  # head h's slots hold head h's codes
+    assert torch.equal(
+        codes // 8, torch.arange(n_heads).repeat_interleave(2).expand_as(codes)
+    )  # head h's slots hold head h's codes
     # Each head's codes are that head's top 2 by cosine.
     unit = torch.nn.functional.normalize(z.reshape(*z.shape[:-1], n_heads, d_head), dim=-1)
     cb = torch.nn.functional.normalize(bottleneck.codebook, dim=-1).reshape(n_heads, 8, d_head)
@@ -258,7 +397,7 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
     with coded.forcing(site, code, slice(None), mode="only"), torch.no_grad():
         coded(ids)
     forced = coded.codes[site]
-    assert (forced[..., 2 * head:2 * head + 2] == code).all()
+    assert (forced[..., 2 * head : 2 * head + 2] == code).all()
     others = [i for i in range(n_heads * 2) if i // 2 != head]
     assert torch.equal(forced[..., others], natural[..., others])
     with pytest.raises(CodebookError, match=f"codes 0 to {8 * n_heads - 1}"):
@@ -266,10 +405,42 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
 
 
 def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
-    assert run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--tokens", "1024",
-                              "--store", str(store_dir), "--run", "h").returncode == 0
-    train = run_cli("codebook", "train", "--model", "tiny", "--sites", "blocks.1.attn.hook_z", "--store", str(store_dir),
-                    "--tokens", "2048", "--codes", "16", "--k", "1", "--eval-tokens", "512", "--name", "heads")
+    assert (
+        run_cli_in_process(
+            "harvest",
+            "--model",
+            "tiny",
+            "--hooks",
+            "blocks.0.hook_out",
+            "--tokens",
+            "1024",
+            "--store",
+            str(store_dir),
+            "--run",
+            "h",
+        ).returncode
+        == 0
+    )
+    train = run_cli(
+        "codebook",
+        "train",
+        "--model",
+        "tiny",
+        "--sites",
+        "blocks.1.attn.hook_z",
+        "--store",
+        str(store_dir),
+        "--tokens",
+        "2048",
+        "--codes",
+        "16",
+        "--k",
+        "1",
+        "--eval-tokens",
+        "512",
+        "--name",
+        "heads",
+    )
     assert train.returncode == 0, train.stderr
     assert run_cli("codebook", "encode", "--store", str(store_dir), "--codebook", "heads", "--run", "h").returncode == 0
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
@@ -285,14 +456,47 @@ def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
 def test_codebook_train_encode_and_steer_on_smollm2(store_dir):
     """The issue's command on the real model at a small scale: two layer-3 sites, 4 steps, then codes and steering."""
     args = ["--store", str(store_dir)]
-    assert run_cli("harvest", "--model", "smollm2-135m", "--hooks", "blocks.3.hook_out", "--tokens", "2048", *args,
-                   "--run", "h", timeout=900).returncode == 0
-    train = run_cli("codebook", "train", "--model", "smollm2-135m", "--sites",
-                    "blocks.3.mlp.hook_out,blocks.3.attn.hook_z", "--tokens", "4096", "--codes", "256", "--k", "4",
-                    "--eval-tokens", "1024", "--name", "cb", *args, timeout=1800)
+    assert (
+        run_cli(
+            "harvest",
+            "--model",
+            "smollm2-135m",
+            "--hooks",
+            "blocks.3.hook_out",
+            "--tokens",
+            "2048",
+            *args,
+            "--run",
+            "h",
+            timeout=900,
+        ).returncode
+        == 0
+    )
+    train = run_cli(
+        "codebook",
+        "train",
+        "--model",
+        "smollm2-135m",
+        "--sites",
+        "blocks.3.mlp.hook_out,blocks.3.attn.hook_z",
+        "--tokens",
+        "4096",
+        "--codes",
+        "256",
+        "--k",
+        "4",
+        "--eval-tokens",
+        "1024",
+        "--name",
+        "cb",
+        *args,
+        timeout=1800,
+    )
     assert train.returncode == 0, train.stderr[-2000:]
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
-    before, after, bypassed = con.execute("SELECT lm_loss_original, lm_loss_codebooks, lm_loss_bypassed FROM codebooks").fetchone()
+    before, after, bypassed = con.execute(
+        "SELECT lm_loss_original, lm_loss_codebooks, lm_loss_bypassed FROM codebooks"
+    ).fetchone()
     con.close()
     assert 1.0 < before < 6.0 and after - bypassed < 1.0  # k-means codes plus 4 steps cost under a nat
     assert run_cli("codebook", "encode", "--codebook", "cb", "--run", "h", *args, timeout=900).returncode == 0
@@ -300,9 +504,26 @@ def test_codebook_train_encode_and_steer_on_smollm2(store_dir):
     per_site = dict(con.execute("SELECT site, count(*) FROM codebook_codes GROUP BY site").fetchall())
     con.close()
     assert per_site == {"blocks.3.mlp.hook_out": 2048 * 4, "blocks.3.attn.hook_z": 2048 * 9 * 4}  # 9 heads
-    steer = run_cli("codebook", "steer", "--codebook", "cb", "--site", "blocks.3.mlp.hook_out", "--code", "0",
-                    "--prompt", "The function returns", "--targets", " the", "--samples", "2", "--max-new-tokens", "4",
-                    *args, timeout=900)
+    steer = run_cli(
+        "codebook",
+        "steer",
+        "--codebook",
+        "cb",
+        "--site",
+        "blocks.3.mlp.hook_out",
+        "--code",
+        "0",
+        "--prompt",
+        "The function returns",
+        "--targets",
+        " the",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        *args,
+        timeout=900,
+    )
     assert steer.returncode == 0 and "share showing a target" in steer.stdout, steer.stderr[-2000:]
 
 
@@ -317,12 +538,36 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
 
     from conftest import REPO
 
-    common = ["codebook", "train", "--model", "tiny", "--sites", SITES, "--store", str(store_dir), "--tokens", "12288",
-              "--codes", "16", "--k", "2", "--eval-tokens", "512", "--checkpoint-seconds", "0", "--model-lr", "1e-4"]
+    common = [
+        "codebook",
+        "train",
+        "--model",
+        "tiny",
+        "--sites",
+        SITES,
+        "--store",
+        str(store_dir),
+        "--tokens",
+        "12288",
+        "--codes",
+        "16",
+        "--k",
+        "2",
+        "--eval-tokens",
+        "512",
+        "--checkpoint-seconds",
+        "0",
+        "--model-lr",
+        "1e-4",
+    ]
     whole = run_cli_in_process(*common, "--name", "whole")  # the reference needs no process of its own
     assert whole.returncode == 0, whole.stderr
-    process = subprocess.Popen([sys.executable, "-m", "workbench.cli", *common, "--name", "killed"], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", *common, "--name", "killed"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     from workbench.checkpoints import readable_folder
 
     def checkpoint_step() -> int:
@@ -345,10 +590,14 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     b = load_file(store_dir / "codebooks" / "killed" / "final" / "codebooks.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[key].float(), b[key].float(), atol=1e-5) for key in a)
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
-    rows = con.execute("SELECT name, steps_done, lm_loss_original, lm_loss_codebooks FROM codebooks ORDER BY name").fetchall()
+    rows = con.execute(
+        "SELECT name, steps_done, lm_loss_original, lm_loss_codebooks FROM codebooks ORDER BY name"
+    ).fetchall()
     con.close()
     (k_name, k_steps, k_before, k_after), (w_name, w_steps, w_before, w_after) = rows
-    assert k_steps == w_steps == 12 and k_before == pytest.approx(w_before) and k_after == pytest.approx(w_after, abs=1e-5)
+    assert (
+        k_steps == w_steps == 12 and k_before == pytest.approx(w_before) and k_after == pytest.approx(w_after, abs=1e-5)
+    )
 
 
 def test_default_steering_targets_are_the_codes_commonest_word_tokens(coded_store):

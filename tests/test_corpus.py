@@ -32,7 +32,7 @@ def test_contexts_start_with_bos_and_tokens_trace_back_to_text(tokenizer):
     for i in range(corpus.n_tokens):
         if corpus.doc_ids[i] < 0:
             continue
-        span = by_id[corpus.doc_ids[i]].text[corpus.char_starts[i]:corpus.char_ends[i]]
+        span = by_id[corpus.doc_ids[i]].text[corpus.char_starts[i] : corpus.char_ends[i]]
         assert tokenizer.decode([int(corpus.vocab_ids[i])]) == span, i
         checked += 1
     assert checked > 0.95 * corpus.n_tokens

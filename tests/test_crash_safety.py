@@ -19,13 +19,30 @@ HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 # Long enough (300 chunks, ~12 s of harvesting) that the three short kill windows below cannot finish it,
 # even when the polling reader waits for the writer's lock: at 100 chunks one fresh-clone run did finish.
 TOKENS = 38400
-SETTINGS = ["--model", "tiny", "--hooks", HOOKS, "--tokens", str(TOKENS), "--context-len", "64",
-            "--chunk-contexts", "2", "--batch-size", "2"]
+SETTINGS = [
+    "--model",
+    "tiny",
+    "--hooks",
+    HOOKS,
+    "--tokens",
+    str(TOKENS),
+    "--context-len",
+    "64",
+    "--chunk-contexts",
+    "2",
+    "--batch-size",
+    "2",
+]
 
 
 def _harvest_process(store_dir, run="k") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workbench.cli", "harvest", *SETTINGS, "--store", str(store_dir),
-                             "--run", run], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "harvest", *SETTINGS, "--store", str(store_dir), "--run", run],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _committed_rows(store_dir) -> int:
@@ -59,7 +76,9 @@ def _assert_store_consistent(store_dir):
     store = Store.open_existing(store_dir)
     _, problems = verify(store)
     assert problems == []
-    rows = run_query(store, "SELECT hook, count(*) AS n, count(DISTINCT token_id) AS distinct_ids FROM activations GROUP BY hook").table.to_pylist()
+    rows = run_query(
+        store, "SELECT hook, count(*) AS n, count(DISTINCT token_id) AS distinct_ids FROM activations GROUP BY hook"
+    ).table.to_pylist()
     for row in rows:
         assert row["n"] == row["distinct_ids"]
     with store.reader() as con:
@@ -98,8 +117,19 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     (reference_dir / "models").symlink_to(store_dir / "models")
-    run_harvest(HarvestConfig(model="tiny", hooks=HOOKS.split(","), store=str(reference_dir), tokens=TOKENS, context_len=64,
-                              chunk_contexts=2, batch_size=2, run="k"), progress=False)
+    run_harvest(
+        HarvestConfig(
+            model="tiny",
+            hooks=HOOKS.split(","),
+            store=str(reference_dir),
+            tokens=TOKENS,
+            context_len=64,
+            chunk_contexts=2,
+            batch_size=2,
+            run="k",
+        ),
+        progress=False,
+    )
     resumed, reference = _activations(Store(store_dir), "k"), _activations(Store(reference_dir), "k")
     for hook in HOOKS.split(","):
         assert (resumed[hook][0] == np.arange(TOKENS)).all()
@@ -117,10 +147,13 @@ def test_readers_see_the_last_committed_state_while_a_harvest_writes(store_dir):
         seen = []
         cli_result = None
         while process.poll() is None:
-            table = run_query(store, """
+            table = run_query(
+                store,
+                """
                 SELECT (SELECT count(*) FROM activations WHERE hook = 'blocks.0.hook_out') AS visible,
                        (SELECT coalesce(sum(n_rows), 0) FROM shards WHERE hook = 'blocks.0.hook_out') AS committed
-            """).table.to_pylist()[0]
+            """,
+            ).table.to_pylist()[0]
             assert table["visible"] == table["committed"]  # a consistent snapshot: no partial chunk is visible
             assert table["visible"] % 128 == 0  # whole chunks only (2 contexts x 64 tokens)
             seen.append(table["visible"])

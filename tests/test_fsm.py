@@ -63,10 +63,18 @@ def fsm_with_codebooks():
         coded = CodebookModel(model, SITES, n_codes=64, k=1)
         coded.kmeans_init(fsm.sample(64, 24, seed=5)[0])
         held_out = fsm.sample(64, 24, seed=77)[0]
-        losses = {"original": mean_lm_loss(coded, held_out, 64, codebooks=False),
-                  "kmeans": mean_lm_loss(coded, held_out, 64, codebooks=True)}
-        finetune(coded, lambda step: fsm.sample(64, 24, seed=10_000 + step)[0], 150, FinetuneSettings(),
-                 codebook_identity(coded, model_fingerprint(model)), progress=False)
+        losses = {
+            "original": mean_lm_loss(coded, held_out, 64, codebooks=False),
+            "kmeans": mean_lm_loss(coded, held_out, 64, codebooks=True),
+        }
+        finetune(
+            coded,
+            lambda step: fsm.sample(64, 24, seed=10_000 + step)[0],
+            150,
+            FinetuneSettings(),
+            codebook_identity(coded, model_fingerprint(model)),
+            progress=False,
+        )
         losses["finetuned"] = mean_lm_loss(coded, held_out, 64, codebooks=True)
     print(f"TokFSM LM loss: {losses}")
     return fsm, coded.eval(), losses, learned

@@ -19,8 +19,16 @@ HOOKS = ["blocks.1.hook_out", "blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out"]
 
 
 def _config(store_dir, **overrides):
-    settings = dict(model="tiny", hooks=HOOKS, store=str(store_dir), tokens=3000, context_len=64,
-                    batch_size=4, chunk_contexts=8, run="t")
+    settings = dict(
+        model="tiny",
+        hooks=HOOKS,
+        store=str(store_dir),
+        tokens=3000,
+        context_len=64,
+        batch_size=4,
+        chunk_contexts=8,
+        run="t",
+    )
     settings.update(overrides)
     return HarvestConfig(**settings)
 
@@ -47,10 +55,13 @@ def test_stored_activations_equal_a_direct_forward_pass(store_dir, tiny_dir, bac
 def test_rows_trace_back_to_their_text_through_sql(store_dir):
     run_harvest(_config(store_dir), progress=False)
     store = Store.open_existing(store_dir)
-    table = run_query(store, """
+    table = run_query(
+        store,
+        """
         SELECT t.token, t.position, t.doc_id, substr(d.text, t.char_start + 1, t.char_end - t.char_start) AS span
         FROM activations a JOIN tokens t USING (run, token_id) LEFT JOIN documents d USING (run, doc_id)
-        WHERE a.hook = 'blocks.1.hook_out'""").table.to_pylist()
+        WHERE a.hook = 'blocks.1.hook_out'""",
+    ).table.to_pylist()
     assert len(table) == 47 * 64
     for row in table:
         if row["position"] == 0:
@@ -62,16 +73,25 @@ def test_rows_trace_back_to_their_text_through_sql(store_dir):
 def test_catalog_records_provenance_and_hook_metadata(store_dir):
     run_harvest(_config(store_dir), progress=False)
     with Store.open_existing(store_dir).reader() as con:
-        run = con.execute("SELECT model, backend, hooks, corpus, status, package_version, config, n_layers, d_model "
-                          "FROM runs WHERE run='t'").fetchone()
+        run = con.execute(
+            "SELECT model, backend, hooks, corpus, status, package_version, config, n_layers, d_model "
+            "FROM runs WHERE run='t'"
+        ).fetchone()
         hook_rows = con.execute("SELECT hook, layer, kind, d FROM hook_points ORDER BY layer, hook").fetchall()
         shard_rows = con.execute("SELECT count(*), sum(n_rows) FROM shards").fetchone()
     model, backend, hooks, corpus, status, version, config, n_layers, d_model = run
     assert (model, backend, corpus, status, n_layers, d_model) == ("tiny", "nnsight", "default", "complete", 2, 64)
-    assert hooks == ["blocks.0.mlp.hook_in", "blocks.0.mlp.hook_out", "blocks.1.hook_out"]  # alias mapped, forward order
+    assert hooks == [
+        "blocks.0.mlp.hook_in",
+        "blocks.0.mlp.hook_out",
+        "blocks.1.hook_out",
+    ]  # alias mapped, forward order
     assert json.loads(config)["chunk_contexts"] == 8 and version
-    assert hook_rows == [("blocks.0.mlp.hook_in", 0, "mlp.hook_in", 64), ("blocks.0.mlp.hook_out", 0, "mlp.hook_out", 64),
-                         ("blocks.1.hook_out", 1, "hook_out", 64)]
+    assert hook_rows == [
+        ("blocks.0.mlp.hook_in", 0, "mlp.hook_in", 64),
+        ("blocks.0.mlp.hook_out", 0, "mlp.hook_out", 64),
+        ("blocks.1.hook_out", 1, "hook_out", 64),
+    ]
     assert shard_rows == (3 * 6, 3 * 47 * 64)  # 47 contexts in chunks of 8 -> 6 chunks per hook
 
 
@@ -118,12 +138,30 @@ def test_unwritable_store_directory_is_reported(tmp_path):
 
 
 def test_cli_harvest_info_and_sql(store_dir):
-    done = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.1.hook_out", "--tokens", "1024",
-                   "--store", str(store_dir), "--run", "cli", "--chunk-contexts", "4")
+    done = run_cli(
+        "harvest",
+        "--model",
+        "tiny",
+        "--hooks",
+        "blocks.1.hook_out",
+        "--tokens",
+        "1024",
+        "--store",
+        str(store_dir),
+        "--run",
+        "cli",
+        "--chunk-contexts",
+        "4",
+    )
     assert done.returncode == 0, done.stderr
     assert "harvested 1024 tokens" in done.stdout
     info = run_cli("store", "info", str(store_dir))
-    assert info.returncode == 0 and "cli" in info.stdout and "blocks.1.hook_out" in info.stdout and "complete" in info.stdout
+    assert (
+        info.returncode == 0
+        and "cli" in info.stdout
+        and "blocks.1.hook_out" in info.stdout
+        and "complete" in info.stdout
+    )
     sql = run_cli("sql", str(store_dir), "SELECT hook, count(*) AS n FROM activations GROUP BY hook")
     assert sql.returncode == 0 and "1024" in sql.stdout
     bad = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.1.hook_outt", "--store", str(store_dir))

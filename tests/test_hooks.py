@@ -9,12 +9,15 @@ def test_canonical_names_round_trip():
         assert parse_hook(f"blocks.3.{kind}", n_layers=30).name == f"blocks.3.{kind}"
 
 
-@pytest.mark.parametrize("legacy,canonical", [
-    ("blocks.6.hook_resid_pre", "blocks.6.hook_in"),
-    ("blocks.6.hook_attn_out", "blocks.6.attn.hook_out"),
-    ("blocks.6.hook_mlp_out", "blocks.6.mlp.hook_out"),
-    ("blocks.6.hook_resid_post", "blocks.6.hook_out"),
-])
+@pytest.mark.parametrize(
+    "legacy,canonical",
+    [
+        ("blocks.6.hook_resid_pre", "blocks.6.hook_in"),
+        ("blocks.6.hook_attn_out", "blocks.6.attn.hook_out"),
+        ("blocks.6.hook_mlp_out", "blocks.6.mlp.hook_out"),
+        ("blocks.6.hook_resid_post", "blocks.6.hook_out"),
+    ],
+)
 def test_legacy_aliases_map_to_canonical(legacy, canonical):
     assert parse_hook(legacy, n_layers=30).name == canonical
 

@@ -36,7 +36,7 @@ def assert_empty(figure: go.Figure, words: str) -> None:
 def test_activation_histogram_draws_one_bar_per_bin_at_its_centre():
     edges, counts = np.array([0.0, 0.5, 1.5, 3.0]), np.array([7, 0, 2])
     figure = plots.activation_histogram(edges, counts)
-    bar, = figure.data
+    (bar,) = figure.data
     assert bar.type == "bar"
     assert list(bar.x) == [0.25, 1.0, 2.25] and list(bar.width) == [0.5, 1.0, 1.5]
     assert list(bar.y) == [7, 0, 2] and sum(bar.y) == counts.sum()
@@ -53,9 +53,9 @@ def test_activation_histogram_of_a_dead_feature_is_an_empty_figure_and_bad_edges
 def test_density_histogram_marks_the_feature_where_its_density_lies():
     densities = np.log10([1e-4, 1e-3, 1e-3, 1e-2])
     figure = plots.density_histogram(densities, marked=-3.0, label="feature 9")
-    histogram, = figure.data
+    (histogram,) = figure.data
     assert histogram.type == "histogram" and list(histogram.x) == pytest.approx(densities.tolist())
-    line, = figure.layout.shapes
+    (line,) = figure.layout.shapes
     assert line.x0 == line.x1 == -3.0 and line.line.color == plots.POSITIVE
     assert figure.layout.annotations[0].text == "feature 9"
     assert figure.layout.xaxis.title.text == "log10 density" and figure.layout.yaxis.title.text == "features"
@@ -87,8 +87,12 @@ def sublayer() -> pd.DataFrame:
     """Shaped like probe_sublayer: one row per (layer, metric)."""
     rows = []
     for layer in range(3):
-        rows += [(layer, "attn_norm_ratio", 0.1 * (layer + 1)), (layer, "mlp_norm_ratio", 0.2 * (layer + 1)),
-                 (layer, "cos_attn", -0.1 * layer), (layer, "cos_mlp", 0.3 - 0.2 * layer)]
+        rows += [
+            (layer, "attn_norm_ratio", 0.1 * (layer + 1)),
+            (layer, "mlp_norm_ratio", 0.2 * (layer + 1)),
+            (layer, "cos_attn", -0.1 * layer),
+            (layer, "cos_mlp", 0.3 - 0.2 * layer),
+        ]
     return pd.DataFrame(rows, columns=["layer", "metric", "mean"])
 
 
@@ -109,7 +113,7 @@ def test_sublayer_cosines_draws_the_cosine_metrics_around_a_zero_line(sublayer):
     for trace in figure.data:
         stored = sublayer[sublayer["metric"] == trace.name].set_index("layer")["mean"]
         assert list(trace.y) == pytest.approx([stored[layer] for layer in trace.x])
-    zero, = figure.layout.shapes
+    (zero,) = figure.layout.shapes
     assert zero.y0 == zero.y1 == 0
     assert figure.layout.yaxis.title.text == "mean cosine"
     assert_empty(plots.sublayer_cosines(sublayer.iloc[:0]), "No cosines")
@@ -118,7 +122,7 @@ def test_sublayer_cosines_draws_the_cosine_metrics_around_a_zero_line(sublayer):
 def test_skip_heatmap_puts_each_stored_change_in_its_cell_on_a_scale_from_zero():
     skip = pd.DataFrame({"skipped_layer": [0, 0, 1], "affected_layer": [1, 2, 2], "rel_change_mean": [0.4, 0.1, 0.7]})
     figure = plots.skip_heatmap(skip)
-    heatmap, = figure.data
+    (heatmap,) = figure.data
     assert heatmap.type == "heatmap"
     for skipped, affected, value in skip.itertuples(index=False):
         assert cell(heatmap, skipped, affected) == pytest.approx(value)
@@ -153,7 +157,7 @@ def test_logit_lens_draws_kl_on_the_left_and_overlap_on_a_right_axis_from_zero_t
 def test_linear_map_errors_labels_the_axes_with_the_two_models():
     maps = pd.DataFrame({"source_layer": [0, 0, 1, 1], "target_layer": [0, 1, 0, 1], "rel_error": [0.2, 0.6, 0.5, 0.1]})
     figure = plots.linear_map_errors(maps, "small", "big")
-    heatmap, = figure.data
+    (heatmap,) = figure.data
     for source, target, value in maps.itertuples(index=False):
         assert cell(heatmap, source, target) == pytest.approx(value)
     assert figure.layout.xaxis.title.text == "small layer" and figure.layout.yaxis.title.text == "big layer"
@@ -167,7 +171,7 @@ def test_linear_map_errors_labels_the_axes_with_the_two_models():
 def test_score_heatmap_centres_signed_scores_on_zero():
     frame = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "score": [0.5, -2.5, 0.1, 1.5]})
     figure = plots.score_heatmap(frame, "head", "layer", dict(x="head", y="layer", color="score"))
-    heatmap, = figure.data
+    (heatmap,) = figure.data
     for layer, head, score in frame.itertuples(index=False):
         assert cell(heatmap, head, layer) == score
     axis = figure.layout.coloraxis
@@ -182,7 +186,7 @@ def test_score_heatmap_centres_signed_scores_on_zero():
 def test_score_heatmap_of_counts_starts_at_zero_and_labels_positions_with_tokens():
     frame = pd.DataFrame({"layer": [0, 0, 1], "position": [0, 1, 2], "score": [3, 8, 1]})
     figure = plots.score_heatmap(frame, "position", "layer", {}, x_labels=["<bos>", "When"], counts=True)
-    heatmap, = figure.data
+    (heatmap,) = figure.data
     assert list(heatmap.x) == ["0: '<bos>'", "1: 'When'", "2"]  # a position past the labels keeps its number
     assert cell(heatmap, "1: 'When'", 0) == 8
     assert (figure.layout.coloraxis.cmin, figure.layout.coloraxis.cmax) == (0.0, 8.0)
@@ -192,15 +196,51 @@ def test_score_heatmap_of_counts_starts_at_zero_and_labels_positions_with_tokens
 
 def graph_data(n_features: int = 5) -> dict:
     """A small graph in circuit-tracer's JSON scheme: embeddings, features, an error node and a logit."""
-    nodes = [{"node_id": f"E_{i}_{i}", "layer": "E", "ctx_idx": i, "feature_type": "embedding", "influence": 0.2,
-              "activation": 0.0, "clerp": f"emb {i}"} for i in range(2)]
-    nodes += [{"node_id": f"0_{f}_1", "layer": "0", "ctx_idx": 1, "feature_type": "cross layer transcoder",
-               "influence": 0.1 * (f + 1), "activation": 1.0, "clerp": f"feature {f}", "feature": f}
-              for f in range(n_features)]
-    nodes += [{"node_id": "0_-1_1", "layer": "0", "ctx_idx": 1, "feature_type": "mlp reconstruction error",
-               "influence": 0.05, "activation": 0.0, "clerp": "error"},
-              {"node_id": "L_7_1", "layer": "Lgt", "ctx_idx": 1, "feature_type": "logit", "influence": 1.0,
-               "activation": 0.0, "clerp": "logit"}]
+    nodes = [
+        {
+            "node_id": f"E_{i}_{i}",
+            "layer": "E",
+            "ctx_idx": i,
+            "feature_type": "embedding",
+            "influence": 0.2,
+            "activation": 0.0,
+            "clerp": f"emb {i}",
+        }
+        for i in range(2)
+    ]
+    nodes += [
+        {
+            "node_id": f"0_{f}_1",
+            "layer": "0",
+            "ctx_idx": 1,
+            "feature_type": "cross layer transcoder",
+            "influence": 0.1 * (f + 1),
+            "activation": 1.0,
+            "clerp": f"feature {f}",
+            "feature": f,
+        }
+        for f in range(n_features)
+    ]
+    nodes += [
+        {
+            "node_id": "0_-1_1",
+            "layer": "0",
+            "ctx_idx": 1,
+            "feature_type": "mlp reconstruction error",
+            "influence": 0.05,
+            "activation": 0.0,
+            "clerp": "error",
+        },
+        {
+            "node_id": "L_7_1",
+            "layer": "Lgt",
+            "ctx_idx": 1,
+            "feature_type": "logit",
+            "influence": 1.0,
+            "activation": 0.0,
+            "clerp": "logit",
+        },
+    ]
     links = [{"source": "E_0_0", "target": f"0_{f}_1", "weight": 0.1 * (f + 1) ** 2} for f in range(n_features)]
     links += [{"source": f"0_{f}_1", "target": "L_7_1", "weight": -0.5} for f in range(n_features)]
     links += [{"source": "E_1_1", "target": "L_7_1", "weight": 0.001}]  # under 2% of the strongest

@@ -23,8 +23,16 @@ TOKENS, CONTEXT = 1024, 64
 
 
 def _probe(store_dir, **overrides):
-    settings = dict(model="tiny", store=str(store_dir), tokens=TOKENS, context_len=CONTEXT, batch_size=8,
-                    lens_tokens=TOKENS, skip_tokens=512, name="p")
+    settings = dict(
+        model="tiny",
+        store=str(store_dir),
+        tokens=TOKENS,
+        context_len=CONTEXT,
+        batch_size=8,
+        lens_tokens=TOKENS,
+        skip_tokens=512,
+        name="p",
+    )
     settings.update(overrides)
     run_depth_probes(DepthProbeConfig(**settings), progress=False)
     return Store.open_existing(store_dir)
@@ -41,14 +49,19 @@ def _direct_sublayer_measures(model_dir):
     ids = torch.from_numpy(tokenize_corpus("default", tokenizer, TOKENS, CONTEXT).contexts()).long()
     seen = {}
     for layer, block in enumerate(decoder_layers(hf_model)):
-        block.register_forward_pre_hook(lambda m, args, kwargs, l=layer: seen.__setitem__((l, "h"), (args[0] if args else kwargs["hidden_states"])), with_kwargs=True)
+        block.register_forward_pre_hook(
+            lambda m, args, kwargs, l=layer: seen.__setitem__((l, "h"), (args[0] if args else kwargs["hidden_states"])),
+            with_kwargs=True,
+        )
         block.self_attn.register_forward_hook(lambda m, i, o, l=layer: seen.__setitem__((l, "a"), o[0]))
         block.mlp.register_forward_hook(lambda m, i, o, l=layer: seen.__setitem__((l, "m"), o))
-        block.register_forward_hook(lambda m, i, o, l=layer: seen.__setitem__((l, "out"), o[0] if isinstance(o, tuple) else o))
+        block.register_forward_hook(
+            lambda m, i, o, l=layer: seen.__setitem__((l, "out"), o[0] if isinstance(o, tuple) else o)
+        )
     per_token = {}
     with torch.no_grad():
         for start in range(0, len(ids), 8):
-            hf_model(ids[start:start + 8])
+            hf_model(ids[start : start + 8])
             for layer in range(2):
                 h, a, m, out = (seen[layer, k][:, 1:].double() for k in ("h", "a", "m", "out"))
                 values = {
@@ -65,8 +78,12 @@ def _direct_sublayer_measures(model_dir):
 
 def test_sublayer_ratios_agree_with_a_direct_computation(store_dir, tiny_dir):
     store = _probe(store_dir)
-    stored = {(l, m): (mean, mx, n) for l, m, mean, mx, n in
-              _rows(store, "SELECT layer, metric, mean, max, n_tokens FROM probe_sublayer WHERE probe_run = 'p'")}
+    stored = {
+        (l, m): (mean, mx, n)
+        for l, m, mean, mx, n in _rows(
+            store, "SELECT layer, metric, mean, max, n_tokens FROM probe_sublayer WHERE probe_run = 'p'"
+        )
+    }
     direct = _direct_sublayer_measures(tiny_dir)
     assert len(stored) == 2 * 7
     for key, values in direct.items():
@@ -99,16 +116,21 @@ def tiny_with_dead_layer0(tmp_path, tiny_dir):
 def test_skipping_a_layer_with_zeroed_weights_has_zero_effect(store_dir, tiny_with_dead_layer0):
     store = _probe(store_dir, model=str(tiny_with_dead_layer0))
     layers = dict(_rows(store, "SELECT skipped_layer, rel_change_max FROM probe_skip_layers"))
-    outputs = {s: (kl, kl_skipped) for s, kl, kl_skipped in
-               _rows(store, "SELECT skipped_layer, kl_max, skipped_kl_max FROM probe_skip_output")}
+    outputs = {
+        s: (kl, kl_skipped)
+        for s, kl, kl_skipped in _rows(store, "SELECT skipped_layer, kl_max, skipped_kl_max FROM probe_skip_output")
+    }
     assert layers[0] == 0.0 and outputs[0] == (0.0, 0.0)
     assert outputs[1][1] > 1e-4  # skipping the live layer does change the output at the skipped positions
 
 
 def test_skipping_a_live_layer_changes_later_updates(store_dir):
     store = _probe(store_dir)
-    (mean, mx, n), = _rows(store, "SELECT rel_change_mean, rel_change_max, n_tokens FROM probe_skip_layers "
-                                  "WHERE skipped_layer = 0 AND affected_layer = 1")
+    ((mean, mx, n),) = _rows(
+        store,
+        "SELECT rel_change_mean, rel_change_max, n_tokens FROM probe_skip_layers "
+        "WHERE skipped_layer = 0 AND affected_layer = 1",
+    )
     assert 0 < mean <= mx and n == 8 * (CONTEXT - CONTEXT // 2)
     scores = dict(_rows(store, "SELECT measure, relative_depth_score FROM probe_depth_scores"))
     assert 0.0 <= scores["skipped_positions_kl"] <= 1.0
@@ -117,7 +139,11 @@ def test_skipping_a_live_layer_changes_later_updates(store_dir):
 def test_both_backends_give_the_same_probe_results(store_dir):
     store = _probe(store_dir, backend="transformerlens", name="lens")
     _probe(store_dir, backend="nnsight", name="sight")
-    for table, value in [("probe_sublayer", "mean"), ("probe_logit_lens", "kl_mean"), ("probe_skip_output", "skipped_kl_mean")]:
+    for table, value in [
+        ("probe_sublayer", "mean"),
+        ("probe_logit_lens", "kl_mean"),
+        ("probe_skip_output", "skipped_kl_mean"),
+    ]:
         a = [r[0] for r in _rows(store, f"SELECT {value} FROM {table} WHERE probe_run = 'lens' ORDER BY ALL")]
         b = [r[0] for r in _rows(store, f"SELECT {value} FROM {table} WHERE probe_run = 'sight' ORDER BY ALL")]
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
@@ -145,8 +171,9 @@ def test_token_alignment_uses_shared_text_positions():
 def test_linear_maps_between_models_are_stored(store_dir):
     run_linear_maps(LinearMapsConfig(source="tiny", target="tiny", store=str(store_dir), tokens=1024, name="m"))
     with Store.open_existing(store_dir).reader() as con:
-        grid = con.execute("SELECT source_layer, target_layer, rel_error, source_rel_depth FROM probe_linear_maps "
-                           "ORDER BY ALL").fetchall()
+        grid = con.execute(
+            "SELECT source_layer, target_layer, rel_error, source_rel_depth FROM probe_linear_maps ORDER BY ALL"
+        ).fetchall()
     assert [(r[0], r[1]) for r in grid] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     errors = {(r[0], r[1]): r[2] for r in grid}
     assert errors[0, 0] < 0.02 and errors[1, 1] < 0.02 and errors[0, 1] > 5 * errors[0, 0]
@@ -181,13 +208,23 @@ def test_depth_probes_on_smollm2(store_dir, models_dir):
     from workbench.models import resolve_model_dir
 
     resolve_model_dir("smollm2-135m", models_dir)
-    store = _probe(store_dir, model="smollm2-135m", tokens=1024, context_len=128, lens_tokens=1024,
-                   skip_tokens=1024, skip_layers=[0, 14, 29])
+    store = _probe(
+        store_dir,
+        model="smollm2-135m",
+        tokens=1024,
+        context_len=128,
+        lens_tokens=1024,
+        skip_tokens=1024,
+        skip_layers=[0, 14, 29],
+    )
     lens = dict(_rows(store, "SELECT layer, kl_mean FROM probe_logit_lens"))
     assert len(lens) == 30 and lens[29] < 1e-4
     assert min(lens[0], lens[20]) > lens[27] > lens[29]  # the lens converges on the output in the last layers
     ratios = [r[0] for r in _rows(store, "SELECT mean FROM probe_sublayer WHERE metric = 'layer_norm_ratio'")]
     assert len(ratios) == 30 and all(0 < r < 100 for r in ratios)
-    outputs = {s: (kl, kls) for s, kl, kls in _rows(store, "SELECT skipped_layer, kl_mean, skipped_kl_mean FROM probe_skip_output")}
+    outputs = {
+        s: (kl, kls)
+        for s, kl, kls in _rows(store, "SELECT skipped_layer, kl_mean, skipped_kl_mean FROM probe_skip_output")
+    }
     assert outputs[29][0] == 0.0 and outputs[29][1] > 0  # the last layer only affects its own positions
     assert outputs[0][0] > 0 and outputs[14][0] > 0

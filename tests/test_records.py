@@ -10,26 +10,52 @@ from workbench.errors import DictionaryError, StoreError
 from workbench.store import Store, lookups, records
 from workbench.store.records import DictionaryRecord, HookPointRecord, RunRecord
 
-RECORD_TYPES = [records.RunRecord, records.HookPointRecord, records.ShardRecord, records.DictionaryRecord,
-                records.DictionaryEvalRecord, records.ProbeRunRecord, records.CircuitRunRecord, records.GraphRecord,
-                records.CodebookRecord]
+RECORD_TYPES = [
+    records.RunRecord,
+    records.HookPointRecord,
+    records.ShardRecord,
+    records.DictionaryRecord,
+    records.DictionaryEvalRecord,
+    records.ProbeRunRecord,
+    records.CircuitRunRecord,
+    records.GraphRecord,
+    records.CodebookRecord,
+]
 
 
 @pytest.mark.parametrize("cls", RECORD_TYPES, ids=lambda cls: cls.__name__)
 def test_record_fields_are_the_table_columns_in_order(tmp_path, cls):
     store = Store.create_or_open(tmp_path / "s")
     with store.reader() as con:
-        columns = [r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-            [cls.TABLE]).fetchall()]
+        columns = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [cls.TABLE],
+            ).fetchall()
+        ]
     assert [f.name for f in dataclasses.fields(cls)] == columns
     assert set(cls.KEY) <= set(columns)
 
 
 def _run(name: str, hooks: list[str]) -> RunRecord:
-    return RunRecord(run=name, model="tiny", model_dir=None, backend="nnsight", hooks=hooks, corpus="default",
-                     text_column="text", context_len=8, tokens_requested=64, n_contexts=8, n_tokens=64, chunk_contexts=4,
-                     n_layers=2, d_model=64, config={"tokens": 64, "hooks": hooks})
+    return RunRecord(
+        run=name,
+        model="tiny",
+        model_dir=None,
+        backend="nnsight",
+        hooks=hooks,
+        corpus="default",
+        text_column="text",
+        context_len=8,
+        tokens_requested=64,
+        n_contexts=8,
+        n_tokens=64,
+        chunk_contexts=4,
+        n_layers=2,
+        d_model=64,
+        config={"tokens": 64, "hooks": hooks},
+    )
 
 
 def test_records_round_trip_and_lookups_answer(tmp_path):
@@ -39,8 +65,12 @@ def test_records_round_trip_and_lookups_answer(tmp_path):
             records.insert(con, _run(name, ["blocks.1.hook_out"]))
             records.insert(con, HookPointRecord(name, "blocks.1.hook_out", 1, "resid_post", 64))
         records.insert(con, HookPointRecord("a", "blocks.0.hook_out", 0, "resid_post", 64))
-        records.insert(con, DictionaryRecord("d", "topk", "a", "blocks.0.hook_out", None, 64, 64, 256, 8, "dictionaries/d",
-                                             config={"k": 8}))
+        records.insert(
+            con,
+            DictionaryRecord(
+                "d", "topk", "a", "blocks.0.hook_out", None, 64, 64, 256, 8, "dictionaries/d", config={"k": 8}
+            ),
+        )
     read = lookups.run(store, "a")
     assert read.config == {"tokens": 64, "hooks": ["blocks.1.hook_out"]} and read.hooks == ["blocks.1.hook_out"]
     assert read.created_at is not None and read.status == "running"

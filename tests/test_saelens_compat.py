@@ -57,8 +57,12 @@ def test_sae_lens_loads_our_files_and_agrees(tmp_path, case):
         assert (f_ours != 0).float().sum(-1).mean() > 1  # the comparison is not between two zero tensors
         torch.testing.assert_close(f_theirs, f_ours, atol=TOLERANCE, rtol=0)
         torch.testing.assert_close(theirs(x), ours.reconstruct(x), atol=TOLERANCE, rtol=0)
-        torch.testing.assert_close(theirs.decode(f_ours), ours.decode(f_ours, x) - (x @ ours.W_skip if config.skip_connection else 0),
-                                   atol=TOLERANCE, rtol=0)
+        torch.testing.assert_close(
+            theirs.decode(f_ours),
+            ours.decode(f_ours, x) - (x @ ours.W_skip if config.skip_connection else 0),
+            atol=TOLERANCE,
+            rtol=0,
+        )
     assert theirs.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
 
@@ -86,13 +90,16 @@ def _their_sae(architecture: str, **cfg):
     return sae.eval()
 
 
-@pytest.mark.parametrize("architecture,cfg", [
-    ("topk", dict(k=6, rescale_acts_by_decoder_norm=True)),  # norms folded into our encoder
-    ("topk", dict(k=6, rescale_acts_by_decoder_norm=False)),
-    ("standard", dict(apply_b_dec_to_input=False)),  # ReLU -> threshold 0; b_dec folded into b_enc
-    ("jumprelu", dict()),
-    ("jumprelu_transcoder", dict(d_out=24, apply_b_dec_to_input=False)),
-])
+@pytest.mark.parametrize(
+    "architecture,cfg",
+    [
+        ("topk", dict(k=6, rescale_acts_by_decoder_norm=True)),  # norms folded into our encoder
+        ("topk", dict(k=6, rescale_acts_by_decoder_norm=False)),
+        ("standard", dict(apply_b_dec_to_input=False)),  # ReLU -> threshold 0; b_dec folded into b_enc
+        ("jumprelu", dict()),
+        ("jumprelu_transcoder", dict(d_out=24, apply_b_dec_to_input=False)),
+    ],
+)
 def test_sae_lens_dictionaries_import_exactly(tmp_path, architecture, cfg):
     theirs = _their_sae(architecture, **cfg)
     theirs.save_model(tmp_path / "theirs")
@@ -123,11 +130,37 @@ def test_a_transcoder_trained_in_a_store_loads_in_sae_lens_and_agrees_on_real_ac
 
     from conftest import run_cli
 
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
-                              tokens=4096, run="m"), progress=False)
-    result = run_cli("train", "--store", str(store_dir), "--arch", "transcoder", "--in", "blocks.1.mlp.hook_in",
-                     "--out", "blocks.1.mlp.hook_out", "--k", "8", "--latents", "128", "--tokens", "40k",
-                     "--batch-size", "512", "--name", "tc")
+    run_harvest(
+        HarvestConfig(
+            model="tiny",
+            hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"],
+            store=str(store_dir),
+            tokens=4096,
+            run="m",
+        ),
+        progress=False,
+    )
+    result = run_cli(
+        "train",
+        "--store",
+        str(store_dir),
+        "--arch",
+        "transcoder",
+        "--in",
+        "blocks.1.mlp.hook_in",
+        "--out",
+        "blocks.1.mlp.hook_out",
+        "--k",
+        "8",
+        "--latents",
+        "128",
+        "--tokens",
+        "40k",
+        "--batch-size",
+        "512",
+        "--name",
+        "tc",
+    )
     assert result.returncode == 0, result.stderr
     theirs = SAE.load_from_disk(store_dir / "dictionaries" / "tc")
     assert theirs.cfg.architecture() == "jumprelu_transcoder"
@@ -148,8 +181,10 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
 
     from conftest import run_cli, store_snapshot
 
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
-                progress=False)
+    run_harvest(
+        HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
+        progress=False,
+    )
     from sae_lens.saes.sae import get_sae_class
 
     sae_cls, cfg_cls = get_sae_class("topk")
@@ -157,7 +192,9 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
     sae_cls(cfg_cls(d_in=16, d_sae=128, k=8)).save_model(tmp_path / "too-narrow")
 
     before = store_snapshot(store_dir)
-    bad = run_cli("import", str(tmp_path / "too-narrow"), "--store", str(store_dir), "--hook", "blocks.1.hook_resid_post")
+    bad = run_cli(
+        "import", str(tmp_path / "too-narrow"), "--store", str(store_dir), "--hook", "blocks.1.hook_resid_post"
+    )
     assert bad.returncode == 2 and "Dimension mismatch" in bad.stderr and "width is 16" in bad.stderr, bad.stderr
     assert store_snapshot(store_dir) == before
     pickle = tmp_path / "evil"
@@ -167,11 +204,23 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
     assert bad.returncode == 2 and "only safetensors" in bad.stderr
     assert store_snapshot(store_dir) == before
 
-    good = run_cli("import", str(tmp_path / "fits"), "--store", str(store_dir), "--hook", "blocks.1.hook_resid_post",
-                   "--name", "theirs")
+    good = run_cli(
+        "import",
+        str(tmp_path / "fits"),
+        "--store",
+        str(store_dir),
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--name",
+        "theirs",
+    )
     assert good.returncode == 0, good.stderr
     with Store.open_existing(store_dir).reader() as con:
-        assert con.execute("SELECT arch, hook, k, status FROM dictionaries WHERE name = 'theirs'").fetchone() == \
-            ("topk", "blocks.1.hook_out", 8, "complete")
+        assert con.execute("SELECT arch, hook, k, status FROM dictionaries WHERE name = 'theirs'").fetchone() == (
+            "topk",
+            "blocks.1.hook_out",
+            8,
+            "complete",
+        )
     encoded = run_cli("encode", "--store", str(store_dir), "--dict", "theirs")
     assert encoded.returncode == 0, encoded.stderr

@@ -12,8 +12,12 @@ from conftest import store_snapshot
 
 @pytest.fixture
 def store(store_dir):
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=1024,
-                              context_len=64, run="q"), progress=False)
+    run_harvest(
+        HarvestConfig(
+            model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=1024, context_len=64, run="q"
+        ),
+        progress=False,
+    )
     return Store.open_existing(store_dir)
 
 
@@ -24,28 +28,34 @@ def test_select_show_describe_and_explain_work(store):
     columns = [r["column_name"] for r in run_query(store, "DESCRIBE activations").table.to_pylist()]
     assert columns == ["run", "hook", "token_id", "act"]
     assert run_query(store, "EXPLAIN SELECT * FROM runs").table.num_rows >= 1
-    top = run_query(store, "WITH a AS (SELECT token_id, list_max(act) AS m FROM activations) "
-                           "SELECT token_id FROM a ORDER BY m DESC LIMIT 3").table
+    top = run_query(
+        store,
+        "WITH a AS (SELECT token_id, list_max(act) AS m FROM activations) "
+        "SELECT token_id FROM a ORDER BY m DESC LIMIT 3",
+    ).table
     assert top.num_rows == 3
 
 
-@pytest.mark.parametrize("statement", [
-    "DROP TABLE runs",
-    "DELETE FROM tokens",
-    "INSERT INTO runs SELECT * FROM runs",
-    "UPDATE runs SET status = 'x'",
-    "CREATE TABLE t AS SELECT 1",
-    "COPY runs TO '/tmp/leak.csv'",
-    "COPY (SELECT 1) TO 'shards/new.csv'",
-    "ATTACH '/tmp/other.duckdb' AS other",
-    "INSTALL httpfs",
-    "LOAD httpfs",
-    "SET enable_external_access = true",
-    "PRAGMA enable_profiling",
-    "SELECT 1; DROP TABLE runs",
-    "SELECT 1; SELECT 2",
-    "CHECKPOINT",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE runs",
+        "DELETE FROM tokens",
+        "INSERT INTO runs SELECT * FROM runs",
+        "UPDATE runs SET status = 'x'",
+        "CREATE TABLE t AS SELECT 1",
+        "COPY runs TO '/tmp/leak.csv'",
+        "COPY (SELECT 1) TO 'shards/new.csv'",
+        "ATTACH '/tmp/other.duckdb' AS other",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "PRAGMA enable_profiling",
+        "SELECT 1; DROP TABLE runs",
+        "SELECT 1; SELECT 2",
+        "CHECKPOINT",
+    ],
+)
 def test_writes_and_escapes_are_refused(store, statement):
     before = store_snapshot(store.root)
     with pytest.raises(ReadOnlySqlError) as err:
@@ -54,14 +64,17 @@ def test_writes_and_escapes_are_refused(store, statement):
     assert store_snapshot(store.root) == before
 
 
-@pytest.mark.parametrize("statement", [
-    "SELECT * FROM read_csv('/etc/passwd')",
-    "SELECT * FROM read_text('/etc/hostname')",
-    "SELECT * FROM read_text('shards/../catalog.duckdb')",
-    "SELECT * FROM read_parquet('/tmp/*.parquet')",
-    "SELECT * FROM read_blob('../../../etc/passwd')",
-    "SELECT * FROM glob('/*')",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM read_text('shards/../catalog.duckdb')",
+        "SELECT * FROM read_parquet('/tmp/*.parquet')",
+        "SELECT * FROM read_blob('../../../etc/passwd')",
+        "SELECT * FROM glob('/*')",
+    ],
+)
 def test_reading_files_outside_the_store_is_refused(store, statement):
     with pytest.raises(ReadOnlySqlError, match="Refused|Permission|disabled"):
         run_query(store, statement)
@@ -75,8 +88,11 @@ def test_row_limit_cuts_big_results(store):
 
 def test_long_queries_are_interrupted(store):
     with pytest.raises(ReadOnlySqlError, match="time limit"):
-        run_query(store, "SELECT count(*) FROM range(100000000) a, range(1000) b WHERE a.range * b.range % 7 = 3",
-                  timeout_s=0.5)
+        run_query(
+            store,
+            "SELECT count(*) FROM range(100000000) a, range(1000) b WHERE a.range * b.range % 7 = 3",
+            timeout_s=0.5,
+        )
 
 
 def test_syntax_errors_are_reported(store):

@@ -17,8 +17,16 @@ from conftest import downgrade_to_v1, run_cli, store_snapshot
 
 
 def _harvest(store_dir, **overrides):
-    settings = dict(model="tiny", hooks=["blocks.1.hook_out", "blocks.0.hook_in"], store=str(store_dir), tokens=2048,
-                    context_len=64, chunk_contexts=8, batch_size=8, run="r")
+    settings = dict(
+        model="tiny",
+        hooks=["blocks.1.hook_out", "blocks.0.hook_in"],
+        store=str(store_dir),
+        tokens=2048,
+        context_len=64,
+        chunk_contexts=8,
+        batch_size=8,
+        run="r",
+    )
     settings.update(overrides)
     return run_harvest(HarvestConfig(**settings), progress=False)
 
@@ -85,7 +93,9 @@ def test_v1_store_is_refused_for_reading_and_upgraded_in_place(store_dir):
     assert upgraded.returncode == 0 and f"v1 -> v{schema.SCHEMA_VERSION}" in upgraded.stdout
     store = Store.open_existing(store_dir)
     with store.reader() as con:
-        assert con.execute("SELECT value FROM schema_info WHERE key='schema_version'").fetchone()[0] == str(schema.SCHEMA_VERSION)
+        assert con.execute("SELECT value FROM schema_info WHERE key='schema_version'").fetchone()[0] == str(
+            schema.SCHEMA_VERSION
+        )
         assert con.execute("SELECT count(*) FROM probe_runs").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM dictionaries").fetchone()[0] == 0
     np.testing.assert_array_equal(_all_acts(store), original)

@@ -38,7 +38,9 @@ def test_topk_recovers_a_planted_dictionary():
     # 800 steps: recovery 0.999, final batch FVU 0.085, L0 4 measured
     state, tracker = fit(model, batches_from, n_steps=800, lr=4e-3, dead_window_tokens=200_000, progress=False)
     recovery = mean_max_cosine(atoms, model.W_dec.data)
-    print(f"TopK planted recovery: mean max cosine {recovery:.3f}, final batch FVU {state.last_fvu:.4f}, L0 {state.last_l0:.2f}")
+    print(
+        f"TopK planted recovery: mean max cosine {recovery:.3f}, final batch FVU {state.last_fvu:.4f}, L0 {state.last_l0:.2f}"
+    )
     assert recovery > 0.95
     assert state.last_fvu < 0.1 and state.last_l0 <= 4
     assert torch.allclose(model.W_dec.norm(dim=1), torch.ones(512), atol=1e-5)  # unit-norm decoder maintained
@@ -54,12 +56,29 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path):
     torch.manual_seed(0)
     interrupted = make_dictionary(config)
     checkpointer = Checkpointer(tmp_path / "d")
-    fit(interrupted, batches_from, n_steps=60, lr=2e-3, dead_window_tokens=10_000, checkpointer=checkpointer,
-        checkpoint_seconds=0, progress=False, stop_after_steps=25)
+    fit(
+        interrupted,
+        batches_from,
+        n_steps=60,
+        lr=2e-3,
+        dead_window_tokens=10_000,
+        checkpointer=checkpointer,
+        checkpoint_seconds=0,
+        progress=False,
+        stop_after_steps=25,
+    )
     torch.manual_seed(123)  # a fresh process would not share the RNG state
     resumed = make_dictionary(config)
-    state, _ = fit(resumed, batches_from, n_steps=60, lr=2e-3, dead_window_tokens=10_000, checkpointer=checkpointer,
-                   checkpoint_seconds=0, progress=False)
+    state, _ = fit(
+        resumed,
+        batches_from,
+        n_steps=60,
+        lr=2e-3,
+        dead_window_tokens=10_000,
+        checkpointer=checkpointer,
+        checkpoint_seconds=0,
+        progress=False,
+    )
     assert state.step == 60
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
@@ -116,10 +135,14 @@ def test_geometric_median_resists_outliers():
     assert points.mean(0).min() > 50  # the mean is dragged away; the median is not
 
 
-@pytest.mark.parametrize("arch,transcoder,skip", [("topk", False, False), ("batchtopk", False, False), ("topk", True, True)])
+@pytest.mark.parametrize(
+    "arch,transcoder,skip", [("topk", False, False), ("batchtopk", False, False), ("topk", True, True)]
+)
 def test_folding_the_training_scales_gives_the_same_outputs_on_raw_data(arch, transcoder, skip):
     torch.manual_seed(0)
-    model = make_dictionary(DictionaryConfig(arch=arch, d_in=16, n_latents=64, k=4, transcoder=transcoder, skip_connection=skip))
+    model = make_dictionary(
+        DictionaryConfig(arch=arch, d_in=16, n_latents=64, k=4, transcoder=transcoder, skip_connection=skip)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -159,7 +182,9 @@ def test_batchtopk_recovers_the_dictionary_and_learns_an_inference_threshold():
     x, _ = next(batches_from(10_000))
     model.fold_scales(state.input_scale, state.target_scale)
     inference_l0 = (model.encode(x) != 0).sum(-1).float().mean().item()
-    print(f"BatchTopK planted recovery {recovery:.3f}; inference L0 with the learned threshold {inference_l0:.2f} (k=4)")
+    print(
+        f"BatchTopK planted recovery {recovery:.3f}; inference L0 with the learned threshold {inference_l0:.2f} (k=4)"
+    )
     assert recovery > 0.9
     assert 2 <= inference_l0 <= 8  # the threshold reproduces the batch-level sparsity at inference
 
@@ -194,8 +219,10 @@ def test_mp_sae_changes_l0_at_inference_without_retraining():
     model.fold_scales(state.input_scale, state.target_scale)
     x, _ = next(batches_from(90_000))
     with torch.no_grad():
-        fvu = {k: ((x - model.decode(model.encode_with(x, k=k))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
-               for k in (1, 2, 4, 8)}
+        fvu = {
+            k: ((x - model.decode(model.encode_with(x, k=k))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+            for k in (1, 2, 4, 8)
+        }
         adaptive = model.encode_with(x, k=16, residual_threshold=0.3)
     print(f"MP-SAE FVU by inference k: {fvu}; recovery {mean_max_cosine(atoms, model.W_dec.data):.3f}")
     assert fvu[1] > fvu[2] > fvu[4] >= fvu[8]  # more pursuit steps, better reconstruction, same weights
@@ -208,7 +235,9 @@ def hierarchical_data(n_parents=32, children=4, d=64, seed=0):
     """Parents with mutually exclusive children, each child near its parent (the MP-SAE paper's setting)."""
     g = torch.Generator().manual_seed(seed)
     parents = torch.nn.functional.normalize(torch.randn(n_parents, d, generator=g), dim=1)
-    kids = torch.nn.functional.normalize(parents[:, None] + 0.6 * torch.randn(n_parents, children, d, generator=g) / d**0.5 * 4, dim=2)
+    kids = torch.nn.functional.normalize(
+        parents[:, None] + 0.6 * torch.randn(n_parents, children, d, generator=g) / d**0.5 * 4, dim=2
+    )
 
     def batches_from(step, batch=1024):
         while True:
@@ -233,7 +262,11 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
         model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=256, k=4))
         # 400 steps: at 320, children 0.94 / 0.81 / 0.91 and FVU <= 0.034 (topk / matryoshka / mp) were measured
         state, _ = fit(model, batches_from, n_steps=400, lr=4e-3, dead_window_tokens=200_000, progress=False)
-        rows[arch] = (mean_max_cosine(parents, model.W_dec.data), mean_max_cosine(kids, model.W_dec.data), state.last_fvu)
+        rows[arch] = (
+            mean_max_cosine(parents, model.W_dec.data),
+            mean_max_cosine(kids, model.W_dec.data),
+            state.last_fvu,
+        )
     print("planted hierarchy (mean max cosine to parents, to children; final batch FVU):")
     for arch, (p, c, fvu) in rows.items():
         print(f"  {arch:10s} parents {p:.3f}  children {c:.3f}  FVU {fvu:.3f}")
@@ -245,8 +278,11 @@ def test_planted_hierarchy_comparison_of_mp_topk_and_matryoshka():
 # latents as atoms each latent's fixed share of tokens is half its atom's, so its threshold keeps only the
 # stronger half; top-AFA 0.08 but at L0 15.6 of its ceiling of 16: its encoder's activations undershoot the
 # input's norm, so the norm-matching rule rarely stops early on this data.
-VARIABLE_SPARSITY_BOUNDS = {"mutualchoice": (4, 0.15, (2.5, 6.5)), "featurechoice": (4, 0.3, (2.5, 6.5)),
-                            "topafa": (16, 0.15, (2.5, 16.0))}
+VARIABLE_SPARSITY_BOUNDS = {
+    "mutualchoice": (4, 0.15, (2.5, 6.5)),
+    "featurechoice": (4, 0.3, (2.5, 6.5)),
+    "topafa": (16, 0.15, (2.5, 16.0)),
+}
 # Training steps: the choice families reach the numbers above by 600 (measured: mutual FVU 0.12, L0 3.9; feature
 # 0.245, L0 4.2; recovery 0.995). Top-AFA needs longer to start stopping below its ceiling: at 600 steps every token
 # still used all 16, at 1000 L0 was 15.1 (std 3.0), FVU 0.087, recovery 0.96.
@@ -260,7 +296,9 @@ def test_variable_sparsity_families_recover_a_planted_dictionary(arch):
     atoms, batches_from = planted_data()
     torch.manual_seed(0)
     model = make_dictionary(DictionaryConfig(arch=arch, d_in=64, n_latents=512, k=k))
-    state, tracker = fit(model, batches_from, n_steps=VARIABLE_SPARSITY_STEPS[arch], lr=4e-3, dead_window_tokens=200_000, progress=False)
+    state, tracker = fit(
+        model, batches_from, n_steps=VARIABLE_SPARSITY_STEPS[arch], lr=4e-3, dead_window_tokens=200_000, progress=False
+    )
     recovery = mean_max_cosine(atoms, model.W_dec.data)
     model.eval()
     model.fold_scales(state.input_scale, state.target_scale)  # training saw scaled inputs
@@ -268,8 +306,10 @@ def test_variable_sparsity_families_recover_a_planted_dictionary(arch):
     with torch.no_grad():
         per_token_l0 = (model.encode(x) != 0).sum(-1).float()
         fvu = ((x - model.reconstruct(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
-    print(f"{arch} planted recovery {recovery:.3f}; inference FVU {fvu:.4f}, L0 {per_token_l0.mean():.2f} "
-          f"(std {per_token_l0.std():.2f}); dead {tracker.dead_fraction():.3f}")
+    print(
+        f"{arch} planted recovery {recovery:.3f}; inference FVU {fvu:.4f}, L0 {per_token_l0.mean():.2f} "
+        f"(std {per_token_l0.std():.2f}); dead {tracker.dead_fraction():.3f}"
+    )
     assert recovery > 0.9
     assert fvu < fvu_bound
     assert l0_low < per_token_l0.mean() < l0_high
@@ -302,8 +342,16 @@ def test_mp_and_topafa_cannot_be_transcoders():
 def test_sparse_topk_training_step_has_exactly_the_dense_gradients(transcoder):
     """TopK trains through sparse kernels (sparse_ops.py); the loss and every gradient must equal the dense formula's."""
     torch.manual_seed(0)
-    config = DictionaryConfig(arch="topk", d_in=32, n_latents=256, k=8, aux_k=16, transcoder=transcoder,
-                              skip_connection=transcoder, d_out=24 if transcoder else None)
+    config = DictionaryConfig(
+        arch="topk",
+        d_in=32,
+        n_latents=256,
+        k=8,
+        aux_k=16,
+        transcoder=transcoder,
+        skip_connection=transcoder,
+        d_out=24 if transcoder else None,
+    )
     model = make_dictionary(config)
     with torch.no_grad():
         for p in model.parameters():

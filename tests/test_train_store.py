@@ -32,8 +32,9 @@ def harvested(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("harvested") / "store"
     root.mkdir()
     (root / "models").symlink_to(models_dir, target_is_directory=True)
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(root), tokens=8192, run="h"),
-            progress=False)
+    run_harvest(
+        HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(root), tokens=8192, run="h"), progress=False
+    )
     trained = root.parent / "trained"
     shutil.copytree(root, trained, symlinks=True)
     run_train(_config(Store.open_existing(trained)), progress=False)
@@ -58,8 +59,16 @@ def trained_store(store_dir, harvested):
 
 
 def _config(store, **overrides):
-    settings = dict(store=str(store.root), hook="blocks.1.hook_out", k=8, latents=128, tokens=60_000, batch_size=512,
-                    name="d", checkpoint_seconds=0.5)
+    settings = dict(
+        store=str(store.root),
+        hook="blocks.1.hook_out",
+        k=8,
+        latents=128,
+        tokens=60_000,
+        batch_size=512,
+        name="d",
+        checkpoint_seconds=0.5,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -67,8 +76,10 @@ def _config(store, **overrides):
 def test_trained_dictionary_is_registered_and_reconstructs(store):
     name = run_train(_config(store), progress=False).dictionary.name
     with store.reader() as con:
-        row = con.execute("SELECT arch, run, hook, status, steps_done, tokens_done, train_l0, path FROM dictionaries "
-                          "WHERE name = ?", [name]).fetchone()
+        row = con.execute(
+            "SELECT arch, run, hook, status, steps_done, tokens_done, train_l0, path FROM dictionaries WHERE name = ?",
+            [name],
+        ).fetchone()
     arch, run, hook, status, steps, tokens, train_l0, path = row
     assert (arch, run, hook, status, steps, tokens) == ("topk", "h", "blocks.1.hook_out", "complete", 117, 117 * 512)
     assert train_l0 <= 8
@@ -94,8 +105,21 @@ def test_batches_skip_bos_and_cover_every_row_once_per_epoch(store):
 
 
 def test_kill_9_during_training_then_resume_is_exact(store):
-    command = [sys.executable, "-m", "workbench.cli", "train", "--store", str(store.root), *TRAIN_ARGS,
-               "--tokens", "400000", "--name", "killed", "--checkpoint-seconds", "0.3"]
+    command = [
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "train",
+        "--store",
+        str(store.root),
+        *TRAIN_ARGS,
+        "--tokens",
+        "400000",
+        "--name",
+        "killed",
+        "--checkpoint-seconds",
+        "0.3",
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = store.root / "dictionaries" / "killed" / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
@@ -133,19 +157,42 @@ def test_nan_in_stored_activations_is_located(store):
     builder.append(token_ids, acts)
     info = builder.finish(store.root / record.path)
     with store.transaction() as con:
-        con.execute("UPDATE shards SET sha256 = ?, n_bytes = ? WHERE path = ?", [info.sha256, info.n_bytes, record.path])
-    with pytest.raises(StoreError, match=f"Non-finite activation in run 'h' at hook 'blocks.1.hook_out': token_id {int(token_ids[5])}, dim 3"):
+        con.execute(
+            "UPDATE shards SET sha256 = ?, n_bytes = ? WHERE path = ?", [info.sha256, info.n_bytes, record.path]
+        )
+    with pytest.raises(
+        StoreError,
+        match=f"Non-finite activation in run 'h' at hook 'blocks.1.hook_out': token_id {int(token_ids[5])}, dim 3",
+    ):
         run_train(_config(store), progress=False)
 
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_transcoder_predicts_the_mlp_output(store_dir, skip):
-    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"], store=str(store_dir),
-                              tokens=8192, run="m"), progress=False)
+    run_harvest(
+        HarvestConfig(
+            model="tiny",
+            hooks=["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out"],
+            store=str(store_dir),
+            tokens=8192,
+            run="m",
+        ),
+        progress=False,
+    )
     store = Store.open_existing(store_dir)
-    name = run_train(TrainConfig(store=str(store_dir), hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out",
-                                 skip_connection=skip, k=8, latents=256, tokens=200_000, batch_size=1024),
-                     progress=False).dictionary.name
+    name = run_train(
+        TrainConfig(
+            store=str(store_dir),
+            hook="blocks.1.mlp.hook_in",
+            hook_out="blocks.1.mlp.hook_out",
+            skip_connection=skip,
+            k=8,
+            latents=256,
+            tokens=200_000,
+            batch_size=1024,
+        ),
+        progress=False,
+    ).dictionary.name
     with store.reader() as con:
         path, hook_out = con.execute("SELECT path, hook_out FROM dictionaries WHERE name = ?", [name]).fetchone()
     assert hook_out == "blocks.1.mlp.hook_out" and "transcoder" in name
@@ -154,7 +201,9 @@ def test_transcoder_predicts_the_mlp_output(store_dir, skip):
     inputs = store.iter_activations("m", "blocks.1.mlp.hook_in")
     for (_, x), (_, y) in zip(inputs, store.iter_activations("m", "blocks.1.mlp.hook_out")):
         fvu.add(torch.from_numpy(y), model.reconstruct(torch.from_numpy(x)))
-    assert fvu.value() < 0.8  # against the MLP output, raw activations, BOS rows included; predicting the mean gives 1.0
+    assert (
+        fvu.value() < 0.8
+    )  # against the MLP output, raw activations, BOS rows included; predicting the mean gives 1.0
 
 
 def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(trained_store):
@@ -170,11 +219,16 @@ def test_encode_stores_exactly_the_nonzero_latents_and_their_statistics(trained_
     direct = model.encode(torch.from_numpy(acts[keep])).detach()
     assert n_tokens == int(keep.sum()) and n_rows == int((direct != 0).sum())
     with store.reader() as con:
-        top = con.execute("SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = 3 "
-                          "ORDER BY value DESC LIMIT 5", [name]).fetchall()
-        stats = con.execute("SELECT n_active, density, max FROM feature_stats WHERE dictionary = ? AND feature = 3",
-                            [name]).fetchone()
-        physical = [r[0] for r in con.execute("SELECT feature FROM feature_acts WHERE dictionary = ?", [name]).fetchall()]
+        top = con.execute(
+            "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = 3 ORDER BY value DESC LIMIT 5",
+            [name],
+        ).fetchall()
+        stats = con.execute(
+            "SELECT n_active, density, max FROM feature_stats WHERE dictionary = ? AND feature = 3", [name]
+        ).fetchone()
+        physical = [
+            r[0] for r in con.execute("SELECT feature FROM feature_acts WHERE dictionary = ?", [name]).fetchall()
+        ]
     column = direct[:, 3].numpy()
     expected = sorted(zip(token_ids[keep].tolist(), column.tolist()), key=lambda r: -r[1])[:5]
     assert [t for t, _ in top] == [t for t, _ in expected]
@@ -197,8 +251,10 @@ def test_eval_metrics_agree_with_direct_computation_and_across_backends(trained_
     from workbench.models import load_hf_model
 
     name = run_train(_config(store), progress=False).dictionary.name
-    results = {b: asdict(run_eval(EvalConfig(store=str(store.root), dictionary=name, ce_tokens=512, backend=b)).evaluation)
-               for b in ("nnsight", "transformerlens")}
+    results = {
+        b: asdict(run_eval(EvalConfig(store=str(store.root), dictionary=name, ce_tokens=512, backend=b)).evaluation)
+        for b in ("nnsight", "transformerlens")
+    }
     r = results["nnsight"]
     model = load_dictionary(store.root / "dictionaries" / name)
     token_ids, acts = map(np.concatenate, zip(*store.iter_activations("h", "blocks.1.hook_out")))
@@ -208,7 +264,9 @@ def test_eval_metrics_agree_with_direct_computation_and_across_backends(trained_
     assert r["fvu"] == pytest.approx(direct.value(), rel=1e-6) and r["n_tokens"] == len(x) and r["l0"] <= 8
     hf_model, _ = load_hf_model(store.root / "models" / "tiny")
     with store.reader() as con:
-        ids = con.execute("SELECT vocab_id FROM tokens WHERE run = 'h' AND context_id < 4 ORDER BY token_id").fetchnumpy()["vocab_id"]
+        ids = con.execute(
+            "SELECT vocab_id FROM tokens WHERE run = 'h' AND context_id < 4 ORDER BY token_id"
+        ).fetchnumpy()["vocab_id"]
     ids = torch.from_numpy(ids.astype(np.int64).reshape(4, 128))
     with torch.no_grad():
         assert r["ce_clean"] == pytest.approx(next_token_ce(hf_model(ids).logits, ids).mean().item(), rel=1e-5)
@@ -227,12 +285,20 @@ def test_eval_metrics_agree_with_direct_computation_and_across_backends(trained_
 def test_sae_on_smollm2_splices_with_a_meaningful_ce_loss_score(store_dir):
     from workbench.evaluate import EvalConfig, run_eval
 
-    run_harvest(HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=str(store_dir), tokens=16384, run="s"),
-                progress=False)
-    name = run_train(TrainConfig(store=str(store_dir), hook="blocks.6.hook_out", k=32, latents=2304, tokens=300_000,
-                                 batch_size=2048), progress=False).dictionary.name
+    run_harvest(
+        HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=str(store_dir), tokens=16384, run="s"),
+        progress=False,
+    )
+    name = run_train(
+        TrainConfig(
+            store=str(store_dir), hook="blocks.6.hook_out", k=32, latents=2304, tokens=300_000, batch_size=2048
+        ),
+        progress=False,
+    ).dictionary.name
     r = asdict(run_eval(EvalConfig(store=str(store_dir), dictionary=name, ce_tokens=1024)).evaluation)
-    print(f"SmolLM2 layer-6 TopK (300k tokens): FVU {r['fvu']:.3f}, CE-loss score {r['ce_loss_score']:.3f}, "
-          f"delta CE {r['delta_ce']:.3f}, KL {r['kl']:.3f}")
+    print(
+        f"SmolLM2 layer-6 TopK (300k tokens): FVU {r['fvu']:.3f}, CE-loss score {r['ce_loss_score']:.3f}, "
+        f"delta CE {r['delta_ce']:.3f}, KL {r['kl']:.3f}"
+    )
     assert r["ce_zero_ablation"] > r["ce_clean"] + 1  # ablating the residual destroys the model's predictions
     assert 0.5 < r["ce_loss_score"] <= 1.05 and r["fvu"] < 0.5

@@ -31,8 +31,16 @@ class _Buffer:
 
 
 class ActivationBatches:
-    def __init__(self, store: Store, run: str, hook: str, batch_size: int, seed: int = 0,
-                 hook_out: str | None = None, shards_per_buffer: int = 4):
+    def __init__(
+        self,
+        store: Store,
+        run: str,
+        hook: str,
+        batch_size: int,
+        seed: int = 0,
+        hook_out: str | None = None,
+        shards_per_buffer: int = 4,
+    ):
         self.store, self.run, self.hook, self.hook_out = store, run, hook, hook_out
         self.batch_size, self.seed, self.shards_per_buffer = batch_size, seed, shards_per_buffer
         with store.reader() as con:
@@ -59,9 +67,13 @@ class ActivationBatches:
 
     def _buffers(self, epoch: int) -> list[_Buffer]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-        groups = [order[i:i + self.shards_per_buffer] for i in range(0, len(order), self.shards_per_buffer)]
-        return [_Buffer(epoch, b, [self.shards[i] for i in group], sum(self._rows_without_bos(self.shards[i][0]) for i in group))
-                for b, group in enumerate(groups)]
+        groups = [order[i : i + self.shards_per_buffer] for i in range(0, len(order), self.shards_per_buffer)]
+        return [
+            _Buffer(
+                epoch, b, [self.shards[i] for i in group], sum(self._rows_without_bos(self.shards[i][0]) for i in group)
+            )
+            for b, group in enumerate(groups)
+        ]
 
     def batches_per_epoch(self) -> int:
         return sum(b.n_rows // self.batch_size for b in self._buffers(0))
@@ -84,7 +96,8 @@ class ActivationBatches:
                 f"Non-finite activation in run '{self.run}' at hook '{self.hook}': token_id {token_id}, dim {bad[0][1]} "
                 f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
                 f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
-                "and re-harvest the run.")
+                "and re-harvest the run."
+            )
         permutation = np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(x))
         x_t = torch.from_numpy(x[permutation])
         y_t = torch.from_numpy(np.concatenate(ys)[permutation]) if ys else x_t

@@ -45,8 +45,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, module: torch.nn.Module)
     return tensors
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module,
-                      tensors: dict[str, torch.Tensor]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, module: torch.nn.Module, tensors: dict[str, torch.Tensor]
+) -> None:
     params = dict(module.named_parameters())
     for key, value in tensors.items():
         name, field = key.rsplit(".", 1)

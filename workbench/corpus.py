@@ -90,7 +90,9 @@ def _file_documents(path: Path, text_column: str) -> Iterator[tuple[str, str]]:
 
         parquet = pq.ParquetFile(path)
         if text_column not in parquet.schema_arrow.names:
-            raise CorpusError(f"{path} has no column '{text_column}' (columns: {', '.join(parquet.schema_arrow.names)}); pass --text-column.")
+            raise CorpusError(
+                f"{path} has no column '{text_column}' (columns: {', '.join(parquet.schema_arrow.names)}); pass --text-column."
+            )
         row = 0
         for batch in parquet.iter_batches(columns=[text_column]):
             for text in batch.column(0).to_pylist():
@@ -157,7 +159,9 @@ def iter_documents(spec: str, text_column: str = "text") -> Iterator[Document]:
             doc_id += 1
 
 
-def tokenize_corpus(spec: str, tokenizer, n_tokens: int, context_len: int = 128, text_column: str = "text") -> TokenizedCorpus:
+def tokenize_corpus(
+    spec: str, tokenizer, n_tokens: int, context_len: int = 128, text_column: str = "text"
+) -> TokenizedCorpus:
     """Tokenize documents until `n_tokens` (rounded up to whole contexts) are filled, or the corpus ends."""
     if context_len < 2:
         raise CorpusError("--context-len must be at least 2 (a BOS token and one text token).")

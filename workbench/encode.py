@@ -52,15 +52,24 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
     token_chunks, feature_chunks, value_chunks = [], [], []
     n_tokens = 0
     shards = store.shards(run, hook)
-    with torch.no_grad(), tqdm(total=sum(s.n_rows for s in shards), unit="tok", unit_scale=True,
-                               desc=f"encode {name}", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=sum(s.n_rows for s in shards),
+            unit="tok",
+            unit_scale=True,
+            desc=f"encode {name}",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         for token_ids, acts in store.iter_activations(run, hook):
             keep = ~is_bos_position(token_ids, context_len)  # BOS rows are left out, as in training
             token_ids, acts = token_ids[keep], acts[keep]
             for start in range(0, len(acts), batch_size):
-                f = model.encode(torch.from_numpy(acts[start:start + batch_size]))
+                f = model.encode(torch.from_numpy(acts[start : start + batch_size]))
                 rows, latents = f.nonzero(as_tuple=True)
-                token_chunks.append(token_ids[start:start + batch_size][rows.numpy()])
+                token_chunks.append(token_ids[start : start + batch_size][rows.numpy()])
                 feature_chunks.append(latents.numpy().astype(np.int32))
                 value_chunks.append(f[rows, latents].numpy().astype(np.float32))
             n_tokens += len(token_ids)
@@ -71,8 +80,15 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
     values = np.concatenate(value_chunks) if value_chunks else np.zeros(0, np.float32)
     order = np.lexsort((-values, features))  # by feature, then by value descending
     tokens, features, values = tokens[order], features[order], values[order]
-    acts_table = pa.table({"dictionary": _constant(name, len(tokens)), "run": _constant(run, len(tokens)),
-                           "token_id": tokens, "feature": features, "value": values})
+    acts_table = pa.table(
+        {
+            "dictionary": _constant(name, len(tokens)),
+            "run": _constant(run, len(tokens)),
+            "token_id": tokens,
+            "feature": features,
+            "value": values,
+        }
+    )
     stats = _feature_stats(name, features, values, n_latents, n_tokens)
     with store.transaction() as con:
         delete_rows(con, "feature_acts", dictionary=name)
@@ -106,10 +122,16 @@ def _feature_stats(name: str, features: np.ndarray, values: np.ndarray, n_latent
             for key in ("max", "mean", "q50", "q90", "q99"):
                 columns[key].append(None)
     n_active = np.array(columns["n_active"], dtype=np.int64)
-    return pa.table({
-        "dictionary": _constant(name, n_latents), "feature": pa.array(np.arange(n_latents, dtype=np.int32)),
-        "n_active": n_active, "density": n_active / max(n_tokens, 1),
-        "max": pa.array(columns["max"], pa.float64()), "mean": pa.array(columns["mean"], pa.float64()),
-        "q50": pa.array(columns["q50"], pa.float64()), "q90": pa.array(columns["q90"], pa.float64()),
-        "q99": pa.array(columns["q99"], pa.float64()),
-    })
+    return pa.table(
+        {
+            "dictionary": _constant(name, n_latents),
+            "feature": pa.array(np.arange(n_latents, dtype=np.int32)),
+            "n_active": n_active,
+            "density": n_active / max(n_tokens, 1),
+            "max": pa.array(columns["max"], pa.float64()),
+            "mean": pa.array(columns["mean"], pa.float64()),
+            "q50": pa.array(columns["q50"], pa.float64()),
+            "q90": pa.array(columns["q90"], pa.float64()),
+            "q99": pa.array(columns["q99"], pa.float64()),
+        }
+    )

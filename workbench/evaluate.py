@@ -74,8 +74,10 @@ def run_eval(config: EvalConfig) -> EvalResult:
     model_name, context_len, n_layers, d_model = found.model, found.context_len, found.n_layers, found.d_model
     sae = load_dictionary(store.root / record.path).eval()
     if sae.config.d_in != d_model:
-        raise DictionaryError(f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
-                              f"has d_model {d_model}; evaluate it on a run of the model it was trained on.")
+        raise DictionaryError(
+            f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
+            f"has d_model {d_model}; evaluate it on a run of the model it was trained on."
+        )
 
     # 1. Reconstruction metrics on stored activations.
     fvu, l0_sum, n_tokens = FVUAccumulator(), 0.0, 0
@@ -106,7 +108,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     kls = []
     with torch.no_grad():
         for start in range(0, len(contexts), batch_size):
-            batch = contexts[start:start + batch_size]
+            batch = contexts[start : start + batch_size]
             clean = backend.run(batch, [], logits=True).logits
             spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
             zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
@@ -114,15 +116,25 @@ def run_eval(config: EvalConfig) -> EvalResult:
             for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero)):
                 ce[key].append(next_token_ce(logits, batch))
             clean_lp = torch.log_softmax(clean[:, 1:].float(), -1)
-            kls.append((clean_lp.exp() * (clean_lp - torch.log_softmax(spliced[:, 1:].float(), -1))).sum(-1).clamp_min(0))
+            kls.append(
+                (clean_lp.exp() * (clean_lp - torch.log_softmax(spliced[:, 1:].float(), -1))).sum(-1).clamp_min(0)
+            )
     ce_clean, ce_spliced, ce_zero = (torch.cat(ce[k]).mean().item() for k in ("clean", "spliced", "zero"))
     evaluation = DictionaryEvalRecord(
-        dictionary=name, eval_run=run, backend=backend_name, n_tokens=n_tokens, fvu=fvu.value(),
-        l0=l0_sum / max(n_tokens, 1), dead_fraction=1 - fired.float().mean().item(),
-        n_ce_tokens=int(torch.cat(ce["clean"]).numel()), ce_clean=ce_clean, ce_spliced=ce_spliced,
+        dictionary=name,
+        eval_run=run,
+        backend=backend_name,
+        n_tokens=n_tokens,
+        fvu=fvu.value(),
+        l0=l0_sum / max(n_tokens, 1),
+        dead_fraction=1 - fired.float().mean().item(),
+        n_ce_tokens=int(torch.cat(ce["clean"]).numel()),
+        ce_clean=ce_clean,
+        ce_spliced=ce_spliced,
         ce_zero_ablation=ce_zero,
         ce_loss_score=(ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
-        delta_ce=ce_spliced - ce_clean, kl=torch.cat(kls).mean().item(),
+        delta_ce=ce_spliced - ce_clean,
+        kl=torch.cat(kls).mean().item(),
     )
     with store.transaction() as con:
         delete(con, DictionaryEvalRecord, dictionary=name, eval_run=run)

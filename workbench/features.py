@@ -33,8 +33,9 @@ from workbench.store.records import DictionaryRecord
 
 def check_feature(record: DictionaryRecord, feature: int) -> None:
     if not 0 <= feature < record.n_latents:
-        raise DictionaryError(f"Feature {feature} is out of range: '{record.name}' has features 0 to "
-                              f"{record.n_latents - 1}.")
+        raise DictionaryError(
+            f"Feature {feature} is out of range: '{record.name}' has features 0 to {record.n_latents - 1}."
+        )
 
 
 def _context_len(store: Store, record: DictionaryRecord) -> int:
@@ -56,8 +57,16 @@ class Context:
     centre: int  # index of token_id within the window
 
 
-def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[int, float]], before: int, after: int,
-                    values_sql: str, values_params: list) -> list[Context]:
+def context_windows(
+    store: Store,
+    run: str,
+    context_len: int,
+    hits: list[tuple[int, float]],
+    before: int,
+    after: int,
+    values_sql: str,
+    values_params: list,
+) -> list[Context]:
     """Attach each hit's surrounding tokens (clipped to its own context) and a value per token.
 
     `values_sql` selects (token_id, value) rows for the window's token ids, which it reads from the
@@ -70,7 +79,9 @@ def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[i
     spans = []
     for token_id, _ in hits:
         context_start = token_id - token_id % length
-        spans.append((token_id, max(context_start, token_id - before), min(context_start + length - 1, token_id + after)))
+        spans.append(
+            (token_id, max(context_start, token_id - before), min(context_start + length - 1, token_id + after))
+        )
     spans_table = pa.table({"centre": [s[0] for s in spans], "lo": [s[1] for s in spans], "hi": [s[2] for s in spans]})
     rows, values = reads.window_tokens(store, run, spans_table, values_sql, values_params)
     by_centre: dict[int, list] = {}
@@ -80,21 +91,36 @@ def context_windows(store: Store, run: str, context_len: int, hits: list[tuple[i
     for token_id, value in hits:
         window = by_centre.get(token_id, [])
         ids = [w[0] for w in window]
-        contexts.append(Context(
-            token_id=token_id, value=value, context_id=window[0][2] if window else -1,
-            tokens=[w[1] if w[1] is not None else "<bos>" for w in window],
-            values=[float(values.get(i, 0.0)) for i in ids], centre=ids.index(token_id) if token_id in ids else 0))
+        contexts.append(
+            Context(
+                token_id=token_id,
+                value=value,
+                context_id=window[0][2] if window else -1,
+                tokens=[w[1] if w[1] is not None else "<bos>" for w in window],
+                values=[float(values.get(i, 0.0)) for i in ids],
+                centre=ids.index(token_id) if token_id in ids else 0,
+            )
+        )
     return contexts
 
 
-def _feature_windows(store: Store, record: DictionaryRecord, context_len: int, feature: int,
-                     hits: list[tuple[int, float]], before: int, after: int) -> list[Context]:
-    return context_windows(store, record.run, context_len, hits, before, after, reads.FEATURE_WINDOW_VALUES,
-                           [record.name, feature])
+def _feature_windows(
+    store: Store,
+    record: DictionaryRecord,
+    context_len: int,
+    feature: int,
+    hits: list[tuple[int, float]],
+    before: int,
+    after: int,
+) -> list[Context]:
+    return context_windows(
+        store, record.run, context_len, hits, before, after, reads.FEATURE_WINDOW_VALUES, [record.name, feature]
+    )
 
 
-def top_contexts(store: Store, record: DictionaryRecord, feature: int, n: int = 10,
-                 before: int = 16, after: int = 4) -> list[Context]:
+def top_contexts(
+    store: Store, record: DictionaryRecord, feature: int, n: int = 10, before: int = 16, after: int = 4
+) -> list[Context]:
     """The feature's n highest activations, at most one per context, each with its window."""
     check_feature(record, feature)
     context_len = _context_len(store, record)
@@ -110,8 +136,15 @@ class QuantileSample:
     contexts: list[Context]
 
 
-def quantile_contexts(store: Store, record: DictionaryRecord, feature: int, n_intervals: int = 5,
-                      per_interval: int = 3, before: int = 16, after: int = 4) -> list[QuantileSample]:
+def quantile_contexts(
+    store: Store,
+    record: DictionaryRecord,
+    feature: int,
+    n_intervals: int = 5,
+    per_interval: int = 3,
+    before: int = 16,
+    after: int = 4,
+) -> list[QuantileSample]:
     """Split (0, max] into equal-width intervals and show a few activations from each, highest interval first.
 
     The samples within an interval are chosen by a hash of the token id: spread over the
@@ -126,10 +159,15 @@ def quantile_contexts(store: Store, record: DictionaryRecord, feature: int, n_in
     samples = []
     for interval in sorted({r[0] for r in rows}, reverse=True):
         members = [r for r in rows if r[0] == interval]
-        contexts = _feature_windows(store, record, context_len, feature, [(r[3], r[4]) for r in members], before,
-                                    after)
-        samples.append(QuantileSample(low=top * interval / n_intervals, high=top * (interval + 1) / n_intervals,
-                                      n_in_interval=members[0][2], contexts=contexts))
+        contexts = _feature_windows(store, record, context_len, feature, [(r[3], r[4]) for r in members], before, after)
+        samples.append(
+            QuantileSample(
+                low=top * interval / n_intervals,
+                high=top * (interval + 1) / n_intervals,
+                n_in_interval=members[0][2],
+                contexts=contexts,
+            )
+        )
     return samples
 
 
@@ -153,8 +191,10 @@ def feature_summary(store: Store, record: DictionaryRecord, feature: int) -> Fea
     check_feature(record, feature)
     row = reads.feature_stats(store, record.name, feature)
     if row is None:
-        raise DictionaryError(f"Dictionary '{record.name}' has not been encoded: run "
-                              f"`workbench encode --store {store.root} --dict {record.name}`.")
+        raise DictionaryError(
+            f"Dictionary '{record.name}' has not been encoded: run "
+            f"`workbench encode --store {store.root} --dict {record.name}`."
+        )
     return FeatureSummary(*row)
 
 
@@ -220,8 +260,10 @@ class DictionaryView:
         logits = unembed.weight @ self.model.W_dec.detach()[feature].float()
         top, bottom = logits.topk(n), (-logits).topk(n)
         decode = unembed.token_text
-        return ([(decode(i), v) for i, v in zip(top.indices.tolist(), top.values.tolist())],
-                [(decode(i), -v) for i, v in zip(bottom.indices.tolist(), bottom.values.tolist())])
+        return (
+            [(decode(i), v) for i, v in zip(top.indices.tolist(), top.values.tolist())],
+            [(decode(i), -v) for i, v in zip(bottom.indices.tolist(), bottom.values.tolist())],
+        )
 
 
 @dataclass
@@ -239,8 +281,9 @@ class Unembedding:
     def from_model(cls, hf_model, tokenizer) -> Unembedding:
         from workbench.probes.logit_lens import final_norm_and_unembed
 
-        norm, unembed = final_norm_and_unembed(hf_model, "The logit-effect table",
-                                               "The rest of the feature page works without it.")
+        norm, unembed = final_norm_and_unembed(
+            hf_model, "The logit-effect table", "The rest of the feature page works without it."
+        )
         weight = cast(torch.Tensor, unembed.weight).detach().float()  # the unembedding's [vocab, d_model] matrix
         gain = getattr(norm, "weight", None)
         if gain is not None:

@@ -62,7 +62,14 @@ class HarvestConfig:
 
     # Arguments that must match when a run is resumed; batch size and device may change.
     IDENTITY_FIELDS: ClassVar[tuple[str, ...]] = (
-        "model", "backend", "corpus", "text_column", "tokens", "context_len", "chunk_contexts")
+        "model",
+        "backend",
+        "corpus",
+        "text_column",
+        "tokens",
+        "context_len",
+        "chunk_contexts",
+    )
 
     def __post_init__(self) -> None:
         if self.tokens <= 0 or self.batch_size <= 0 or self.chunk_contexts <= 0:
@@ -111,8 +118,9 @@ def _token_strings(corpus: TokenizedCorpus, tokenizer) -> list[str]:
     """Each token's text, sliced from its document, so SQL shows exactly what the model read."""
     special = {}
     strings = []
-    for vocab_id, doc_id, start, end in zip(corpus.vocab_ids.tolist(), corpus.doc_ids.tolist(),
-                                            corpus.char_starts.tolist(), corpus.char_ends.tolist()):
+    for vocab_id, doc_id, start, end in zip(
+        corpus.vocab_ids.tolist(), corpus.doc_ids.tolist(), corpus.char_starts.tolist(), corpus.char_ends.tolist()
+    ):
         if doc_id < 0:
             if vocab_id not in special:
                 special[vocab_id] = tokenizer.convert_ids_to_tokens(vocab_id)
@@ -122,33 +130,59 @@ def _token_strings(corpus: TokenizedCorpus, tokenizer) -> list[str]:
     return strings
 
 
-def _create_run(store: Store, run: str, config: HarvestConfig, hooks: list[HookPoint], corpus: TokenizedCorpus,
-                tokenizer, model_dir: Path, n_layers: int, d_model: int) -> None:
+def _create_run(
+    store: Store,
+    run: str,
+    config: HarvestConfig,
+    hooks: list[HookPoint],
+    corpus: TokenizedCorpus,
+    tokenizer,
+    model_dir: Path,
+    n_layers: int,
+    d_model: int,
+) -> None:
     n = corpus.n_tokens
     positions = np.tile(np.arange(corpus.context_len, dtype=np.int32), corpus.n_contexts)
-    tokens = pa.table({
-        "run": pa.array([run] * n),
-        "token_id": pa.array(np.arange(n, dtype=np.int64)),
-        "context_id": pa.array(np.repeat(np.arange(corpus.n_contexts, dtype=np.int32), corpus.context_len)),
-        "position": pa.array(positions),
-        "vocab_id": pa.array(corpus.vocab_ids),
-        "token": pa.array(_token_strings(corpus, tokenizer)),
-        "doc_id": pa.array(corpus.doc_ids, mask=corpus.doc_ids < 0),
-        "char_start": pa.array(corpus.char_starts, mask=corpus.doc_ids < 0),
-        "char_end": pa.array(corpus.char_ends, mask=corpus.doc_ids < 0),
-    })
-    documents = pa.table({
-        "run": pa.array([run] * len(corpus.documents)),
-        "doc_id": pa.array([d.doc_id for d in corpus.documents], pa.int32()),
-        "source": pa.array([d.source for d in corpus.documents]),
-        "text": pa.array([d.text for d in corpus.documents]),
-    })
+    tokens = pa.table(
+        {
+            "run": pa.array([run] * n),
+            "token_id": pa.array(np.arange(n, dtype=np.int64)),
+            "context_id": pa.array(np.repeat(np.arange(corpus.n_contexts, dtype=np.int32), corpus.context_len)),
+            "position": pa.array(positions),
+            "vocab_id": pa.array(corpus.vocab_ids),
+            "token": pa.array(_token_strings(corpus, tokenizer)),
+            "doc_id": pa.array(corpus.doc_ids, mask=corpus.doc_ids < 0),
+            "char_start": pa.array(corpus.char_starts, mask=corpus.doc_ids < 0),
+            "char_end": pa.array(corpus.char_ends, mask=corpus.doc_ids < 0),
+        }
+    )
+    documents = pa.table(
+        {
+            "run": pa.array([run] * len(corpus.documents)),
+            "doc_id": pa.array([d.doc_id for d in corpus.documents], pa.int32()),
+            "source": pa.array([d.source for d in corpus.documents]),
+            "text": pa.array([d.text for d in corpus.documents]),
+        }
+    )
     record = RunRecord(
-        run=run, model=config.model, model_dir=str(model_dir), backend=config.backend, hooks=[h.name for h in hooks],
-        corpus=config.corpus, text_column=config.text_column, context_len=corpus.context_len,
-        tokens_requested=config.tokens, n_contexts=corpus.n_contexts, n_tokens=n, chunk_contexts=config.chunk_contexts,
-        n_layers=n_layers, d_model=d_model, config=asdict(config), package_version=package_version(),
-        git_commit=git_commit())
+        run=run,
+        model=config.model,
+        model_dir=str(model_dir),
+        backend=config.backend,
+        hooks=[h.name for h in hooks],
+        corpus=config.corpus,
+        text_column=config.text_column,
+        context_len=corpus.context_len,
+        tokens_requested=config.tokens,
+        n_contexts=corpus.n_contexts,
+        n_tokens=n,
+        chunk_contexts=config.chunk_contexts,
+        n_layers=n_layers,
+        d_model=d_model,
+        config=asdict(config),
+        package_version=package_version(),
+        git_commit=git_commit(),
+    )
     points = [HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model) for h in hooks]
     create_run(store, record, points, tokens, documents)
 
@@ -159,9 +193,11 @@ def _check_hook_widths(hooks, hf_model, d_model: int) -> None:
 
     n_heads, d_head = attention_heads(hf_model)
     if any(h.kind == "attn.hook_z" for h in hooks) and n_heads * d_head != d_model:
-        raise UnknownHookError(f"attn.hook_z has {n_heads} x {d_head} = {n_heads * d_head} values per token in this model, "
-                               f"not d_model ({d_model}); harvesting it is supported only where they match. "
-                               "Harvest blocks.{i}.attn.hook_out instead.")
+        raise UnknownHookError(
+            f"attn.hook_z has {n_heads} x {d_head} = {n_heads * d_head} values per token in this model, "
+            f"not d_model ({d_model}); harvesting it is supported only where they match. "
+            "Harvest blocks.{i}.attn.hook_out instead."
+        )
 
 
 def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResult:
@@ -195,8 +231,15 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
         return HarvestResult(run, contexts.size, 0, len(done), orphans)
 
     backend = make_backend(config.backend, hf_model, tokenizer)
-    bar = tqdm(total=contexts.size, initial=(n_chunks - len(pending)) * chunk_contexts * context_len,
-               unit="tok", unit_scale=True, desc=f"harvest {run}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=contexts.size,
+        initial=(n_chunks - len(pending)) * chunk_contexts * context_len,
+        unit="tok",
+        unit_scale=True,
+        desc=f"harvest {run}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     harvested = 0
     started = time.perf_counter()
     # Encoding shards is CPU work and stays on this thread, batch by batch while the activations
@@ -208,12 +251,12 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         in_flight = None
         for chunk in pending:
-            chunk_ids = contexts[chunk * chunk_contexts:(chunk + 1) * chunk_contexts]
+            chunk_ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
             first_token = chunk * chunk_contexts * context_len
             for builder in builders.values():
                 builder.start(chunk_ids.size * (d_model * 4 + 8))
             for start in range(0, len(chunk_ids), config.batch_size):
-                batch = torch.from_numpy(chunk_ids[start:start + config.batch_size]).to(config.device)
+                batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(config.device)
                 batch_first = first_token + start * context_len
                 token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
                 for hook, acts in backend.capture(batch, hooks).items():
@@ -223,8 +266,18 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
             for hook in hooks:
                 path = store.shard_path(run, hook.name, chunk)
                 info = builders[hook].finish(store.root / path)
-                shards.append(ShardRecord(run=run, hook=hook.name, chunk=chunk, path=path, first_token=first_token,
-                                          n_rows=info.n_rows, n_bytes=info.n_bytes, sha256=info.sha256))
+                shards.append(
+                    ShardRecord(
+                        run=run,
+                        hook=hook.name,
+                        chunk=chunk,
+                        path=path,
+                        first_token=first_token,
+                        n_rows=info.n_rows,
+                        n_bytes=info.n_bytes,
+                        sha256=info.sha256,
+                    )
+                )
             if in_flight is not None:
                 in_flight.result()  # re-raises a failed sync or commit of the previous chunk
             in_flight = committer.submit(_sync_and_commit, store, shards, n_chunks)

@@ -39,6 +39,7 @@ def empty_figure(message: str, height: int = 240) -> go.Figure:
 
 # -- feature pages --------------------------------------------------------------------------------
 
+
 def activation_histogram(edges: np.ndarray, counts: np.ndarray) -> go.Figure:
     """A feature's activations as bars: one per bin between consecutive `edges`, `counts` high."""
     edges, counts = np.asarray(edges, dtype=float), np.asarray(counts)
@@ -72,15 +73,26 @@ def logit_effects(boosts: Sequence[tuple[str, float]], suppressions: Sequence[tu
     if not boosts and not suppressions:
         return empty_figure("No logit effects to show.", 480)
     figure = go.Figure()
-    figure.add_bar(y=[t for t, _ in suppressions][::-1], x=[v for _, v in suppressions][::-1], orientation="h",
-                   marker_color=NEGATIVE, name="suppressed")
-    figure.add_bar(y=[t for t, _ in boosts][::-1], x=[v for _, v in boosts][::-1], orientation="h",
-                   marker_color=POSITIVE, name="boosted")
+    figure.add_bar(
+        y=[t for t, _ in suppressions][::-1],
+        x=[v for _, v in suppressions][::-1],
+        orientation="h",
+        marker_color=NEGATIVE,
+        name="suppressed",
+    )
+    figure.add_bar(
+        y=[t for t, _ in boosts][::-1],
+        x=[v for _, v in boosts][::-1],
+        orientation="h",
+        marker_color=POSITIVE,
+        name="boosted",
+    )
     figure.update_layout(height=480, margin=MARGIN, xaxis_title="logit change per unit", barmode="relative")
     return figure
 
 
 # -- layer pages (depth-usage and linear-map probes) ------------------------------------------------
+
 
 def _metric_lines(frame: pd.DataFrame, y_label: str, title: str) -> go.Figure:
     figure = px.line(frame, x="layer", y="mean", color="metric", markers=True, labels={"mean": y_label})
@@ -103,8 +115,9 @@ def sublayer_cosines(sublayer: pd.DataFrame) -> go.Figure:
     cosines = sublayer[sublayer["metric"].str.startswith("cos_")]
     if cosines.empty:
         return empty_figure("No cosines in this probe run.", 360)
-    figure = _metric_lines(cosines, "mean cosine", "Cosine of each sublayer's write with the residual "
-                                                   "(negative = erases)")
+    figure = _metric_lines(
+        cosines, "mean cosine", "Cosine of each sublayer's write with the residual (negative = erases)"
+    )
     figure.add_hline(y=0, line_color="#888", line_dash="dot")
     return figure
 
@@ -115,10 +128,16 @@ def skip_heatmap(skip: pd.DataFrame) -> go.Figure:
     if skip.empty:
         return empty_figure("No layers were skipped in this probe run.", 480)
     grid = skip.pivot(index="affected_layer", columns="skipped_layer", values="rel_change_mean")
-    figure = px.imshow(grid, color_continuous_scale=SEQUENTIAL, origin="lower", aspect="auto",
-                       labels=dict(x="skipped layer", y="affected layer", color="‖Δ−Δskip‖/‖Δ‖"))
-    figure.update_layout(title="Skipping a layer: relative change of each later layer's update", height=480,
-                         margin=TITLED_MARGIN)
+    figure = px.imshow(
+        grid,
+        color_continuous_scale=SEQUENTIAL,
+        origin="lower",
+        aspect="auto",
+        labels=dict(x="skipped layer", y="affected layer", color="‖Δ−Δskip‖/‖Δ‖"),
+    )
+    figure.update_layout(
+        title="Skipping a layer: relative change of each later layer's update", height=480, margin=TITLED_MARGIN
+    )
     return figure
 
 
@@ -129,10 +148,17 @@ def skip_output_kl(output: pd.DataFrame) -> go.Figure:
         return empty_figure("No layers were skipped in this probe run.", 360)
     figure = go.Figure()
     figure.add_bar(x=output["skipped_layer"], y=output["kl_mean"], name="KL at later positions", marker_color=POSITIVE)
-    figure.add_bar(x=output["skipped_layer"], y=output["skipped_kl_mean"], name="KL at skipped positions",
-                   marker_color=NEGATIVE)
-    figure.update_layout(title="Skipping a layer: KL of the output distribution", xaxis_title="skipped layer",
-                         yaxis_title="mean KL (nats)", barmode="group", height=360, margin=TITLED_MARGIN)
+    figure.add_bar(
+        x=output["skipped_layer"], y=output["skipped_kl_mean"], name="KL at skipped positions", marker_color=NEGATIVE
+    )
+    figure.update_layout(
+        title="Skipping a layer: KL of the output distribution",
+        xaxis_title="skipped layer",
+        yaxis_title="mean KL (nats)",
+        barmode="group",
+        height=360,
+        margin=TITLED_MARGIN,
+    )
     return figure
 
 
@@ -142,13 +168,25 @@ def logit_lens(lens: pd.DataFrame) -> go.Figure:
     if lens.empty:
         return empty_figure("This probe run has no logit lens.", 360)
     figure = go.Figure()
-    figure.add_scatter(x=lens["layer"], y=lens["kl_mean"], name="KL to final (nats)", mode="lines+markers",
-                       line_color=POSITIVE)
-    figure.add_scatter(x=lens["layer"], y=lens["top5_overlap_mean"], name="top-5 overlap", yaxis="y2",
-                       mode="lines+markers", line_color=NEGATIVE)
-    figure.update_layout(title="Logit lens", xaxis_title="layer", yaxis_title="KL (nats)",
-                         yaxis2=dict(title="top-5 overlap", overlaying="y", side="right", range=[0, 1]),
-                         height=360, margin=TITLED_MARGIN)
+    figure.add_scatter(
+        x=lens["layer"], y=lens["kl_mean"], name="KL to final (nats)", mode="lines+markers", line_color=POSITIVE
+    )
+    figure.add_scatter(
+        x=lens["layer"],
+        y=lens["top5_overlap_mean"],
+        name="top-5 overlap",
+        yaxis="y2",
+        mode="lines+markers",
+        line_color=NEGATIVE,
+    )
+    figure.update_layout(
+        title="Logit lens",
+        xaxis_title="layer",
+        yaxis_title="KL (nats)",
+        yaxis2=dict(title="top-5 overlap", overlaying="y", side="right", range=[0, 1]),
+        height=360,
+        margin=TITLED_MARGIN,
+    )
     return figure
 
 
@@ -158,16 +196,23 @@ def linear_map_errors(maps: pd.DataFrame, source_model: str, target_model: str) 
     if maps.empty:
         return empty_figure("No linear maps in this probe run.", 520)
     grid = maps.pivot(index="target_layer", columns="source_layer", values="rel_error")
-    figure = px.imshow(grid, color_continuous_scale=SEQUENTIAL + "_r", origin="lower", aspect="auto",
-                       labels=dict(x=f"{source_model} layer", y=f"{target_model} layer", color="rel. error"))
+    figure = px.imshow(
+        grid,
+        color_continuous_scale=SEQUENTIAL + "_r",
+        origin="lower",
+        aspect="auto",
+        labels=dict(x=f"{source_model} layer", y=f"{target_model} layer", color="rel. error"),
+    )
     figure.update_layout(height=520, margin=TITLED_MARGIN)
     return figure
 
 
 # -- circuit pages ---------------------------------------------------------------------------------
 
-def score_heatmap(frame: pd.DataFrame, x: str, y: str, labels: dict, x_labels: Sequence[str] | None = None,
-                  counts: bool = False) -> go.Figure:
+
+def score_heatmap(
+    frame: pd.DataFrame, x: str, y: str, labels: dict, x_labels: Sequence[str] | None = None, counts: bool = False
+) -> go.Figure:
     """A grid of `frame`'s `score` column by columns `x` and `y`.
 
     Signed scores (patching) get the diverging scale centred on 0, symmetric and at least ±1, so that colour
@@ -183,15 +228,20 @@ def score_heatmap(frame: pd.DataFrame, x: str, y: str, labels: dict, x_labels: S
     else:
         bound = max(1.0, float(frame["score"].abs().max()))
         scale, low, high = DIVERGING, -bound, bound
-    figure = px.imshow(grid, color_continuous_scale=scale, zmin=low, zmax=high, origin="lower", aspect="auto",
-                       labels=labels)
+    figure = px.imshow(
+        grid, color_continuous_scale=scale, zmin=low, zmax=high, origin="lower", aspect="auto", labels=labels
+    )
     figure.update_layout(height=max(320, 22 * len(grid) + 120), margin=MARGIN)
     return figure
 
 
 FEATURE_NODE = "cross layer transcoder"
-NODE_COLOURS = {"embedding": "#444444", FEATURE_NODE: POSITIVE, "mlp reconstruction error": "#aaaaaa",
-                "logit": "#000000"}
+NODE_COLOURS = {
+    "embedding": "#444444",
+    FEATURE_NODE: POSITIVE,
+    "mlp reconstruction error": "#aaaaaa",
+    "logit": "#000000",
+}
 
 
 def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[go.Figure, list[dict]]:
@@ -217,8 +267,10 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
         cell = (node["layer"], node["ctx_idx"])
         slot = cells.get(cell, 0)
         cells[cell] = slot + 1
-        position[node["node_id"]] = (node["ctx_idx"] + 0.12 * ((slot + 1) // 2) * (-1) ** slot,
-                                     y_of.get(node["layer"], int(node["layer"]) if node["layer"].isdigit() else 0))
+        position[node["node_id"]] = (
+            node["ctx_idx"] + 0.12 * ((slot + 1) // 2) * (-1) ** slot,
+            y_of.get(node["layer"], int(node["layer"]) if node["layer"].isdigit() else 0),
+        )
     links = [link for link in data.get("links", []) if link["source"] in ids and link["target"] in ids]
     largest = max([abs(link["weight"]) for link in links] + [1e-12])
     links = [link for link in links if abs(link["weight"]) >= min_share * largest]
@@ -233,22 +285,45 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
                     xs += [x0, x1, None]
                     ys += [y0, y1, None]
             if xs:
-                figure.add_scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=width), opacity=0.55,
-                                   hoverinfo="skip", showlegend=False)
+                figure.add_scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line=dict(color=colour, width=width),
+                    opacity=0.55,
+                    hoverinfo="skip",
+                    showlegend=False,
+                )
     top = max(n["influence"] for n in shown) or 1.0
     for kind, colour in NODE_COLOURS.items():
         group = [n for n in shown if n["feature_type"] == kind]
         if not group:
             continue
         figure.add_scatter(
-            x=[position[n["node_id"]][0] for n in group], y=[position[n["node_id"]][1] for n in group], mode="markers",
-            name=kind, marker=dict(color=colour, size=[8 + 22 * min(n["influence"] / top, 1) for n in group],
-                                   line=dict(color="#222", width=0.5)),
+            x=[position[n["node_id"]][0] for n in group],
+            y=[position[n["node_id"]][1] for n in group],
+            mode="markers",
+            name=kind,
+            marker=dict(
+                color=colour,
+                size=[8 + 22 * min(n["influence"] / top, 1) for n in group],
+                line=dict(color="#222", width=0.5),
+            ),
             text=[f"{n['clerp']}<br>activation {n['activation']:.3f}<br>influence {n['influence']:.3f}" for n in group],
-            hoverinfo="text", customdata=[n["node_id"] for n in group])
+            hoverinfo="text",
+            customdata=[n["node_id"] for n in group],
+        )
     tokens = data["metadata"]["prompt_tokens"]
-    figure.update_layout(height=620, margin=MARGIN, legend=dict(orientation="h"),
-                         xaxis=dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, title=None),
-                         yaxis=dict(tickmode="array", tickvals=list(range(-1, n_layers + 1)),
-                                    ticktext=["emb"] + [str(i) for i in range(n_layers)] + ["logit"], title="layer"))
+    figure.update_layout(
+        height=620,
+        margin=MARGIN,
+        legend=dict(orientation="h"),
+        xaxis=dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, title=None),
+        yaxis=dict(
+            tickmode="array",
+            tickvals=list(range(-1, n_layers + 1)),
+            ticktext=["emb"] + [str(i) for i in range(n_layers)] + ["logit"],
+            title="layer",
+        ),
+    )
     return figure, features

@@ -19,7 +19,9 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(_PACKAGE_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -59,8 +59,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch == "transcoder":
             if not self.hook_out:
-                raise DictionaryError("--arch transcoder needs --out, the hook it predicts "
-                                      "(e.g. blocks.6.mlp.hook_out).")
+                raise DictionaryError(
+                    "--arch transcoder needs --out, the hook it predicts (e.g. blocks.6.mlp.hook_out)."
+                )
             # Stored (and compared on resume) as the family it stands for.
             self.arch = "batchtopk"
 
@@ -80,19 +81,31 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     hook_out = lookups.canonical_hook(store, config.hook_out) if config.hook_out else None
     run = lookups.run_with_hook(store, hook, config.run)
     data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
-    dictionary_config = DictionaryConfig(arch=config.arch, d_in=data.d_model, n_latents=config.latents, k=config.k,
-                                         transcoder=hook_out is not None, skip_connection=config.skip_connection)
+    dictionary_config = DictionaryConfig(
+        arch=config.arch,
+        d_in=data.d_model,
+        n_latents=config.latents,
+        k=config.k,
+        transcoder=hook_out is not None,
+        skip_connection=config.skip_connection,
+    )
     kind = f"{config.arch}-transcoder" if hook_out else config.arch
     name = check_run_name(config.name or make_run_name(kind, hook, f"k{config.k}", str(config.latents)))
     n_steps = config.tokens // config.batch_size
     if n_steps < 1:
-        raise DictionaryError(f"--tokens ({config.tokens}) must be at least one batch "
-                              f"(--batch-size {config.batch_size}).")
+        raise DictionaryError(
+            f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size})."
+        )
     lr = config.lr or 2e-4 / (config.latents / 16384) ** 0.5
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
     folder = store.root / "dictionaries" / name
-    settings = asdict(config) | {"run": run, "hook": hook, "hook_out": hook_out, "lr": lr,
-                                 "dead_window_tokens": dead_window}
+    settings = asdict(config) | {
+        "run": run,
+        "hook": hook,
+        "hook_out": hook_out,
+        "lr": lr,
+        "dead_window_tokens": dead_window,
+    }
     settings.pop("store")
 
     existing = lookups.dictionary(store, name)
@@ -100,26 +113,58 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         assert existing.config is not None  # train and import write every dictionary record with its settings
         differing = [k for k in settings if k != "checkpoint_seconds" and existing.config.get(k) != settings[k]]
         if differing:
-            raise DictionaryError(f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
-                                  "choose a new --name, or repeat the original arguments to resume it.")
+            raise DictionaryError(
+                f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
+                "choose a new --name, or repeat the original arguments to resume it."
+            )
         if existing.status == "complete":
             return TrainResult(existing, resumed=True)
     else:
         with store.transaction() as con:
-            records.insert(con, DictionaryRecord(
-                name=name, arch=config.arch, run=run, hook=hook, hook_out=hook_out, d_in=data.d_model,
-                d_out=dictionary_config.output_width, n_latents=config.latents, k=config.k,
-                path=folder.relative_to(store.root).as_posix(), dead_window_tokens=dead_window, config=settings,
-                package_version=package_version(), git_commit=git_commit()))
+            records.insert(
+                con,
+                DictionaryRecord(
+                    name=name,
+                    arch=config.arch,
+                    run=run,
+                    hook=hook,
+                    hook_out=hook_out,
+                    d_in=data.d_model,
+                    d_out=dictionary_config.output_width,
+                    n_latents=config.latents,
+                    k=config.k,
+                    path=folder.relative_to(store.root).as_posix(),
+                    dead_window_tokens=dead_window,
+                    config=settings,
+                    package_version=package_version(),
+                    git_commit=git_commit(),
+                ),
+            )
 
     torch.manual_seed(config.seed)
     model = make_dictionary(dictionary_config)
-    state, tracker = fit(model, data.iterate, n_steps, lr, dead_window, Checkpointer(folder), config.checkpoint_seconds,
-                         progress=progress)
+    state, tracker = fit(
+        model,
+        data.iterate,
+        n_steps,
+        lr,
+        dead_window,
+        Checkpointer(folder),
+        config.checkpoint_seconds,
+        progress=progress,
+    )
     model.fold_scales(state.input_scale, state.target_scale)  # the saved dictionary works on raw activations
     model.save(folder, saelens_metadata(lookups.run(store, run).model, run, hook, hook_out))
     with store.transaction() as con:
-        records.update(con, DictionaryRecord, {"name": name}, status="complete", steps_done=state.step,
-                       tokens_done=state.tokens, train_fvu=state.last_fvu, train_l0=state.last_l0,
-                       dead_fraction=tracker.dead_fraction())
+        records.update(
+            con,
+            DictionaryRecord,
+            {"name": name},
+            status="complete",
+            steps_done=state.step,
+            tokens_done=state.tokens,
+            train_fvu=state.last_fvu,
+            train_l0=state.last_l0,
+            dead_fraction=tracker.dead_fraction(),
+        )
     return TrainResult(lookups.completed_dictionary(store, name), resumed=existing is not None)

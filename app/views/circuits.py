@@ -40,23 +40,28 @@ def transcoder_names(path: str, stamp: int) -> list[str]:
     return results.complete_transcoder_names(open_store(path))
 
 
-def heatmap(frame, x: str, y: str, labels: dict, key: str, x_labels: list[str] | None = None,
-            counts: bool = False) -> None:
+def heatmap(
+    frame, x: str, y: str, labels: dict, key: str, x_labels: list[str] | None = None, counts: bool = False
+) -> None:
     st.plotly_chart(plots.score_heatmap(frame, x, y, labels, x_labels, counts), key=key)
 
 
 runs = circuit_runs(str(current.root), stamp(current))
 if runs.empty:
-    st.info("No circuit analysis in this store yet. Find the reference circuit of a task by activation patching:\n\n"
-            f"```\nworkbench circuit patch --task ioi --model smollm2-135m --store {current.root}\n```")
+    st.info(
+        "No circuit analysis in this store yet. Find the reference circuit of a task by activation patching:\n\n"
+        f"```\nworkbench circuit patch --task ioi --model smollm2-135m --store {current.root}\n```"
+    )
 else:
     chosen = pick("Circuit run", runs["circuit_run"].tolist(), "run")
     info = runs.set_index("circuit_run").loc[chosen]
     prompts = json.loads(info["prompts"])
     tokens = prompts.get("position_tokens", [])
-    st.caption(f"Activation patching on '{info['task']}' ({int(info['n_pairs'])} pairs of {int(info['seq_len'])} tokens) "
-               f"in `{info['model']}`. Score = (patched − corrupted) / (clean − corrupted) of the mean {info['metric']}: "
-               "1 = this activation alone restores the clean behaviour.")
+    st.caption(
+        f"Activation patching on '{info['task']}' ({int(info['n_pairs'])} pairs of {int(info['seq_len'])} tokens) "
+        f"in `{info['model']}`. Score = (patched − corrupted) / (clean − corrupted) of the mean {info['metric']}: "
+        "1 = this activation alone restores the clean behaviour."
+    )
     cols = st.columns(3)
     cols[0].metric(f"{info['metric']}, clean", f"{info['metric_clean']:.3f}")
     cols[1].metric(f"{info['metric']}, corrupted", f"{info['metric_corrupted']:.3f}")
@@ -71,12 +76,17 @@ else:
         if isinstance(reference, str):
             cols = st.columns(2)
             cols[0].metric("ROC AUC, heads", f"{info['roc_auc_heads']:.3f}")
-            cols[1].metric("ROC AUC, head pairs", f"{info['roc_auc_pairs']:.3f}"
-                           if info["roc_auc_pairs"] == info["roc_auc_pairs"] else "-")
+            cols[1].metric(
+                "ROC AUC, head pairs",
+                f"{info['roc_auc_pairs']:.3f}" if info["roc_auc_pairs"] == info["roc_auc_pairs"] else "-",
+            )
             st.caption(f"Against the patching run `{reference}`.")
-            st.page_link("views/circuits.py", label=f"Open the reference {reference} →", query_params={"run": reference})
-        heatmap(tables["code_heads"], "head", "layer", dict(x="head", y="layer", color="codes"), "code-heads",
-                counts=True)
+            st.page_link(
+                "views/circuits.py", label=f"Open the reference {reference} →", query_params={"run": reference}
+            )
+        heatmap(
+            tables["code_heads"], "head", "layer", dict(x="head", y="layer", color="codes"), "code-heads", counts=True
+        )
         st.caption("Head pairs with the most code co-occurrences unique to positives")
         st.dataframe(tables["code_pairs"], hide_index=True)
     scores = tables["scores"]
@@ -89,16 +99,29 @@ else:
         st.dataframe(top[["layer", "head", "score", "metric"]], hide_index=True)
     if "layers" in levels:
         st.subheader("Residual stream by layer and position")
-        heatmap(scores[scores["level"] == "layers"], "position", "layer",
-                dict(x="position", y="layer", color="score"), "layers", tokens)
+        heatmap(
+            scores[scores["level"] == "layers"],
+            "position",
+            "layer",
+            dict(x="position", y="layer", color="score"),
+            "layers",
+            tokens,
+        )
     if "head-positions" in levels:
         st.subheader("Heads by position")
         by_position = scores[scores["level"] == "head-positions"].assign(
-            unit=lambda f: "L" + f["layer"].astype(str) + "H" + f["head"].astype(int).astype(str))
+            unit=lambda f: "L" + f["layer"].astype(str) + "H" + f["head"].astype(int).astype(str)
+        )
         strongest = by_position.groupby("unit")["score"].apply(lambda s: s.abs().max()).sort_values(ascending=False)
         keep = strongest.index[:20]
-        heatmap(by_position[by_position["unit"].isin(keep)], "position", "unit",
-                dict(x="position", y="head", color="score"), "head-positions", tokens)
+        heatmap(
+            by_position[by_position["unit"].isin(keep)],
+            "position",
+            "unit",
+            dict(x="position", y="head", color="score"),
+            "head-positions",
+            tokens,
+        )
         st.caption(f"The {len(keep)} heads with the largest score at any position.")
 
 st.divider()
@@ -109,12 +132,18 @@ graphs = attribution_graphs(str(current.root), stamp(current))
 transcoders = transcoder_names(str(current.root), stamp(current))
 if graphs.empty:
     names = ",".join(transcoders) or "TC_L4,TC_L6"
-    st.info("No attribution graph yet. Build one for a prompt from transcoders (one per MLP layer; a subset is fine):\n\n"
-            f"```\nworkbench circuit graph --prompt \"When Mary and John went to the store, John gave a drink to\" "
-            f"--transcoders {names} --store {current.root}\n```\n\n"
-            + ("" if transcoders else "Train the transcoders first, for example:\n\n"
-               f"```\nworkbench train --store {current.root} --hook blocks.6.mlp.hook_in --out blocks.6.mlp.hook_out "
-               f"--arch transcoder --k 32 --latents 4608 --tokens 2M\n```"))
+    st.info(
+        "No attribution graph yet. Build one for a prompt from transcoders (one per MLP layer; a subset is fine):\n\n"
+        f'```\nworkbench circuit graph --prompt "When Mary and John went to the store, John gave a drink to" '
+        f"--transcoders {names} --store {current.root}\n```\n\n"
+        + (
+            ""
+            if transcoders
+            else "Train the transcoders first, for example:\n\n"
+            f"```\nworkbench train --store {current.root} --hook blocks.6.mlp.hook_in --out blocks.6.mlp.hook_out "
+            f"--arch transcoder --k 32 --latents 4608 --tokens 2M\n```"
+        )
+    )
 else:
     chosen_graph = pick("Graph", graphs["graph"].tolist(), "graph")
     row = graphs.set_index("graph").loc[chosen_graph]
@@ -122,9 +151,11 @@ else:
         data = attribution_graph(str(current.root), stamp(current), chosen_graph)
     except WorkbenchError as exc:
         fail(exc)
-    st.caption(f"`{row['model']}` on {row['prompt']!r}, explaining the logit of {row['target_token']!r}; "
-               f"transcoders {', '.join(row['transcoders'])}. Pruned to {row['n_kept_nodes']} nodes and "
-               f"{row['n_kept_edges']} links.")
+    st.caption(
+        f"`{row['model']}` on {row['prompt']!r}, explaining the logit of {row['target_token']!r}; "
+        f"transcoders {', '.join(row['transcoders'])}. Pruned to {row['n_kept_nodes']} nodes and "
+        f"{row['n_kept_edges']} links."
+    )
     cols = st.columns(3)
     cols[0].metric("Target logit", f"{row['target_logit']:.3f}")
     cols[1].metric("Replacement score", f"{row['replacement_score']:.3f}")
@@ -140,5 +171,8 @@ else:
         picked = options[st.selectbox("Open a feature's page", list(options))]
         dictionary = layer_names.get(picked["layer"])
         if dictionary:
-            st.page_link("views/features.py", label=f"{dictionary} · feature {picked['feature']} →",
-                         query_params={"dict": dictionary, "feature": str(picked["feature"])})
+            st.page_link(
+                "views/features.py",
+                label=f"{dictionary} · feature {picked['feature']} →",
+                query_params={"dict": dictionary, "feature": str(picked["feature"])},
+            )

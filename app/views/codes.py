@@ -17,6 +17,7 @@ path = str(current.root)
 
 # Cached reads depend only on their arguments: each gets its Store back from `path` (common.open_store).
 
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def codebook_names(path: str, stamp: int) -> list[str]:
     return results.complete_codebook_names(open_store(path))
@@ -43,9 +44,11 @@ def codebook_model(path: str, name: str, weights_stamp: int):
 
 names = codebook_names(path, stamp(current))
 if not names:
-    st.info("No trained codebooks yet. Train some and write their codes for a harvest run, then reload:\n\n"
-            f"```\nworkbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out,blocks.6.attn.hook_out "
-            f"--tokens 32k --store {path}\nworkbench codebook encode --store {path} --codebook NAME --run RUN\n```")
+    st.info(
+        "No trained codebooks yet. Train some and write their codes for a harvest run, then reload:\n\n"
+        f"```\nworkbench codebook train --model smollm2-135m --sites blocks.6.mlp.hook_out,blocks.6.attn.hook_out "
+        f"--tokens 32k --store {path}\nworkbench codebook encode --store {path} --codebook NAME --run RUN\n```"
+    )
     st.stop()
 
 
@@ -60,16 +63,25 @@ columns = st.columns(4)
 columns[0].metric("Codes per site", f"{book.n_codes:,}", help=f"k = {book.k} codes fire per token at each site")
 if book.lm_loss_original is not None and book.lm_loss_codebooks is not None:
     columns[1].metric("LM loss, original model", f"{book.lm_loss_original:.4f}")
-    columns[2].metric("LM loss, with codebooks", f"{book.lm_loss_codebooks:.4f}",
-                      delta=f"{book.lm_loss_codebooks - book.lm_loss_original:+.4f}", delta_color="inverse")
+    columns[2].metric(
+        "LM loss, with codebooks",
+        f"{book.lm_loss_codebooks:.4f}",
+        delta=f"{book.lm_loss_codebooks - book.lm_loss_original:+.4f}",
+        delta_color="inverse",
+    )
 if book.lm_loss_bypassed is not None:
-    columns[3].metric("Fine-tuned, codebooks bypassed", f"{book.lm_loss_bypassed:.4f}",
-                      help="Against the row before: what the codebooks themselves cost, apart from fine-tuning.")
+    columns[3].metric(
+        "Fine-tuned, codebooks bypassed",
+        f"{book.lm_loss_bypassed:.4f}",
+        help="Against the row before: what the codebooks themselves cost, apart from fine-tuning.",
+    )
 st.caption(f"Model `{book.model}`; sites: {', '.join(f'`{s}`' for s in book.sites)}.")
 
 if not info.encoded_runs:
-    st.info("No codes are stored for these codebooks yet. Write them for a harvest run of the same model:\n\n"
-            f"```\nworkbench codebook encode --store {path} --codebook {name} --run RUN\n```")
+    st.info(
+        "No codes are stored for these codebooks yet. Write them for a harvest run of the same model:\n\n"
+        f"```\nworkbench codebook encode --store {path} --codebook {name} --run RUN\n```"
+    )
     st.stop()
 
 left, right = st.columns(2)
@@ -80,11 +92,16 @@ with right:
 
 codes = table(path, stamp(current), name, run, site)
 st.subheader(f"{len(codes):,} of {info.total_codes[site]:,} codes fire at {site}")
-st.dataframe(codes, hide_index=True, height=260,
-             column_config={"density": st.column_config.NumberColumn(format="%.4f"),
-                            "mean_similarity": st.column_config.NumberColumn(format="%.3f"),
-                            "purity": st.column_config.NumberColumn(format="%.2f",
-                                                                    help="share of the code's firings on its top token")})
+st.dataframe(
+    codes,
+    hide_index=True,
+    height=260,
+    column_config={
+        "density": st.column_config.NumberColumn(format="%.4f"),
+        "mean_similarity": st.column_config.NumberColumn(format="%.3f"),
+        "purity": st.column_config.NumberColumn(format="%.2f", help="share of the code's firings on its top token"),
+    },
+)
 
 default_code = int(codes["code"].iloc[0]) if len(codes) else 0
 try:
@@ -117,17 +134,25 @@ else:
         st.dataframe(tokens, hide_index=True)
 
 st.subheader("Steer generation with this code")
-st.caption("Samples continuations twice with the same seeds: as the model is, and with the code forced on at "
-           f"{site} at every position. A continuation counts if it contains one of the targets.")
+st.caption(
+    "Samples continuations twice with the same seeds: as the model is, and with the code forced on at "
+    f"{site} at every position. A continuation counts if it contains one of the targets."
+)
 prompt = st.text_input("Prompt", value=st.query_params.get("prompt", "Once upon a time"))
-targets_text = st.text_input("Targets (comma-separated)",
-                             value=", ".join(t.strip() for t in targets),
-                             help="the code's commonest tokens with a letter or digit; edit freely")
+targets_text = st.text_input(
+    "Targets (comma-separated)",
+    value=", ".join(t.strip() for t in targets),
+    help="the code's commonest tokens with a letter or digit; edit freely",
+)
 left, middle, right = st.columns(3)
 samples = left.slider("Samples", 1, 16, 4)
 new_tokens = middle.slider("New tokens", 4, 48, 16)
-mode = right.radio("Forcing", ["swap", "only"], horizontal=True,
-                   help="swap: the code replaces the weakest of the k codes; only: it fills all k slots (a stronger push)")
+mode = right.radio(
+    "Forcing",
+    ["swap", "only"],
+    horizontal=True,
+    help="swap: the code replaces the weakest of the k codes; only: it fills all k slots (a stronger push)",
+)
 
 
 if st.button("Generate", type="primary"):
@@ -135,12 +160,23 @@ if st.button("Generate", type="primary"):
 
     try:
         coded, tokenizer = codebook_model(path, name, results.codebook_weights_stamp(current, name))
-        result = steer(coded, tokenizer, prompt, {site: code}, [t for t in targets_text.split(",") if t.strip()],
-                       n_samples=samples, max_new_tokens=new_tokens, mode=mode)
+        result = steer(
+            coded,
+            tokenizer,
+            prompt,
+            {site: code},
+            [t for t in targets_text.split(",") if t.strip()],
+            n_samples=samples,
+            max_new_tokens=new_tokens,
+            mode=mode,
+        )
     except WorkbenchError as exc:
         fail(exc)
     left, right = st.columns(2)
     left.metric("Baseline: share with a target", f"{result.baseline_rate:.2f}")
-    right.metric(f"Code {code} forced: share with a target", f"{result.steered_rate:.2f}",
-                 delta=f"{result.steered_rate - result.baseline_rate:+.2f}")
+    right.metric(
+        f"Code {code} forced: share with a target",
+        f"{result.steered_rate:.2f}",
+        delta=f"{result.steered_rate - result.baseline_rate:+.2f}",
+    )
     st.dataframe(pd.DataFrame({"baseline": result.baseline, "steered": result.steered}), hide_index=True)

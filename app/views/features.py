@@ -37,13 +37,16 @@ except WorkbenchError as exc:
     fail(exc)
 model = lookups.run(current, record.run).model
 if not F.is_encoded(current, name):
-    st.info(f"'{name}' is trained but not encoded, so there are no feature activations to show yet:\n\n"
-            f"```\nworkbench encode --store {current.root} --dict {name}\n```")
+    st.info(
+        f"'{name}' is trained but not encoded, so there are no feature activations to show yet:\n\n"
+        f"```\nworkbench encode --store {current.root} --dict {name}\n```"
+    )
     st.stop()
 
 
 # -- cached queries (per dictionary and feature; a new commit changes `version` and refreshes them) --
 # Each depends only on its arguments: it gets its Store back from `path` (common.open_store).
+
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def browse(path: str, version: int, name: str, order: str, low: float, high: float):
@@ -84,23 +87,35 @@ with st.expander("Find features", expanded="feature" not in st.query_params):
         left, middle, right = st.columns([1, 1, 1])
         order = left.selectbox("Order by", list(F.BROWSE_ORDERS), key="browse-order")
         low_exp, high_exp = middle.slider("log10 density between", -7.0, 0.0, (-7.0, 0.0), 0.5, key="browse-density")
-        table = browse(path, version, name, order, 10 ** low_exp, 10 ** high_exp)
+        table = browse(path, version, name, order, 10**low_exp, 10**high_exp)
         right.metric("Features in range (first 200 shown)", len(table))
         table.insert(0, "page", [feature_url(name, f) for f in table["feature"]])
-        st.dataframe(table, hide_index=True, height=300, column_config={
-            "page": link_column(), "density": st.column_config.NumberColumn(format="%.2e")})
+        st.dataframe(
+            table,
+            hide_index=True,
+            height=300,
+            column_config={"page": link_column(), "density": st.column_config.NumberColumn(format="%.2e")},
+        )
     with by_text:
-        text = st.text_input("Token text (whitespace-trimmed, any case)", key="browse-token",
-                             placeholder="e.g. the, (, def, import")
+        text = st.text_input(
+            "Token text (whitespace-trimmed, any case)", key="browse-token", placeholder="e.g. the, (, def, import"
+        )
         if text.strip():
             found = by_token(path, version, name, text)
             if found.empty:
                 st.warning(f"No feature of '{name}' fires on a token '{text.strip()}' in run '{record.run}'.")
             else:
                 found.insert(0, "page", [feature_url(name, f) for f in found["feature"]])
-                st.dataframe(found, hide_index=True, column_config={
-                    "page": link_column(), "share": st.column_config.ProgressColumn(
-                        "share of its firings", min_value=0.0, max_value=1.0, format="%.2f")})
+                st.dataframe(
+                    found,
+                    hide_index=True,
+                    column_config={
+                        "page": link_column(),
+                        "share": st.column_config.ProgressColumn(
+                            "share of its firings", min_value=0.0, max_value=1.0, format="%.2f"
+                        ),
+                    },
+                )
 
 
 # -- one feature ----------------------------------------------------------------------------------
@@ -109,8 +124,15 @@ try:
     wanted = int(st.query_params.get("feature", 0))
 except ValueError:
     wanted = 0
-feature = int(st.number_input(f"Feature (0 to {record.n_latents - 1})", min_value=0, max_value=record.n_latents - 1,
-                              value=min(max(wanted, 0), record.n_latents - 1), step=1))
+feature = int(
+    st.number_input(
+        f"Feature (0 to {record.n_latents - 1})",
+        min_value=0,
+        max_value=record.n_latents - 1,
+        value=min(max(wanted, 0), record.n_latents - 1),
+        step=1,
+    )
+)
 st.query_params["feature"] = str(feature)
 if wanted != feature and "feature" in st.query_params and not 0 <= wanted < record.n_latents:
     st.warning(f"Feature {wanted} does not exist in '{name}' (it has {record.n_latents}); showing {feature}.")
@@ -122,8 +144,11 @@ except WorkbenchError as exc:
 summary = data["summary"]
 
 st.header(f"{name} · feature {feature}")
-st.caption(f"{record.arch} on `{record.hook}`" + (f" → `{record.hook_out}`" if record.hook_out else "")
-           + f", run `{record.run}` · model `{model}`")
+st.caption(
+    f"{record.arch} on `{record.hook}`"
+    + (f" → `{record.hook_out}`" if record.hook_out else "")
+    + f", run `{record.run}` · model `{model}`"
+)
 cols = st.columns(5)
 cols[0].metric("Density", f"{summary.density:.3%}" if summary.density >= 1e-4 else f"{summary.density:.2e}")
 cols[1].metric("Fires on", f"{summary.n_active:,} tokens")
@@ -132,22 +157,31 @@ cols[3].metric("Mean when firing", f"{summary.mean:.3f}" if summary.mean is not 
 cols[4].metric("Density rank", f"{summary.density_rank} / {summary.n_features}")
 
 if summary.n_active == 0:
-    st.info("This feature never fired on the encoded tokens (a dead latent). Its decoder direction is still shown below.")
+    st.info(
+        "This feature never fired on the encoded tokens (a dead latent). Its decoder direction is still shown below."
+    )
 
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Top activations")
     scale = summary.max or 1.0
     for context in data["top"]:
-        st.html(f'<div class="wb-context"><small>{context.value:.3f} · token {context.token_id}</small>'
-                + token_strip(context.tokens, context.values, scale, context.centre) + "</div>")
+        st.html(
+            f'<div class="wb-context"><small>{context.value:.3f} · token {context.token_id}</small>'
+            + token_strip(context.tokens, context.values, scale, context.centre)
+            + "</div>"
+        )
     st.subheader("Samples across the activation range")
     for sample in data["quantiles"]:
-        with st.expander(f"{sample.low:.3f} – {sample.high:.3f} · {sample.n_in_interval:,} activations",
-                         expanded=sample is data["quantiles"][0]):
+        with st.expander(
+            f"{sample.low:.3f} – {sample.high:.3f} · {sample.n_in_interval:,} activations",
+            expanded=sample is data["quantiles"][0],
+        ):
             for context in sample.contexts:
-                st.html(f"<small>{context.value:.3f}</small>" + token_strip(context.tokens, context.values, scale,
-                                                                             context.centre))
+                st.html(
+                    f"<small>{context.value:.3f}</small>"
+                    + token_strip(context.tokens, context.values, scale, context.centre)
+                )
 
 with right:
     histogram = data["histogram"]
@@ -155,29 +189,46 @@ with right:
     if len(histogram.counts):
         st.plotly_chart(plots.activation_histogram(histogram.edges, histogram.counts), key="histogram")
     st.subheader("Density among all features")
-    st.plotly_chart(plots.density_histogram(log_densities(path, version, name),
-                                            float(np.log10(summary.density)) if summary.n_active else None,
-                                            f"feature {feature}"), key="densities")
+    st.plotly_chart(
+        plots.density_histogram(
+            log_densities(path, version, name),
+            float(np.log10(summary.density)) if summary.n_active else None,
+            f"feature {feature}",
+        ),
+        key="densities",
+    )
 
     st.subheader("Tokens it fires on")
     fired_on = data["tokens"].assign(token=lambda t: t["token"].map(visible_token))
-    st.dataframe(fired_on, hide_index=True, column_config={
-        "mean_value": st.column_config.NumberColumn("mean", format="%.3f"),
-        "max_value": st.column_config.NumberColumn("max", format="%.3f")})
+    st.dataframe(
+        fired_on,
+        hide_index=True,
+        column_config={
+            "mean_value": st.column_config.NumberColumn("mean", format="%.3f"),
+            "max_value": st.column_config.NumberColumn("max", format="%.3f"),
+        },
+    )
 
     view = view_for(current, name)
     st.subheader("Nearest features by decoder cosine")
     neighbours = view.nearest(feature, n=8)
     for other, cosine in neighbours:
-        st.page_link("views/features.py", label=f"feature {other} · cos {cosine:.3f}",
-                     query_params={"dict": name, "feature": str(other)})
+        st.page_link(
+            "views/features.py",
+            label=f"feature {other} · cos {cosine:.3f}",
+            query_params={"dict": name, "feature": str(other)},
+        )
 
 st.subheader("Logit effects of the decoder direction")
-st.caption("W_U · (g ⊙ W_dec[f]): the tokens this direction most boosts and suppresses when written to the "
-           "residual stream (g is the final norm's gain).")
+st.caption(
+    "W_U · (g ⊙ W_dec[f]): the tokens this direction most boosts and suppresses when written to the "
+    "residual stream (g is the final norm's gain)."
+)
 try:
     boosts, suppressions = view.logit_effects(unembedding(path, model), feature, n=10)
 except WorkbenchError as exc:
     fail(exc)  # the last section: everything above is already shown
-st.plotly_chart(plots.logit_effects([(visible_token(t), v) for t, v in boosts],
-                                    [(visible_token(t), v) for t, v in suppressions]), key="logits")
+st.plotly_chart(
+    plots.logit_effects([(visible_token(t), v) for t, v in boosts], [(visible_token(t), v) for t, v in suppressions]),
+    key="logits",
+)

@@ -33,8 +33,11 @@ except WorkbenchError as exc:
 model = lookups.run(current, record.run).model
 st.caption(f"Runs `{model}` on [BOS] + your text, reads `{record.hook}`, and encodes it with '{name}'.")
 
-prompt = st.text_area("Prompt", value=st.query_params.get("prompt", "When Mary and John went to the store, John gave a drink to"),
-                      height=100)
+prompt = st.text_area(
+    "Prompt",
+    value=st.query_params.get("prompt", "When Mary and John went to the store, John gave a drink to"),
+    height=100,
+)
 per_token = st.slider("Features listed per token", 1, 10, 3)
 if not prompt.strip():
     st.info("Type some text to inspect.")
@@ -62,8 +65,15 @@ rows = []
 for position, token in enumerate(encoding.tokens):
     for value, feature in zip(values[position].tolist(), indices[position].tolist()):
         if value > 0:
-            rows.append({"position": position, "token": visible_token(token), "feature": feature, "activation": value,
-                         "page": feature_url(name, feature)})
+            rows.append(
+                {
+                    "position": position,
+                    "token": visible_token(token),
+                    "feature": feature,
+                    "activation": value,
+                    "page": feature_url(name, feature),
+                }
+            )
 table = pd.DataFrame(rows, columns=["position", "token", "feature", "activation", "page"])
 
 # Features active anywhere in the prompt, strongest first: pick one to shade the text by.
@@ -76,11 +86,20 @@ else:
     chosen = st.selectbox("Feature", active, format_func=lambda f: f"{f} (max {strongest[f]:.3f})")
     column = acts[:, chosen].tolist()
     st.html(token_strip(encoding.tokens, column, max(column)))
-    st.page_link("views/features.py", label=f"Open feature {chosen} →", query_params={"dict": name, "feature": str(chosen)})
+    st.page_link(
+        "views/features.py", label=f"Open feature {chosen} →", query_params={"dict": name, "feature": str(chosen)}
+    )
 
 st.subheader("Top features on each token")
-st.dataframe(table, hide_index=True, column_config={
-    "page": st.column_config.LinkColumn("Feature page", display_text="open →"),
-    "activation": st.column_config.NumberColumn(format="%.3f")})
-st.caption(f"{len(encoding.tokens)} tokens (BOS included, never encoded); "
-           f"{int((acts > 0).sum(dim=1).float().mean())} features fire per token on average.")
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        "page": st.column_config.LinkColumn("Feature page", display_text="open →"),
+        "activation": st.column_config.NumberColumn(format="%.3f"),
+    },
+)
+st.caption(
+    f"{len(encoding.tokens)} tokens (BOS included, never encoded); "
+    f"{int((acts > 0).sum(dim=1).float().mean())} features fire per token on average."
+)

@@ -23,16 +23,20 @@ def probe_tables(path: str, stamp: int, probe_run: str) -> dict:
 
 runs = probe_runs(str(current.root), stamp(current))
 if runs.empty:
-    st.info("No probe results in this store yet. Measure how much each layer contributes:\n\n"
-            f"```\nworkbench probe depth --model smollm2-135m --tokens 2048 --store {current.root}\n```\n\n"
-            "and compare two models layer by layer with `workbench probe maps` (see its --help).")
+    st.info(
+        "No probe results in this store yet. Measure how much each layer contributes:\n\n"
+        f"```\nworkbench probe depth --model smollm2-135m --tokens 2048 --store {current.root}\n```\n\n"
+        "and compare two models layer by layer with `workbench probe maps` (see its --help)."
+    )
     st.stop()
 
 chosen = pick("Probe run", runs["probe_run"].tolist(), "probe")
 info = runs.set_index("probe_run").loc[chosen]
-st.caption(f"{info['kind']} probe of `{info['model']}`"
-           + (f" → `{info['target_model']}`" if info["kind"] == "linear_maps" else "")
-           + f" on {int(info['n_tokens']):,} tokens of '{info['task']}'")
+st.caption(
+    f"{info['kind']} probe of `{info['model']}`"
+    + (f" → `{info['target_model']}`" if info["kind"] == "linear_maps" else "")
+    + f" on {int(info['n_tokens']):,} tokens of '{info['task']}'"
+)
 data = probe_tables(str(current.root), stamp(current), chosen)
 
 if info["kind"] == "linear_maps":
@@ -46,8 +50,9 @@ if not scores.empty:
     st.caption("The effect-weighted mean layer index of each measure; relative = divided by the last layer index.")
     st.dataframe(scores, hide_index=True)
 
-sublayer, skip, output, lens = (data[t] for t in ("probe_sublayer", "probe_skip_layers", "probe_skip_output",
-                                                   "probe_logit_lens"))
+sublayer, skip, output, lens = (
+    data[t] for t in ("probe_sublayer", "probe_skip_layers", "probe_skip_output", "probe_logit_lens")
+)
 norms, cosines, skipping, lens_tab = st.tabs(["Norm ratios", "Cosines", "Layer skipping", "Logit lens"])
 with norms:
     st.plotly_chart(plots.norm_ratios(sublayer), key="norms")

@@ -14,9 +14,11 @@ from common import fail, store
 
 st.title("SQL console")
 current = store()
-st.caption("One read-only statement (SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN) against the last committed "
-           "state of the store. Tables: runs, documents, tokens, hook_points, shards, activations (view), dictionaries, "
-           "feature_acts, feature_stats, dictionary_evals, probe_* (see store/README.md).")
+st.caption(
+    "One read-only statement (SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN) against the last committed "
+    "state of the store. Tables: runs, documents, tokens, hook_points, shards, activations (view), dictionaries, "
+    "feature_acts, feature_stats, dictionary_evals, probe_* (see store/README.md)."
+)
 
 example = st.selectbox("Example queries", ["(write your own)", *EXAMPLE_QUERIES])
 default = EXAMPLE_QUERIES.get(example, "SELECT run, model, n_tokens FROM runs")

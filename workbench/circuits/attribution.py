@@ -89,8 +89,10 @@ def _check_llama(hf_model: Any) -> None:
     block = layers[0] if layers is not None else None
     needed = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
     if block is None or not all(hasattr(block, n) for n in needed) or not hasattr(block.self_attn, "v_proj"):
-        raise TaskError(f"Attribution graphs support Llama-style models (RMSNorm, q/k/v/o projections); "
-                        f"{type(hf_model).__name__} is not one.")
+        raise TaskError(
+            f"Attribution graphs support Llama-style models (RMSNorm, q/k/v/o projections); "
+            f"{type(hf_model).__name__} is not one."
+        )
 
 
 @torch.no_grad()
@@ -113,8 +115,9 @@ class _Frozen:
     final_scale: torch.Tensor | None  # [1]: the final norm's factor at the last position
 
 
-def _attention(attention: Any, h: torch.Tensor, pattern: torch.Tensor, T: int, H: int, d_head: int,
-               groups: int) -> torch.Tensor:
+def _attention(
+    attention: Any, h: torch.Tensor, pattern: torch.Tensor, T: int, H: int, d_head: int, groups: int
+) -> torch.Tensor:
     """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
     v = h @ attention.v_proj.weight.T
     if attention.v_proj.bias is not None:
@@ -124,8 +127,16 @@ def _attention(attention: Any, h: torch.Tensor, pattern: torch.Tensor, T: int, H
     return out + attention.o_proj.bias if attention.o_proj.bias is not None else out
 
 
-def _replacement_forward(hf_model: Any, transcoders: dict[int, SparseCoder], leaves: dict, frozen: _Frozen,
-                         T: int, H: int, d_head: int, groups: int) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def _replacement_forward(
+    hf_model: Any,
+    transcoders: dict[int, SparseCoder],
+    leaves: dict,
+    frozen: _Frozen,
+    T: int,
+    H: int,
+    d_head: int,
+    groups: int,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The local replacement model: affine in the leaves (embeddings, feature activations, errors)."""
     model = hf_model.model
     x = leaves["embeddings"]
@@ -147,8 +158,14 @@ def _replacement_forward(hf_model: Any, transcoders: dict[int, SparseCoder], lea
     return pre_activations, final @ hf_model.get_output_embeddings().weight.T
 
 
-def build_graph(hf_model: Any, tokenizer, prompt: str, transcoders: dict[int, SparseCoder],
-                target: str | None = None, max_features: int = 4096) -> AttributionGraph:
+def build_graph(
+    hf_model: Any,
+    tokenizer,
+    prompt: str,
+    transcoders: dict[int, SparseCoder],
+    target: str | None = None,
+    max_features: int = 4096,
+) -> AttributionGraph:
     """The full (unpruned) attribution graph of `prompt` for the logit of `target` (default: the top prediction)."""
     _check_llama(hf_model)
     config = hf_model.config
@@ -175,8 +192,15 @@ def build_graph(hf_model: Any, tokenizer, prompt: str, transcoders: dict[int, Sp
         sources = {"embeddings": x.clone(), "features": {}, "errors": {}}
         for layer, block in enumerate(model.layers):
             frozen.in_scales.append(_rms_scale(x, eps))
-            x = x + _attention(block.self_attn, x * frozen.in_scales[-1] * block.input_layernorm.weight, patterns[layer],
-                               T, H, d_head, groups)
+            x = x + _attention(
+                block.self_attn,
+                x * frozen.in_scales[-1] * block.input_layernorm.weight,
+                patterns[layer],
+                T,
+                H,
+                d_head,
+                groups,
+            )
             frozen.post_scales.append(_rms_scale(x, eps))
             mlp_in = x * frozen.post_scales[-1] * block.post_attention_layernorm.weight
             true_out = block.mlp(mlp_in).float()
@@ -189,41 +213,85 @@ def build_graph(hf_model: Any, tokenizer, prompt: str, transcoders: dict[int, Sp
                 sources["errors"][layer] = true_out
             x = x + true_out
         frozen.final_scale = _rms_scale(x[-1], eps)
-    leaves = {"embeddings": sources["embeddings"].requires_grad_(True),
-              "features": {l: a.clone().requires_grad_(True) for l, a in sources["features"].items()},
-              "errors": {l: e.clone().requires_grad_(True) for l, e in sources["errors"].items()}}
+    leaves = {
+        "embeddings": sources["embeddings"].requires_grad_(True),
+        "features": {l: a.clone().requires_grad_(True) for l, a in sources["features"].items()},
+        "errors": {l: e.clone().requires_grad_(True) for l, e in sources["errors"].items()},
+    }
     pre_activations, logits = _replacement_forward(hf_model, transcoders, leaves, frozen, T, H, d_head, groups)
     embeddings, feature_leaves, error_leaves = leaves["embeddings"], leaves["features"], leaves["errors"]
     target_id = int(logits.argmax()) if target is None else _single_token(tokenizer, target)
 
     # -- nodes -------------------------------------------------------------------------------------
-    nodes = [Node(f"E_{ids[0, p].item()}_{p}", "embedding", -1, p, activation=float(embeddings[p].detach().norm()),
-                  token=tokens[p]) for p in range(T)]
+    nodes = [
+        Node(
+            f"E_{ids[0, p].item()}_{p}",
+            "embedding",
+            -1,
+            p,
+            activation=float(embeddings[p].detach().norm()),
+            token=tokens[p],
+        )
+        for p in range(T)
+    ]
     feature_index: list[tuple[int, int, int]] = []
     for layer in sorted(feature_leaves):
         for p, f in zip(*torch.nonzero(feature_leaves[layer].detach() > 0, as_tuple=True)):
             feature_index.append((layer, int(p), int(f)))
-            nodes.append(Node(f"{layer}_{int(f)}_{int(p)}", "feature", layer, int(p), int(f),
-                              float(feature_leaves[layer][p, f].detach()), tokens[int(p)]))
+            nodes.append(
+                Node(
+                    f"{layer}_{int(f)}_{int(p)}",
+                    "feature",
+                    layer,
+                    int(p),
+                    int(f),
+                    float(feature_leaves[layer][p, f].detach()),
+                    tokens[int(p)],
+                )
+            )
     if len(feature_index) > max_features:
-        raise TaskError(f"This prompt activates {len(feature_index)} transcoder features, over the limit of {max_features}. "
-                        "Shorten the prompt, use fewer transcoders, or raise --max-features (memory and time grow "
-                        "with its square).")
+        raise TaskError(
+            f"This prompt activates {len(feature_index)} transcoder features, over the limit of {max_features}. "
+            "Shorten the prompt, use fewer transcoders, or raise --max-features (memory and time grow "
+            "with its square)."
+        )
     for layer in sorted(error_leaves):
         for p in range(T):
-            nodes.append(Node(f"{layer}_error_{p}", "error", layer, p, activation=float(error_leaves[layer][p].detach().norm()),
-                              token=tokens[p]))
-    nodes.append(Node(f"logit_{target_id}", "logit", n_layers, T - 1, activation=float(logits[target_id].detach()),
-                      token=tokenizer.decode([target_id])))
+            nodes.append(
+                Node(
+                    f"{layer}_error_{p}",
+                    "error",
+                    layer,
+                    p,
+                    activation=float(error_leaves[layer][p].detach().norm()),
+                    token=tokens[p],
+                )
+            )
+    nodes.append(
+        Node(
+            f"logit_{target_id}",
+            "logit",
+            n_layers,
+            T - 1,
+            activation=float(logits[target_id].detach()),
+            token=tokenizer.decode([target_id]),
+        )
+    )
 
     # -- edges: one backward pass per target; the bias is each target's value with every source at 0 ---
     n = len(nodes)
     adjacency, per_unit = np.zeros((n, n)), np.zeros((n, n))
     layers_with_features = sorted(feature_leaves)
     error_layers = sorted(error_leaves)
-    leaf_list = [embeddings] + [feature_leaves[l] for l in layers_with_features] + [error_leaves[l] for l in error_layers]
-    positions = {l: torch.tensor([p for (fl, p, _) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features}
-    features_of = {l: torch.tensor([f for (fl, _, f) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features}
+    leaf_list = (
+        [embeddings] + [feature_leaves[l] for l in layers_with_features] + [error_leaves[l] for l in error_layers]
+    )
+    positions = {
+        l: torch.tensor([p for (fl, p, _) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features
+    }
+    features_of = {
+        l: torch.tensor([f for (fl, _, f) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features
+    }
     first_error = T + len(feature_index)
     targets = [(T + i, pre_activations[l][p, f]) for i, (l, p, f) in enumerate(feature_index)]
     targets.append((n - 1, logits[target_id]))
@@ -236,30 +304,43 @@ def build_graph(hf_model: Any, tokenizer, prompt: str, transcoders: dict[int, Sp
             for k, layer in enumerate(layers_with_features):
                 at = (positions[layer], features_of[layer])
                 count = len(positions[layer])
-                per_unit[row, column:column + count] = grads[1 + k][at].numpy()
-                adjacency[row, column:column + count] = (grads[1 + k][at] * feature_leaves[layer][at]).numpy()
+                per_unit[row, column : column + count] = grads[1 + k][at].numpy()
+                adjacency[row, column : column + count] = (grads[1 + k][at] * feature_leaves[layer][at]).numpy()
                 column += count
             for k, layer in enumerate(error_layers):
                 contribution = (grads[1 + len(layers_with_features) + k] * error_leaves[layer]).sum(-1).numpy()
-                adjacency[row, first_error + k * T:first_error + (k + 1) * T] = contribution
+                adjacency[row, first_error + k * T : first_error + (k + 1) * T] = contribution
     with torch.no_grad():
-        zero = {"embeddings": torch.zeros_like(embeddings), "features": {l: torch.zeros_like(a) for l, a in feature_leaves.items()},
-                "errors": {l: torch.zeros_like(e) for l, e in error_leaves.items()}}
+        zero = {
+            "embeddings": torch.zeros_like(embeddings),
+            "features": {l: torch.zeros_like(a) for l, a in feature_leaves.items()},
+            "errors": {l: torch.zeros_like(e) for l, e in error_leaves.items()},
+        }
         zero_pre, zero_logits = _replacement_forward(hf_model, transcoders, zero, frozen, T, H, d_head, groups)
     bias = np.zeros(n)
     for i, (l, p, f) in enumerate(feature_index):
         bias[T + i] = float(zero_pre[l][p, f])
     bias[n - 1] = float(zero_logits[target_id])
-    graph = AttributionGraph(prompt, tokens, tokenizer.decode([target_id]), float(logits[target_id].detach()), nodes,
-                             adjacency, per_unit, bias)
+    graph = AttributionGraph(
+        prompt,
+        tokens,
+        tokenizer.decode([target_id]),
+        float(logits[target_id].detach()),
+        nodes,
+        adjacency,
+        per_unit,
+        bias,
+    )
     return graph
 
 
 def _single_token(tokenizer, text: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise TaskError(f"The target {text!r} is {len(ids)} tokens, not one; give a single-token target "
-                        "(often with a leading space, e.g. ' Mary').")
+        raise TaskError(
+            f"The target {text!r} is {len(ids)} tokens, not one; give a single-token target "
+            "(often with a leading space, e.g. ' Mary')."
+        )
     return ids[0]
 
 
@@ -327,7 +408,11 @@ def greedy_paths(graph: AttributionGraph, n_paths: int = 5, beam: int = 50) -> l
             for source in sources[np.argsort(-row[sources])][:beam]:
                 grown.append((strength * row[source], [int(source), *path]))
         partial = sorted(grown, key=lambda item: -item[0])[:beam]
-        if len(finished) >= n_paths and partial and partial[0][0] < sorted(finished, key=lambda f: -f[0])[n_paths - 1][0]:
+        if (
+            len(finished) >= n_paths
+            and partial
+            and partial[0][0] < sorted(finished, key=lambda f: -f[0])[n_paths - 1][0]
+        ):
             break  # no partial path can still beat the n-th finished one (strengths only shrink)
     return sorted(finished, key=lambda item: -item[0])[:n_paths]
 
@@ -337,8 +422,12 @@ def greedy_paths(graph: AttributionGraph, n_paths: int = 5, beam: int = 50) -> l
 
 @dataclass
 class DeEmbedding:
-    direct: list[tuple[str, float]]  # tokens whose embedding most drives the feature straight through the residual stream
-    heads: dict[tuple[int, int], list[tuple[str, float]]]  # (layer, head) -> tokens that drive it through that head's OV
+    direct: list[
+        tuple[str, float]
+    ]  # tokens whose embedding most drives the feature straight through the residual stream
+    heads: dict[
+        tuple[int, int], list[tuple[str, float]]
+    ]  # (layer, head) -> tokens that drive it through that head's OV
 
 
 @torch.no_grad()
@@ -351,7 +440,9 @@ def de_embeddings(hf_model: Any, tokenizer, coder: SparseCoder, layer: int, feat
     """
     _check_llama(hf_model)
     if not 0 <= feature < coder.config.n_latents:
-        raise TaskError(f"Feature {feature} is out of range: the transcoder has features 0 to {coder.config.n_latents - 1}.")
+        raise TaskError(
+            f"Feature {feature} is out of range: the transcoder has features 0 to {coder.config.n_latents - 1}."
+        )
     config, blocks = hf_model.config, hf_model.model.layers
     H = config.num_attention_heads
     d_head = getattr(config, "head_dim", None) or config.hidden_size // H
@@ -370,16 +461,20 @@ def de_embeddings(hf_model: Any, tokenizer, coder: SparseCoder, layer: int, feat
         W_V = attention.v_proj.weight.float()  # [n_kv * d_head, d]
         for head in range(H):
             kv = head // groups
-            through = W_O[:, head * d_head:(head + 1) * d_head].T @ reader  # [d_head]
-            readout = (W_V[kv * d_head:(kv + 1) * d_head].T @ through) * blocks[source].input_layernorm.weight.float()
+            through = W_O[:, head * d_head : (head + 1) * d_head].T @ reader  # [d_head]
+            readout = (W_V[kv * d_head : (kv + 1) * d_head].T @ through) * blocks[source].input_layernorm.weight.float()
             heads[(source, head)] = top(readout)
     return DeEmbedding(direct=top(reader), heads=heads)
 
 
 # -- export in circuit-tracer's graph format ---------------------------------------------------------
 
-FEATURE_TYPES = {"embedding": "embedding", "feature": "cross layer transcoder", "error": "mlp reconstruction error",
-                 "logit": "logit"}
+FEATURE_TYPES = {
+    "embedding": "embedding",
+    "feature": "cross layer transcoder",
+    "error": "mlp reconstruction error",
+    "logit": "logit",
+}
 
 # The subset of circuit-tracer's graph JSON that this exporter writes (their frontend reads these
 # fields; it ignores fields it does not know). Validated by validate_graph_json in the tests.
@@ -387,31 +482,71 @@ GRAPH_SCHEMA = {
     "type": "object",
     "required": ["metadata", "qParams", "nodes", "links"],
     "properties": {
-        "metadata": {"type": "object", "required": ["slug", "scan", "prompt", "prompt_tokens"],
-                     "properties": {"slug": {"type": "string"}, "scan": {"type": "string"}, "prompt": {"type": "string"},
-                                    "prompt_tokens": {"type": "array", "items": {"type": "string"}},
-                                    "node_threshold": {"type": "number"}, "edge_threshold": {"type": "number"},
-                                    "replacement_score": {"type": "number"}, "completeness_score": {"type": "number"},
-                                    "transcoders": {"type": "object", "additionalProperties": {"type": "string"}}}},
-        "qParams": {"type": "object", "required": ["pinnedIds", "supernodes", "linkType"]},
-        "nodes": {"type": "array", "items": {
+        "metadata": {
             "type": "object",
-            "required": ["node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "influence", "activation",
-                         "is_target_logit", "clerp"],
-            "properties": {"node_id": {"type": "string"}, "feature": {"type": ["integer", "null"]},
-                           "layer": {"type": "string"}, "ctx_idx": {"type": "integer", "minimum": 0},
-                           "feature_type": {"enum": list(FEATURE_TYPES.values())}, "jsNodeId": {"type": "string"},
-                           "influence": {"type": "number"}, "activation": {"type": "number"},
-                           "is_target_logit": {"type": "boolean"}, "clerp": {"type": "string"}}}},
-        "links": {"type": "array", "items": {
-            "type": "object", "required": ["source", "target", "weight"],
-            "properties": {"source": {"type": "string"}, "target": {"type": "string"}, "weight": {"type": "number"}}}},
+            "required": ["slug", "scan", "prompt", "prompt_tokens"],
+            "properties": {
+                "slug": {"type": "string"},
+                "scan": {"type": "string"},
+                "prompt": {"type": "string"},
+                "prompt_tokens": {"type": "array", "items": {"type": "string"}},
+                "node_threshold": {"type": "number"},
+                "edge_threshold": {"type": "number"},
+                "replacement_score": {"type": "number"},
+                "completeness_score": {"type": "number"},
+                "transcoders": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "qParams": {"type": "object", "required": ["pinnedIds", "supernodes", "linkType"]},
+        "nodes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "node_id",
+                    "feature",
+                    "layer",
+                    "ctx_idx",
+                    "feature_type",
+                    "jsNodeId",
+                    "influence",
+                    "activation",
+                    "is_target_logit",
+                    "clerp",
+                ],
+                "properties": {
+                    "node_id": {"type": "string"},
+                    "feature": {"type": ["integer", "null"]},
+                    "layer": {"type": "string"},
+                    "ctx_idx": {"type": "integer", "minimum": 0},
+                    "feature_type": {"enum": list(FEATURE_TYPES.values())},
+                    "jsNodeId": {"type": "string"},
+                    "influence": {"type": "number"},
+                    "activation": {"type": "number"},
+                    "is_target_logit": {"type": "boolean"},
+                    "clerp": {"type": "string"},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "weight"],
+                "properties": {
+                    "source": {"type": "string"},
+                    "target": {"type": "string"},
+                    "weight": {"type": "number"},
+                },
+            },
+        },
     },
 }
 
 
 def graph_json(graph: AttributionGraph, slug: str, model: str, node_threshold: float, edge_threshold: float) -> dict:
     """The pruned graph as circuit-tracer's frontend reads it; layer is "E" for embeddings and "Lgt" for the logit."""
+
     def layer_label(node: Node) -> str:
         return {"embedding": "E", "logit": "Lgt"}.get(node.kind, str(node.layer))
 
@@ -419,21 +554,50 @@ def graph_json(graph: AttributionGraph, slug: str, model: str, node_threshold: f
     nodes = []
     for index in kept:
         node = graph.nodes[index]
-        label = {"feature": f"L{node.layer} #{node.feature} on {node.token!r}", "embedding": f"token {node.token!r}",
-                 "error": f"L{node.layer} error on {node.token!r}", "logit": f"logit {node.token!r}"}[node.kind]
-        nodes.append({"node_id": node.node_id, "feature": node.feature, "layer": layer_label(node),
-                      "ctx_idx": node.position, "feature_type": FEATURE_TYPES[node.kind], "jsNodeId": node.node_id,
-                      "influence": node.influence, "activation": node.activation,
-                      "is_target_logit": node.kind == "logit", "clerp": label})
+        label = {
+            "feature": f"L{node.layer} #{node.feature} on {node.token!r}",
+            "embedding": f"token {node.token!r}",
+            "error": f"L{node.layer} error on {node.token!r}",
+            "logit": f"logit {node.token!r}",
+        }[node.kind]
+        nodes.append(
+            {
+                "node_id": node.node_id,
+                "feature": node.feature,
+                "layer": layer_label(node),
+                "ctx_idx": node.position,
+                "feature_type": FEATURE_TYPES[node.kind],
+                "jsNodeId": node.node_id,
+                "influence": node.influence,
+                "activation": node.activation,
+                "is_target_logit": node.kind == "logit",
+                "clerp": label,
+            }
+        )
     # per_unit: the weight per unit of source activation (features only), the input-invariant part of the edge.
-    links = [{"source": graph.nodes[s].node_id, "target": graph.nodes[t].node_id, "weight": float(graph.adjacency[t, s]),
-              "per_unit": float(graph.per_unit[t, s])} for t, s in zip(*np.nonzero(graph.kept_edges))]
+    links = [
+        {
+            "source": graph.nodes[s].node_id,
+            "target": graph.nodes[t].node_id,
+            "weight": float(graph.adjacency[t, s]),
+            "per_unit": float(graph.per_unit[t, s]),
+        }
+        for t, s in zip(*np.nonzero(graph.kept_edges))
+    ]
     return {
-        "metadata": {"slug": slug, "scan": model, "prompt": graph.prompt, "prompt_tokens": graph.tokens,
-                     "node_threshold": node_threshold, "edge_threshold": edge_threshold,
-                     "replacement_score": graph.replacement_score, "completeness_score": graph.completeness_score,
-                     "target_token": graph.target_token, "target_logit": graph.target_logit,
-                     "transcoders": {str(layer): name for layer, name in graph.transcoders.items()}},
+        "metadata": {
+            "slug": slug,
+            "scan": model,
+            "prompt": graph.prompt,
+            "prompt_tokens": graph.tokens,
+            "node_threshold": node_threshold,
+            "edge_threshold": edge_threshold,
+            "replacement_score": graph.replacement_score,
+            "completeness_score": graph.completeness_score,
+            "target_token": graph.target_token,
+            "target_logit": graph.target_logit,
+            "transcoders": {str(layer): name for layer, name in graph.transcoders.items()},
+        },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
         "links": links,
@@ -448,7 +612,9 @@ def validate_graph_json(data: dict) -> None:
     ids = {node["node_id"] for node in data["nodes"]}
     missing = [link for link in data["links"] if link["source"] not in ids or link["target"] not in ids]
     if missing:
-        raise jsonschema.ValidationError(f"{len(missing)} links name nodes that are not in the graph, e.g. {missing[0]}")
+        raise jsonschema.ValidationError(
+            f"{len(missing)} links name nodes that are not in the graph, e.g. {missing[0]}"
+        )
 
 
 # -- running it on a store ----------------------------------------------------------------------
@@ -464,8 +630,10 @@ def load_transcoder(store: Store, name: str) -> tuple[int, SparseCoder, str]:
     point = parse_hook(record.hook, 10**6)
     out = parse_hook(record.hook_out, 10**6) if record.hook_out else None
     if point.kind != "mlp.hook_in" or out is None or out.kind != "mlp.hook_out" or out.layer != point.layer:
-        raise TaskError(f"'{name}' maps {record.hook} to {record.hook_out}; attribution graphs and de-embeddings "
-                        "need transcoders from blocks.L.mlp.hook_in to blocks.L.mlp.hook_out.")
+        raise TaskError(
+            f"'{name}' maps {record.hook} to {record.hook_out}; attribution graphs and de-embeddings "
+            "need transcoders from blocks.L.mlp.hook_in to blocks.L.mlp.hook_out."
+        )
     return point.layer, load_dictionary(store.root / record.path).eval(), lookups.run(store, record.run).model
 
 
@@ -504,8 +672,10 @@ def run_graph(config: GraphConfig) -> GraphResult:
     """Build, prune and store the attribution graph of the prompt through the transcoders."""
     store = Store.open_existing(config.store)
     if not config.transcoders:
-        raise TaskError("Give at least one transcoder (--transcoders NAME[,NAME...]); train one per MLP layer with "
-                        "`workbench train --hook blocks.L.mlp.hook_in --out blocks.L.mlp.hook_out --arch transcoder ...`.")
+        raise TaskError(
+            "Give at least one transcoder (--transcoders NAME[,NAME...]); train one per MLP layer with "
+            "`workbench train --hook blocks.L.mlp.hook_in --out blocks.L.mlp.hook_out --arch transcoder ...`."
+        )
     coders: dict[int, SparseCoder] = {}
     names: dict[int, str] = {}
     models: set[str] = set()
@@ -516,8 +686,10 @@ def run_graph(config: GraphConfig) -> GraphResult:
         coders[layer], names[layer] = coder, name
         models.add(model)
     if len(models) > 1:
-        raise TaskError(f"The transcoders come from runs of different models ({', '.join(sorted(models))}); "
-                        "give transcoders of one model.")
+        raise TaskError(
+            f"The transcoders come from runs of different models ({', '.join(sorted(models))}); "
+            "give transcoders of one model."
+        )
     model = models.pop()
     hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
     started = time.perf_counter()
@@ -535,14 +707,26 @@ def run_graph(config: GraphConfig) -> GraphResult:
     partial.replace(path)  # whole or not at all: the catalog row below points at a complete file
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(data, indent=1))
-    record = GraphRecord(graph=name, model=model, prompt=config.prompt, target_token=graph.target_token,
-                         target_logit=graph.target_logit, transcoders=[names[l] for l in sorted(names)],
-                         n_nodes=len(graph.nodes), n_edges=int((graph.adjacency != 0).sum()),
-                         n_kept_nodes=len(data["nodes"]), n_kept_edges=len(data["links"]),
-                         replacement_score=graph.replacement_score, completeness_score=graph.completeness_score,
-                         node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
-                         path=str(path.relative_to(store.root)), wall_s=wall_s, package_version=package_version(),
-                         git_commit=git_commit())
+    record = GraphRecord(
+        graph=name,
+        model=model,
+        prompt=config.prompt,
+        target_token=graph.target_token,
+        target_logit=graph.target_logit,
+        transcoders=[names[l] for l in sorted(names)],
+        n_nodes=len(graph.nodes),
+        n_edges=int((graph.adjacency != 0).sum()),
+        n_kept_nodes=len(data["nodes"]),
+        n_kept_edges=len(data["links"]),
+        replacement_score=graph.replacement_score,
+        completeness_score=graph.completeness_score,
+        node_threshold=config.node_threshold,
+        edge_threshold=config.edge_threshold,
+        path=str(path.relative_to(store.root)),
+        wall_s=wall_s,
+        package_version=package_version(),
+        git_commit=git_commit(),
+    )
     return GraphResult(replace_graph(store, record), graph)
 
 
@@ -577,5 +761,5 @@ def run_deembed(config: DeembedConfig) -> DeembedResult:
     layer, coder, model = load_transcoder(store, config.dictionary)
     hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
     result = de_embeddings(hf_model, tokenizer, coder, layer, config.feature, config.tokens)
-    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[:config.heads]
+    strongest = sorted(result.heads.items(), key=lambda item: -item[1][0][1])[: config.heads]
     return DeembedResult(config.dictionary, layer, config.feature, result.direct, strongest)

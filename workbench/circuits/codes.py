@@ -64,7 +64,7 @@ def head_writes(backend: Backend, ids: torch.Tensor, position: str = "last", bat
     points = [HookPoint(layer, "attn.hook_z") for layer in range(backend.n_layers)]
     out = []
     for start in range(0, len(ids), batch_size):
-        acts = backend.capture(ids[start:start + batch_size], points)
+        acts = backend.capture(ids[start : start + batch_size], points)
         per_layer = []
         for point, W_O in zip(points, projections):
             z = acts[point][:, 1:].float().mean(1) if position == "mean" else acts[point][:, -1].float()
@@ -106,12 +106,22 @@ def score_codes(codes: np.ndarray, n_positive: int, n_layers: int, n_heads: int)
     base = int(codes.max()) + 1
     for a in range(units):
         for b in range(a + 1, units):
-            pairs[a, b] = _unique_to_positives(positive[:, a] * base + positive[:, b], negative[:, a] * base + negative[:, b])
+            pairs[a, b] = _unique_to_positives(
+                positive[:, a] * base + positive[:, b], negative[:, a] * base + negative[:, b]
+            )
     return heads.reshape(n_layers, n_heads), pairs
 
 
-def find_circuit_from_codes(backend: Backend, task: TokenizedTask, train_prompts: int = 10, n_latents: int | None = None,
-                            k: int = 4, steps: int = 300, position: str = "last", seed: int = 0) -> CodeScores:
+def find_circuit_from_codes(
+    backend: Backend,
+    task: TokenizedTask,
+    train_prompts: int = 10,
+    n_latents: int | None = None,
+    k: int = 4,
+    steps: int = 300,
+    position: str = "last",
+    seed: int = 0,
+) -> CodeScores:
     if position not in POSITIONS:
         raise TaskError(f"position must be one of {', '.join(POSITIONS)}, not '{position}'.")
     started = time.perf_counter()
@@ -144,7 +154,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     # Average ranks over ties.
     _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
     for start, count in zip(first, counts):
-        ranks[order[start:start + count]] = start + (count + 1) / 2
+        ranks[order[start : start + count]] = start + (count + 1) / 2
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -193,22 +203,24 @@ class CodesResult:
     reference_wall_s: float | None
 
 
-def _reference(store: Store, config: CodesConfig,
-               task_name: str) -> tuple[CircuitRunRecord | None, np.ndarray | None]:
+def _reference(store: Store, config: CodesConfig, task_name: str) -> tuple[CircuitRunRecord | None, np.ndarray | None]:
     """The reference patching run and its head scores [layers, heads], or Nones without one."""
     if config.reference:
         found = patching_run(store, config.reference)
         if found is None:
-            raise TaskError(f"No patching run '{config.reference}' in the store. List them with `workbench sql "
-                            f"{store.root} \"{PATCHING_RUNS_QUERY}\"`.")
+            raise TaskError(
+                f"No patching run '{config.reference}' in the store. List them with `workbench sql "
+                f'{store.root} "{PATCHING_RUNS_QUERY}"`.'
+            )
     else:
         found = newest_patching_run(store, task_name)
     if found is None:
         return None, None
     heads = head_scores(store, found.circuit_run)
     if not heads:
-        raise TaskError(f"Patching run '{found.circuit_run}' has no head scores; run `workbench circuit patch ... "
-                        "--levels heads`.")
+        raise TaskError(
+            f"Patching run '{found.circuit_run}' has no head scores; run `workbench circuit patch ... --levels heads`."
+        )
     grid = np.zeros((max(h[0] for h in heads) + 1, max(h[1] for h in heads) + 1))
     for layer, head, score in heads:
         grid[layer, head] = score
@@ -222,21 +234,26 @@ def run_codes(config: CodesConfig) -> CodesResult:
     reference, reference_scores = _reference(store, config, task_label)
     model = config.model or (reference.model if reference else None)
     if model is None:
-        raise TaskError(f"No patching run of task '{task_label}' in the store to take the model from and score against. "
-                        f"Run `workbench circuit patch --task {config.task} --model MODEL --store {config.store} "
-                        "--levels heads` first, or give --model to find codes without a reference.")
+        raise TaskError(
+            f"No patching run of task '{task_label}' in the store to take the model from and score against. "
+            f"Run `workbench circuit patch --task {config.task} --model MODEL --store {config.store} "
+            "--levels heads` first, or give --model to find codes without a reference."
+        )
     hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
     task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer)
     backend = make_backend(config.backend, hf_model, tokenizer)
     n_heads, _ = attention_heads(hf_model)
     if reference_scores is not None and reference_scores.shape != (backend.n_layers, n_heads):
         assert reference is not None  # _reference returns scores only with their run
-        raise TaskError(f"The reference run '{reference.circuit_run}' has {reference_scores.shape[0]} x "
-                        f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; "
-                        "give the reference's model.")
+        raise TaskError(
+            f"The reference run '{reference.circuit_run}' has {reference_scores.shape[0]} x "
+            f"{reference_scores.shape[1]} heads but this model has {backend.n_layers} x {n_heads}; "
+            "give the reference's model."
+        )
     latents = config.latents or 4 * backend.n_layers * n_heads  # as find_circuit_from_codes's default; recorded below
-    scores = find_circuit_from_codes(backend, task, config.train_prompts, latents, config.k, config.steps,
-                                     config.position, config.seed)
+    scores = find_circuit_from_codes(
+        backend, task, config.train_prompts, latents, config.k, config.steps, config.position, config.seed
+    )
     in_reference = None if reference_scores is None else np.abs(reference_scores) >= config.reference_threshold
     auc_heads = auc_pairs = None
     if in_reference is not None:
@@ -246,14 +263,32 @@ def run_codes(config: CodesConfig) -> CodesResult:
         auc_pairs = roc_auc(scores.pair_scores[upper], (flat[:, None] & flat[None, :])[upper])
     name = check_run_name(config.name or make_run_name("codes", task.task.name, str(model).split("/")[-1]))
     metrics = task_metrics(backend, task)
-    head_rows = [(layer, head, int(scores.head_scores[layer, head]),
-                  None if in_reference is None else bool(in_reference[layer, head]))
-                 for layer in range(backend.n_layers) for head in range(n_heads)]
+    head_rows = [
+        (
+            layer,
+            head,
+            int(scores.head_scores[layer, head]),
+            None if in_reference is None else bool(in_reference[layer, head]),
+        )
+        for layer in range(backend.n_layers)
+        for head in range(n_heads)
+    ]
     a, b = np.nonzero(scores.pair_scores)
-    pair_rows = [(int(i // n_heads), int(i % n_heads), int(j // n_heads), int(j % n_heads),
-                  int(scores.pair_scores[i, j])) for i, j in zip(a, b)]
-    record = circuit_record(name, "codes", task, model, config.backend, metrics, scores.wall_s,
-                            asdict(config) | {"latents": latents}, reference.circuit_run if reference else None,
-                            (auc_heads, auc_pairs))
+    pair_rows = [
+        (int(i // n_heads), int(i % n_heads), int(j // n_heads), int(j % n_heads), int(scores.pair_scores[i, j]))
+        for i, j in zip(a, b)
+    ]
+    record = circuit_record(
+        name,
+        "codes",
+        task,
+        model,
+        config.backend,
+        metrics,
+        scores.wall_s,
+        asdict(config) | {"latents": latents},
+        reference.circuit_run if reference else None,
+        (auc_heads, auc_pairs),
+    )
     stored = replace_circuit_run(store, record, {"circuit_code_heads": head_rows, "circuit_code_pairs": pair_rows})
     return CodesResult(stored, scores, reference.wall_s if reference else None)

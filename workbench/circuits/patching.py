@@ -63,7 +63,9 @@ def _final_metric(backend: Backend, ids: torch.Tensor, task: TokenizedTask, patc
     assert all_logits is not None  # asked for
     logits = all_logits[:, -1]
     repeats = len(ids) // len(task.answer_ids)
-    return metric_values(logits, task.answer_ids.repeat(repeats, 1), task.wrong_ids.repeat(repeats, 1), task.task.metric)
+    return metric_values(
+        logits, task.answer_ids.repeat(repeats, 1), task.wrong_ids.repeat(repeats, 1), task.task.metric
+    )
 
 
 def task_metrics(backend: Backend, task: TokenizedTask) -> tuple[float, float]:
@@ -71,8 +73,10 @@ def task_metrics(backend: Backend, task: TokenizedTask) -> tuple[float, float]:
     metric_clean = _final_metric(backend, task.clean_ids, task).mean().item()
     metric_corrupted = _final_metric(backend, task.corrupted_ids, task).mean().item()
     if abs(metric_clean - metric_corrupted) < 1e-6:
-        raise TaskError(f"The model scores the clean and corrupted prompts the same ({task.task.metric} "
-                        f"{metric_clean:.4f}), so there is no behaviour to localise. Check the prompts and answers.")
+        raise TaskError(
+            f"The model scores the clean and corrupted prompts the same ({task.task.metric} "
+            f"{metric_clean:.4f}), so there is no behaviour to localise. Check the prompts and answers."
+        )
     return metric_clean, metric_corrupted
 
 
@@ -97,13 +101,19 @@ def _mask(variants: list[tuple[int | None, int | None]], seq_len: int, width: in
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @torch.no_grad()
-def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[int] | None = None,
-               max_batch: int = 256, progress: bool = True,
-               metrics: tuple[float, float] | None = None) -> LevelScores:
+def patch_task(
+    backend: Backend,
+    task: TokenizedTask,
+    level: str,
+    layers: list[int] | None = None,
+    max_batch: int = 256,
+    progress: bool = True,
+    metrics: tuple[float, float] | None = None,
+) -> LevelScores:
     """Patch every (layer, head/position) of `level`; `metrics` (clean, corrupted) saves their passes when known."""
     if level not in LEVELS:
         raise TaskError(f"Unknown patching level '{level}'; choose from {', '.join(LEVELS)}.")
@@ -123,8 +133,9 @@ def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[i
     per_pass = max(1, max_batch // n_pairs)
 
     scores = []
-    bar = tqdm(total=len(layers) * len(variants), desc=f"patch {level}", unit="patch", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(layers) * len(variants), desc=f"patch {level}", unit="patch", disable=not progress, dynamic_ncols=True
+    )
     with bar:
         for point in points:
             clean_act = clean_acts[point]
@@ -139,9 +150,17 @@ def patch_task(backend: Backend, task: TokenizedTask, level: str, layers: list[i
 
                 values = _final_metric(backend, corrupted.repeat(len(group), 1), task, Patch(point, take_clean))
                 for v, (head, position) in enumerate(group):
-                    patched = values[v * n_pairs:(v + 1) * n_pairs].mean().item()
-                    scores.append(PatchScore(level, point.layer, head, position, patched,
-                                             (patched - metric_corrupted) / (metric_clean - metric_corrupted)))
+                    patched = values[v * n_pairs : (v + 1) * n_pairs].mean().item()
+                    scores.append(
+                        PatchScore(
+                            level,
+                            point.layer,
+                            head,
+                            position,
+                            patched,
+                            (patched - metric_corrupted) / (metric_clean - metric_corrupted),
+                        )
+                    )
                 bar.update(len(group))
     return LevelScores(metric_clean, metric_corrupted, scores)
 
@@ -190,8 +209,10 @@ def run_patching(config: PatchingConfig, *, progress: bool = True) -> PatchingRe
     backend = make_backend(config.backend, hf_model, tokenizer)
     started = time.perf_counter()
     metrics = task_metrics(backend, task)  # once for every level
-    results = {level: patch_task(backend, task, level, config.layers, progress=progress, metrics=metrics)
-               for level in config.levels}
+    results = {
+        level: patch_task(backend, task, level, config.layers, progress=progress, metrics=metrics)
+        for level in config.levels
+    }
     wall_s = time.perf_counter() - started
     name = check_run_name(config.name or make_run_name("patch", task.task.name, str(config.model).split("/")[-1]))
     rows = [(s.level, s.layer, s.head, s.position, s.metric, s.score) for r in results.values() for s in r.scores]

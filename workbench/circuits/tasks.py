@@ -47,7 +47,9 @@ class PromptPair:
 class Task:
     name: str
     pairs: list[PromptPair]
-    metric: str = "logit_diff"  # logit_diff: mean logit of answers - mean of wrong; prob_diff: the same with probabilities summed
+    metric: str = (
+        "logit_diff"  # logit_diff: mean logit of answers - mean of wrong; prob_diff: the same with probabilities summed
+    )
     description: str = ""
 
 
@@ -82,8 +84,28 @@ def metric_values(logits: torch.Tensor, answer_ids: torch.Tensor, wrong_ids: tor
 # One template, so that every prompt has the same length (patching scores positions across prompts);
 # names, places and things vary, and are kept only where the tokenizer writes them as one token.
 IOI_TEMPLATE = "When {A} and {B} went to the {place}, {B} gave a {thing} to"
-IOI_NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Kate", "Mark", "Lisa", "Peter",
-             "Emma", "Jack", "Alice", "Henry", "Laura", "Mike", "Susan", "Daniel"]
+IOI_NAMES = [
+    "Mary",
+    "John",
+    "Tom",
+    "James",
+    "Anna",
+    "Paul",
+    "Sarah",
+    "David",
+    "Kate",
+    "Mark",
+    "Lisa",
+    "Peter",
+    "Emma",
+    "Jack",
+    "Alice",
+    "Henry",
+    "Laura",
+    "Mike",
+    "Susan",
+    "Daniel",
+]
 IOI_PLACES = ["store", "park", "school", "station", "garden", "office", "market", "hospital"]
 IOI_THINGS = ["drink", "book", "ring", "ball", "letter", "bag", "snack", "gift"]
 GT_NOUNS = ["war", "expedition", "reign", "drought", "strike", "contract", "project", "journey", "siege", "famine"]
@@ -108,7 +130,7 @@ def ioi_task(tokenizer, n_pairs: int = 16, seed: int = 0) -> Task:
         clean = template.format(A=a, B=b, **fill)
         # ABC corruption: the second mention of the subject becomes a third name.
         head, tail = template.rsplit("{B}", 1)
-        corrupted = (head.format(A=a, B=b, **fill) + c + tail.format(**fill))
+        corrupted = head.format(A=a, B=b, **fill) + c + tail.format(**fill)
         pairs.append(PromptPair(clean, corrupted, answers=[" " + a], wrong=[" " + b]))
     return Task("ioi", pairs, "logit_diff", "indirect object identification (Wang et al. 2022), ABC corruption")
 
@@ -124,10 +146,17 @@ def greater_than_task(tokenizer, n_pairs: int = 16, seed: int = 0) -> Task:
         template = "The {noun} lasted from the year {start} to the year {century}"
         clean = template.format(noun=noun, start=f"{century}{tens}{ones}", century=century)
         corrupted = template.format(noun=noun, start=f"{century}01", century=century)
-        pairs.append(PromptPair(clean, corrupted, answers=[str(d) for d in range(tens + 1, 10)],
-                                wrong=[str(d) for d in range(0, tens)]))
-    return Task("greater-than", pairs, "prob_diff",
-                "greater-than (Hanna et al. 2023) on one-token digits: P(tens digit above the start's) - P(below)")
+        pairs.append(
+            PromptPair(
+                clean, corrupted, answers=[str(d) for d in range(tens + 1, 10)], wrong=[str(d) for d in range(0, tens)]
+            )
+        )
+    return Task(
+        "greater-than",
+        pairs,
+        "prob_diff",
+        "greater-than (Hanna et al. 2023) on one-token digits: P(tens digit above the start's) - P(below)",
+    )
 
 
 def jsonl_task(path: Path) -> Task:
@@ -144,8 +173,10 @@ def jsonl_task(path: Path) -> Task:
             listed = [[v] if isinstance(v, str) else list(v) for v in (row["answer"], row["wrong"])]
             pairs.append(PromptPair(row["clean"], row["corrupted"], *listed))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise TaskError(f"{path}, line {number}: each line must be a JSON object with \"clean\", \"corrupted\", "
-                            f"\"answer\" and \"wrong\" ({type(exc).__name__}: {exc}).") from exc
+            raise TaskError(
+                f'{path}, line {number}: each line must be a JSON object with "clean", "corrupted", '
+                f'"answer" and "wrong" ({type(exc).__name__}: {exc}).'
+            ) from exc
     if not pairs:
         raise TaskError(f"{path} holds no prompt pairs.")
     return Task(Path(path).stem, pairs, "logit_diff", f"prompt pairs from {path}")
@@ -168,8 +199,10 @@ def _answer_id(tokenizer, text: str, pair_number: int) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]
-        raise TaskError(f"Pair {pair_number}: the answer {text!r} is {len(ids)} tokens ({pieces}), not one. "
-                        "Use a single-token answer (often with a leading space, e.g. ' Mary').")
+        raise TaskError(
+            f"Pair {pair_number}: the answer {text!r} is {len(ids)} tokens ({pieces}), not one. "
+            "Use a single-token answer (often with a leading space, e.g. ' Mary')."
+        )
     return ids[0]
 
 
@@ -189,12 +222,16 @@ def tokenize_task(task: Task, tokenizer) -> TokenizedTask:
         a = [bos, *tokenizer(pair.clean, add_special_tokens=False)["input_ids"]]
         b = [bos, *tokenizer(pair.corrupted, add_special_tokens=False)["input_ids"]]
         if len(a) != len(b):
-            raise TaskError(f"Pair {number}: the clean prompt is {len(a) - 1} tokens and the corrupted one {len(b) - 1}; "
-                            "patching lines them up position by position, so they must be equally long. "
-                            f"Clean: {pair.clean!r}; corrupted: {pair.corrupted!r}.")
+            raise TaskError(
+                f"Pair {number}: the clean prompt is {len(a) - 1} tokens and the corrupted one {len(b) - 1}; "
+                "patching lines them up position by position, so they must be equally long. "
+                f"Clean: {pair.clean!r}; corrupted: {pair.corrupted!r}."
+            )
         if clean and len(a) != len(clean[0]):
-            raise TaskError(f"Pair {number} is {len(a) - 1} tokens but pair 1 is {len(clean[0]) - 1}; patching scores "
-                            "positions across pairs, so give prompts of one length (or run them as separate tasks).")
+            raise TaskError(
+                f"Pair {number} is {len(a) - 1} tokens but pair 1 is {len(clean[0]) - 1}; patching scores "
+                "positions across pairs, so give prompts of one length (or run them as separate tasks)."
+            )
         clean.append(a)
         corrupted.append(b)
         answers.append([_answer_id(tokenizer, t, number) for t in pair.answers])

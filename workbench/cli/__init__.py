@@ -52,8 +52,11 @@ Run `workbench COMMAND --help` for each command's options.
 def build_parser(only: str | None = None):
     """The full parser; with `only`, just that command is built out (its module imported), the rest listed."""
     parser = make_parser(
-        "workbench", "Mechanistic-interpretability workbench: harvest activations into a DuckDB store, train sparse "
-        "dictionaries, probe, trace circuits and explore it all in an app or with SQL.", EPILOG)
+        "workbench",
+        "Mechanistic-interpretability workbench: harvest activations into a DuckDB store, train sparse "
+        "dictionaries, probe, trace circuits and explore it all in an app or with SQL.",
+        EPILOG,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (module, help_text) in COMMANDS.items():
         if only is None or only == name:
@@ -73,5 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: everything committed so far is kept; run the same command again to resume.", file=sys.stderr)
+        print(
+            "\ninterrupted: everything committed so far is kept; run the same command again to resume.", file=sys.stderr
+        )
         return 130

@@ -29,19 +29,36 @@ def run_app(config: AppConfig) -> None:
     store = Store.open_existing(config.store)  # fail here, in the terminal, rather than on an empty page
     main_script = Path(__file__).resolve().parents[2] / "app" / "main.py"
     if not main_script.exists():
-        raise WorkbenchError(f"The app's files are not next to this installation ({main_script} is missing). The app "
-                             "ships with the source: clone the repository and `pip install -e .` from it.")
+        raise WorkbenchError(
+            f"The app's files are not next to this installation ({main_script} is missing). The app "
+            "ships with the source: clone the repository and `pip install -e .` from it."
+        )
     os.environ["WORKBENCH_STORE"] = str(store.root)
     print(f"workbench app: http://{config.host}:{config.port}  (store {store.root}; Ctrl-C stops it)", file=sys.stderr)
-    command = [sys.executable, "-m", "streamlit", "run", str(main_script), "--server.port", str(config.port),
-               "--server.address", config.host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(main_script),
+        "--server.port",
+        str(config.port),
+        "--server.address",
+        config.host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     sys.stdout.flush()
     os.execv(sys.executable, command)
 
 
-DESCRIPTION = ("Serve the workbench app on this machine: overview, feature explorer, text inspector, layer "
-               "contributions, circuits, codes and a read-only SQL console. It reads the last committed state, so it "
-               "keeps working while a harvest or training run writes to the same store.")
+DESCRIPTION = (
+    "Serve the workbench app on this machine: overview, feature explorer, text inspector, layer "
+    "contributions, circuits, codes and a read-only SQL console. It reads the last committed state, so it "
+    "keeps working while a harvest or training run writes to the same store."
+)
 EPILOG = textwrap.dedent("""\
     examples:
       workbench app --store store/                 # then open http://localhost:8501
@@ -52,8 +69,9 @@ EPILOG = textwrap.dedent("""\
 
 
 def add_app(sub, name: str, help_text: str) -> None:
-    add_command(sub, name, help_text, AppConfig, run_app, lambda config, result: 0, description=DESCRIPTION,
-                epilog=EPILOG)
+    add_command(
+        sub, name, help_text, AppConfig, run_app, lambda config, result: 0, description=DESCRIPTION, epilog=EPILOG
+    )
 
 
 COMMANDS = {"app": add_app}

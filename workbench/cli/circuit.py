@@ -48,15 +48,21 @@ GRAPH_EPILOG = textwrap.dedent("""\
       workbench circuit graph --prompt "When Mary and John went to the store, John gave a drink to" \\
           --transcoders tc-l4,tc-l6,tc-l8 --store store/ --target " Mary" --json mary.json
 """)
-DEEMBED_DESCRIPTION = ("De-embeddings (Dunefsky et al.): score every vocabulary token's embedding against the feature's "
-                       "encoder direction, straight through the residual stream and through each attention head's OV "
-                       "circuit in the layers up to the transcoder's. RMSNorm gains are folded in; their per-token "
-                       "scale, which depends on the context, is left out.")
+DEEMBED_DESCRIPTION = (
+    "De-embeddings (Dunefsky et al.): score every vocabulary token's embedding against the feature's "
+    "encoder direction, straight through the residual stream and through each attention head's OV "
+    "circuit in the layers up to the transcoder's. RMSNorm gains are folded in; their per-token "
+    "scale, which depends on the context, is left out."
+)
 
 
 def _where(score) -> str:
-    return (f"L{score.layer}" + (f"H{score.head}" if score.head is not None else "")
-            + (f"@{score.position}" if score.position is not None else "") + f" {score.score:+.2f}")
+    return (
+        f"L{score.layer}"
+        + (f"H{score.head}" if score.head is not None else "")
+        + (f"@{score.position}" if score.position is not None else "")
+        + f" {score.score:+.2f}"
+    )
 
 
 def report_patch(config, result) -> None:
@@ -65,9 +71,11 @@ def report_patch(config, result) -> None:
     for level, scores in result.levels.items():
         top = sorted(scores.scores, key=lambda s: -abs(s.score))[:5]
         print(f"{level:15s} strongest: {', '.join(_where(s) for s in top)}")
-    print(f"Stored as '{run.circuit_run}'. For example:\n  workbench sql {config.store} \"SELECT layer, head, "
-          f"round(score, 3) AS score FROM circuit_patching WHERE circuit_run = '{run.circuit_run}' AND level = 'heads' "
-          "ORDER BY abs(score) DESC LIMIT 10\"")
+    print(
+        f"Stored as '{run.circuit_run}'. For example:\n  workbench sql {config.store} \"SELECT layer, head, "
+        f"round(score, 3) AS score FROM circuit_patching WHERE circuit_run = '{run.circuit_run}' AND level = 'heads' "
+        'ORDER BY abs(score) DESC LIMIT 10"'
+    )
 
 
 def report_codes(config, result) -> None:
@@ -76,23 +84,33 @@ def report_codes(config, result) -> None:
     run, scores = result.circuit_run, result.scores
     heads = scores.head_scores
     order = np.argsort(-heads, axis=None, kind="stable")[:8]
-    print("heads with the most codes unique to positives: "
-          + ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]} {int(heads.flat[i])}" for i in order))
+    print(
+        "heads with the most codes unique to positives: "
+        + ", ".join(f"L{i // heads.shape[1]}H{i % heads.shape[1]} {int(heads.flat[i])}" for i in order)
+    )
     print(f"time: {scores.wall_s:.1f}s (forward passes, dictionary training, scoring)")
     if run.reference_run:
-        print(f"against patching run '{run.reference_run}' (heads with |score| >= {config.reference_threshold}): "
-              f"ROC AUC {run.roc_auc_heads:.3f} for heads, {run.roc_auc_pairs:.3f} for pairs of heads")
+        print(
+            f"against patching run '{run.reference_run}' (heads with |score| >= {config.reference_threshold}): "
+            f"ROC AUC {run.roc_auc_heads:.3f} for heads, {run.roc_auc_pairs:.3f} for pairs of heads"
+        )
         if result.reference_wall_s:
-            print(f"that patching run took {result.reference_wall_s:.1f}s: "
-                  f"{result.reference_wall_s / scores.wall_s:.0f}x longer")
+            print(
+                f"that patching run took {result.reference_wall_s:.1f}s: "
+                f"{result.reference_wall_s / scores.wall_s:.0f}x longer"
+            )
     else:
         print("no patching run of this task to score against: run `workbench circuit patch` for ROC AUC")
     print(f"Stored as '{run.circuit_run}' (tables circuit_code_heads, circuit_code_pairs).")
 
 
 def _node_label(n) -> str:
-    return {"embedding": f"emb {n.token!r}@{n.position}", "error": f"L{n.layer} error@{n.position}",
-            "feature": f"L{n.layer}#{n.feature}@{n.position}", "logit": f"logit {n.token!r}"}[n.kind]
+    return {
+        "embedding": f"emb {n.token!r}@{n.position}",
+        "error": f"L{n.layer} error@{n.position}",
+        "feature": f"L{n.layer}#{n.feature}@{n.position}",
+        "logit": f"logit {n.token!r}",
+    }[n.kind]
 
 
 def report_graph(config, result) -> None:
@@ -100,15 +118,21 @@ def report_graph(config, result) -> None:
 
     record, graph = result.graph, result.attribution
     features = sum(node.kind == "feature" for node in graph.nodes)
-    print(f"target {record.target_token!r}: logit {record.target_logit:.3f}; {features} active features, "
-          f"{record.n_nodes} nodes, {record.n_edges} edges")
+    print(
+        f"target {record.target_token!r}: logit {record.target_logit:.3f}; {features} active features, "
+        f"{record.n_nodes} nodes, {record.n_edges} edges"
+    )
     print(f"replacement score {record.replacement_score:.3f}, completeness score {record.completeness_score:.3f}")
-    print(f"pruned to {record.n_kept_nodes} nodes and {record.n_kept_edges} links; stored as '{record.graph}'"
-          + (f", JSON also at {config.json_path}" if config.json_path else ""))
+    print(
+        f"pruned to {record.n_kept_nodes} nodes and {record.n_kept_edges} links; stored as '{record.graph}'"
+        + (f", JSON also at {config.json_path}" if config.json_path else "")
+    )
     top = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -n.influence)[:5]
     if top:
-        print("most influential features: "
-              + ", ".join(f"L{n.layer}#{n.feature}@{n.position} {n.influence:.3f}" for n in top))
+        print(
+            "most influential features: "
+            + ", ".join(f"L{n.layer}#{n.feature}@{n.position} {n.influence:.3f}" for n in top)
+        )
     print("strongest paths (share of the logit's input along the path):")
     for strength, path in greedy_paths(graph, 5):
         print(f"  {strength:.4f}  " + " -> ".join(_node_label(graph.nodes[i]) for i in path))
@@ -134,19 +158,50 @@ def add_circuit(sub, name: str, help_text: str) -> None:
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
     circuit_sub = parser.add_subparsers(dest="circuit_command", required=True, metavar="{patch,codes,graph,deembed}")
     backends = {"backend": list(BACKENDS)}
-    add_command(circuit_sub, "patch", "activation patching over layers, heads and head x position: the reference "
-                "circuit", PatchingConfig, run_patching, report_patch, description=PATCH_DESCRIPTION,
-                epilog=PATCH_EPILOG, choices=backends)
-    add_command(circuit_sub, "codes", "find a task's circuit from discrete SAE codes of head outputs (O'Neill & Bui), "
-                "scored against patching", CodesConfig, run_codes, report_codes, description=CODES_DESCRIPTION,
-                epilog=CODES_EPILOG, choices=backends | {"position": ["last", "mean"]})
-    add_command(circuit_sub, "graph", "an attribution graph of one prompt through transcoders", GraphConfig,
-                run_graph, report_graph, description=GRAPH_DESCRIPTION, epilog=GRAPH_EPILOG,
-                flags={"json_path": ["--json"]})
-    add_command(circuit_sub, "deembed", "the tokens that most drive a transcoder feature, directly and through each "
-                "attention head", DeembedConfig, run_deembed, report_deembed, description=DEEMBED_DESCRIPTION,
-                epilog="example:\n  workbench circuit deembed --store store/ --dict tc-l6 --feature 123 --heads 5",
-                flags={"dictionary": ["--dict"]})
+    add_command(
+        circuit_sub,
+        "patch",
+        "activation patching over layers, heads and head x position: the reference circuit",
+        PatchingConfig,
+        run_patching,
+        report_patch,
+        description=PATCH_DESCRIPTION,
+        epilog=PATCH_EPILOG,
+        choices=backends,
+    )
+    add_command(
+        circuit_sub,
+        "codes",
+        "find a task's circuit from discrete SAE codes of head outputs (O'Neill & Bui), scored against patching",
+        CodesConfig,
+        run_codes,
+        report_codes,
+        description=CODES_DESCRIPTION,
+        epilog=CODES_EPILOG,
+        choices=backends | {"position": ["last", "mean"]},
+    )
+    add_command(
+        circuit_sub,
+        "graph",
+        "an attribution graph of one prompt through transcoders",
+        GraphConfig,
+        run_graph,
+        report_graph,
+        description=GRAPH_DESCRIPTION,
+        epilog=GRAPH_EPILOG,
+        flags={"json_path": ["--json"]},
+    )
+    add_command(
+        circuit_sub,
+        "deembed",
+        "the tokens that most drive a transcoder feature, directly and through each attention head",
+        DeembedConfig,
+        run_deembed,
+        report_deembed,
+        description=DEEMBED_DESCRIPTION,
+        epilog="example:\n  workbench circuit deembed --store store/ --dict tc-l6 --feature 123 --heads 5",
+        flags={"dictionary": ["--dict"]},
+    )
 
 
 COMMANDS = {"circuit": add_circuit}

@@ -48,17 +48,21 @@ STEER_DESCRIPTION = textwrap.dedent("""\
 def report_train(config, result) -> None:
     record = result.codebook
     before, after, bypassed = record.lm_loss_original, record.lm_loss_codebooks, record.lm_loss_bypassed
-    print(f"Codebooks '{record.name}' are trained. Held-out LM loss: original model {before:.4f}, with codebooks "
-          f"{after:.4f} ({after - before:+.4f} nats).\nThe fine-tuned model with its codebooks bypassed: {bypassed:.4f}, "
-          f"so the codebooks themselves cost {after - bypassed:+.4f} nats. Relative reconstruction error "
-          f"{record.recon_error:.3f}.\n"
-          f"Next: workbench codebook encode --store {config.store} --codebook {record.name} --run <a harvest run of "
-          "this model>")
+    print(
+        f"Codebooks '{record.name}' are trained. Held-out LM loss: original model {before:.4f}, with codebooks "
+        f"{after:.4f} ({after - before:+.4f} nats).\nThe fine-tuned model with its codebooks bypassed: {bypassed:.4f}, "
+        f"so the codebooks themselves cost {after - bypassed:+.4f} nats. Relative reconstruction error "
+        f"{record.recon_error:.3f}.\n"
+        f"Next: workbench codebook encode --store {config.store} --codebook {record.name} --run <a harvest run of "
+        "this model>"
+    )
 
 
 def report_encode(config, result) -> None:
-    print(f"Wrote {result.rows:,} (token, site, code) rows for '{result.codebook.name}' on run '{result.run}' "
-          "(table codebook_codes).")
+    print(
+        f"Wrote {result.rows:,} (token, site, code) rows for '{result.codebook.name}' on run '{result.run}' "
+        "(table codebook_codes)."
+    )
 
 
 def report_steer(config, result) -> None:
@@ -67,8 +71,10 @@ def report_steer(config, result) -> None:
         print(f"\n{label}:")
         for text in texts[:5]:
             print(f"  {config.prompt}|{text!r}")
-    print(f"\nshare showing a target: baseline {result.baseline_rate:.2f}, steered {result.steered_rate:.2f} "
-          f"({config.samples} samples each, same seeds)")
+    print(
+        f"\nshare showing a target: baseline {result.baseline_rate:.2f}, steered {result.steered_rate:.2f} "
+        f"({config.samples} samples each, same seeds)"
+    )
 
 
 def add_codebook(sub, name: str, help_text: str) -> None:
@@ -82,19 +88,42 @@ def add_codebook(sub, name: str, help_text: str) -> None:
 
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
     codebook_sub = parser.add_subparsers(dest="codebook_command", required=True, metavar="{train,encode,steer}")
-    add_command(codebook_sub, "train", "fine-tune a model with codebook bottlenecks at chosen sublayer outputs",
-                CodebookTrainConfig, run_codebook_train, report_train, description=TRAIN_DESCRIPTION,
-                epilog=TRAIN_EPILOG, flags={"n_codes": ["--codes"]}, choices={"reduce": ["sum", "mean"]})
-    add_command(codebook_sub, "encode", "write the codes that fire on each token of a harvest run into "
-                "codebook_codes", CodebookEncodeConfig, run_codebook_encode, report_encode,
-                description="Run the model with its codebooks over a harvest run's token contexts and store one\n"
-                            "(token, site, code) row per code that fires, keyed by the run's token ids.",
-                epilog=ENCODE_EPILOG)
-    add_command(codebook_sub, "steer", "generate with a code forced on, and count how often the target behaviour "
-                "appears", SteerConfig, run_codebook_steer, report_steer, description=STEER_DESCRIPTION,
-                epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site "
-                       "blocks.3.mlp.hook_out --code 17 --prompt \"Once upon a time\" --targets \" dragon, dragons\"",
-                choices={"mode": ["swap", "only"]}, parsers={"targets": comma_list_keeping_spaces})
+    add_command(
+        codebook_sub,
+        "train",
+        "fine-tune a model with codebook bottlenecks at chosen sublayer outputs",
+        CodebookTrainConfig,
+        run_codebook_train,
+        report_train,
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EPILOG,
+        flags={"n_codes": ["--codes"]},
+        choices={"reduce": ["sum", "mean"]},
+    )
+    add_command(
+        codebook_sub,
+        "encode",
+        "write the codes that fire on each token of a harvest run into codebook_codes",
+        CodebookEncodeConfig,
+        run_codebook_encode,
+        report_encode,
+        description="Run the model with its codebooks over a harvest run's token contexts and store one\n"
+        "(token, site, code) row per code that fires, keyed by the run's token ids.",
+        epilog=ENCODE_EPILOG,
+    )
+    add_command(
+        codebook_sub,
+        "steer",
+        "generate with a code forced on, and count how often the target behaviour appears",
+        SteerConfig,
+        run_codebook_steer,
+        report_steer,
+        description=STEER_DESCRIPTION,
+        epilog="example:\n  workbench codebook steer --store store/ --codebook <name> --site "
+        'blocks.3.mlp.hook_out --code 17 --prompt "Once upon a time" --targets " dragon, dragons"',
+        choices={"mode": ["swap", "only"]},
+        parsers={"targets": comma_list_keeping_spaces},
+    )
 
 
 COMMANDS = {"codebook": add_codebook}

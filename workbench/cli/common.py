@@ -9,23 +9,40 @@ from typing import Any
 from workbench.cli.options import add_config_options, config_from_args
 
 
-def make_parser(prog: str, description: str, epilog: str = "", parser_factory: Callable[..., Any] | None = None,
-                **kwargs: Any) -> argparse.ArgumentParser:
+def make_parser(
+    prog: str, description: str, epilog: str = "", parser_factory: Callable[..., Any] | None = None, **kwargs: Any
+) -> argparse.ArgumentParser:
     """A parser whose description and examples keep their line breaks."""
     factory = parser_factory or argparse.ArgumentParser
-    return factory(prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
-                   **kwargs)
+    return factory(
+        prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
 
 
-def add_command(sub, name: str, help_text: str, config: type, run: Callable[[Any], Any],
-                report: Callable[[Any, Any], int | None], *, description: str = "", epilog: str = "",
-                flags: dict[str, list[str]] | None = None, choices: dict[str, list[str]] | None = None,
-                helps: dict[str, str] | None = None, parsers: dict[str, Callable[[str], Any]] | None = None
-                ) -> argparse.ArgumentParser:
+def add_command(
+    sub,
+    name: str,
+    help_text: str,
+    config: type,
+    run: Callable[[Any], Any],
+    report: Callable[[Any, Any], int | None],
+    *,
+    description: str = "",
+    epilog: str = "",
+    flags: dict[str, list[str]] | None = None,
+    choices: dict[str, list[str]] | None = None,
+    helps: dict[str, str] | None = None,
+    parsers: dict[str, Callable[[str], Any]] | None = None,
+) -> argparse.ArgumentParser:
     """Add `name` to a subparsers object: options from `config`'s fields; running it calls `run(config)`, then
     `report(config, result)` prints what the user needs to know and returns the exit status (None is 0)."""
-    parser = sub.add_parser(name, help=help_text, description=description or help_text[:1].upper() + help_text[1:].replace("%%", "%"),
-                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text[:1].upper() + help_text[1:].replace("%%", "%"),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_options(parser, config, flags=flags, choices=choices, helps=helps, parsers=parsers)
 
     def execute(args: argparse.Namespace) -> int:

@@ -38,12 +38,24 @@ def add_train(sub, name: str, help_text: str) -> None:
     from workbench.train import TrainConfig, run_train
 
     def report(config, result) -> None:
-        print(f"Dictionary '{result.dictionary.name}' is trained. See:\n"
-              f"  workbench sql {config.store} \"SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction "
-              "FROM dictionaries\"")
+        print(
+            f"Dictionary '{result.dictionary.name}' is trained. See:\n"
+            f'  workbench sql {config.store} "SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction '
+            'FROM dictionaries"'
+        )
 
-    add_command(sub, name, help_text, TrainConfig, run_train, report, description=TRAIN_DESCRIPTION,
-                epilog=TRAIN_EPILOG, flags=HOOK_FLAGS, choices={"arch": [*families(trainable=True), "transcoder"]})
+    add_command(
+        sub,
+        name,
+        help_text,
+        TrainConfig,
+        run_train,
+        report,
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EPILOG,
+        flags=HOOK_FLAGS,
+        choices={"arch": [*families(trainable=True), "transcoder"]},
+    )
 
 
 ENCODE_EPILOG = textwrap.dedent("""\
@@ -60,14 +72,24 @@ def add_encode(sub, name: str, help_text: str) -> None:
     from workbench.encode import EncodeConfig, run_encode
 
     def report(config, result) -> None:
-        print(f"Encoded {result.n_tokens} tokens with '{config.dictionary}': {result.n_rows} non-zero activations "
-              f"({result.n_rows / max(result.n_tokens, 1):.1f} per token) in feature_acts; statistics in feature_stats.")
+        print(
+            f"Encoded {result.n_tokens} tokens with '{config.dictionary}': {result.n_rows} non-zero activations "
+            f"({result.n_rows / max(result.n_tokens, 1):.1f} per token) in feature_acts; statistics in feature_stats."
+        )
 
-    add_command(sub, name, help_text, EncodeConfig, run_encode, report, flags={"dictionary": ["--dict"]},
-                description="Encode the dictionary's run with it and store every non-zero (token_id, feature, value) "
-                            "in `feature_acts`, sorted by feature, plus density, max, mean and quantiles per feature in "
-                            "`feature_stats`. BOS positions are left out. Re-encoding replaces the dictionary's rows.",
-                epilog=ENCODE_EPILOG)
+    add_command(
+        sub,
+        name,
+        help_text,
+        EncodeConfig,
+        run_encode,
+        report,
+        flags={"dictionary": ["--dict"]},
+        description="Encode the dictionary's run with it and store every non-zero (token_id, feature, value) "
+        "in `feature_acts`, sorted by feature, plus density, max, mean and quantiles per feature in "
+        "`feature_stats`. BOS positions are left out. Re-encoding replaces the dictionary's rows.",
+        epilog=ENCODE_EPILOG,
+    )
 
 
 def add_eval(sub, name: str, help_text: str) -> None:
@@ -76,22 +98,34 @@ def add_eval(sub, name: str, help_text: str) -> None:
 
     def report(config, result) -> None:
         r = result.evaluation
-        print(f"{r.dictionary} on run '{r.eval_run}' ({r.n_tokens} tokens; CE on {r.n_ce_tokens}):\n"
-              f"  FVU {r.fvu:.4f}   L0 {r.l0:.2f}   dead {100 * r.dead_fraction:.1f}%\n"
-              f"  CE clean {r.ce_clean:.4f}, spliced {r.ce_spliced:.4f}, zero-ablated {r.ce_zero_ablation:.4f} nats\n"
-              f"  CE-loss score {r.ce_loss_score:.4f}   delta CE {r.delta_ce:+.4f} nats   KL {r.kl:.4f}")
+        print(
+            f"{r.dictionary} on run '{r.eval_run}' ({r.n_tokens} tokens; CE on {r.n_ce_tokens}):\n"
+            f"  FVU {r.fvu:.4f}   L0 {r.l0:.2f}   dead {100 * r.dead_fraction:.1f}%\n"
+            f"  CE clean {r.ce_clean:.4f}, spliced {r.ce_spliced:.4f}, zero-ablated {r.ce_zero_ablation:.4f} nats\n"
+            f"  CE-loss score {r.ce_loss_score:.4f}   delta CE {r.delta_ce:+.4f} nats   KL {r.kl:.4f}"
+        )
         if abs(r.ce_zero_ablation - r.ce_clean) < 0.01:
-            print("  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
-                  "meaningful here; read delta CE and KL instead.")
+            print(
+                "  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
+                "meaningful here; read delta CE and KL instead."
+            )
 
-    add_command(sub, name, help_text, EvalConfig, run_eval, report, flags={"dictionary": ["--dict"]},
-                choices={"backend": list(BACKENDS)},
-                description="Measure a dictionary on a run's stored activations (FVU against the per-dimension mean, "
-                            "L0, dead latents) and with its reconstruction spliced into the model (CE-loss score, "
-                            "delta CE, KL). Results go to the dictionary_evals table. Definitions: README and "
-                            "docs/ARCHITECTURE.md.",
-                epilog="examples:\n  workbench eval --store store/ --dict demo-topk\n"
-                       "  workbench eval --store store/ --dict demo-topk --run held-out --ce-tokens 8192")
+    add_command(
+        sub,
+        name,
+        help_text,
+        EvalConfig,
+        run_eval,
+        report,
+        flags={"dictionary": ["--dict"]},
+        choices={"backend": list(BACKENDS)},
+        description="Measure a dictionary on a run's stored activations (FVU against the per-dimension mean, "
+        "L0, dead latents) and with its reconstruction spliced into the model (CE-loss score, "
+        "delta CE, KL). Results go to the dictionary_evals table. Definitions: README and "
+        "docs/ARCHITECTURE.md.",
+        epilog="examples:\n  workbench eval --store store/ --dict demo-topk\n"
+        "  workbench eval --store store/ --dict demo-topk --run held-out --ce-tokens 8192",
+    )
 
 
 def add_import(sub, name: str, help_text: str) -> None:
@@ -99,15 +133,25 @@ def add_import(sub, name: str, help_text: str) -> None:
 
     def report(config, result) -> None:
         imported = result.dictionary.name
-        print(f"Imported as '{imported}'. Next:\n  workbench eval --store {config.store} --dict {imported}\n"
-              f"  workbench encode --store {config.store} --dict {imported}")
+        print(
+            f"Imported as '{imported}'. Next:\n  workbench eval --store {config.store} --dict {imported}\n"
+            f"  workbench encode --store {config.store} --dict {imported}"
+        )
 
-    add_command(sub, name, help_text, ImportConfig, run_import, report, flags=HOOK_FLAGS | {"source": ["SOURCE"]},
-                description="Import a dictionary folder in SAELens's layout (cfg.json + sae_weights.safetensors, as "
-                            "SAE.save_model writes it): topk, standard (ReLU), jumprelu and the transcoder variants. "
-                            "It is converted exactly, checked against the hook's width, and then works with eval and "
-                            "encode.",
-                epilog="example:\n  workbench import ~/saes/l6_topk --store store/ --hook blocks.6.hook_resid_post")
+    add_command(
+        sub,
+        name,
+        help_text,
+        ImportConfig,
+        run_import,
+        report,
+        flags=HOOK_FLAGS | {"source": ["SOURCE"]},
+        description="Import a dictionary folder in SAELens's layout (cfg.json + sae_weights.safetensors, as "
+        "SAE.save_model writes it): topk, standard (ReLU), jumprelu and the transcoder variants. "
+        "It is converted exactly, checked against the hook's width, and then works with eval and "
+        "encode.",
+        epilog="example:\n  workbench import ~/saes/l6_topk --store store/ --hook blocks.6.hook_resid_post",
+    )
 
 
 COMMANDS = {"train": add_train, "eval": add_eval, "encode": add_encode, "import": add_import}

@@ -38,15 +38,26 @@ def report(config: HarvestConfig, result: HarvestResult) -> None:
         print(f"Run '{result.run}' is already complete ({result.n_tokens} tokens); nothing to do.")
         return
     resumed = f", resumed after {result.chunks_resumed_from} committed chunks" if result.chunks_resumed_from else ""
-    print(f"Run '{result.run}': harvested {result.tokens_harvested_now} tokens{resumed}; "
-          f"{result.n_tokens} tokens stored. See `workbench store info {config.store}`.")
+    print(
+        f"Run '{result.run}': harvested {result.tokens_harvested_now} tokens{resumed}; "
+        f"{result.n_tokens} tokens stored. See `workbench store info {config.store}`."
+    )
 
 
 def add_harvest(sub, name: str, help_text: str) -> None:
     from workbench.models import BACKENDS
 
-    add_command(sub, name, help_text, HarvestConfig, run_harvest, report, description=DESCRIPTION, epilog=EPILOG,
-                choices={"backend": list(BACKENDS)})
+    add_command(
+        sub,
+        name,
+        help_text,
+        HarvestConfig,
+        run_harvest,
+        report,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        choices={"backend": list(BACKENDS)},
+    )
 
 
 COMMANDS = {"harvest": add_harvest}

@@ -14,7 +14,8 @@ def list_models(args) -> int:
 
 def add_models(sub, name: str, help_text: str) -> None:
     sub.add_parser(name, help=help_text, description="List the named models that --model accepts.").set_defaults(
-        func=list_models)
+        func=list_models
+    )
 
 
 COMMANDS = {"models": add_models}

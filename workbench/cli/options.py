@@ -34,11 +34,16 @@ from typing import Any
 SHARED: dict[str, tuple[str, str]] = {
     "store": ("store", "the store directory"),
     "model": ("model", "registry name (see `workbench models`), a local Hugging Face folder, or a hub id"),
-    "backend": ("model", "hooking library: nnsight or transformerlens; both give the same numbers, nnsight is "
-                         "faster here"),
+    "backend": (
+        "model",
+        "hooking library: nnsight or transformerlens; both give the same numbers, nnsight is faster here",
+    ),
     "device": ("model", "torch device, e.g. cpu or cuda"),
-    "corpus": ("corpus", "'default' (CPython's pydoc topics, ~114k SmolLM2 tokens), a .txt/.md file or folder, "
-                         ".jsonl, .parquet, or hf:NAME[:CONFIG]"),
+    "corpus": (
+        "corpus",
+        "'default' (CPython's pydoc topics, ~114k SmolLM2 tokens), a .txt/.md file or folder, "
+        ".jsonl, .parquet, or hf:NAME[:CONFIG]",
+    ),
     "text_column": ("corpus", "text field for .jsonl/.parquet/hf corpora"),
 }
 GROUP_TITLES = {"store": "store", "model": "model and where it runs", "corpus": "corpus"}
@@ -83,9 +88,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for statement, following in zip(body, body[1:]):
-            if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 docs[statement.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -134,9 +143,15 @@ def _help(text: str, default: Any) -> str:
     return f"{text} (default: {shown})"
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, flags: dict[str, list[str]] | None = None,
-                       choices: dict[str, list[str]] | None = None, helps: dict[str, str] | None = None,
-                       parsers: dict[str, Callable[[str], Any]] | None = None) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    flags: dict[str, list[str]] | None = None,
+    choices: dict[str, list[str]] | None = None,
+    helps: dict[str, str] | None = None,
+    parsers: dict[str, Callable[[str], Any]] | None = None,
+) -> None:
     """Add one option per field of `cls` to `parser`.
 
     flags: other spellings for a field, e.g. {"dictionary": ["--dict"], "hook": ["--hook", "--in"]}; a name
@@ -195,8 +210,11 @@ def _parser_for(annotation: Any, name: str) -> Callable[[str], Any]:
     origin = typing.get_origin(annotation)
     if origin is list:
         (item,) = typing.get_args(annotation)
-        return _comma_list(int_with_suffix, "integers") if item is int else _comma_list(
-            float if item is float else str, "numbers" if item is float else "names")
+        return (
+            _comma_list(int_with_suffix, "integers")
+            if item is int
+            else _comma_list(float if item is float else str, "numbers" if item is float else "names")
+        )
     if origin is typing.Literal:
         return str
     if annotation is int:

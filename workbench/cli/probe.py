@@ -27,24 +27,42 @@ def add_probe(sub, name: str, help_text: str) -> None:
     probe_sub = parser.add_subparsers(dest="probe_command", required=True, metavar="{depth,maps}")
 
     def report_depth(config, result) -> None:
-        print(f"Stored depth probes as '{result.probe_run.probe_run}'. For example:\n"
-              f"  workbench sql {config.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{result.probe_run.probe_run}'\"")
+        print(
+            f"Stored depth probes as '{result.probe_run.probe_run}'. For example:\n"
+            f"  workbench sql {config.store} \"SELECT * FROM probe_depth_scores WHERE probe_run = '{result.probe_run.probe_run}'\""
+        )
 
     def report_maps(config, result) -> None:
-        print(f"Stored linear maps as '{result.probe_run.probe_run}'. For example:\n"
-              f"  workbench sql {config.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{result.probe_run.probe_run}' "
-              "ORDER BY rel_error LIMIT 10\"")
+        print(
+            f"Stored linear maps as '{result.probe_run.probe_run}'. For example:\n"
+            f"  workbench sql {config.store} \"SELECT * FROM probe_linear_maps WHERE probe_run = '{result.probe_run.probe_run}' "
+            'ORDER BY rel_error LIMIT 10"'
+        )
 
-    add_command(probe_sub, "depth", "sublayer norm ratios and cosines, layer skipping, logit lens, depth score",
-                DepthProbeConfig, run_depth_probes, report_depth, description=DEPTH_DESCRIPTION,
-                epilog="example:\n  workbench probe depth --model smollm2-135m --corpus default --tokens 20000 "
-                       "--store store/", choices={"backend": list(BACKENDS)})
-    add_command(probe_sub, "maps", "linear maps from each layer of one model to each layer of another",
-                LinearMapsConfig, run_linear_maps, report_maps, choices={"backend": list(BACKENDS)},
-                description="Fit an affine map from every layer of --source to every layer of --target on the same "
-                            "text and store the held-out relative error ||pred - target|| / ||target|| (table "
-                            "probe_linear_maps). Tokens are aligned by their position in the text.",
-                epilog="example:\n  workbench probe maps --source smollm2-135m --target smollm2-135m --store store/")
+    add_command(
+        probe_sub,
+        "depth",
+        "sublayer norm ratios and cosines, layer skipping, logit lens, depth score",
+        DepthProbeConfig,
+        run_depth_probes,
+        report_depth,
+        description=DEPTH_DESCRIPTION,
+        epilog="example:\n  workbench probe depth --model smollm2-135m --corpus default --tokens 20000 --store store/",
+        choices={"backend": list(BACKENDS)},
+    )
+    add_command(
+        probe_sub,
+        "maps",
+        "linear maps from each layer of one model to each layer of another",
+        LinearMapsConfig,
+        run_linear_maps,
+        report_maps,
+        choices={"backend": list(BACKENDS)},
+        description="Fit an affine map from every layer of --source to every layer of --target on the same "
+        "text and store the held-out relative error ||pred - target|| / ||target|| (table "
+        "probe_linear_maps). Tokens are aligned by their position in the text.",
+        epilog="example:\n  workbench probe maps --source smollm2-135m --target smollm2-135m --store store/",
+    )
 
 
 COMMANDS = {"probe": add_probe}

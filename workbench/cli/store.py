@@ -25,16 +25,22 @@ POSITIONAL_STORE = {"store": ["STORE"]}
 
 
 def report_info(config: StoreInfoConfig, summary: StoreSummary) -> None:
-    print(f"Store {summary.root} (schema v{summary.schema_version}): catalog {human_bytes(summary.catalog_bytes)}, "
-          f"shards {human_bytes(summary.shard_bytes)}, models {human_bytes(summary.model_bytes)}")
+    print(
+        f"Store {summary.root} (schema v{summary.schema_version}): catalog {human_bytes(summary.catalog_bytes)}, "
+        f"shards {human_bytes(summary.shard_bytes)}, models {human_bytes(summary.model_bytes)}"
+    )
     print("\nRuns")
     print_table(summary.runs)
     print("\nHook points (bytes per token as stored, against raw fp32)")
     print_table(summary.hook_points)
-    sections = [("Probe runs (tables probe_*)", summary.probe_runs),
-                ("Dictionaries (latest `workbench eval` figures; empty until evaluated)", summary.dictionaries),
-                ("Codebooks (held-out LM loss: original model, with codebooks, fine-tuned with codebooks bypassed)",
-                 summary.codebooks)]
+    sections = [
+        ("Probe runs (tables probe_*)", summary.probe_runs),
+        ("Dictionaries (latest `workbench eval` figures; empty until evaluated)", summary.dictionaries),
+        (
+            "Codebooks (held-out LM loss: original model, with codebooks, fine-tuned with codebooks bypassed)",
+            summary.codebooks,
+        ),
+    ]
     for title, table in sections:
         if table.num_rows:
             print(f"\n{title}")
@@ -48,11 +54,15 @@ def report_verify(config: VerifyConfig, result: VerifyResult) -> int:
         print(f"All {result.checked} shards match their checksums.")
         return 0
     if config.drop_corrupt:
-        print(f"Unregistered {result.dropped_chunks} damaged chunk(s). Re-run the original harvest command "
-              "(same --run) to regenerate them.")
+        print(
+            f"Unregistered {result.dropped_chunks} damaged chunk(s). Re-run the original harvest command "
+            "(same --run) to regenerate them."
+        )
         return 0
-    print(f"{len(result.problems)} of {result.checked} shards are damaged. Run again with --drop-corrupt, then re-run "
-          "the harvest command with the same --run to regenerate them.")
+    print(
+        f"{len(result.problems)} of {result.checked} shards are damaged. Run again with --drop-corrupt, then re-run "
+        "the harvest command with the same --run to regenerate them."
+    )
     return 1
 
 
@@ -72,18 +82,40 @@ def report_sql(config: SqlConfig, result: QueryResult) -> None:
 def add_store(sub, name: str, help_text: str) -> None:
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
     store_sub = parser.add_subparsers(dest="store_command", required=True, metavar="{info,verify,upgrade}")
-    add_command(store_sub, "info", "runs, hook points, token counts and sizes", StoreInfoConfig, run_store_info,
-                report_info, flags=POSITIONAL_STORE, epilog="example:\n  workbench store info store/")
-    add_command(store_sub, "verify", "check every shard against its recorded SHA-256", VerifyConfig, run_verify,
-                report_verify, flags=POSITIONAL_STORE,
-                description="Check every committed shard file against the SHA-256 and row count recorded when it was "
-                            "committed. With --drop-corrupt, damaged chunks are unregistered so that re-running the "
-                            "harvest command regenerates them.",
-                epilog="examples:\n  workbench store verify store/\n  workbench store verify store/ --drop-corrupt")
-    add_command(store_sub, "upgrade", "migrate a store written by an older workbench to the current schema",
-                UpgradeConfig, run_upgrade, report_upgrade, flags=POSITIONAL_STORE,
-                description="Migrate a store written by an older workbench to the current schema, in place and in "
-                            "one transaction: all data is kept, and a failed upgrade leaves the store as it was.")
+    add_command(
+        store_sub,
+        "info",
+        "runs, hook points, token counts and sizes",
+        StoreInfoConfig,
+        run_store_info,
+        report_info,
+        flags=POSITIONAL_STORE,
+        epilog="example:\n  workbench store info store/",
+    )
+    add_command(
+        store_sub,
+        "verify",
+        "check every shard against its recorded SHA-256",
+        VerifyConfig,
+        run_verify,
+        report_verify,
+        flags=POSITIONAL_STORE,
+        description="Check every committed shard file against the SHA-256 and row count recorded when it was "
+        "committed. With --drop-corrupt, damaged chunks are unregistered so that re-running the "
+        "harvest command regenerates them.",
+        epilog="examples:\n  workbench store verify store/\n  workbench store verify store/ --drop-corrupt",
+    )
+    add_command(
+        store_sub,
+        "upgrade",
+        "migrate a store written by an older workbench to the current schema",
+        UpgradeConfig,
+        run_upgrade,
+        report_upgrade,
+        flags=POSITIONAL_STORE,
+        description="Migrate a store written by an older workbench to the current schema, in place and in "
+        "one transaction: all data is kept, and a failed upgrade leaves the store as it was.",
+    )
 
 
 SQL_EPILOG = textwrap.dedent("""\
@@ -101,10 +133,18 @@ SQL_EPILOG = textwrap.dedent("""\
 
 
 def add_sql(sub, name: str, help_text: str) -> None:
-    add_command(sub, name, help_text, SqlConfig, run_sql, report_sql, flags=POSITIONAL_STORE | {"query": ["QUERY"]},
-                description="Run one read-only SQL statement against a store and print the result as a table. "
-                            "It sees the last committed state, also while a harvest writes.",
-                epilog=SQL_EPILOG)
+    add_command(
+        sub,
+        name,
+        help_text,
+        SqlConfig,
+        run_sql,
+        report_sql,
+        flags=POSITIONAL_STORE | {"query": ["QUERY"]},
+        description="Run one read-only SQL statement against a store and print the result as a table. "
+        "It sees the last committed state, also while a harvest writes.",
+        epilog=SQL_EPILOG,
+    )
 
 
 COMMANDS = {"store": add_store, "sql": add_sql}

@@ -31,8 +31,10 @@ FORCING_MODES = ("swap", "only")
 def parse_site(name: str, n_layers: int) -> HookPoint:
     point = parse_hook(name, n_layers)
     if point.kind not in SITE_KINDS:
-        raise CodebookError(f"'{name}' cannot hold a codebook: use blocks.{{l}}.attn.hook_out, blocks.{{l}}.attn.hook_z "
-                            f"(per head) or blocks.{{l}}.mlp.hook_out with 0 <= l < {n_layers}.")
+        raise CodebookError(
+            f"'{name}' cannot hold a codebook: use blocks.{{l}}.attn.hook_out, blocks.{{l}}.attn.hook_z "
+            f"(per head) or blocks.{{l}}.mlp.hook_out with 0 <= l < {n_layers}."
+        )
     return point
 
 
@@ -41,7 +43,9 @@ def check_code(site: str, code: int, total_codes: dict[str, int]) -> None:
     if site not in total_codes:
         raise CodebookError(f"No codebook at '{site}'; there are codebooks at {', '.join(total_codes)}.")
     if not 0 <= code < total_codes[site]:
-        raise CodebookError(f"Code {code} is out of range: the codebook at {site} has codes 0 to {total_codes[site] - 1}.")
+        raise CodebookError(
+            f"Code {code} is out of range: the codebook at {site} has codes 0 to {total_codes[site] - 1}."
+        )
 
 
 class CodebookModel(nn.Module):
@@ -61,9 +65,14 @@ class CodebookModel(nn.Module):
         d = hf_model.config.hidden_size
         n_heads, d_head = attention_heads(hf_model)
         self.sites = [p.name for p in points]
-        self.bottlenecks = nn.ModuleDict({
-            p.name.replace(".", "_"): CodebookBottleneck(n_heads * d_head, n_codes, k, reduce, groups=n_heads)
-            if p.kind == "attn.hook_z" else CodebookBottleneck(d, n_codes, k, reduce) for p in points})
+        self.bottlenecks = nn.ModuleDict(
+            {
+                p.name.replace(".", "_"): CodebookBottleneck(n_heads * d_head, n_codes, k, reduce, groups=n_heads)
+                if p.kind == "attn.hook_z"
+                else CodebookBottleneck(d, n_codes, k, reduce)
+                for p in points
+            }
+        )
         self.codes: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k] from the last forward
         self.similarities: dict[str, torch.Tensor] = {}  # site -> [batch, seq, k]: each code's cosine similarity
         self.inputs: dict[str, torch.Tensor] = {}  # site -> the activations the bottleneck replaced (detached)
@@ -153,7 +162,7 @@ class CodebookModel(nn.Module):
         self.enabled = False
         try:
             for start in range(0, len(input_ids), batch_size):
-                self.hf_model(input_ids[start:start + batch_size])
+                self.hf_model(input_ids[start : start + batch_size])
                 for site in self.sites:
                     seen[site].append(self.inputs[site].reshape(-1, self.inputs[site].shape[-1]))
         finally:

@@ -35,20 +35,37 @@ def codebook_summary(store: Store, name: str) -> CodebookSummary:
     record = lookups.completed_codebook(store, name)
     # The codebook tensors' shapes say how many codes each site has; safe_open reads only the file's header.
     with safe_open(store.root / record.path / "final" / "codebooks.safetensors", "pt") as weights:
-        total = {site: weights.get_slice(f"bottlenecks.{site.replace('.', '_')}.codebook").get_shape()[0]
-                 for site in record.sites}
+        total = {
+            site: weights.get_slice(f"bottlenecks.{site.replace('.', '_')}.codebook").get_shape()[0]
+            for site in record.sites
+        }
     return CodebookSummary(record, stored_codes.encoded_runs(store, name), total)
 
 
-def code_contexts(store: Store, summary: CodebookSummary, run: str, site: str, code: int, n: int = 10,
-                  before: int = 16, after: int = 4) -> list[Context]:
+def code_contexts(
+    store: Store,
+    summary: CodebookSummary,
+    run: str,
+    site: str,
+    code: int,
+    n: int = 10,
+    before: int = 16,
+    after: int = 4,
+) -> list[Context]:
     """The code's n most similar firings, at most one per context, each with its window; a token's value is the
     code's similarity there (0 where the code did not fire)."""
     check_code(site, code, summary.total_codes)
     context_len = lookups.run(store, run).context_len
     hits = stored_codes.code_hits(store, summary.codebook.name, run, site, code, n, context_len)
-    return context_windows(store, run, context_len, hits, before, after,
-                           *stored_codes.code_window_values(summary.codebook.name, run, site, code))
+    return context_windows(
+        store,
+        run,
+        context_len,
+        hits,
+        before,
+        after,
+        *stored_codes.code_window_values(summary.codebook.name, run, site, code),
+    )
 
 
 def default_targets(store: Store, name: str, site: str, code: int, n: int = 5) -> list[str]:

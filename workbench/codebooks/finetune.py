@@ -62,8 +62,9 @@ class FinetuneState:
 def model_fingerprint(hf_model: Any) -> str:  # a HF model: config fields are per-architecture
     """A hash of the base model's shape and token embedding: a codebook only fits the model it was trained on."""
     config = hf_model.config
-    digest = hashlib.sha256(json.dumps([config.model_type, config.hidden_size, config.num_hidden_layers,
-                                        config.vocab_size]).encode())
+    digest = hashlib.sha256(
+        json.dumps([config.model_type, config.hidden_size, config.num_hidden_layers, config.vocab_size]).encode()
+    )
     digest.update(hf_model.get_input_embeddings().weight.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -71,20 +72,29 @@ def model_fingerprint(hf_model: Any) -> str:  # a HF model: config fields are pe
 def codebook_identity(coded: CodebookModel, fingerprint: str) -> dict:
     """What a checkpoint or saved codebook must match before it is loaded into `coded`."""
     first = coded.bottleneck(coded.sites[0])
-    return {"model_fingerprint": fingerprint, "sites": coded.sites, "n_codes": first.n_codes, "k": first.k,
-            "reduce": first.reduce}
+    return {
+        "model_fingerprint": fingerprint,
+        "sites": coded.sites,
+        "n_codes": first.n_codes,
+        "k": first.k,
+        "reduce": first.reduce,
+    }
 
 
 def check_identity(saved: dict, expected: dict, where: Path) -> None:
     if saved.get("model_fingerprint") != expected["model_fingerprint"]:
-        raise CodebookError(f"The codebooks in {where} were trained on another model (fingerprint "
-                            f"{saved.get('model_fingerprint')}, this model is {expected['model_fingerprint']}). "
-                            "Load them with the model they were trained on, or train new ones with a new --name.")
+        raise CodebookError(
+            f"The codebooks in {where} were trained on another model (fingerprint "
+            f"{saved.get('model_fingerprint')}, this model is {expected['model_fingerprint']}). "
+            "Load them with the model they were trained on, or train new ones with a new --name."
+        )
     differing = [key for key in expected if saved.get(key) != expected[key]]
     if differing:
-        raise CodebookError(f"The codebooks in {where} differ in {', '.join(differing)} "
-                            f"(saved: {', '.join(f'{k}={saved.get(k)}' for k in differing)}); "
-                            "repeat the original settings to resume, or choose a new --name.")
+        raise CodebookError(
+            f"The codebooks in {where} differ in {', '.join(differing)} "
+            f"(saved: {', '.join(f'{k}={saved.get(k)}' for k in differing)}); "
+            "repeat the original settings to resume, or choose a new --name."
+        )
 
 
 def _trained_state(coded: CodebookModel, train_model: bool) -> dict[str, torch.Tensor]:
@@ -100,9 +110,16 @@ def _trained_state(coded: CodebookModel, train_model: bool) -> dict[str, torch.T
     return state
 
 
-def finetune(coded: CodebookModel, batch_at: Callable[[int], torch.Tensor], n_steps: int, settings: FinetuneSettings,
-             identity: dict, folder: Path | None = None, progress: bool = True,
-             stop_after_steps: int | None = None) -> FinetuneState:
+def finetune(
+    coded: CodebookModel,
+    batch_at: Callable[[int], torch.Tensor],
+    n_steps: int,
+    settings: FinetuneSettings,
+    identity: dict,
+    folder: Path | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> FinetuneState:
     """Fine-tune `coded` for n_steps batches (`batch_at(step)` gives the token ids [batch, seq] of a step),
     resuming from the checkpoint in `folder` if there is one."""
     train_model = settings.model_lr > 0
@@ -122,6 +139,7 @@ def finetune(coded: CodebookModel, batch_at: Callable[[int], torch.Tensor], n_st
 
     def save_checkpoint() -> None:
         assert folder is not None  # checkpoints are saved only when there is a folder
+
         def write(staging: Path) -> None:
             save_file(_trained_state(coded, train_model), staging / "trained.safetensors")
             save_file(optimizer_tensors(optimizer, coded), staging / "optimizer.safetensors")
@@ -130,26 +148,35 @@ def finetune(coded: CodebookModel, batch_at: Callable[[int], torch.Tensor], n_st
 
         write_folder_atomically(folder / CHECKPOINT, write)
 
-    bar = tqdm(total=n_steps, initial=state.step, unit="step", desc="codebooks", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=n_steps, initial=state.step, unit="step", desc="codebooks", disable=not progress, dynamic_ncols=True
+    )
     last_checkpoint = time.monotonic()
     coded.train()
     with bar:
         while state.step < n_steps:
             ids = batch_at(state.step)
             lm_loss = coded(ids, labels=ids).loss
-            recon = torch.stack([coded.recon_losses[site] / coded.inputs[site].pow(2).sum(-1).mean().clamp_min(1e-12)
-                                 for site in coded.sites]).mean()
+            recon = torch.stack(
+                [
+                    coded.recon_losses[site] / coded.inputs[site].pow(2).sum(-1).mean().clamp_min(1e-12)
+                    for site in coded.sites
+                ]
+            ).mean()
             loss = lm_loss + settings.recon_coefficient * recon
             if not torch.isfinite(loss):
-                raise CodebookError(f"The loss became {loss.item()} at step {state.step}; lower --codebook-lr or --model-lr.")
+                raise CodebookError(
+                    f"The loss became {loss.item()} at step {state.step}; lower --codebook-lr or --model-lr."
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if settings.dead_window_tokens:
                 for site in coded.sites:
                     recent = coded.inputs[site].reshape(-1, coded.inputs[site].shape[-1])
-                    state.codes_replaced += coded.bottleneck(site).replace_dead(recent, settings.dead_window_tokens,
-                                                                                seed=state.step)
+                    state.codes_replaced += coded.bottleneck(site).replace_dead(
+                        recent, settings.dead_window_tokens, seed=state.step
+                    )
             state.step += 1
             state.tokens += ids.numel()
             state.last_lm_loss, state.last_recon = lm_loss.item(), recon.item()
@@ -166,12 +193,15 @@ def finetune(coded: CodebookModel, batch_at: Callable[[int], torch.Tensor], n_st
 
 def save_codebooks(coded: CodebookModel, folder: Path, identity: dict, train_model: bool) -> None:
     """The finished codebooks: codebooks.safetensors, identity.json, and model.safetensors when the model was tuned."""
+
     def write(staging: Path) -> None:
         state = _trained_state(coded, train_model)
         save_file({k: v for k, v in state.items() if k.startswith("bottlenecks.")}, staging / "codebooks.safetensors")
         if train_model:
-            save_file({k.removeprefix("hf_model."): v for k, v in state.items() if k.startswith("hf_model.")},
-                      staging / "model.safetensors")
+            save_file(
+                {k.removeprefix("hf_model."): v for k, v in state.items() if k.startswith("hf_model.")},
+                staging / "model.safetensors",
+            )
         (staging / "identity.json").write_text(json.dumps(identity))
 
     write_folder_atomically(folder / "final", write)
@@ -181,12 +211,16 @@ def load_codebooks(coded: CodebookModel, folder: Path, identity: dict) -> None:
     """Load saved codebooks (and fine-tuned weights) into `coded`, after checking they belong to this model."""
     final = readable_folder(folder / "final")
     if final is None:
-        raise CodebookError(f"No finished codebooks in {folder}; run the same `workbench codebook train` command to finish them.")
+        raise CodebookError(
+            f"No finished codebooks in {folder}; run the same `workbench codebook train` command to finish them."
+        )
     check_identity(json.loads((final / "identity.json").read_text()), identity, final)
     coded.load_state_dict(load_file(final / "codebooks.safetensors"), strict=False)
     if (final / "model.safetensors").exists():
         # strict=False because a tied weight is saved once; its twin shares the loaded tensor.
-        unexpected = coded.hf_model.load_state_dict(load_file(final / "model.safetensors"), strict=False).unexpected_keys
+        unexpected = coded.hf_model.load_state_dict(
+            load_file(final / "model.safetensors"), strict=False
+        ).unexpected_keys
         if unexpected:
             raise CodebookError(f"{final}/model.safetensors holds weights this model does not have ({unexpected[:3]}).")
 
@@ -199,7 +233,7 @@ def mean_lm_loss(coded: CodebookModel, contexts: torch.Tensor, batch_size: int, 
     try:
         total, count = 0.0, 0
         for start in range(0, len(contexts), batch_size):
-            ids = contexts[start:start + batch_size]
+            ids = contexts[start : start + batch_size]
             total += coded(ids, labels=ids).loss.item() * ids[:, 1:].numel()
             count += ids[:, 1:].numel()
     finally:

@@ -64,8 +64,8 @@ class TokFSM:
             state = int(rng.integers(self.n_states))
             for step in range(n_steps):
                 start = 1 + step * self.digits
-                tokens[row, start:start + self.digits] = self.encode(state)
-                states[row, start:start + self.digits] = state
+                tokens[row, start : start + self.digits] = self.encode(state)
+                states[row, start : start + self.digits] = state
                 state = int(rng.choice(self.n_states, p=self.transitions[state]))
         return torch.from_numpy(tokens), torch.from_numpy(states)
 
@@ -75,9 +75,18 @@ def tiny_transformer(fsm: TokFSM, d_model: int = 64, n_layers: int = 2, n_heads:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=fsm.vocab_size, hidden_size=d_model, intermediate_size=4 * d_model,
-                         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
-                         max_position_embeddings=256, bos_token_id=BOS, eos_token_id=BOS, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=fsm.vocab_size,
+        hidden_size=d_model,
+        intermediate_size=4 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        max_position_embeddings=256,
+        bos_token_id=BOS,
+        eos_token_id=BOS,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config).float()
 
 
@@ -91,7 +100,7 @@ def next_state_accuracy(model, fsm: TokFSM, tokens: torch.Tensor, states: torch.
     with torch.no_grad():
         last_digits = [i for i in range(fsm.digits, tokens.shape[1] - fsm.digits, fsm.digits)]
         for position in last_digits:
-            context = tokens[:, :position + 1]
+            context = tokens[:, : position + 1]
             predicted = []
             for _ in range(fsm.digits):
                 next_digit = model(context).logits[:, -1, :10].argmax(-1)
@@ -106,8 +115,16 @@ def next_state_accuracy(model, fsm: TokFSM, tokens: torch.Tensor, states: torch.
     return valid / max(total, 1)
 
 
-def train_on_fsm(model, fsm: TokFSM, steps: int = 1500, batch_size: int = 64, n_steps: int = 24, lr: float = 3e-3,
-                 seed: int = 0, progress: bool = False) -> list[float]:
+def train_on_fsm(
+    model,
+    fsm: TokFSM,
+    steps: int = 1500,
+    batch_size: int = 64,
+    n_steps: int = 24,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
     """Next-token training on fresh walks each step; returns the loss curve."""
     from tqdm.auto import tqdm
 

@@ -77,7 +77,9 @@ def state_codes(coded: CodebookModel, fsm: TokFSM, tokens: torch.Tensor, states:
         for digit in range(fsm.digits):
             positions = [p - (fsm.digits - 1 - digit) for p in last]
             table = np.zeros((fsm.n_states, n_codes))
-            np.add.at(table, (states[:, positions].numpy().ravel(), coded.codes[site][:, positions, 0].numpy().ravel()), 1)
+            np.add.at(
+                table, (states[:, positions].numpy().ravel(), coded.codes[site][:, positions, 0].numpy().ravel()), 1
+            )
             per_digit.append(table.argmax(1))
         result[site] = np.stack(per_digit, axis=1)
     return result
@@ -95,15 +97,23 @@ class InterventionResult:
 
 
 @torch.no_grad()
-def intervene(coded: CodebookModel, fsm: TokFSM, codes_of_state: dict[str, np.ndarray], sites: list[str],
-              tokens: torch.Tensor, states: torch.Tensor, position: int, seed: int = 0,
-              digits: str = "last") -> InterventionResult:
+def intervene(
+    coded: CodebookModel,
+    fsm: TokFSM,
+    codes_of_state: dict[str, np.ndarray],
+    sites: list[str],
+    tokens: torch.Tensor,
+    states: torch.Tensor,
+    position: int,
+    seed: int = 0,
+    digits: str = "last",
+) -> InterventionResult:
     """Force state B's codes at `sites` for a random B != A per context, at `position` (a last digit) or, with
     digits="all", at every digit of the state ending there."""
     if digits not in ("last", "all"):
         raise CodebookError(f"digits must be 'last' or 'all', not '{digits}'.")
     forced_digits = range(fsm.digits) if digits == "all" else [fsm.digits - 1]
-    context, current = tokens[:, :position + 1], states[:, position]
+    context, current = tokens[:, : position + 1], states[:, position]
     offset = np.random.default_rng(seed).integers(1, fsm.n_states, len(current))
     target = (current + torch.from_numpy(offset)) % fsm.n_states
     truth = torch.from_numpy(fsm.transitions).float()
@@ -131,8 +141,14 @@ def intervene(coded: CodebookModel, fsm: TokFSM, codes_of_state: dict[str, np.nd
         return hits.float().mean().item()
 
     return InterventionResult(
-        sites=sites, digits=digits, n_contexts=len(context),
+        sites=sites,
+        digits=digits,
+        n_contexts=len(context),
         on_target=(mass(before, target), mass(after, target)),
         on_current=(mass(before, current), mass(after, current)),
-        js_to_target=(js_divergence(before, truth[target]).mean().item(), js_divergence(after, truth[target]).mean().item()),
-        sampled_target=(sampled_share(sampled_before), sampled_share(sampled_after)))
+        js_to_target=(
+            js_divergence(before, truth[target]).mean().item(),
+            js_divergence(after, truth[target]).mean().item(),
+        ),
+        sampled_target=(sampled_share(sampled_before), sampled_share(sampled_after)),
+    )

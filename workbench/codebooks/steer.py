@@ -41,8 +41,17 @@ class SteerResult:
 
 
 @torch.no_grad()
-def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, max_new_tokens: int = 24, seed: int = 0,
-             forced: dict[str, int] | None = None, temperature: float = 1.0, mode: str = "swap") -> list[str]:
+def generate(
+    coded: CodebookModel,
+    tokenizer,
+    prompt: str,
+    n_samples: int = 8,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    forced: dict[str, int] | None = None,
+    temperature: float = 1.0,
+    mode: str = "swap",
+) -> list[str]:
     """Sampled continuations of [BOS] + prompt, with `forced` {site: code} on at every position."""
     if n_samples < 1 or max_new_tokens < 1:
         raise CodebookError("--samples and --max-new-tokens must be positive.")
@@ -55,15 +64,30 @@ def generate(coded: CodebookModel, tokenizer, prompt: str, n_samples: int = 8, m
         for site, code in (forced or {}).items():
             stack.enter_context(coded.forcing(site, code, slice(None), mode))
         torch.manual_seed(seed)
-        out = coded.hf_model.generate(ids.repeat(n_samples, 1), attention_mask=torch.ones_like(ids).repeat(n_samples, 1),
-                                      do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                      max_new_tokens=max_new_tokens,
-                                      pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
+        out = coded.hf_model.generate(
+            ids.repeat(n_samples, 1),
+            attention_mask=torch.ones_like(ids).repeat(n_samples, 1),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return [tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
 
 
-def steer(coded: CodebookModel, tokenizer, prompt: str, forced: dict[str, int], targets: list[str], n_samples: int = 8,
-          max_new_tokens: int = 24, seed: int = 0, mode: str = "swap") -> SteerResult:
+def steer(
+    coded: CodebookModel,
+    tokenizer,
+    prompt: str,
+    forced: dict[str, int],
+    targets: list[str],
+    n_samples: int = 8,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    mode: str = "swap",
+) -> SteerResult:
     if not forced:
         raise CodebookError("Name at least one code to force (--site and --code).")
     for site, code in forced.items():  # before any generation
@@ -109,7 +133,18 @@ def run_codebook_steer(config: SteerConfig) -> SteerResult:
     coded.check_code(config.site, config.code)
     targets = config.targets or default_targets(store, config.codebook, config.site, config.code)
     if not targets:
-        raise CodebookError(f"Code {config.code} at {config.site} has no stored firings to take targets from: run "
-                            "`workbench codebook encode` first, or give --targets.")
-    return steer(coded, tokenizer, config.prompt, {config.site: config.code}, targets, config.samples,
-                 config.max_new_tokens, config.seed, mode=config.mode)
+        raise CodebookError(
+            f"Code {config.code} at {config.site} has no stored firings to take targets from: run "
+            "`workbench codebook encode` first, or give --targets."
+        )
+    return steer(
+        coded,
+        tokenizer,
+        config.prompt,
+        {config.site: config.code},
+        targets,
+        config.samples,
+        config.max_new_tokens,
+        config.seed,
+        mode=config.mode,
+    )

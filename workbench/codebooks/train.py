@@ -129,24 +129,35 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
         previous = _resumable(existing.config)
         differing = [key for key, value in _resumable(settings).items() if previous.get(key) != value]
         if differing:
-            raise CodebookError(f"Codebooks '{name}' exist with different settings ({', '.join(differing)}); "
-                                "choose a new --name, or repeat the original arguments to resume them.")
+            raise CodebookError(
+                f"Codebooks '{name}' exist with different settings ({', '.join(differing)}); "
+                "choose a new --name, or repeat the original arguments to resume them."
+            )
         if existing.status == "complete":
             return CodebookTrainResult(existing)
 
     n_steps = -(-config.tokens // (config.batch_size * config.context_len))
     n_eval = -(-config.eval_tokens // config.context_len)
-    corpus = tokenize_corpus(config.corpus, tokenizer, (n_steps * config.batch_size + n_eval) * config.context_len,
-                             config.context_len, config.text_column)
+    corpus = tokenize_corpus(
+        config.corpus,
+        tokenizer,
+        (n_steps * config.batch_size + n_eval) * config.context_len,
+        config.context_len,
+        config.text_column,
+    )
     contexts = torch.from_numpy(corpus.contexts()).long().to(config.device)
     if len(contexts) <= n_eval:
-        raise CodebookError(f"The corpus gave {len(contexts)} contexts of {config.context_len} tokens: too few to hold out "
-                            f"{n_eval} for evaluation and train on the rest. Use a bigger corpus or lower --eval-tokens.")
+        raise CodebookError(
+            f"The corpus gave {len(contexts)} contexts of {config.context_len} tokens: too few to hold out "
+            f"{n_eval} for evaluation and train on the rest. Use a bigger corpus or lower --eval-tokens."
+        )
     # The held-out contexts come first, so runs with different --tokens are scored on the same text.
     held_out, train_contexts = contexts[:n_eval], contexts[n_eval:]
     if len(train_contexts) < n_steps * config.batch_size:
-        print(f"note: the corpus gave {len(train_contexts) * config.context_len:,} training tokens; "
-              f"fine-tuning cycles through them to reach {config.tokens:,}.")
+        print(
+            f"note: the corpus gave {len(train_contexts) * config.context_len:,} training tokens; "
+            f"fine-tuning cycles through them to reach {config.tokens:,}."
+        )
 
     def batch_at(step: int) -> torch.Tensor:
         rows = (np.arange(step * config.batch_size, (step + 1) * config.batch_size)) % len(train_contexts)
@@ -165,10 +176,20 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
     if not existing:
         say(f"Measuring the original model's LM loss on {len(held_out) * config.context_len:,} held-out tokens ...")
         lm_loss_original = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
-        existing = CodebookRecord(name=name, model=config.model, model_fingerprint=identity["model_fingerprint"],
-                                  sites=coded.sites, n_codes=config.n_codes, k=config.k, reduce=config.reduce,
-                                  path=str(folder.relative_to(store.root)), lm_loss_original=lm_loss_original,
-                                  config=settings, package_version=package_version(), git_commit=git_commit())
+        existing = CodebookRecord(
+            name=name,
+            model=config.model,
+            model_fingerprint=identity["model_fingerprint"],
+            sites=coded.sites,
+            n_codes=config.n_codes,
+            k=config.k,
+            reduce=config.reduce,
+            path=str(folder.relative_to(store.root)),
+            lm_loss_original=lm_loss_original,
+            config=settings,
+            package_version=package_version(),
+            git_commit=git_commit(),
+        )
         with store.transaction() as con:
             insert(con, existing)
     assert existing.lm_loss_original is not None  # measured before the record is first inserted, just above
@@ -180,9 +201,18 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
     lm_loss_bypassed = mean_lm_loss(coded, held_out, config.batch_size, codebooks=False)
     with store.transaction() as con:
-        update(con, CodebookRecord, {"name": name}, status="complete", steps_done=state.step, tokens_done=state.tokens,
-               lm_loss_codebooks=lm_loss_codebooks, lm_loss_increase=lm_loss_codebooks - lm_loss_original,
-               lm_loss_bypassed=lm_loss_bypassed, recon_error=state.last_recon)
+        update(
+            con,
+            CodebookRecord,
+            {"name": name},
+            status="complete",
+            steps_done=state.step,
+            tokens_done=state.tokens,
+            lm_loss_codebooks=lm_loss_codebooks,
+            lm_loss_increase=lm_loss_codebooks - lm_loss_original,
+            lm_loss_bypassed=lm_loss_bypassed,
+            recon_error=state.last_recon,
+        )
     finished = lookups.codebook(store, name)
     assert finished is not None  # inserted above
     return CodebookTrainResult(finished)
@@ -236,20 +266,25 @@ def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) 
     coded, _, record = open_codebook_model(store, name)
     run = lookups.run(store, config.run)
     if run.model != record.model:
-        raise CodebookError(f"Run '{run.run}' was harvested from '{run.model}', but codebooks '{name}' belong to "
-                            f"'{record.model}'. Encode a run of the same model.")
+        raise CodebookError(
+            f"Run '{run.run}' was harvested from '{run.model}', but codebooks '{name}' belong to "
+            f"'{record.model}'. Encode a run of the same model."
+        )
     vocab_ids, token_ids = run_contexts(store, run)
     vocab_size = coded.hf_model.config.vocab_size
     if int(vocab_ids.max()) >= vocab_size:
-        raise CodebookError(f"Run '{run.run}' has token ids beyond this model's vocabulary ({vocab_size}); "
-                            "it is another model's run.")
+        raise CodebookError(
+            f"Run '{run.run}' has token ids beyond this model's vocabulary ({vocab_size}); it is another model's run."
+        )
     # Text columns are dictionary-encoded (an index per row into a handful of strings): a million-token run at
     # two sites with k = 8 is 16M rows, and plain string arrays of that length would cost gigabytes.
     columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}
     with torch.no_grad():
-        for start in tqdm(range(0, len(vocab_ids), batch_size), unit="batch", desc=f"codes {name}", disable=not progress):
-            coded(vocab_ids[start:start + batch_size])
-            tokens = token_ids[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(vocab_ids), batch_size), unit="batch", desc=f"codes {name}", disable=not progress
+        ):
+            coded(vocab_ids[start : start + batch_size])
+            tokens = token_ids[start : start + batch_size]
             for index, site in enumerate(coded.sites):
                 codes = coded.codes[site]  # [batch, seq, k] (k per head at a per-head site)
                 k = codes.shape[-1]
@@ -263,11 +298,16 @@ def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) 
     def constant(text: str) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([text]))
 
-    table = pa.table({"codebook": constant(name), "run": constant(run.run),
-                      "token_id": np.concatenate(columns["token_id"]),
-                      "site": pa.DictionaryArray.from_arrays(np.concatenate(columns["site"]), pa.array(coded.sites)),
-                      "rank": np.concatenate(columns["rank"]),
-                      "code": np.concatenate(columns["code"]),
-                      "similarity": np.concatenate(columns["similarity"])})
+    table = pa.table(
+        {
+            "codebook": constant(name),
+            "run": constant(run.run),
+            "token_id": np.concatenate(columns["token_id"]),
+            "site": pa.DictionaryArray.from_arrays(np.concatenate(columns["site"]), pa.array(coded.sites)),
+            "rank": np.concatenate(columns["rank"]),
+            "code": np.concatenate(columns["code"]),
+            "similarity": np.concatenate(columns["similarity"]),
+        }
+    )
     replace_codes(store, name, run.run, table)
     return CodebookEncodeResult(record, run.run, table.num_rows)

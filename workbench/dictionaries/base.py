@@ -45,12 +45,16 @@ class DictionaryConfig:
         if self.skip_connection and not self.transcoder:
             raise DictionaryError("A skip connection is for transcoders only (give --out).")
         if self.transcoder and self.arch in SAME_SPACE_ONLY:
-            raise DictionaryError(f"'{self.arch}' compares latents with the input's own norm or residual, so it needs the "
-                                  "input and output in one space: it cannot be a transcoder. Use topk or batchtopk with --out.")
+            raise DictionaryError(
+                f"'{self.arch}' compares latents with the input's own norm or residual, so it needs the "
+                "input and output in one space: it cannot be a transcoder. Use topk or batchtopk with --out."
+            )
         if self.arch in NO_FIXED_K and self.k == 0:
             return  # imported JumpReLU dictionaries have thresholds, not a k
         if not 0 < self.k < self.n_latents:
-            raise DictionaryError(f"k must be between 1 and the number of latents minus one ({self.n_latents - 1}); got k={self.k}.")
+            raise DictionaryError(
+                f"k must be between 1 and the number of latents minus one ({self.n_latents - 1}); got k={self.k}."
+            )
 
     # d_out and aux_k stay optional fields (the constructor takes None, asdict and cfg.json are unchanged);
     # __post_init__ fills them in, and these give that filled-in value as an int.
@@ -102,8 +106,9 @@ class SparseCoder(nn.Module):
 
     # -- the family-specific part ----------------------------------------------------
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         """One training pass. `dead_F` marks the latents the auxiliary loss may revive; `target_BD` is what
         to reconstruct (a transcoder's output hook), x_BD itself when None. Every family takes these three."""
         raise NotImplementedError
@@ -134,8 +139,14 @@ class SparseCoder(nn.Module):
         """What inference produces for x: decode(encode(x)), with the skip term for skip transcoders."""
         return self.decode(self.encode(x_BD), x_BD)
 
-    def residual_aux_loss(self, pre_BF: torch.Tensor, residual_BD: torch.Tensor, eligible_F: torch.Tensor | None,
-                          weight_F: torch.Tensor | None = None, encoder_input_BD: torch.Tensor | None = None) -> torch.Tensor:
+    def residual_aux_loss(
+        self,
+        pre_BF: torch.Tensor,
+        residual_BD: torch.Tensor,
+        eligible_F: torch.Tensor | None,
+        weight_F: torch.Tensor | None = None,
+        encoder_input_BD: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """AuxK (Gao et al.): the top aux_k eligible latents (dead ones, for AuxK) reconstruct the residual.
 
         `weight_F` scales each latent's activation in that reconstruction; aux_zipf_loss uses it to
@@ -213,12 +224,15 @@ def register(arch: str):
     A name that is already taken is refused: silently replacing a family would change what
     every stored dictionary of that arch loads as.
     """
+
     def decorate(cls: type[SparseCoder]) -> type[SparseCoder]:
         taken = _FAMILIES.get(arch)
         # The same class defined again (a module reloaded) is the same family, not a clash.
         if taken is not None and _qualified_name(taken) != _qualified_name(cls):
-            raise DictionaryError(f"Architecture '{arch}' is already registered by {_qualified_name(taken)}; "
-                                  f"choose another name for {_qualified_name(cls)}.")
+            raise DictionaryError(
+                f"Architecture '{arch}' is already registered by {_qualified_name(taken)}; "
+                f"choose another name for {_qualified_name(cls)}."
+            )
         _FAMILIES[arch] = cls
         return cls
 
@@ -259,7 +273,8 @@ def load_dictionary(folder: str | Path, expected_arch: str | None = None) -> Spa
     pickles = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
     weights = next((folder / f for f in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE) if (folder / f).exists()), None)
     offered_pickle = folder.suffix in pickles or (
-        folder.is_dir() and weights is None and any(p.suffix in pickles for p in folder.iterdir()))
+        folder.is_dir() and weights is None and any(p.suffix in pickles for p in folder.iterdir())
+    )
     if offered_pickle:
         raise DictionaryError(
             f"{folder} is a pickle checkpoint; the workbench loads only safetensors, because unpickling can run "
@@ -283,8 +298,10 @@ def load_dictionary(folder: str | Path, expected_arch: str | None = None) -> Spa
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if m not in model.training_buffers]
     if missing or unexpected:
-        raise DictionaryError(f"{folder}: the weights do not match a '{config.arch}' dictionary "
-                              f"(missing {missing or 'none'}, unexpected {unexpected or 'none'}).")
+        raise DictionaryError(
+            f"{folder}: the weights do not match a '{config.arch}' dictionary "
+            f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})."
+        )
     return model
 
 

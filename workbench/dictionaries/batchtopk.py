@@ -41,10 +41,13 @@ class JumpReLUSAE(SparseCoder):
         pre_BF = self.pre_activations(x_BD)
         return pre_BF.relu() * (pre_BF > self.threshold)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
-        raise DictionaryError("A JumpReLU dictionary is for inference (imported from SAELens); the workbench trains "
-                              "its JumpReLU SAEs as batchtopk. Use --arch batchtopk.")
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
+        raise DictionaryError(
+            "A JumpReLU dictionary is for inference (imported from SAELens); the workbench trains "
+            "its JumpReLU SAEs as batchtopk. Use --arch batchtopk."
+        )
 
     @torch.no_grad()
     def fold_scales(self, input_scale: float, target_scale: float) -> None:
@@ -76,12 +79,14 @@ class BatchTopKSAE(JumpReLUSAE):
         """Training-time activations: the k * batch largest of the batch."""
         return batch_topk_activations(pre_BF, self.config.k)
 
-    def auxiliary_loss(self, pre_BF: torch.Tensor, f_BF: torch.Tensor, residual_BD: torch.Tensor,
-                       dead_F: torch.Tensor | None) -> torch.Tensor:
+    def auxiliary_loss(
+        self, pre_BF: torch.Tensor, f_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.residual_aux_loss(pre_BF, residual_BD, dead_F)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         target_BD = x_BD if target_BD is None else target_BD
         pre_BF = self.pre_activations(x_BD)
         f_BF = self.select(pre_BF)

@@ -64,7 +64,9 @@ class CodebookBottleneck(nn.Module):
 
     def forward(self, x_BD: torch.Tensor) -> CodebookOutput:
         if x_BD.shape[-1] != self.d:
-            raise CodebookError(f"The codebook reads {self.d}-dimensional activations; this site gives {x_BD.shape[-1]}.")
+            raise CodebookError(
+                f"The codebook reads {self.d}-dimensional activations; this site gives {x_BD.shape[-1]}."
+            )
         with torch.no_grad():
             similarity, local = self.scores(x_BD).topk(self.k, dim=-1)  # [..., groups, k]
             offsets = torch.arange(self.groups, device=x_BD.device)[:, None] * self.n_codes
@@ -99,14 +101,17 @@ class CodebookBottleneck(nn.Module):
         (unnormalised) of their cluster, divided by k for reduce="sum", so the output's scale matches what it
         replaces. Needs at least n_codes activations."""
         if len(x_ND) < self.n_codes:
-            raise CodebookError(f"k-means initialisation needs at least {self.n_codes} activations (one per code); "
-                                f"got {len(x_ND)}.")
+            raise CodebookError(
+                f"k-means initialisation needs at least {self.n_codes} activations (one per code); got {len(x_ND)}."
+            )
         generator = torch.Generator().manual_seed(seed)
         for group in range(self.groups):
-            x = x_ND[:, group * self.d_group:(group + 1) * self.d_group]
+            x = x_ND[:, group * self.d_group : (group + 1) * self.d_group]
             centres = _cosine_kmeans(x, self.n_codes, iterations, generator)
             # With reduce="sum" the output adds k codes that each resemble x, so each starts at 1/k of its centre.
-            self.codebook[group * self.n_codes:(group + 1) * self.n_codes] = centres / self.k if self.reduce == "sum" else centres
+            self.codebook[group * self.n_codes : (group + 1) * self.n_codes] = (
+                centres / self.k if self.reduce == "sum" else centres
+            )
         self.since_used.zero_()
 
     @torch.no_grad()
@@ -134,8 +139,11 @@ def _cosine_kmeans(x_ND: torch.Tensor, n: int, iterations: int, generator: torch
     nearest = 1 - unit @ unit[chosen[0]]
     for _ in range(n - 1):
         weights = nearest.clamp_min(0) ** 2
-        pick = int(torch.multinomial(weights, 1, generator=generator)) if weights.sum() > 0 else \
-            int(torch.randint(0, len(x_ND), (1,), generator=generator))
+        pick = (
+            int(torch.multinomial(weights, 1, generator=generator))
+            if weights.sum() > 0
+            else int(torch.randint(0, len(x_ND), (1,), generator=generator))
+        )
         chosen.append(pick)
         nearest = torch.minimum(nearest, 1 - unit @ unit[pick])
     centres = x_ND[chosen].clone()

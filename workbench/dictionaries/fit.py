@@ -60,12 +60,14 @@ class Checkpointer:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def save(self, model: SparseCoder, optimizer: torch.optim.Optimizer, tracker: DeadLatentTracker,
-             state: FitState) -> None:
+    def save(
+        self, model: SparseCoder, optimizer: torch.optim.Optimizer, tracker: DeadLatentTracker, state: FitState
+    ) -> None:
         def write(staging: Path) -> None:
             # The full training state (training-only buffers too), not the SAELens layout of the final dictionary.
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                      staging / "model.safetensors")
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / "model.safetensors"
+            )
             (staging / "cfg.json").write_text(json.dumps(asdict(model.config)))
             tensors = {"dead.tokens_since_fired": tracker.tokens_since_fired} | optimizer_tensors(optimizer, model)
             save_file(tensors, staging / "optimizer.safetensors")
@@ -79,9 +81,11 @@ class Checkpointer:
             return None
         saved = json.loads((folder / "cfg.json").read_text())
         if saved != asdict(model.config):
-            raise DictionaryError(f"The checkpoint in {folder} is for a different dictionary ({saved['arch']}, "
-                                  f"{saved['n_latents']} latents, k={saved['k']}); "
-                                  "use a new --name or the original settings.")
+            raise DictionaryError(
+                f"The checkpoint in {folder} is for a different dictionary ({saved['arch']}, "
+                f"{saved['n_latents']} latents, k={saved['k']}); "
+                "use a new --name or the original settings."
+            )
         model.load_state_dict(load_file(folder / "model.safetensors"))  # safetensors only: no pickle is ever loaded
         tensors = load_file(folder / "optimizer.safetensors")
         tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired")
@@ -89,10 +93,17 @@ class Checkpointer:
         return FitState(**json.loads((folder / "state.json").read_text()))
 
 
-def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]], n_steps: int,
-        lr: float, dead_window_tokens: int, checkpointer: Checkpointer | None = None,
-        checkpoint_seconds: float = 60.0, progress: bool = True,
-        stop_after_steps: int | None = None) -> tuple[FitState, DeadLatentTracker]:
+def fit(
+    model: SparseCoder,
+    batches_from: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+    n_steps: int,
+    lr: float,
+    dead_window_tokens: int,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> tuple[FitState, DeadLatentTracker]:
     """Train `model` for n_steps batches, resuming from a checkpoint if there is one.
 
     `batches_from(step)` yields (input, target) batches starting at global step `step`.
@@ -104,13 +115,16 @@ def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.T
     if state.step == 0:
         first_x, first_y = next(batches)
         state.input_scale = model.config.d_in**0.5 / first_x.float().norm(dim=1).mean().clamp_min(1e-12).item()
-        state.target_scale = (model.config.output_width**0.5
-                              / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
-                              if model.config.transcoder else state.input_scale)
+        state.target_scale = (
+            model.config.output_width**0.5 / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
+            if model.config.transcoder
+            else state.input_scale
+        )
         model.b_dec.data = geometric_median(first_y.float() * state.target_scale)
         batches = _prepend((first_x, first_y), batches)
-    bar = tqdm(total=n_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True,
-               desc=model.config.arch)
+    bar = tqdm(
+        total=n_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True, desc=model.config.arch
+    )
     last_checkpoint = time.monotonic()
     with bar:
         while state.step < n_steps:
@@ -132,8 +146,12 @@ def fit(model: SparseCoder, batches_from: Callable[[int], Iterator[tuple[torch.T
             state.last_fvu, state.last_l0 = fvu.item(), l0(output.f_BF)
             bar.update(1)
             if state.step % 10 == 0 or state.step == n_steps:
-                bar.set_postfix(loss=f"{loss.item():.4f}", fvu=f"{state.last_fvu:.4f}", l0=f"{state.last_l0:.1f}",
-                                dead=f"{100 * tracker.dead_fraction():.1f}%")
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    fvu=f"{state.last_fvu:.4f}",
+                    l0=f"{state.last_l0:.1f}",
+                    dead=f"{100 * tracker.dead_fraction():.1f}%",
+                )
             if checkpointer and (time.monotonic() - last_checkpoint > checkpoint_seconds or state.step == n_steps):
                 checkpointer.save(model, optimizer, tracker, state)
                 last_checkpoint = time.monotonic()

@@ -25,8 +25,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         fractions = self.config.extra.get("prefix_fractions", DEFAULT_FRACTIONS)
         return sorted({max(1, int(f * self.config.n_latents)) for f in fractions if 0 < f < 1})
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         output = super().forward(x_BD, dead_F, target_BD)
         target_BD = x_BD if target_BD is None else target_BD
         prefix_loss = sum(batch_fvu(target_BD, self.decode_prefix(output.f_BF, m, x_BD)) for m in self.prefix_sizes())

@@ -17,7 +17,9 @@ from workbench.dictionaries.base import SparseCoder, SparseOutput, register
 
 @register("mp")
 class MatchingPursuitSAE(SparseCoder):
-    def encode_with(self, x_BD: torch.Tensor, k: int | None = None, residual_threshold: float | None = None) -> torch.Tensor:
+    def encode_with(
+        self, x_BD: torch.Tensor, k: int | None = None, residual_threshold: float | None = None
+    ) -> torch.Tensor:
         k = k or self.config.k
         if residual_threshold is None:
             residual_threshold = self.config.extra.get("residual_threshold")
@@ -39,8 +41,9 @@ class MatchingPursuitSAE(SparseCoder):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.encode_with(x_BD)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         f_BF = self.encode(x_BD)
         return SparseOutput(f_BF, self.decode(f_BF, x_BD), f_BF.new_zeros(()))
 

@@ -83,21 +83,40 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor], source: Path | str
     arch = cfg.get("architecture", "standard")
     for key, allowed in (("normalize_activations", "none"), ("reshape_activations", "none")):
         if cfg.get(key, "none") != allowed:
-            raise DictionaryError(f"{source}: SAELens dictionaries with {key}={cfg[key]!r} are not supported; "
-                                  f"only '{allowed}' converts exactly.")
-    supported = {"topk": "topk", "standard": "jumprelu", "jumprelu": "jumprelu", "transcoder": "jumprelu",
-                 "skip_transcoder": "jumprelu", "jumprelu_transcoder": "jumprelu", "jumprelu_skip_transcoder": "jumprelu"}
+            raise DictionaryError(
+                f"{source}: SAELens dictionaries with {key}={cfg[key]!r} are not supported; "
+                f"only '{allowed}' converts exactly."
+            )
+    supported = {
+        "topk": "topk",
+        "standard": "jumprelu",
+        "jumprelu": "jumprelu",
+        "transcoder": "jumprelu",
+        "skip_transcoder": "jumprelu",
+        "jumprelu_transcoder": "jumprelu",
+        "jumprelu_skip_transcoder": "jumprelu",
+    }
     if arch not in supported:
-        raise DictionaryError(f"{source}: SAELens architecture '{arch}' cannot be imported; supported: {', '.join(supported)}.")
+        raise DictionaryError(
+            f"{source}: SAELens architecture '{arch}' cannot be imported; supported: {', '.join(supported)}."
+        )
     transcoder = "transcoder" in arch
     d_in, n_latents = int(cfg["d_in"]), int(cfg["d_sae"])
     if tuple(tensors["W_enc"].shape) != (d_in, n_latents):
-        raise DictionaryError(f"{source}: W_enc has shape {tuple(tensors['W_enc'].shape)}, but cfg.json says "
-                              f"d_in={d_in}, d_sae={n_latents}.")
-    config = DictionaryConfig(arch=supported[arch], d_in=d_in, n_latents=n_latents,
-                              k=int(cfg["k"]) if arch == "topk" else 0, d_out=int(cfg.get("d_out", d_in)),
-                              transcoder=transcoder, skip_connection="skip" in arch,
-                              extra={"imported_from": "sae_lens", "saelens_architecture": arch})
+        raise DictionaryError(
+            f"{source}: W_enc has shape {tuple(tensors['W_enc'].shape)}, but cfg.json says "
+            f"d_in={d_in}, d_sae={n_latents}."
+        )
+    config = DictionaryConfig(
+        arch=supported[arch],
+        d_in=d_in,
+        n_latents=n_latents,
+        k=int(cfg["k"]) if arch == "topk" else 0,
+        d_out=int(cfg.get("d_out", d_in)),
+        transcoder=transcoder,
+        skip_connection="skip" in arch,
+        extra={"imported_from": "sae_lens", "saelens_architecture": arch},
+    )
     if supported[arch] == "jumprelu" and "threshold" not in tensors:
         tensors["threshold"] = torch.zeros(n_latents)  # ReLU: fires wherever the pre-activation is positive
     if "log_threshold" in tensors:

@@ -37,19 +37,25 @@ class _GatherPreActivations(torch.autograd.Function):
             grad_input = F.embedding_bag(indices_BK, W_enc.T.contiguous(), per_sample_weights=grad_BK, mode="sum")
         if ctx.needs_input_grad[1]:
             order = flat_latents.argsort()
-            rows = torch.arange(indices_BK.shape[0], device=grad_BK.device).repeat_interleave(indices_BK.shape[1])[order]
+            rows = torch.arange(indices_BK.shape[0], device=grad_BK.device).repeat_interleave(indices_BK.shape[1])[
+                order
+            ]
             row_starts = torch.zeros(n_latents + 1, dtype=torch.long, device=grad_BK.device)
             row_starts[1:] = torch.bincount(flat_latents, minlength=n_latents).cumsum(0)
-            grad_FB = torch.sparse_csr_tensor(row_starts, rows, flat_grad[order], (n_latents, indices_BK.shape[0]),
-                                              check_invariants=False)
+            grad_FB = torch.sparse_csr_tensor(
+                row_starts, rows, flat_grad[order], (n_latents, indices_BK.shape[0]), check_invariants=False
+            )
             grad_W_enc = (grad_FB @ input_BD).T
         if ctx.needs_input_grad[2]:
-            grad_b_enc = torch.zeros(n_latents, dtype=grad_BK.dtype, device=grad_BK.device).index_add_(0, flat_latents, flat_grad)
+            grad_b_enc = torch.zeros(n_latents, dtype=grad_BK.dtype, device=grad_BK.device).index_add_(
+                0, flat_latents, flat_grad
+            )
         return grad_input, grad_W_enc, grad_b_enc, None, None
 
 
-def gather_pre_activations(input_BD: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, indices_BK: torch.Tensor,
-                           pre_BF: torch.Tensor) -> torch.Tensor:
+def gather_pre_activations(
+    input_BD: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, indices_BK: torch.Tensor, pre_BF: torch.Tensor
+) -> torch.Tensor:
     """(input @ W_enc + b_enc) at indices, taken from the already computed `pre_BF`, differentiable sparsely.
 
     Indices must be distinct within a row (as top-k's are).

@@ -29,8 +29,9 @@ class TopAFASAE(SparseCoder):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.select(self.pre_activations(x_BD), x_BD - self.b_dec)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         target_BD = x_BD if target_BD is None else target_BD
         pre_BF = self.pre_activations(x_BD)
         centred_BD = x_BD - self.b_dec

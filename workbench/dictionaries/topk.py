@@ -28,8 +28,9 @@ class TopKSAE(SparseCoder):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return topk_activations(self.pre_activations(x_BD), self.config.k)
 
-    def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                target_BD: torch.Tensor | None = None) -> SparseOutput:
+    def forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> SparseOutput:
         target_BD = x_BD if target_BD is None else target_BD
         encoder_input_BD = self.encoder_input(x_BD)
         with torch.no_grad():  # scoring every latent needs no graph: gradients flow through the chosen k only

@@ -3,4 +3,13 @@
 from workbench.models.backends import BACKENDS, Backend, bare_forward, make_backend
 from workbench.models.registry import REGISTRY, load_hf_model, model_shape, resolve_model_dir
 
-__all__ = ["BACKENDS", "Backend", "REGISTRY", "bare_forward", "load_hf_model", "make_backend", "model_shape", "resolve_model_dir"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "REGISTRY",
+    "bare_forward",
+    "load_hf_model",
+    "make_backend",
+    "model_shape",
+    "resolve_model_dir",
+]

@@ -47,10 +47,14 @@ def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type[nn.Module]
 
 def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
     """The list of transformer blocks of a HF causal LM (Llama/Mistral/Qwen, GPT-2, GPT-NeoX)."""
-    layers = find_module(hf_model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"), nn.ModuleList)
+    layers = find_module(
+        hf_model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"), nn.ModuleList
+    )
     if layers is not None:
         return cast(nn.ModuleList, layers)  # find_module returns only instances of `kind`
-    raise ModelLoadError(f"Cannot find the transformer blocks of {type(hf_model).__name__}; supported layouts: Llama-like, GPT-2, GPT-NeoX.")
+    raise ModelLoadError(
+        f"Cannot find the transformer blocks of {type(hf_model).__name__}; supported layouts: Llama-like, GPT-2, GPT-NeoX."
+    )
 
 
 def attention_name(block: nn.Module) -> str:
@@ -122,8 +126,15 @@ class Backend(ABC):
         self.d_model = int(hf_model.config.hidden_size)
 
     @abstractmethod
-    def run(self, input_ids: torch.Tensor, hooks: Sequence[HookPoint], *, logits: bool = False,
-            skip: LayerSkip | None = None, patch: Patch | None = None) -> ForwardResult:
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        hooks: Sequence[HookPoint],
+        *,
+        logits: bool = False,
+        skip: LayerSkip | None = None,
+        patch: Patch | None = None,
+    ) -> ForwardResult:
         """One forward pass: activations [batch, seq, d] at each hook, optionally with a layer skipped.
 
         Without `logits` the pass stops right after the deepest hook. The activation
@@ -175,12 +186,14 @@ class TransformerLensBackend(Backend):
 
             def pass_input_through(tensor, hook):
                 tensor = tensor.clone()
-                tensor[:, skip.first:skip.end] = block_input["x"][:, skip.first:skip.end]
+                tensor[:, skip.first : skip.end] = block_input["x"][:, skip.first : skip.end]
                 return tensor
 
             # Registered before the capturing hooks, which therefore see the skipped output.
-            fwd_hooks += [(f"blocks.{skip.layer}.hook_in", remember_input),
-                          (f"blocks.{skip.layer}.hook_out", pass_input_through)]
+            fwd_hooks += [
+                (f"blocks.{skip.layer}.hook_in", remember_input),
+                (f"blocks.{skip.layer}.hook_out", pass_input_through),
+            ]
 
         def make_hook(point: HookPoint):
             def save(tensor, hook):
@@ -193,7 +206,9 @@ class TransformerLensBackend(Backend):
         fwd_hooks += [(p.name, make_hook(p)) for p in hooks]
         output = None
         try:
-            output = self.bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits" if logits else None)
+            output = self.bridge.run_with_hooks(
+                input_ids, fwd_hooks=fwd_hooks, return_type="logits" if logits else None
+            )
         except _StopForward:
             pass
         finally:
@@ -245,7 +260,7 @@ class NNsightBackend(Backend):
     def _skip(self, skip: LayerSkip, block_input) -> None:
         block = self._block(skip.layer)
         output = _first(block.output)
-        output[:, skip.first:skip.end] = block_input[:, skip.first:skip.end]
+        output[:, skip.first : skip.end] = block_input[:, skip.first : skip.end]
 
     def _patch_in_trace(self, patch: Patch) -> None:
         block = self._block(patch.hook.layer)
@@ -253,8 +268,11 @@ class NNsightBackend(Backend):
         if source.forward_order > patch.hook.forward_order:
             raise ValueError("A patch's source must come before the hook it replaces.")
         if patch.hook.kind in ("hook_in", "mlp.hook_in", "attn.hook_z"):
-            module = {"hook_in": block, "mlp.hook_in": block.mlp,
-                      "attn.hook_z": getattr(getattr(block, self._attn_name), self._o_proj_name)}[patch.hook.kind]
+            module = {
+                "hook_in": block,
+                "mlp.hook_in": block.mlp,
+                "attn.hook_z": getattr(getattr(block, self._attn_name), self._o_proj_name),
+            }[patch.hook.kind]
             module.input = patch.fn(module.input if source == patch.hook else self._value(source))
         elif patch.hook.kind == "mlp.hook_out":
             value = self._value(source) if source != patch.hook else block.mlp.output
@@ -271,7 +289,9 @@ class NNsightBackend(Backend):
     def run(self, input_ids, hooks, *, logits=False, skip=None, patch=None):
         if patch is not None:
             if hooks or skip:
-                raise ValueError("The nnsight backend patches in a pass of its own: give no hooks or skip with a patch.")
+                raise ValueError(
+                    "The nnsight backend patches in a pass of its own: give no hooks or skip with a patch."
+                )
             with self.lm.trace(input_ids):
                 self._patch_in_trace(patch)
                 saved_logits = self.lm.output.logits.save()
@@ -321,6 +341,7 @@ def bare_forward(hf_model: nn.Module, input_ids: torch.Tensor, stop_layer: int) 
 
     The baseline that bench/harvest.py measures a harvest against.
     """
+
     def stop(module, args, output):
         raise _StopForward
 

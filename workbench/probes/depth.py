@@ -69,7 +69,9 @@ def default_probe_name(config: DepthProbeConfig) -> str:
 def _validate(config: DepthProbeConfig, n_layers: int) -> tuple[int, list[int]]:
     split = config.split_position if config.split_position is not None else config.context_len // 2
     if not 2 <= split < config.context_len:
-        raise ProbeError(f"--split-position must be between 2 and {config.context_len - 1} (the context length minus one); got {split}.")
+        raise ProbeError(
+            f"--split-position must be between 2 and {config.context_len - 1} (the context length minus one); got {split}."
+        )
     layers = list(range(n_layers)) if config.skip_layers is None else sorted(set(config.skip_layers))
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:
@@ -109,21 +111,29 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
 
     with bar, torch.no_grad():
         for index, start in enumerate(range(0, len(contexts), config.batch_size)):
-            ids = contexts[start:start + config.batch_size].to(config.device)
+            ids = contexts[start : start + config.batch_size].to(config.device)
             clean = backend.run(ids, clean_points, logits=True)
             assert clean.logits is not None  # asked for
             acts = {(p.layer, p.kind): v[:, 1:] for p, v in clean.acts.items()}  # drop the BOS position
             log_probs = torch.log_softmax(clean.logits[:, 1:].float(), dim=-1)
             bar.update(1)
             for layer in range(n_layers):
-                measures = sublayer_measures(acts[layer, "hook_in"], acts[layer, "attn.hook_out"],
-                                             acts[layer, "mlp.hook_out"], acts[layer, "hook_out"])
+                measures = sublayer_measures(
+                    acts[layer, "hook_in"],
+                    acts[layer, "attn.hook_out"],
+                    acts[layer, "mlp.hook_out"],
+                    acts[layer, "hook_out"],
+                )
                 for metric, values in measures.items():
                     sublayer.add((layer, metric), values)
                 if index < lens_batches:
                     assert norm is not None and unembed is not None  # lens_batches is 0 without lens tokens
-                    kl, overlap = lens_measures(acts[layer, "hook_out"].reshape(-1, acts[layer, "hook_out"].shape[-1]),
-                                                log_probs.reshape(-1, log_probs.shape[-1]), norm, unembed)
+                    kl, overlap = lens_measures(
+                        acts[layer, "hook_out"].reshape(-1, acts[layer, "hook_out"].shape[-1]),
+                        log_probs.reshape(-1, log_probs.shape[-1]),
+                        norm,
+                        unembed,
+                    )
                     lens.add((layer, "kl"), kl)
                     lens.add((layer, "top5"), overlap)
             if index >= skip_batches:
@@ -142,30 +152,70 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
                 skip_output.add((skipped, "l2"), l2)
                 skip_output.add((skipped, "kl"), kl)
                 # The same pass also shows the direct effect at the skipped positions themselves.
-                _, kl_skipped = output_change(log_probs[:, :split - 1], result.logits[:, 1:split])
+                _, kl_skipped = output_change(log_probs[:, : split - 1], result.logits[:, 1:split])
                 skip_output.add((skipped, "kl_skipped"), kl_skipped)
                 bar.update(1)
 
     tables: dict[str, list[tuple]] = {
-        "probe_sublayer": [(layer, metric, sublayer.mean((layer, metric)), sublayer.max((layer, metric)),
-                            sublayer.count((layer, metric))) for layer, metric in sublayer.keys()],
-        "probe_logit_lens": [(layer, lens.mean((layer, "kl")), lens.max((layer, "kl")), lens.mean((layer, "top5")),
-                              lens.count((layer, "kl"))) for layer in range(n_layers) if (layer, "kl") in lens.keys()],
-        "probe_skip_layers": [(s, l, skip_layer_stats.mean((s, l)), skip_layer_stats.max((s, l)),
-                               skip_layer_stats.count((s, l))) for s, l in skip_layer_stats.keys()],
-        "probe_skip_output": [(s, skip_output.mean((s, "l2")), skip_output.max((s, "l2")), skip_output.mean((s, "kl")),
-                               skip_output.max((s, "kl")), skip_output.mean((s, "kl_skipped")),
-                               skip_output.max((s, "kl_skipped")), skip_output.count((s, "kl")))
-                              for s in skip_layers if (s, "kl") in skip_output.keys()],
+        "probe_sublayer": [
+            (
+                layer,
+                metric,
+                sublayer.mean((layer, metric)),
+                sublayer.max((layer, metric)),
+                sublayer.count((layer, metric)),
+            )
+            for layer, metric in sublayer.keys()
+        ],
+        "probe_logit_lens": [
+            (
+                layer,
+                lens.mean((layer, "kl")),
+                lens.max((layer, "kl")),
+                lens.mean((layer, "top5")),
+                lens.count((layer, "kl")),
+            )
+            for layer in range(n_layers)
+            if (layer, "kl") in lens.keys()
+        ],
+        "probe_skip_layers": [
+            (s, l, skip_layer_stats.mean((s, l)), skip_layer_stats.max((s, l)), skip_layer_stats.count((s, l)))
+            for s, l in skip_layer_stats.keys()
+        ],
+        "probe_skip_output": [
+            (
+                s,
+                skip_output.mean((s, "l2")),
+                skip_output.max((s, "l2")),
+                skip_output.mean((s, "kl")),
+                skip_output.max((s, "kl")),
+                skip_output.mean((s, "kl_skipped")),
+                skip_output.max((s, "kl_skipped")),
+                skip_output.count((s, "kl")),
+            )
+            for s in skip_layers
+            if (s, "kl") in skip_output.keys()
+        ],
     }
     task = config.task or config.corpus
     if tables["probe_skip_output"]:
         # Primary: the KL at the skipped positions (how much the output there needs the layer); the
         # paper's future-position effect is kept too, though it is zero for the last layer by construction.
-        effects = {"skipped_positions_kl": {row[0]: row[5] for row in tables["probe_skip_output"]},
-                   "future_positions_kl": {row[0]: row[3] for row in tables["probe_skip_output"]}}
-        tables["probe_depth_scores"] = [(task, measure, depth_score(e), depth_score(e) / max(n_layers - 1, 1))
-                                        for measure, e in effects.items()]
-    header = dict(kind="depth", model=config.model, backend=config.backend, corpus=config.corpus, task=task,
-                  n_layers=n_layers, n_tokens=int(contexts.numel()), config=asdict(config))
+        effects = {
+            "skipped_positions_kl": {row[0]: row[5] for row in tables["probe_skip_output"]},
+            "future_positions_kl": {row[0]: row[3] for row in tables["probe_skip_output"]},
+        }
+        tables["probe_depth_scores"] = [
+            (task, measure, depth_score(e), depth_score(e) / max(n_layers - 1, 1)) for measure, e in effects.items()
+        ]
+    header = dict(
+        kind="depth",
+        model=config.model,
+        backend=config.backend,
+        corpus=config.corpus,
+        task=task,
+        n_layers=n_layers,
+        n_tokens=int(contexts.numel()),
+        config=asdict(config),
+    )
     return write_probe_run(store, name, header, tables)

@@ -44,8 +44,13 @@ def minimum_tokens(d_source: int) -> int:
     return int(np.ceil(2 * (d_source + 1) / 0.8))
 
 
-def layer_map_errors(source: list[torch.Tensor], target: list[torch.Tensor], train_fraction: float = 0.8,
-                     ridge: float = 1e-4, seed: int = 0) -> np.ndarray:
+def layer_map_errors(
+    source: list[torch.Tensor],
+    target: list[torch.Tensor],
+    train_fraction: float = 0.8,
+    ridge: float = 1e-4,
+    seed: int = 0,
+) -> np.ndarray:
     """Relative held-out error of the affine map from every source layer to every target layer.
 
     source[i] is [n_tokens, d_a] and target[j] is [n_tokens, d_b], row-aligned. Returns [len(source), len(target)].
@@ -77,8 +82,17 @@ def layer_map_errors(source: list[torch.Tensor], target: list[torch.Tensor], tra
     return errors
 
 
-def _residuals(model: str, store, corpus: str, tokens: int, context_len: int, batch_size: int, backend_name: str,
-               device: str, text_column: str):
+def _residuals(
+    model: str,
+    store,
+    corpus: str,
+    tokens: int,
+    context_len: int,
+    batch_size: int,
+    backend_name: str,
+    device: str,
+    text_column: str,
+):
     """Every block's output residual for the corpus, [n_layers] x [n_tokens, d], and each token's alignment key."""
     from workbench.corpus import tokenize_corpus
     from workbench.hooks import HookPoint
@@ -93,7 +107,7 @@ def _residuals(model: str, store, corpus: str, tokens: int, context_len: int, ba
     points = [HookPoint(layer, "hook_out") for layer in range(n_layers)]
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     for start in range(0, len(contexts), batch_size):
-        acts = backend.capture(contexts[start:start + batch_size].to(device), points)
+        acts = backend.capture(contexts[start : start + batch_size].to(device), points)
         for point in points:
             per_layer[point.layer].append(acts[point].reshape(-1, acts[point].shape[-1]).cpu())
     keys = token_keys(corpus_tokens.doc_ids, corpus_tokens.char_ends)
@@ -131,21 +145,49 @@ class LinearMapsConfig:
 def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
     """Fit and store the layer-to-layer map errors from `config.source` to `config.target` as one probe run."""
     store = Store.create_or_open(config.store)
-    name = check_run_name(config.name or make_run_name("maps", Path(config.source).name, "to", Path(config.target).name,
-                                                       str(config.tokens)))
-    common: dict[str, Any] = dict(store=store, corpus=config.corpus, tokens=config.tokens,
-                                  context_len=config.context_len, batch_size=config.batch_size,
-                                  backend_name=config.backend, device=config.device, text_column=config.text_column)
+    name = check_run_name(
+        config.name
+        or make_run_name("maps", Path(config.source).name, "to", Path(config.target).name, str(config.tokens))
+    )
+    common: dict[str, Any] = dict(
+        store=store,
+        corpus=config.corpus,
+        tokens=config.tokens,
+        context_len=config.context_len,
+        batch_size=config.batch_size,
+        backend_name=config.backend,
+        device=config.device,
+        text_column=config.text_column,
+    )
     source_layers, source_keys, n_source = _residuals(config.source, **common)
     target_layers, target_keys, n_target = _residuals(config.target, **common)
     rows_a, rows_b = align_tokens(source_keys, target_keys)
-    errors = layer_map_errors([x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers],
-                              ridge=config.ridge)
+    errors = layer_map_errors(
+        [x[rows_a] for x in source_layers], [y[rows_b] for y in target_layers], ridge=config.ridge
+    )
     n_train = int(len(rows_a) * 0.8)
-    table = [(i, j, (i + 1) / n_source, (j + 1) / n_target, float(errors[i, j]), n_train, len(rows_a) - n_train)
-             for i in range(n_source) for j in range(n_target)]
-    header = dict(kind="linear_maps", model=config.source, target_model=config.target, backend=config.backend,
-                  corpus=config.corpus, task=config.corpus, n_layers=n_source, n_tokens=len(rows_a),
-                  config=dict(source=config.source, target=config.target, corpus=config.corpus, tokens=config.tokens,
-                              context_len=config.context_len, ridge=config.ridge, aligned_tokens=len(rows_a)))
+    table = [
+        (i, j, (i + 1) / n_source, (j + 1) / n_target, float(errors[i, j]), n_train, len(rows_a) - n_train)
+        for i in range(n_source)
+        for j in range(n_target)
+    ]
+    header = dict(
+        kind="linear_maps",
+        model=config.source,
+        target_model=config.target,
+        backend=config.backend,
+        corpus=config.corpus,
+        task=config.corpus,
+        n_layers=n_source,
+        n_tokens=len(rows_a),
+        config=dict(
+            source=config.source,
+            target=config.target,
+            corpus=config.corpus,
+            tokens=config.tokens,
+            context_len=config.context_len,
+            ridge=config.ridge,
+            aligned_tokens=len(rows_a),
+        ),
+    )
     return write_probe_run(store, name, header, {"probe_linear_maps": table})

@@ -13,10 +13,15 @@ from workbench.errors import ProbeError
 from workbench.models.backends import find_module
 
 
-def final_norm_and_unembed(hf_model: nn.Module, purpose: str = "The logit lens",
-                           fix: str = "Run the depth probe with --lens-tokens 0 to skip the logit lens.") -> tuple[nn.Module, nn.Module]:
+def final_norm_and_unembed(
+    hf_model: nn.Module,
+    purpose: str = "The logit lens",
+    fix: str = "Run the depth probe with --lens-tokens 0 to skip the logit lens.",
+) -> tuple[nn.Module, nn.Module]:
     """The modules the model applies after its last block, or a clear error if it has none."""
-    norm = find_module(hf_model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"))
+    norm = find_module(
+        hf_model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+    )
     get_unembed = getattr(hf_model, "get_output_embeddings", None)
     unembed = get_unembed() if callable(get_unembed) else None
     if norm is None or unembed is None:
@@ -29,8 +34,9 @@ def final_norm_and_unembed(hf_model: nn.Module, purpose: str = "The logit lens",
 
 
 @torch.no_grad()
-def lens_measures(resid: torch.Tensor, final_log_probs: torch.Tensor, norm: nn.Module, unembed: nn.Module,
-                  top_k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def lens_measures(
+    resid: torch.Tensor, final_log_probs: torch.Tensor, norm: nn.Module, unembed: nn.Module, top_k: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL [tokens], top-k overlap [tokens]) of the lens at one layer. resid [tokens, d], final_log_probs [tokens, vocab]."""
     lens_log_probs = torch.log_softmax(unembed(norm(resid)).float(), dim=-1)
     kl = (final_log_probs.exp() * (final_log_probs - lens_log_probs)).sum(-1).clamp_min(0)

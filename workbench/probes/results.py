@@ -29,6 +29,11 @@ def depth_score(effects: dict[int, float]) -> float:
 def write_probe_run(store: Store, probe_run: str, header: dict, tables: dict[str, list[tuple]]) -> ProbeResult:
     """Replace everything stored under `probe_run` with these results, in one transaction. `header` holds the
     ProbeRunRecord's fields other than the name and provenance; `tables` the rows of each probe_* table."""
-    record = ProbeRunRecord(probe_run=probe_run, target_model=header.pop("target_model", None), **header,
-                            package_version=package_version(), git_commit=git_commit())
+    record = ProbeRunRecord(
+        probe_run=probe_run,
+        target_model=header.pop("target_model", None),
+        **header,
+        package_version=package_version(),
+        git_commit=git_commit(),
+    )
     return ProbeResult(replace_probe_run(store, record, tables))

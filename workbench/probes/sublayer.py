@@ -16,8 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SUBLAYER_METRICS = ("attn_norm_ratio", "mlp_norm_ratio", "layer_norm_ratio",
-                    "cos_attn_resid", "cos_mlp_resid", "cos_layer_resid", "cos_next_resid")
+SUBLAYER_METRICS = (
+    "attn_norm_ratio",
+    "mlp_norm_ratio",
+    "layer_norm_ratio",
+    "cos_attn_resid",
+    "cos_mlp_resid",
+    "cos_layer_resid",
+    "cos_next_resid",
+)
 _EPS = 1e-12
 
 
@@ -25,7 +32,9 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return numerator.norm(dim=-1) / denominator.norm(dim=-1).clamp_min(_EPS)
 
 
-def sublayer_measures(h: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_next: torch.Tensor) -> dict[str, torch.Tensor]:
+def sublayer_measures(
+    h: torch.Tensor, a: torch.Tensor, m: torch.Tensor, h_next: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-token measures; inputs are [..., d] and the outputs [...]."""
     h, a, m, h_next = (t.double() for t in (h, a, m, h_next))
     mid = h + a
