@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,14 @@ def harvested(tmp_path_factory, models_dir):
 
 def _copy(template, store_dir) -> Store:
     """A test's own copy of a prepared store: tests change their store, and the template stays as it was."""
-    shutil.copytree(template, store_dir, symlinks=True, dirs_exist_ok=True)
+    # store_dir already links models/ to the session's models; the template's own link is left out.
+    shutil.copytree(
+        template,
+        store_dir,
+        symlinks=True,
+        dirs_exist_ok=True,
+        ignore=lambda folder, names: ["models"] if Path(folder) == Path(template) else [],
+    )
     return Store.open_existing(store_dir)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from workbench.corpus import bos_token_id
 from workbench.dictionaries import load_dictionary
 from workbench.errors import DictionaryError
 from workbench.store import Store, lookups
@@ -308,7 +309,7 @@ def encode_prompt(view: DictionaryView, backend, prompt: str, max_tokens: int = 
         raise DictionaryError("Type some text to inspect.")
     tokenizer = backend.tokenizer
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: max_tokens - 1]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     input_ids = torch.tensor([[bos, *ids]])
     point = parse_hook(view.record.hook, backend.n_layers)
     acts = backend.capture(input_ids, [point])[point][0].float()

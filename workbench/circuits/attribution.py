@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from workbench.circuits.tasks import TaskError
+from workbench.corpus import bos_token_id
 from workbench.dictionaries.base import SparseCoder
 from workbench.models import load_hf_model, resolve_model_dir
 from workbench.provenance import git_commit, package_version
@@ -173,7 +174,7 @@ def build_graph(
     bad = [layer for layer in transcoders if not 0 <= layer < n_layers]
     if bad:
         raise TaskError(f"Transcoders for layers {bad} do not fit a model with layers 0 to {n_layers - 1}.")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     ids = torch.tensor([[bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]])
     if ids.shape[1] < 2:
         raise TaskError("Give a prompt of at least one token.")

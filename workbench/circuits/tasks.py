@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.corpus import bos_token_id
 from workbench.errors import WorkbenchError
 
 
@@ -213,7 +214,7 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
 
 def tokenize_task(task: Task, tokenizer) -> TokenizedTask:
     """[BOS] + prompt for both sides; every pair's two prompts, and all pairs, must have one length."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     clean: list[list[int]] = []
     corrupted: list[list[int]] = []
     answers: list[list[int]] = []
