@@ -187,7 +187,7 @@ def test_cli_stores_the_scores_and_bad_input_changes_nothing(store_dir, planted_
     assert header == [("patching", "pairs", "logit_diff", len(NOUNS))]
 
     before = store_snapshot(store_dir)
-    bad = run_cli(
+    bad = run_cli_in_process(  # the refusal needs no process of its own; the run above had one
         "circuit",
         "patch",
         "--task",
@@ -283,7 +283,7 @@ def test_codes_without_a_reference_say_how_to_make_one(store_dir, pairs_file):
 
     Store.create_or_open(store_dir)
     before = store_snapshot(store_dir)
-    result = run_cli("circuit", "codes", "--task", str(pairs_file), "--store", str(store_dir))
+    result = run_cli_in_process("circuit", "codes", "--task", str(pairs_file), "--store", str(store_dir))
     assert result.returncode == 2 and "workbench circuit patch --task" in result.stderr
     assert store_snapshot(store_dir) == before
 

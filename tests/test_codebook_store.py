@@ -421,7 +421,8 @@ def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
         ).returncode
         == 0
     )
-    train = run_cli(
+    # In this process: `workbench codebook train` and `encode` run as real processes in coded_store.
+    train = run_cli_in_process(
         "codebook",
         "train",
         "--model",
@@ -442,7 +443,8 @@ def test_per_head_sites_train_and_encode_through_the_cli(store_dir):
         "heads",
     )
     assert train.returncode == 0, train.stderr
-    assert run_cli("codebook", "encode", "--store", str(store_dir), "--codebook", "heads", "--run", "h").returncode == 0
+    encode = run_cli_in_process("codebook", "encode", "--store", str(store_dir), "--codebook", "heads", "--run", "h")
+    assert encode.returncode == 0, encode.stderr
     con = duckdb.connect(str(store_dir / "catalog.duckdb"), read_only=True)
     n_tokens = con.execute("SELECT count(*) FROM tokens").fetchone()[0]
     rows = con.execute("SELECT count(*), count(DISTINCT code // 16), max(rank) FROM codebook_codes").fetchone()
@@ -584,7 +586,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     process.wait()
     interrupted_at = checkpoint_step()
     assert 3 <= interrupted_at < 12, interrupted_at  # 12 steps in all: it was killed part-way
-    resumed = run_cli(*common, "--name", "killed")
+    resumed = run_cli_in_process(*common, "--name", "killed")  # the resume is the code under test, not its process
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(store_dir / "codebooks" / "whole" / "final" / "codebooks.safetensors")
     b = load_file(store_dir / "codebooks" / "killed" / "final" / "codebooks.safetensors")

@@ -13,7 +13,7 @@ from workbench.models import load_hf_model, make_backend
 from workbench.store import Store
 from workbench.store.sql import run_query
 
-from conftest import run_cli, store_snapshot
+from conftest import run_cli, run_cli_in_process, store_snapshot
 
 HOOKS = ["blocks.1.hook_out", "blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out"]
 
@@ -164,7 +164,8 @@ def test_cli_harvest_info_and_sql(store_dir):
     )
     sql = run_cli("sql", str(store_dir), "SELECT hook, count(*) AS n FROM activations GROUP BY hook")
     assert sql.returncode == 0 and "1024" in sql.stdout
-    bad = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.1.hook_outt", "--store", str(store_dir))
+    # In this process: an exception that escaped main() would fail the test outright, as a traceback would.
+    bad = run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.1.hook_outt", "--store", str(store_dir))
     assert bad.returncode == 2 and "Unknown hook 'blocks.1.hook_outt'" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -17,7 +17,7 @@ from workbench.probes.logit_lens import final_norm_and_unembed
 from workbench.probes.results import depth_score
 from workbench.store import Store
 
-from conftest import run_cli, store_snapshot
+from conftest import run_cli, run_cli_in_process, store_snapshot
 
 TOKENS, CONTEXT = 1024, 64
 
@@ -194,7 +194,7 @@ def test_bad_probe_input_is_reported_and_changes_nothing(store_dir):
     assert store_snapshot(store_dir) == before
     with pytest.raises(ProbeError, match="final norm.*--lens-tokens 0"):
         final_norm_and_unembed(torch.nn.Linear(2, 2))
-    cli = run_cli("probe", "depth", "--model", "tiny", "--store", str(store_dir), "--skip-layers", "9")
+    cli = run_cli_in_process("probe", "depth", "--model", "tiny", "--store", str(store_dir), "--skip-layers", "9")
     assert cli.returncode == 2 and "Layer index out of range" in cli.stderr
 
 

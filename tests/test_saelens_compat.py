@@ -179,7 +179,7 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.store import Store
 
-    from conftest import run_cli, store_snapshot
+    from conftest import run_cli, run_cli_in_process, store_snapshot
 
     run_harvest(
         HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=2048, run="h"),
@@ -192,7 +192,8 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
     sae_cls(cfg_cls(d_in=16, d_sae=128, k=8)).save_model(tmp_path / "too-narrow")
 
     before = store_snapshot(store_dir)
-    bad = run_cli(
+    # The refusals run in this process (no interpreter start-up each); the import that succeeds runs as a user would.
+    bad = run_cli_in_process(
         "import", str(tmp_path / "too-narrow"), "--store", str(store_dir), "--hook", "blocks.1.hook_resid_post"
     )
     assert bad.returncode == 2 and "Dimension mismatch" in bad.stderr and "width is 16" in bad.stderr, bad.stderr
@@ -200,7 +201,7 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
     pickle = tmp_path / "evil"
     pickle.mkdir()
     torch.save({"W_enc": torch.zeros(1)}, pickle / "sae.pt")
-    bad = run_cli("import", str(pickle), "--store", str(store_dir), "--hook", "blocks.1.hook_out")
+    bad = run_cli_in_process("import", str(pickle), "--store", str(store_dir), "--hook", "blocks.1.hook_out")
     assert bad.returncode == 2 and "only safetensors" in bad.stderr
     assert store_snapshot(store_dir) == before
 
@@ -222,5 +223,5 @@ def test_import_registers_a_sae_lens_dictionary_and_refuses_a_width_mismatch(sto
             8,
             "complete",
         )
-    encoded = run_cli("encode", "--store", str(store_dir), "--dict", "theirs")
+    encoded = run_cli_in_process("encode", "--store", str(store_dir), "--dict", "theirs")
     assert encoded.returncode == 0, encoded.stderr

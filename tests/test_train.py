@@ -17,7 +17,9 @@ def planted_data(n_atoms=256, d=64, k=4, seed=0):
     def batches_from(step, batch=1024):
         while True:  # each batch is a function of its step, as the store's batches are
             g = torch.Generator().manual_seed(seed * 100_003 + step)
-            idx = torch.rand(batch, n_atoms, generator=g).argsort(dim=1)[:, :k]
+            # The k smallest of n_atoms uniforms, in ascending order: argsort(dim=1)[:, :k] picks the same atoms,
+            # 15x slower (it sorts all 256 for 4), and the data generator was a quarter of each training step.
+            idx = torch.rand(batch, n_atoms, generator=g).topk(k, dim=1, largest=False).indices
             coefficients = torch.rand(batch, k, generator=g) * 2 + 0.5
             x = (coefficients[..., None] * atoms[idx]).sum(1)
             yield x, x
@@ -242,7 +244,7 @@ def hierarchical_data(n_parents=32, children=4, d=64, seed=0):
     def batches_from(step, batch=1024):
         while True:
             gg = torch.Generator().manual_seed(seed * 7919 + step)
-            p = torch.rand(batch, n_parents, generator=gg).argsort(1)[:, :2]  # two parents per sample
+            p = torch.rand(batch, n_parents, generator=gg).topk(2, dim=1, largest=False).indices  # two parents each
             c = torch.randint(0, children, (batch, 2), generator=gg)  # one child of each
             a = torch.rand(batch, 2, 1, generator=gg) + 0.5
             b = torch.rand(batch, 2, 1, generator=gg) + 0.5
