@@ -10,15 +10,18 @@ from workbench.store.sql import run_query
 from conftest import store_snapshot
 
 
-@pytest.fixture
-def store(store_dir):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, models_dir):
+    """One harvested store for the module: every test only reads it, and each refused write is checked against
+    a snapshot, so a write that got through would fail its own test."""
+    root = tmp_path_factory.mktemp("sql") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
     run_harvest(
-        HarvestConfig(
-            model="tiny", hooks=["blocks.1.hook_out"], store=str(store_dir), tokens=1024, context_len=64, run="q"
-        ),
+        HarvestConfig(model="tiny", hooks=["blocks.1.hook_out"], store=str(root), tokens=1024, context_len=64, run="q"),
         progress=False,
     )
-    return Store.open_existing(store_dir)
+    return Store.open_existing(root)
 
 
 def test_select_show_describe_and_explain_work(store):
