@@ -22,7 +22,7 @@ from workbench.store import Store
 from workbench.store.shards import ShardBuilder
 from workbench.train import TrainConfig, run_train
 
-from conftest import REPO, store_snapshot
+from conftest import REPO, run_cli_in_process, store_snapshot
 
 TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
 
@@ -137,7 +137,7 @@ def test_kill_9_during_training_then_resume_is_exact(store):
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = run_cli_in_process(*command[3:])  # the same command; the resume needs no process of its own
     assert resumed.returncode == 0, resumed.stderr
     run_train(_config(store, tokens=400_000, name="straight"), progress=False)
     a = load_dictionary(store.root / "dictionaries" / "killed")
