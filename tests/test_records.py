@@ -92,3 +92,28 @@ def test_records_round_trip_and_lookups_answer(tmp_path):
     with pytest.raises(ValueError, match="no column"):
         with store.transaction() as con:
             records.update(con, DictionaryRecord, {"name": "d"}, not_a_column=1)
+
+
+def test_weights_stamp_changes_when_a_dictionary_is_saved_again(tmp_path):
+    """The app keeps a loaded dictionary while this stamp stays the same, so a resumed run's new weights must move it."""
+    import os
+
+    from workbench.dictionaries import DictionaryConfig, make_dictionary
+    from workbench.store import results
+
+    store = Store.create_or_open(tmp_path / "s")
+    with store.transaction() as con:
+        records.insert(con, _run("a", ["blocks.0.hook_out"]))
+        records.insert(
+            con, DictionaryRecord("d", "topk", "a", "blocks.0.hook_out", None, 8, 8, 16, 2, "dictionaries/d")
+        )
+    assert results.dictionary_weights_stamp(store, "d") == 0  # registered, nothing saved yet
+    model = make_dictionary(DictionaryConfig(arch="topk", d_in=8, n_latents=16, k=2))
+    model.save(store.root / "dictionaries" / "d")
+    weights = next((store.root / "dictionaries" / "d").glob("*.safetensors"))
+    saved = weights.stat().st_mtime_ns - 10**9
+    os.utime(weights, ns=(saved, saved))  # as if saved a second ago, so that the next save is surely later
+    first = results.dictionary_weights_stamp(store, "d")
+    assert first == saved and results.dictionary_weights_stamp(store, "d") == first  # stable while nothing changes
+    model.save(store.root / "dictionaries" / "d")  # what a resumed training run does
+    assert results.dictionary_weights_stamp(store, "d") > first

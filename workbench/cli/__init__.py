@@ -80,3 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             "\ninterrupted: everything committed so far is kept; run the same command again to resume.", file=sys.stderr
         )
         return 130
+    except BrokenPipeError:
+        # The reader went away (`workbench store info | head`): stop quietly, as `ls | head` does. Python would
+        # still try to flush stdout at exit and print a second traceback, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for a command stopped by a closed pipe

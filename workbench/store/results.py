@@ -29,7 +29,6 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from workbench.dictionaries.base import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE
 from workbench.errors import StoreError
 from workbench.store import lookups
 from workbench.store.catalog import Store
@@ -256,7 +255,9 @@ def dictionary_weights_stamp(store: Store, name: str) -> int:
     """Changes when dictionary `name`'s weights file is rewritten (a resumed training run saves it again);
     0 if there is none yet. A loaded dictionary stays valid while this stays the same."""
     folder = _artefact_folder(store, lookups.dictionary(store, name))
-    return 0 if folder is None else _mtime(folder / WEIGHTS_FILE) + _mtime(folder / LEGACY_WEIGHTS_FILE)
+    # Every weights file in the folder, whatever its layout (SAELens's name or ours before it): the store
+    # layer names no dictionary file, and importing workbench.dictionaries would pull torch into every read.
+    return 0 if folder is None else sum(_mtime(path) for path in sorted(folder.glob("*.safetensors")))
 
 
 def codebook_weights_stamp(store: Store, name: str) -> int:
