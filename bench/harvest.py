@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `workbench` CLI does; see workbench/cli.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `workbench` CLI does; see workbench/cli/__init__.py
 import platform
 import shutil
 import statistics

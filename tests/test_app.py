@@ -1,7 +1,7 @@
 """The Streamlit app on a real store: tiny model, real harvest, trained and encoded dictionary, depth probes.
 
 Every page runs under streamlit.testing.v1.AppTest, and the numbers it shows are checked
-against the store or against an independent computation. test_browser.py drives the
+against the store or against an independent computation. test_feature_page_in_a_real_browser drives the
 served app in a real Chromium.
 """
 

@@ -16,11 +16,14 @@ from workbench.store.sql import run_query
 from conftest import REPO, run_cli, run_cli_in_process
 
 HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
-# Long enough (300 chunks, ~12 s of harvesting) that the three short kill windows below cannot finish it,
-# even when the polling reader waits for the writer's lock: at 100 chunks one fresh-clone run did finish.
-TOKENS = 38400
+# 100 chunks of 2 contexts. The kills below wait for shard files, not for the catalog (whose lock the writer
+# holds for most of each commit, so a polling reader could wait while the harvest ran on: at 100 chunks one
+# fresh-clone run finished before its kills when they waited on the catalog). Each kill now lands within a few
+# chunks of a process's first new commit, so three of them cover about 25 chunks of the 100.
+TOKENS = 12800
 # The readers' test only has to see the harvest part-way at three moments: 100 chunks give it dozens.
 READERS_TOKENS = 12800
+N_HOOKS = len(HOOKS.split(","))
 SETTINGS = [
     "--model",
     "tiny",
@@ -67,6 +70,20 @@ def _committed_rows(store_dir) -> int:
         return 0
 
 
+def _committed_shards(store_dir) -> int:
+    if not (store_dir / "catalog.duckdb").exists():
+        return 0
+    try:
+        return len(Store(store_dir).shards())
+    except Exception:  # the catalog may not have its tables yet
+        return 0
+
+
+def _shard_files(store_dir) -> int:
+    """Shard files on disk, committed or not: counted without the catalog, so without waiting for its lock."""
+    return sum(1 for _ in (store_dir / "shards").rglob("*.parquet")) if (store_dir / "shards").exists() else 0
+
+
 def _wait_until(condition, process, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -106,18 +123,23 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     process.send_signal(signal.SIGKILL)
     process.wait()
     # Kills 2-4: at random moments after further commits, so the kill lands between or inside chunk commits.
+    # A harvest writes chunk c + 2's files only after chunk c's commit has returned, so three new chunks of files
+    # beyond the committed ones mean at least one new commit. Files left over from the last kill (at most the
+    # two chunks then in flight, deleted when the next process starts) never reach that count.
     last_rows = _committed_rows(store_dir)
     for _ in range(3):
+        committed_files = _committed_shards(store_dir)
         process = _harvest_process(store_dir)
-        _wait_until(lambda: _committed_rows(store_dir) > last_rows, process)  # noqa: B023 (called before the loop moves on)
+        _wait_until(lambda: _shard_files(store_dir) >= committed_files + 3 * N_HOOKS, process)  # noqa: B023 (called before the loop moves on)
         time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait()
         rows = _committed_rows(store_dir)
-        assert rows >= last_rows  # nothing committed before a kill is lost
+        assert rows > last_rows  # nothing committed before a kill is lost, and the chunk the kill waited for is in
         last_rows = rows
         _assert_store_consistent(store_dir)
-    assert 0 < last_rows < 2 * TOKENS, "the kills should have interrupted the harvest part-way"
+    print(f"committed before the resume: {last_rows // N_HOOKS} of {TOKENS} tokens")
+    assert 0 < last_rows < N_HOOKS * TOKENS, "the kills should have interrupted the harvest part-way"
 
     # The resume itself runs in this process: what it must cope with is the store the kills left, not a process.
     finished = run_cli_in_process(

@@ -5,7 +5,7 @@ gradient parallel to its rows, Adam, renormalize the decoder rows. A checkpoint 
 optimizer and dead-latent counters, in safetensors) is written atomically every
 `checkpoint_seconds` and at the end. The batch order is a pure function of the seed (see
 activation_batches.py), so a run resumed after kill -9 continues exactly where its last
-checkpoint stood. `workbench train` (train.py) and the circuit and bench scripts call fit().
+checkpoint stood. `workbench train` (workbench/train.py) and the circuit and bench scripts call fit().
 """
 
 from __future__ import annotations
