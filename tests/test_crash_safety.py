@@ -13,7 +13,7 @@ from workbench.store import Store
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
 
-from conftest import REPO, run_cli, run_cli_in_process
+from conftest import REPO, run_cli_in_process
 
 HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 # 100 chunks of 2 contexts. The kills below wait for shard files, not for the catalog (whose lock the writer
@@ -21,7 +21,10 @@ HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 # fresh-clone run finished before its kills when they waited on the catalog). Each kill now lands within a few
 # chunks of a process's first new commit, so three of them cover about 25 chunks of the 100.
 TOKENS = 12800
-# The readers' test only has to see the harvest part-way at three moments: 100 chunks give it dozens.
+# The readers' test must see the harvest part-way at three moments. Its reader gets the catalog only between
+# commits, and a reader polling without pause also holds the writer back (each waits for the other's lock), so
+# it pauses between reads and runs the CLI reader beside its polling: one fresh-clone run that waited for the CLI
+# reader in the loop saw only [256, 12800].
 READERS_TOKENS = 12800
 N_HOOKS = len(HOOKS.split(","))
 SETTINGS = [
@@ -38,7 +41,13 @@ SETTINGS = [
 ]
 
 
+def _harvest_log(store_dir, run: str):
+    return store_dir.parent / f"harvest-{run}.log"
+
+
 def _harvest_process(store_dir, run="k", tokens=TOKENS) -> subprocess.Popen:
+    # Output to a file, not a pipe: nothing reads it while the harvest runs, and a full pipe would stall it.
+    log = _harvest_log(store_dir, run).open("ab")
     return subprocess.Popen(
         [
             sys.executable,
@@ -54,9 +63,8 @@ def _harvest_process(store_dir, run="k", tokens=TOKENS) -> subprocess.Popen:
             run,
         ],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -84,10 +92,10 @@ def _shard_files(store_dir) -> int:
     return sum(1 for _ in (store_dir / "shards").rglob("*.parquet")) if (store_dir / "shards").exists() else 0
 
 
-def _wait_until(condition, process, timeout=120.0):
+def _wait_until(condition, process, log, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert process.poll() is None, f"harvest ended early: {process.communicate()}"
+        assert process.poll() is None, f"harvest ended early: {log.read_text(errors='replace')[-3000:]}"
         assert time.monotonic() < deadline, "timed out waiting for the harvest"
         time.sleep(0.02)
 
@@ -130,7 +138,8 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     for _ in range(3):
         committed_files = _committed_shards(store_dir)
         process = _harvest_process(store_dir)
-        _wait_until(lambda: _shard_files(store_dir) >= committed_files + 3 * N_HOOKS, process)  # noqa: B023 (called before the loop moves on)
+        target = committed_files + 3 * N_HOOKS
+        _wait_until(lambda target=target: _shard_files(store_dir) >= target, process, _harvest_log(store_dir, "k"))
         time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -179,10 +188,10 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
 def test_readers_see_the_last_committed_state_while_a_harvest_writes(store_dir):
     process = _harvest_process(store_dir, run="live", tokens=READERS_TOKENS)
     try:
-        _wait_until(lambda: _committed_rows(store_dir) > 0, process)
+        _wait_until(lambda: _committed_rows(store_dir) > 0, process, _harvest_log(store_dir, "live"))
         store = Store.open_existing(store_dir)
         seen = []
-        cli_result = None
+        cli_reader = None
         while process.poll() is None:
             table = run_query(
                 store,
@@ -194,13 +203,23 @@ def test_readers_see_the_last_committed_state_while_a_harvest_writes(store_dir):
             assert table["visible"] == table["committed"]  # a consistent snapshot: no partial chunk is visible
             assert table["visible"] % 128 == 0  # whole chunks only (2 contexts x 64 tokens)
             seen.append(table["visible"])
-            if cli_result is None and len(seen) > 3:
-                cli_result = run_cli("sql", str(store_dir), "SELECT count(*) AS n FROM activations")
-        assert process.returncode == 0, process.communicate()
+            if cli_reader is None and len(seen) > 3:  # `workbench sql` reads beside this loop, while the harvest writes
+                cli_reader = subprocess.Popen(
+                    [sys.executable, "-m", "workbench.cli", "sql", str(store_dir), "SELECT count(*) FROM activations"],
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            time.sleep(0.05)  # let the writer in between reads
+        assert process.returncode == 0, _harvest_log(store_dir, "live").read_text(errors="replace")[-3000:]
     finally:
         if process.poll() is None:
             process.kill()
+    assert cli_reader is not None, f"the harvest ended before the CLI reader started; saw {seen}"
+    cli_out, cli_err = cli_reader.communicate(timeout=120)
+    print(f"{len(seen)} reads saw {len(set(seen))} committed states")
     assert seen == sorted(seen), "committed state never goes backwards"
     assert len(set(seen)) >= 3, f"expected to observe the harvest in progress, saw {sorted(set(seen))}"
     assert seen[-1] <= READERS_TOKENS
-    assert cli_result is not None and cli_result.returncode == 0, cli_result and cli_result.stderr
+    assert cli_reader.returncode == 0 and "count_star()" in cli_out, cli_err
