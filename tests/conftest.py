@@ -177,16 +177,18 @@ def app_store(tmp_path_factory, models_dir) -> Path:
     return root
 
 
+CLI = [sys.executable, "-m", "workbench.cli"]
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `workbench ...` as a real subprocess, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "workbench.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        **kwargs,
-    )
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs)
+
+
+def start_cli(*args: str, **popen_kwargs) -> subprocess.Popen:
+    """Start `workbench ...` as a real subprocess and return at once: for commands a test kills, reads beside,
+    or serves from. Output goes where popen_kwargs say (stdout/stderr); the caller waits for it."""
+    return subprocess.Popen([*CLI, *args], cwd=REPO, **popen_kwargs)
 
 
 def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,15 @@ from streamlit.testing.v1 import AppTest
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 
-from conftest import APP_STORE_CODEBOOK_SITES, APP_STORE_HOOK, REPO, downgrade_to_v1, run_cli, store_snapshot
+from conftest import (
+    APP_STORE_CODEBOOK_SITES,
+    APP_STORE_HOOK,
+    REPO,
+    downgrade_to_v1,
+    run_cli,
+    start_cli,
+    store_snapshot,
+)
 
 MAIN = REPO / "app" / "main.py"
 HOOK = APP_STORE_HOOK
@@ -450,26 +457,20 @@ def test_app_keeps_serving_committed_data_while_a_harvest_writes(store_dir, monk
     )
     monkeypatch.setenv("WORKBENCH_STORE", str(store_dir))
     chunk_rows = 16 * 128
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench.cli",
-            "harvest",
-            "--model",
-            "tiny",
-            "--hooks",
-            HOOK,
-            "--tokens",
-            "32768",
-            "--chunk-contexts",
-            "16",
-            "--store",
-            str(store_dir),
-            "--run",
-            "live",
-        ],
-        cwd=REPO,
+    writer = start_cli(
+        "harvest",
+        "--model",
+        "tiny",
+        "--hooks",
+        HOOK,
+        "--tokens",
+        "32768",
+        "--chunk-contexts",
+        "16",
+        "--store",
+        str(store_dir),
+        "--run",
+        "live",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -544,20 +545,14 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
     )[0]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench.cli",
-            "app",
-            "--store",
-            str(app_store),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=REPO,
+    server = start_cli(
+        "app",
+        "--store",
+        str(app_store),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -111,19 +111,14 @@ def test_arch_choices_come_from_the_registry():
 def test_a_closed_pipe_stops_the_command_quietly(tmp_path):
     """`workbench sql ... | head` is how people skim a result: the command stops without a traceback."""
     import subprocess
-    import sys
 
     from workbench.store import Store
 
-    from conftest import REPO
+    from conftest import start_cli
 
     Store.create_or_open(tmp_path / "s")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "sql", str(tmp_path / "s"), "SELECT repeat('x', 100) FROM range(5000)"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    query = "SELECT repeat('x', 100) FROM range(5000)"
+    process = start_cli("sql", str(tmp_path / "s"), query, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None
     process.stdout.read(100)  # a reader that looks at the start (500 kB follow, far more than a pipe holds)
     process.stdout.close()

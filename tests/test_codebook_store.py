@@ -21,7 +21,7 @@ from workbench.codebooks.finetune import (
 from workbench.codebooks.fsm import TokFSM, tiny_transformer
 from workbench.dictionaries.codebook import CodebookError
 
-from conftest import run_cli, run_cli_in_process, store_snapshot
+from conftest import run_cli, run_cli_in_process, start_cli, store_snapshot
 
 SITES = "blocks.0.mlp.hook_out,blocks.1.attn.hook_out"
 K, N_CODES = 2, 32
@@ -535,10 +535,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     import os
     import signal
     import subprocess
-    import sys
     import time
-
-    from conftest import REPO
 
     common = [
         "codebook",
@@ -564,12 +561,7 @@ def test_codebook_train_killed_mid_run_resumes_to_the_same_codebooks(store_dir):
     ]
     whole = run_cli_in_process(*common, "--name", "whole")  # the reference needs no process of its own
     assert whole.returncode == 0, whole.stderr
-    process = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", *common, "--name", "killed"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_cli(*common, "--name", "killed", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from workbench.checkpoints import readable_folder
 
     def checkpoint_step() -> int:

@@ -3,7 +3,6 @@
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,7 +12,7 @@ from workbench.store import Store
 from workbench.store.maintenance import verify
 from workbench.store.sql import run_query
 
-from conftest import REPO, run_cli_in_process
+from conftest import run_cli_in_process, start_cli
 
 HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 # 100 chunks of 2 contexts. The kills below wait for shard files, not for the catalog (whose lock the writer
@@ -47,44 +46,24 @@ def _harvest_log(store_dir, run: str):
 
 def _harvest_process(store_dir, run="k", tokens=TOKENS) -> subprocess.Popen:
     # Output to a file, not a pipe: nothing reads it while the harvest runs, and a full pipe would stall it.
-    log = _harvest_log(store_dir, run).open("ab")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench.cli",
-            "harvest",
-            *SETTINGS,
-            "--tokens",
-            str(tokens),
-            "--store",
-            str(store_dir),
-            "--run",
-            run,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with _harvest_log(store_dir, run).open("ab") as log:  # the child keeps its own copy of the descriptor
+        args = ["harvest", *SETTINGS, "--tokens", str(tokens), "--store", str(store_dir), "--run", run]
+        return start_cli(*args, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _committed(store_dir) -> tuple[int, int]:
+    """(rows, shards) the catalog has committed; (0, 0) before the harvest has created it and its tables."""
+    if not (store_dir / "catalog.duckdb").exists():
+        return 0, 0
+    try:
+        with Store(store_dir).reader() as con:
+            return con.execute("SELECT coalesce(sum(n_rows), 0), count(*) FROM shards").fetchone()
+    except Exception:  # the catalog may not have its tables yet
+        return 0, 0
 
 
 def _committed_rows(store_dir) -> int:
-    if not (store_dir / "catalog.duckdb").exists():
-        return 0
-    try:
-        with Store(store_dir).reader() as con:
-            return con.execute("SELECT coalesce(sum(n_rows), 0) FROM shards").fetchone()[0]
-    except Exception:  # the catalog may not have its tables yet
-        return 0
-
-
-def _committed_shards(store_dir) -> int:
-    if not (store_dir / "catalog.duckdb").exists():
-        return 0
-    try:
-        return len(Store(store_dir).shards())
-    except Exception:  # the catalog may not have its tables yet
-        return 0
+    return _committed(store_dir)[0]
 
 
 def _shard_files(store_dir) -> int:
@@ -136,9 +115,8 @@ def test_kill_9_at_any_moment_then_resume_loses_and_duplicates_nothing(store_dir
     # two chunks then in flight, deleted when the next process starts) never reach that count.
     last_rows = _committed_rows(store_dir)
     for _ in range(3):
-        committed_files = _committed_shards(store_dir)
+        target = _committed(store_dir)[1] + 3 * N_HOOKS
         process = _harvest_process(store_dir)
-        target = committed_files + 3 * N_HOOKS
         _wait_until(lambda target=target: _shard_files(store_dir) >= target, process, _harvest_log(store_dir, "k"))
         time.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
@@ -204,12 +182,9 @@ def test_readers_see_the_last_committed_state_while_a_harvest_writes(store_dir):
             assert table["visible"] % 128 == 0  # whole chunks only (2 contexts x 64 tokens)
             seen.append(table["visible"])
             if cli_reader is None and len(seen) > 3:  # `workbench sql` reads beside this loop, while the harvest writes
-                cli_reader = subprocess.Popen(
-                    [sys.executable, "-m", "workbench.cli", "sql", str(store_dir), "SELECT count(*) FROM activations"],
-                    cwd=REPO,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
+                query = "SELECT count(*) FROM activations"
+                cli_reader = start_cli(
+                    "sql", str(store_dir), query, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                 )
             time.sleep(0.05)  # let the writer in between reads
         assert process.returncode == 0, _harvest_log(store_dir, "live").read_text(errors="replace")[-3000:]

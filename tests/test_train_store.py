@@ -3,7 +3,6 @@
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from workbench.store import Store
 from workbench.store.shards import ShardBuilder
 from workbench.train import TrainConfig, run_train
 
-from conftest import REPO, run_cli_in_process, store_snapshot
+from conftest import run_cli_in_process, start_cli, store_snapshot
 
 TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
 
@@ -114,9 +113,6 @@ def test_batches_skip_bos_and_cover_every_row_once_per_epoch(store):
 
 def test_kill_9_during_training_then_resume_is_exact(store):
     command = [
-        sys.executable,
-        "-m",
-        "workbench.cli",
         "train",
         "--store",
         str(store.root),
@@ -128,7 +124,7 @@ def test_kill_9_during_training_then_resume_is_exact(store):
         "--checkpoint-seconds",
         "0.3",
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start_cli(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = store.root / "dictionaries" / "killed" / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while not checkpoint.exists():
@@ -137,7 +133,7 @@ def test_kill_9_during_training_then_resume_is_exact(store):
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = run_cli_in_process(*command[3:])  # the same command; the resume needs no process of its own
+    resumed = run_cli_in_process(*command)  # the same command; the resume needs no process of its own
     assert resumed.returncode == 0, resumed.stderr
     run_train(_config(store, tokens=400_000, name="straight"), progress=False)
     a = load_dictionary(store.root / "dictionaries" / "killed")

@@ -257,7 +257,7 @@ def dictionary_weights_stamp(store: Store, name: str) -> int:
     folder = _artefact_folder(store, lookups.dictionary(store, name))
     # Every weights file in the folder, whatever its layout (SAELens's name or ours before it): the store
     # layer names no dictionary file, and importing workbench.dictionaries would pull torch into every read.
-    return 0 if folder is None else sum(_mtime(path) for path in sorted(folder.glob("*.safetensors")))
+    return 0 if folder is None else sum(_mtime(path) for path in folder.glob("*.safetensors"))
 
 
 def codebook_weights_stamp(store: Store, name: str) -> int:
