@@ -105,12 +105,19 @@ def view_for(store: Store, name: str) -> DictionaryView:
     return _dictionary_view(str(store.root), name, results.dictionary_weights_stamp(store, name))
 
 
+def app_placement():
+    from workbench.devices import resolve_placement
+
+    return resolve_placement(os.environ.get("WORKBENCH_DEVICE", "cpu"), os.environ.get("WORKBENCH_DTYPE", "float32"))
+
+
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
 def model_backend(path: str, model: str):
-    """The run's model behind the nnsight backend, loaded once per app process."""
+    """The run's model behind the nnsight backend, loaded once per app process, where `workbench app --device
+    --dtype` said (default: cpu, float32)."""
     from workbench.models import load_hf_model, make_backend
 
-    hf_model, tokenizer = load_hf_model(results.model_dir(open_store(path), model))
+    hf_model, tokenizer = load_hf_model(results.model_dir(open_store(path), model), app_placement())
     return make_backend("nnsight", hf_model, tokenizer)
 
 

@@ -183,15 +183,16 @@ def main() -> int:
             progress=False,
         )
         store = Store.open_existing(root)
-        data = ActivationBatches(store, "bench", args.hook, args.batch_size, args.seed)
+        data = ActivationBatches(store, "bench", [args.hook], args.batch_size, args.seed)
         stream = data.iterate(0)
-        batches = [next(stream)[0].float() for _ in range(args.steps)]
-        held_out = [next(stream)[0].float() for _ in range(args.eval_batches)]  # later in the shuffled epochs
+        batches = [next(stream)[args.hook].float() for _ in range(args.steps)]
+        held_out = [next(stream)[args.hook].float() for _ in range(args.eval_batches)]  # later in the shuffled epochs
         if args.transcoders:
-            pair_stream = ActivationBatches(
-                store, "bench", mlp_in, args.batch_size, args.seed, hook_out=mlp_out
-            ).iterate(0)
-            pairs = [tuple(t.float() for t in next(pair_stream)) for _ in range(args.steps + args.eval_batches)]
+            pair_stream = ActivationBatches(store, "bench", [mlp_in, mlp_out], args.batch_size, args.seed).iterate(0)
+            pairs = []
+            for _ in range(args.steps + args.eval_batches):
+                batch = next(pair_stream)
+                pairs.append((batch[mlp_in].float(), batch[mlp_out].float()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

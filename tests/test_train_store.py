@@ -102,8 +102,8 @@ def test_trained_dictionary_is_registered_and_reconstructs(store):
 
 
 def test_batches_skip_bos_and_cover_every_row_once_per_epoch(store):
-    data = ActivationBatches(store, "h", "blocks.1.hook_out", batch_size=1, seed=3)
-    rows = [x for x, _ in zip((b[0] for b in data.iterate()), range(data.batches_per_epoch()))]
+    data = ActivationBatches(store, "h", ["blocks.1.hook_out"], batch_size=1, seed=3)
+    rows = [x for x, _ in zip((b["blocks.1.hook_out"] for b in data.iterate()), range(data.batches_per_epoch()))]
     assert len(rows) == 8192 - 64  # 64 contexts of 128, BOS rows left out
     stored = np.concatenate([a for _, a in store.iter_activations("h", "blocks.1.hook_out")])
     stored = stored[np.arange(len(stored)) % 128 != 0]

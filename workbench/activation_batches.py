@@ -5,11 +5,21 @@ buffer's rows (BOS positions dropped) are shuffled with a seed derived from
 (seed, epoch, buffer), and cut into batches. The order is therefore a pure function of the
 seed and the catalog: a resumed run skips to its step arithmetically, without reading the
 shards it has passed, and then sees exactly the batches an uninterrupted run would.
+
+Several hooks of one run are read together (grouped training, transcoders): their shards of the
+same chunks form each buffer, and one permutation orders all of them, so the batches of a hook
+are the same whether it is read alone or with others.
+
+Keeping an accelerator fed: the next buffer is read and decoded on a background thread while the
+current one is cut into batches (`prefetch`), its shards in parallel (pyarrow's decoding releases
+the GIL); on CUDA it lands in pinned memory, so `.to(device, non_blocking=True)` overlaps the copy
+with the device's work. float16 shards stay float16 until they reach the device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,39 +36,41 @@ from workbench.store.shards import read_shard
 class _Buffer:
     epoch: int
     index: int
-    shards: list[tuple[ShardRecord, ShardRecord | None]]  # (input shard, output shard for transcoders)
+    chunks: list[list[ShardRecord]]  # per chunk of the buffer: its shard at each hook, in hook order
     n_rows: int
 
 
 class ActivationBatches:
+    """Batches of activations at `hooks` of one run: `iterate()` yields {hook: tensor [batch, d]} dicts."""
+
     def __init__(
         self,
         store: Store,
         run: str,
-        hook: str,
+        hooks: Sequence[str],
         batch_size: int,
         seed: int = 0,
-        hook_out: str | None = None,
         shards_per_buffer: int = 4,
+        prefetch: bool = True,
+        pin_memory: bool = False,
     ):
-        self.store, self.run, self.hook, self.hook_out = store, run, hook, hook_out
+        self.store, self.run, self.hooks = store, run, list(dict.fromkeys(hooks))
         self.batch_size, self.seed, self.shards_per_buffer = batch_size, seed, shards_per_buffer
+        self.prefetch, self.pin_memory = prefetch, pin_memory
         with store.reader() as con:
             found = read_one(con, RunRecord, run=run)
-            hooks = [point.hook for point in read_all(con, HookPointRecord, run=run)]
+            stored = [point.hook for point in read_all(con, HookPointRecord, run=run)]
         if found is None:
             raise StoreError(f"No run '{run}' in the store. See `workbench store info {store.root}`.")
-        for name in filter(None, (hook, hook_out)):
-            if name not in hooks:
-                raise StoreError(f"Run '{run}' has no hook '{name}'; it has: {', '.join(hooks)}. Harvest it first.")
+        for name in self.hooks:
+            if name not in stored:
+                raise StoreError(f"Run '{run}' has no hook '{name}'; it has: {', '.join(stored)}. Harvest it first.")
         self.context_len, self.d_model = found.context_len, found.d_model
-        inputs = store.shards(run, hook)
-        outputs = {s.chunk: s for s in store.shards(run, hook_out)} if hook_out else {}
-        if hook_out:
-            inputs = [s for s in inputs if s.chunk in outputs]
-        if not inputs:
-            raise StoreError(f"Run '{run}' has no committed activations at '{hook}'. Harvest it first.")
-        self.shards = [(s, outputs.get(s.chunk)) for s in inputs]
+        by_hook = [{s.chunk: s for s in store.shards(run, hook)} for hook in self.hooks]
+        chunks = sorted(set.intersection(*(set(shards) for shards in by_hook)))  # committed at every hook
+        if not chunks:
+            raise StoreError(f"Run '{run}' has no committed activations at {', '.join(self.hooks)}. Harvest it first.")
+        self.chunks = [[shards[c] for shards in by_hook] for c in chunks]
 
     def _rows_without_bos(self, record: ShardRecord) -> int:
         first, last = record.first_token, record.first_token + record.n_rows  # token ids [first, last)
@@ -66,11 +78,14 @@ class ActivationBatches:
         return record.n_rows - bos
 
     def _buffers(self, epoch: int) -> list[_Buffer]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.chunks))
         groups = [order[i : i + self.shards_per_buffer] for i in range(0, len(order), self.shards_per_buffer)]
         return [
             _Buffer(
-                epoch, b, [self.shards[i] for i in group], sum(self._rows_without_bos(self.shards[i][0]) for i in group)
+                epoch,
+                b,
+                [self.chunks[i] for i in group],
+                sum(self._rows_without_bos(self.chunks[i][0]) for i in group),
             )
             for b, group in enumerate(groups)
         ]
@@ -78,44 +93,80 @@ class ActivationBatches:
     def batches_per_epoch(self) -> int:
         return sum(b.n_rows // self.batch_size for b in self._buffers(0))
 
-    def _load(self, buffer: _Buffer) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys, ids = [], [], []
-        for record_in, record_out in buffer.shards:
-            token_ids, x = read_shard(self.store.root / record_in.path, record_in.sha256, record_in.n_rows)
-            keep = ~is_bos_position(token_ids, self.context_len)
-            xs.append(x[keep])
-            ids.append(token_ids[keep])
-            if record_out is not None:
-                _, y = read_shard(self.store.root / record_out.path, record_out.sha256, record_out.n_rows)
-                ys.append(y[keep])
-        x = np.concatenate(xs)
-        bad = np.argwhere(~np.isfinite(x))
-        if len(bad):
-            token_id = int(np.concatenate(ids)[bad[0][0]])
-            raise StoreError(
-                f"Non-finite activation in run '{self.run}' at hook '{self.hook}': token_id {token_id}, dim {bad[0][1]} "
-                f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
-                f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
-                "and re-harvest the run."
-            )
-        permutation = np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(x))
-        x_t = torch.from_numpy(x[permutation])
-        y_t = torch.from_numpy(np.concatenate(ys)[permutation]) if ys else x_t
-        return x_t, y_t
+    def _read(self, record: ShardRecord) -> tuple[np.ndarray, np.ndarray]:
+        return read_shard(self.store.root / record.path, record.sha256, record.n_rows)
 
-    def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (input, target) batches forever, starting at global step `start_step`."""
+    def _load(self, buffer: _Buffer, pool: ThreadPoolExecutor | None) -> dict[str, torch.Tensor]:
+        records = [record for chunk in buffer.chunks for record in chunk]
+        read = list(pool.map(self._read, records)) if pool else [self._read(r) for r in records]
+        n_hooks = len(self.hooks)
+        permutation: np.ndarray | None = None
+        loaded: dict[str, torch.Tensor] = {}
+        for h, hook in enumerate(self.hooks):
+            parts = read[h::n_hooks]  # this hook's shards, chunk by chunk
+            keep = [~is_bos_position(token_ids, self.context_len) for token_ids, _ in parts]
+            x = np.concatenate([acts[k] for (_, acts), k in zip(parts, keep)])
+            bad = np.argwhere(~np.isfinite(x))
+            if len(bad):
+                token_id = int(np.concatenate([ids[k] for (ids, _), k in zip(parts, keep)])[bad[0][0]])
+                raise StoreError(
+                    f"Non-finite activation in run '{self.run}' at hook '{hook}': token_id {token_id}, dim {bad[0][1]} "
+                    f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
+                    f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
+                    "and re-harvest the run."
+                )
+            if permutation is None:
+                permutation = np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(x))
+            tensor = torch.from_numpy(x[permutation])
+            loaded[hook] = tensor.pin_memory() if self.pin_memory else tensor
+        return loaded
+
+    def _plan(self, start_step: int) -> Iterator[tuple[_Buffer, int]]:
+        """(buffer, first batch to yield from it) from global step `start_step` on; passed buffers are skipped."""
         step, epoch = 0, 0
         while True:
             for buffer in self._buffers(epoch):
                 n_batches = buffer.n_rows // self.batch_size
-                if step + n_batches <= start_step:
-                    step += n_batches  # skipped without reading
-                    continue
-                x, y = self._load(buffer)
-                for b in range(n_batches):
-                    if step >= start_step:
-                        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                        yield x[rows], y[rows]
-                    step += 1
+                if step + n_batches > start_step:
+                    yield buffer, max(0, start_step - step)
+                step += n_batches
             epoch += 1
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield {hook: batch} dicts forever, starting at global step `start_step`."""
+        plan = self._plan(start_step)
+        workers = min(4, len(self.hooks) * self.shards_per_buffer) if self.prefetch else 0
+        with ThreadPoolExecutor(max_workers=workers + 1) if self.prefetch else _NoPool() as pool:
+            decode = ThreadPoolExecutor(max_workers=workers) if self.prefetch else None
+            try:
+                buffer, skip = next(plan)
+                upcoming: Future | None = pool.submit(self._load, buffer, decode) if self.prefetch else None
+                while True:
+                    data = upcoming.result() if upcoming is not None else self._load(buffer, None)
+                    current, current_skip = buffer, skip
+                    buffer, skip = next(plan)
+                    if self.prefetch:  # one buffer ahead, decoded while this one is consumed
+                        upcoming = pool.submit(self._load, buffer, decode)
+                    for b in range(current_skip, current.n_rows // self.batch_size):
+                        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                        yield {hook: tensor[rows] for hook, tensor in data.items()}
+            finally:
+                if decode is not None:
+                    decode.shutdown(wait=True, cancel_futures=True)
+
+    def pairs(self, hook: str, hook_out: str | None = None):
+        """(input, target) batches of one dictionary, from step `start`: what fit() takes."""
+
+        def batches_from(start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for batch in self.iterate(start_step):
+                yield batch[hook], batch[hook_out or hook]
+
+        return batches_from
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None

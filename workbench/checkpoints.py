@@ -41,7 +41,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, module: torch.nn.Module)
     for group in optimizer.param_groups:
         for param in group["params"]:
             for key, value in optimizer.state[param].items():
-                tensors[f"{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().contiguous().clone()
+                tensors[f"{names[id(param)]}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu().clone()
     return tensors
 
 
@@ -51,4 +51,5 @@ def restore_optimizer(
     params = dict(module.named_parameters())
     for key, value in tensors.items():
         name, field = key.rsplit(".", 1)
-        optimizer.state[params[name]][field] = value
+        # Adam keeps its step counter on the host (unless fused/capturable) and its moments beside the parameter.
+        optimizer.state[params[name]][field] = value if field == "step" else value.to(params[name].device)

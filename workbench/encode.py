@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import is_bos_position
+from workbench.devices import resolve_placement
 from workbench.dictionaries import load_dictionary
 from workbench.store import Store, lookups
 from workbench.store.records import delete_rows, insert_arrow
@@ -29,6 +30,11 @@ class EncodeConfig:
     """Dictionary name (see the dictionaries table)."""
     batch_size: int = 8192
     """Tokens encoded per step."""
+    device: str = "auto"
+    """Where the dictionary runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Precision of the encoder's matrix product (autocast): auto (bfloat16 on cuda, float32 elsewhere), float32,
+    bfloat16 or float16. Stored feature values are fp32."""
 
 
 @dataclass
@@ -41,12 +47,13 @@ class EncodeResult:
 
 def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
     """Encode the dictionary's run and replace its rows in feature_acts and feature_stats."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.open_existing(config.store)
     name, batch_size = config.dictionary, config.batch_size
     record = lookups.completed_dictionary(store, name)
     run, hook = record.run, record.hook
     context_len = lookups.run(store, run).context_len
-    model = load_dictionary(store.root / record.path).eval()
+    model = load_dictionary(store.root / record.path).eval().to(placement.device)
     n_latents = model.config.n_latents
 
     token_chunks, feature_chunks, value_chunks = [], [], []
@@ -54,6 +61,7 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
     shards = store.shards(run, hook)
     with (
         torch.no_grad(),
+        placement.autocast(),
         tqdm(
             total=sum(s.n_rows for s in shards),
             unit="tok",
@@ -67,11 +75,11 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
             keep = ~is_bos_position(token_ids, context_len)  # BOS rows are left out, as in training
             token_ids, acts = token_ids[keep], acts[keep]
             for start in range(0, len(acts), batch_size):
-                f = model.encode(torch.from_numpy(acts[start : start + batch_size]))
+                f = model.encode(torch.from_numpy(acts[start : start + batch_size]).to(placement.device))
                 rows, latents = f.nonzero(as_tuple=True)
-                token_chunks.append(token_ids[start : start + batch_size][rows.numpy()])
-                feature_chunks.append(latents.numpy().astype(np.int32))
-                value_chunks.append(f[rows, latents].numpy().astype(np.float32))
+                token_chunks.append(token_ids[start : start + batch_size][rows.cpu().numpy()])
+                feature_chunks.append(latents.cpu().numpy().astype(np.int32))
+                value_chunks.append(f[rows, latents].float().cpu().numpy())
             n_tokens += len(token_ids)
             bar.update(int(keep.size))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.corpus import is_bos_position
+from workbench.devices import resolve_placement
 from workbench.dictionaries import load_dictionary
 from workbench.errors import DictionaryError
 from workbench.hooks import parse_hook
@@ -52,6 +53,11 @@ class EvalConfig:
     """Hooking library that splices the reconstruction into the model."""
     batch_size: int = 8
     """Contexts per forward pass of the spliced CE."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16.
+    The dictionary runs in fp32; FVU, CE and KL accumulate in fp32 or fp64."""
 
 
 @dataclass
@@ -62,6 +68,7 @@ class EvalResult:
 
 def run_eval(config: EvalConfig) -> EvalResult:
     """Measure a dictionary on stored activations and spliced into the model; replaces its row for the run."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.open_existing(config.store)
     name, backend_name, ce_tokens, batch_size = config.dictionary, config.backend, config.ce_tokens, config.batch_size
     record = lookups.completed_dictionary(store, name)
@@ -72,7 +79,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     if found is None:
         raise DictionaryError(f"No run '{run}' to evaluate on.")
     model_name, context_len, n_layers, d_model = found.model, found.context_len, found.n_layers, found.d_model
-    sae = load_dictionary(store.root / record.path).eval()
+    sae = load_dictionary(store.root / record.path).eval().to(placement.device)
     if sae.config.d_in != d_model:
         raise DictionaryError(
             f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
@@ -81,14 +88,14 @@ def run_eval(config: EvalConfig) -> EvalResult:
 
     # 1. Reconstruction metrics on stored activations.
     fvu, l0_sum, n_tokens = FVUAccumulator(), 0.0, 0
-    fired = torch.zeros(sae.config.n_latents, dtype=torch.bool)
+    fired = torch.zeros(sae.config.n_latents, dtype=torch.bool, device=placement.device)
     inputs = store.iter_activations(run, hook)
     targets = store.iter_activations(run, hook_out) if hook_out else None
     with torch.no_grad():
         for token_ids, x in inputs:
             y = next(targets)[1] if targets is not None else x
             keep = ~is_bos_position(token_ids, context_len)
-            x_t, y_t = torch.from_numpy(x[keep]), torch.from_numpy(y[keep])
+            x_t, y_t = (torch.from_numpy(a[keep]).to(placement.device) for a in (x, y))
             f = sae.encode(x_t)
             fvu.add(y_t, sae.decode(f, x_t))
             l0_sum += (f != 0).sum().item()
@@ -96,7 +103,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
             n_tokens += len(x_t)
 
     # 2. Splice into the model: clean, spliced and zero-ablated passes on the same contexts.
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(model_name, store.root / "models"))
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(model_name, store.root / "models"), placement)
     backend = make_backend(backend_name, hf_model, tokenizer)
     contexts = torch.from_numpy(store.contexts(run, max(1, -(-ce_tokens // context_len))))
     target = parse_hook(hook_out or hook, n_layers)
@@ -108,7 +115,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     kls = []
     with torch.no_grad():
         for start in range(0, len(contexts), batch_size):
-            batch = contexts[start : start + batch_size]
+            batch = contexts[start : start + batch_size].to(placement.device)
             clean = backend.run(batch, [], logits=True).logits
             spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
             zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
@@ -135,6 +142,8 @@ def run_eval(config: EvalConfig) -> EvalResult:
         ce_loss_score=(ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
         delta_ce=ce_spliced - ce_clean,
         kl=torch.cat(kls).mean().item(),
+        device=placement.device_name,
+        dtype=placement.dtype_name,
     )
     with store.transaction() as con:
         delete(con, DictionaryEvalRecord, dictionary=name, eval_run=run)

@@ -310,9 +310,9 @@ def encode_prompt(view: DictionaryView, backend, prompt: str, max_tokens: int = 
     tokenizer = backend.tokenizer
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: max_tokens - 1]
     bos = bos_token_id(tokenizer)
-    input_ids = torch.tensor([[bos, *ids]])
+    input_ids = torch.tensor([[bos, *ids]], device=backend.hf_model.device)
     point = parse_hook(view.record.hook, backend.n_layers)
-    acts = backend.capture(input_ids, [point])[point][0].float()
+    acts = backend.capture(input_ids, [point])[point][0].float().cpu()  # the dictionary view lives on the host
     with torch.no_grad():
         f = view.model.encode(acts)
     f[0] = 0

@@ -22,14 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
+from workbench.devices import Placement, out_of_memory_message, resolve_placement
 from workbench.errors import RunConflictError, UnknownHookError, WorkbenchError
 from workbench.hooks import HookPoint, parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
-from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_one
+from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_all, read_one
 from workbench.store.runs import commit_chunk, committed_chunks, create_run
-from workbench.store.shards import ShardBuilder, sync_files
+from workbench.store.shards import STORE_DTYPES, ShardBuilder, sync_files, to_store_dtype
 
 
 @dataclass
@@ -55,12 +56,18 @@ class HarvestConfig:
     """Contexts per forward pass."""
     chunk_contexts: int = 64
     """Contexts per shard: the unit of commit, and the most a crash can lose."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
+    device: str = "auto"
+    """Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    store_dtype: str = "float32"
+    """Precision of the stored shards: float32, bfloat16 (0.42x the bytes, every reader sees FLOAT) or float16
+    (0.55x, range +-65504). Fixed for the run: a resume must repeat it."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
 
-    # Arguments that must match when a run is resumed; batch size and device may change.
+    # Arguments that must match when a run is resumed; batch size and device may change (the compute dtype
+    # and the store dtype may not: they change the stored numbers, checked in _check_resumable).
     IDENTITY_FIELDS: ClassVar[tuple[str, ...]] = (
         "model",
         "backend",
@@ -74,6 +81,8 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.tokens <= 0 or self.batch_size <= 0 or self.chunk_contexts <= 0:
             raise WorkbenchError("--tokens, --batch-size and --chunk-contexts must be positive.")
+        if self.store_dtype not in STORE_DTYPES:
+            raise WorkbenchError(f"Unknown --store-dtype '{self.store_dtype}'; use one of {', '.join(STORE_DTYPES)}.")
 
 
 @dataclass
@@ -97,13 +106,20 @@ def default_run_name(config: HarvestConfig) -> str:
     return make_run_name(Path(config.model).name, corpus_label(config.corpus), str(config.tokens))
 
 
-def _check_resumable(existing: RunRecord, config: HarvestConfig, hooks: list[HookPoint], run: str) -> None:
+def _check_resumable(
+    existing: RunRecord, config: HarvestConfig, hooks: list[HookPoint], run: str, placement: Placement, store_dtype: str
+) -> None:
     previous = existing.config or {}
     problems = [
         f"{name}: stored {previous.get(name)!r}, now {getattr(config, name)!r}"
         for name in config.IDENTITY_FIELDS
         if previous.get(name) != getattr(config, name)
     ]
+    if store_dtype != config.store_dtype:
+        problems.append(f"store dtype: its shards are {store_dtype}, now --store-dtype {config.store_dtype}")
+    ran_in = existing.dtype or "float32"  # runs from before schema v6 ran in fp32
+    if ran_in != placement.dtype_name:
+        problems.append(f"model dtype: it ran in {ran_in}, now {placement.dtype_name} (give --dtype {ran_in})")
     if set(existing.hooks) != {h.name for h in hooks}:
         problems.insert(0, f"hooks: stored {', '.join(existing.hooks)}; now {', '.join(h.name for h in hooks)}")
     if problems:
@@ -140,6 +156,7 @@ def _create_run(
     model_dir: Path,
     n_layers: int,
     d_model: int,
+    placement: Placement,
 ) -> None:
     n = corpus.n_tokens
     positions = np.tile(np.arange(corpus.context_len, dtype=np.int32), corpus.n_contexts)
@@ -180,10 +197,15 @@ def _create_run(
         n_layers=n_layers,
         d_model=d_model,
         config=asdict(config),
+        device=placement.device_name,
+        dtype=placement.dtype_name,
         package_version=package_version(),
         git_commit=git_commit(),
     )
-    points = [HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model) for h in hooks]
+    points = [
+        HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model, dtype=config.store_dtype)
+        for h in hooks
+    ]
     create_run(store, record, points, tokens, documents)
 
 
@@ -204,6 +226,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     """Harvest a model's activations at some hook points into a store; re-running the same config resumes."""
     # Check hook names before anything slow (building a registry model takes ~20 s).
     parse_hooks(config.hooks, n_layers=10**6)
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.create_or_open(config.store)
     model_dir = resolve_model_dir(config.model, store.root / "models")
     n_layers, d_model = model_shape(model_dir)
@@ -212,13 +235,14 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
 
     with store.reader() as con:
         existing = read_one(con, RunRecord, run=run)
+        stored_dtypes = {point.dtype for point in read_all(con, HookPointRecord, run=run)}
     if existing:
-        _check_resumable(existing, config, hooks, run)
-    hf_model, tokenizer = load_hf_model(model_dir, config.device)
+        _check_resumable(existing, config, hooks, run, placement, stored_dtypes.pop() if stored_dtypes else "float32")
+    hf_model, tokenizer = load_hf_model(model_dir, placement)
     _check_hook_widths(hooks, hf_model, d_model)
     if not existing:
         corpus = tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column)
-        _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model)
+        _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model, placement)
 
     contexts = store.contexts(run)  # read back from the store, not the corpus
     chunk_contexts = lookups.run(store, run).chunk_contexts
@@ -248,19 +272,26 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     # they overlap the next chunk's forward pass on one background thread; at most one chunk is
     # in flight and commits stay in order.
     builders = {h: ShardBuilder() for h in hooks}
+    bytes_per_value = 2 if config.store_dtype == "float16" else 4
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         in_flight = None
         for chunk in pending:
             chunk_ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
             first_token = chunk * chunk_contexts * context_len
             for builder in builders.values():
-                builder.start(chunk_ids.size * (d_model * 4 + 8))
+                builder.start(chunk_ids.size * (d_model * bytes_per_value + 8))
             for start in range(0, len(chunk_ids), config.batch_size):
-                batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(config.device)
+                batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(placement.device)
                 batch_first = first_token + start * context_len
                 token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
-                for hook, acts in backend.capture(batch, hooks).items():
-                    builders[hook].append(token_ids, acts.reshape(-1, d_model).cpu().numpy())
+                try:
+                    captured = backend.capture(batch, hooks)
+                except torch.OutOfMemoryError:
+                    raise WorkbenchError(
+                        out_of_memory_message("The harvest", config.batch_size, placement.device)
+                    ) from None
+                for hook, acts in captured.items():
+                    builders[hook].append(token_ids, to_store_dtype(acts.reshape(-1, d_model), config.store_dtype))
                 bar.update(batch.numel())
             shards = []
             for hook in hooks:

@@ -44,14 +44,15 @@ def l0(f_BF: torch.Tensor) -> float:
 class DeadLatentTracker:
     """Tokens since each latent last fired; dead = silent for at least `window` tokens."""
 
-    def __init__(self, n_latents: int, window: int):
+    def __init__(self, n_latents: int, window: int, device: torch.device | str = "cpu"):
         self.window = window
-        self.tokens_since_fired = torch.zeros(n_latents, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
 
     def update(self, f_BF: torch.Tensor) -> None:
-        fired = (f_BF != 0).any(0).cpu()
+        # On the latents' device, without a host sync: a GPU step never waits for this.
+        fired = (f_BF != 0).any(0)
         self.tokens_since_fired += f_BF.shape[0]
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.window

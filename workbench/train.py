@@ -1,19 +1,26 @@
-"""`workbench train`: train a dictionary on a store's activations and register it in the catalog.
+"""`workbench train`: train dictionaries on a store's activations and register them in the catalog.
 
 The training loop itself is dictionaries/fit.py; this module resolves the command's settings
-(hooks, run, name, learning rate, dead-latent window), checks that a repeated command matches
-the dictionary it resumes, and records the dictionary before and after training.
+(hooks, run, names, learning rates, dead-latent window, device), checks that a repeated command
+matches the dictionaries it resumes, and records each dictionary before and after training.
+
+Several hooks (`--hook a,b`) and sweeps (`--k 16,32 --latents 4608,9216`) make a group: one
+dictionary per combination, all trained from one read of the data (fit_group). Each keeps its
+own name, catalog row, checkpoint and exact resume, and equals the same dictionary trained alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import asdict, dataclass
 
 import torch
 
 from workbench.activation_batches import ActivationBatches
+from workbench.devices import out_of_memory_message, resolve_placement
 from workbench.dictionaries.base import DictionaryConfig, make_dictionary
-from workbench.dictionaries.fit import Checkpointer, fit
+from workbench.dictionaries.fit import Checkpointer, Member, fit_group
 from workbench.dictionaries.saelens_format import saelens_metadata
 from workbench.errors import DictionaryError
 from workbench.provenance import git_commit, package_version
@@ -25,25 +32,27 @@ from workbench.store.records import DictionaryRecord
 class TrainConfig:
     store: str
     """The store directory."""
-    hook: str
-    """The hook point to encode (canonical or legacy name); for a transcoder, its input."""
+    hook: list[str]
+    """Hook points to encode (canonical or legacy names); for transcoders, their inputs. Several, e.g.
+    blocks.2.hook_out,blocks.6.hook_out, train one dictionary each from one read of the data."""
     arch: str = "topk"
     """Dictionary family: topk, batchtopk, matryoshka, mutualchoice, featurechoice, topafa, mp, or transcoder
     (shorthand for batchtopk with hook_out)."""
-    k: int = 32
-    """Active latents per token."""
-    latents: int = 4608
-    """Dictionary size."""
+    k: list[int] = dataclasses.field(default_factory=lambda: [32])
+    """Active latents per token; several (16,32,64) sweep them, one dictionary each."""
+    latents: list[int] = dataclasses.field(default_factory=lambda: [4608])
+    """Dictionary size; several (4608,9216) sweep them."""
     tokens: int = 2_000_000
     """Training tokens, e.g. 2M or 500k; epochs repeat the stored tokens in a new order."""
     run: str | None = None
     """Harvest run to read (default: the only run with this hook)."""
-    hook_out: str | None = None
-    """Transcoders: the hook to predict, e.g. blocks.6.mlp.hook_out."""
+    hook_out: list[str] | None = None
+    """Transcoders: the hook to predict, e.g. blocks.6.mlp.hook_out; one per --hook, in the same order."""
     skip_connection: bool = False
     """Transcoders: add a learned linear skip term."""
     name: str | None = None
-    """Dictionary name; repeat it to resume (default: derived from arch, hook, k, latents)."""
+    """Dictionary name; repeat it to resume (default: derived from arch, hook, k, latents). With several
+    dictionaries it is the prefix of their derived names."""
     batch_size: int = 4096
     """Tokens per training batch."""
     lr: float | None = None
@@ -55,8 +64,17 @@ class TrainConfig:
     tokens))."""
     checkpoint_seconds: float = 60.0
     """Seconds between checkpoints; a killed run resumes from its last one."""
+    device: str = "auto"
+    """Where the dictionaries train: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Precision of the dictionaries' matrix products (autocast; weights, Adam and the loss stay fp32): auto
+    (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
 
     def __post_init__(self) -> None:
+        # Python callers may give one hook, k or width as a plain value (or comma-separated hooks).
+        self.hook = _as_list(self.hook)
+        self.hook_out = _as_list(self.hook_out) if self.hook_out else None
+        self.k, self.latents = [int(k) for k in _as_list(self.k)], [int(n) for n in _as_list(self.latents)]
         if self.arch == "transcoder":
             if not self.hook_out:
                 raise DictionaryError(
@@ -64,107 +82,226 @@ class TrainConfig:
                 )
             # Stored (and compared on resume) as the family it stands for.
             self.arch = "batchtopk"
+        if self.hook_out and len(self.hook_out) != len(self.hook):
+            raise DictionaryError(
+                f"--out gives {len(self.hook_out)} hook(s) for {len(self.hook)} --hook(s); give one output per input."
+            )
+        if not self.hook or not self.k or not self.latents:
+            raise DictionaryError("--hook, --k and --latents need at least one value each.")
+
+
+def _as_list(value) -> list:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @dataclass
 class TrainResult:
-    dictionary: DictionaryRecord
-    """The dictionary's catalog record, complete (its train_fvu, train_l0 and dead_fraction filled in)."""
+    dictionaries: list[DictionaryRecord]
+    """The dictionaries' catalog records, complete (train_fvu, train_l0 and dead_fraction filled in), in the
+    order hook x k x latents."""
     resumed: bool
-    """Whether a dictionary of this name already existed (a resumed run, or one that was already complete)."""
+    """Whether any of them already existed (a resumed run, or one that was already complete)."""
+    data_wait_share: float | None = None
+    """Share of the training loop's wall time spent waiting for batches (None when nothing was trained)."""
+
+    @property
+    def dictionary(self) -> DictionaryRecord:
+        """The dictionary of a single-dictionary run."""
+        if len(self.dictionaries) != 1:
+            raise DictionaryError(f"This run trained {len(self.dictionaries)} dictionaries; read .dictionaries.")
+        return self.dictionaries[0]
+
+
+@dataclass
+class _Planned:
+    """One dictionary of the command: its settings, resolved, and its catalog record if it exists."""
+
+    name: str
+    hook: str
+    hook_out: str | None
+    k: int
+    latents: int
+    lr: float
+    settings: dict
+    dictionary_config: DictionaryConfig
+    existing: DictionaryRecord | None
 
 
 def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train a dictionary on a store's activations and register it. Re-running the same config resumes."""
+    """Train dictionaries on a store's activations and register them. Re-running the same config resumes."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.open_existing(config.store)
-    hook = lookups.canonical_hook(store, config.hook)
-    hook_out = lookups.canonical_hook(store, config.hook_out) if config.hook_out else None
-    run = lookups.run_with_hook(store, hook, config.run)
-    data = ActivationBatches(store, run, hook, config.batch_size, config.seed, hook_out=hook_out)
-    dictionary_config = DictionaryConfig(
-        arch=config.arch,
-        d_in=data.d_model,
-        n_latents=config.latents,
-        k=config.k,
-        transcoder=hook_out is not None,
-        skip_connection=config.skip_connection,
-    )
-    kind = f"{config.arch}-transcoder" if hook_out else config.arch
-    name = check_run_name(config.name or make_run_name(kind, hook, f"k{config.k}", str(config.latents)))
+    hooks = [lookups.canonical_hook(store, hook) for hook in config.hook]
+    hooks_out = [lookups.canonical_hook(store, hook) for hook in config.hook_out] if config.hook_out else None
+    runs = {lookups.run_with_hook(store, hook, config.run) for hook in hooks}
+    if len(runs) > 1:
+        raise DictionaryError(f"The hooks are in different runs ({', '.join(sorted(runs))}); give --run.")
+    run = runs.pop()
     n_steps = config.tokens // config.batch_size
     if n_steps < 1:
         raise DictionaryError(
             f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size})."
         )
-    lr = config.lr or 2e-4 / (config.latents / 16384) ** 0.5
-    dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
-    folder = store.root / "dictionaries" / name
-    settings = asdict(config) | {
-        "run": run,
-        "hook": hook,
-        "hook_out": hook_out,
-        "lr": lr,
-        "dead_window_tokens": dead_window,
-    }
-    settings.pop("store")
-
-    existing = lookups.dictionary(store, name)
-    if existing:
-        assert existing.config is not None  # train and import write every dictionary record with its settings
-        differing = [k for k in settings if k != "checkpoint_seconds" and existing.config.get(k) != settings[k]]
-        if differing:
-            raise DictionaryError(
-                f"Dictionary '{name}' exists with different settings ({', '.join(differing)}); "
-                "choose a new --name, or repeat the original arguments to resume it."
-            )
-        if existing.status == "complete":
-            return TrainResult(existing, resumed=True)
-    else:
-        with store.transaction() as con:
-            records.insert(
-                con,
-                DictionaryRecord(
-                    name=name,
-                    arch=config.arch,
-                    run=run,
-                    hook=hook,
-                    hook_out=hook_out,
-                    d_in=data.d_model,
-                    d_out=dictionary_config.output_width,
-                    n_latents=config.latents,
-                    k=config.k,
-                    path=folder.relative_to(store.root).as_posix(),
-                    dead_window_tokens=dead_window,
-                    config=settings,
-                    package_version=package_version(),
-                    git_commit=git_commit(),
-                ),
-            )
-
-    torch.manual_seed(config.seed)
-    model = make_dictionary(dictionary_config)
-    state, tracker = fit(
-        model,
-        data.iterate,
-        n_steps,
-        lr,
-        dead_window,
-        Checkpointer(folder),
-        config.checkpoint_seconds,
-        progress=progress,
+    data = ActivationBatches(
+        store,
+        run,
+        hooks + (hooks_out or []),
+        config.batch_size,
+        config.seed,
+        pin_memory=placement.device.type == "cuda",
     )
-    model.fold_scales(state.input_scale, state.target_scale)  # the saved dictionary works on raw activations
-    model.save(folder, saelens_metadata(lookups.run(store, run).model, run, hook, hook_out))
-    with store.transaction() as con:
-        records.update(
-            con,
-            DictionaryRecord,
-            {"name": name},
-            status="complete",
-            steps_done=state.step,
-            tokens_done=state.tokens,
-            train_fvu=state.last_fvu,
-            train_l0=state.last_l0,
-            dead_fraction=tracker.dead_fraction(),
+    dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
+    plan = _plan(store, config, run, hooks, hooks_out, data.d_model, dead_window)
+    with store.transaction() as con:  # register the new ones together, after every check passed
+        for item in plan:
+            if item.existing is None:
+                records.insert(con, _new_record(store, item, config.arch, run, data.d_model, dead_window, placement))
+
+    members = []
+    for item in plan:
+        if item.existing is not None and item.existing.status == "complete":
+            continue
+        torch.manual_seed(config.seed)  # each dictionary starts as it would alone
+        model = make_dictionary(item.dictionary_config).to(placement.device)
+        folder = store.root / "dictionaries" / item.name
+        members.append(
+            Member(
+                model,
+                n_steps,
+                item.lr,
+                dead_window,
+                input_key=item.hook,
+                target_key=item.hook_out or item.hook,
+                checkpointer=Checkpointer(folder),
+                label=item.name,
+            )
         )
-    return TrainResult(lookups.completed_dictionary(store, name), resumed=existing is not None)
+    wait_share = None
+    if members:
+        try:
+            fit_group(
+                members, data.iterate, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
+            )
+        except torch.OutOfMemoryError:
+            raise DictionaryError(
+                out_of_memory_message(f"Training {len(members)} dictionaries", config.batch_size, placement.device)
+                + " Or train fewer dictionaries at once."
+            ) from None
+        wait_share = members[0].state.data_wait_s / max(members[0].state.wall_s, 1e-9)
+    by_name = {member.label: member for member in members}
+    for item in plan:
+        member = by_name.get(item.name)
+        if member is None:
+            continue
+        assert member.tracker is not None
+        model = member.model
+        model.fold_scales(member.state.input_scale, member.state.target_scale)  # works on raw activations
+        model.to("cpu").save(
+            store.root / "dictionaries" / item.name,
+            saelens_metadata(lookups.run(store, run).model, run, item.hook, item.hook_out),
+        )
+        with store.transaction() as con:
+            records.update(
+                con,
+                DictionaryRecord,
+                {"name": item.name},
+                status="complete",
+                steps_done=member.state.step,
+                tokens_done=member.state.tokens,
+                train_fvu=member.state.last_fvu,
+                train_l0=member.state.last_l0,
+                dead_fraction=member.tracker.dead_fraction(),
+            )
+    return TrainResult(
+        [lookups.completed_dictionary(store, item.name) for item in plan],
+        resumed=any(item.existing is not None for item in plan),
+        data_wait_share=wait_share,
+    )
+
+
+def _plan(store, config: TrainConfig, run, hooks, hooks_out, d_model: int, dead_window: int) -> list[_Planned]:
+    """One entry per hook x k x latents, named and checked against the catalog before anything is written."""
+    pairs = list(zip(hooks, hooks_out or [None] * len(hooks)))
+    combinations = list(itertools.product(pairs, config.k, config.latents))
+    plan, problems = [], []
+    for (hook, hook_out), k, latents in combinations:
+        kind = f"{config.arch}-transcoder" if hook_out else config.arch
+        if len(combinations) == 1:
+            name = config.name or make_run_name(kind, hook, f"k{k}", str(latents))
+        else:
+            name = make_run_name(*([config.name] if config.name else []), kind, hook, f"k{k}", str(latents))
+        check_run_name(name)
+        lr = config.lr or 2e-4 / (latents / 16384) ** 0.5
+        settings = asdict(config) | {
+            "run": run,
+            "hook": hook,
+            "hook_out": hook_out,
+            "k": k,
+            "latents": latents,
+            "lr": lr,
+            "dead_window_tokens": dead_window,
+        }
+        for key in ("store", "device", "dtype"):  # where it runs may change between resumes
+            settings.pop(key)
+        existing = lookups.dictionary(store, name)
+        if existing:
+            assert existing.config is not None  # train and import write every dictionary record with its settings
+            stored = _comparable(existing.config)
+            differing = [key for key in settings if key != "checkpoint_seconds" and stored.get(key) != settings[key]]
+            if differing:
+                problems.append(f"'{name}' exists with different settings ({', '.join(differing)})")
+        dictionary_config = DictionaryConfig(
+            arch=config.arch,
+            d_in=d_model,
+            n_latents=latents,
+            k=k,
+            transcoder=hook_out is not None,
+            skip_connection=config.skip_connection,
+        )
+        plan.append(_Planned(name, hook, hook_out, k, latents, lr, settings, dictionary_config, existing))
+    names = [item.name for item in plan]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(f"the sweep gives several dictionaries the name {', '.join(repeated)}")
+    if problems:
+        raise DictionaryError(
+            "Nothing was trained: "
+            + "; ".join(problems)
+            + ". Choose a new --name (prefix), or repeat the original arguments to resume."
+        )
+    return plan
+
+
+def _comparable(stored: dict) -> dict:
+    """A dictionary's stored settings in today's form: before grouped training, hooks, k and widths were single
+    values and the settings held the device."""
+    stored = dict(stored)
+    for key in ("hook", "hook_out", "k", "latents"):
+        value = stored.get(key)
+        if isinstance(value, list) and len(value) == 1:
+            stored[key] = value[0]
+    return stored
+
+
+def _new_record(store, item: _Planned, arch: str, run: str, d_model: int, dead_window: int, placement):
+    folder = store.root / "dictionaries" / item.name
+    return DictionaryRecord(
+        name=item.name,
+        arch=arch,
+        run=run,
+        hook=item.hook,
+        hook_out=item.hook_out,
+        d_in=d_model,
+        d_out=item.dictionary_config.output_width,
+        n_latents=item.latents,
+        k=item.k,
+        path=folder.relative_to(store.root).as_posix(),
+        dead_window_tokens=dead_window,
+        config=item.settings,
+        package_version=package_version(),
+        git_commit=git_commit(),
+        device=placement.device_name,
+        dtype=placement.dtype_name,
+    )

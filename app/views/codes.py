@@ -8,7 +8,7 @@ from workbench.errors import WorkbenchError
 from workbench.store import codes as stored_codes
 from workbench.store import results
 
-from common import fail, open_store, pick, stamp, store, token_strip
+from common import app_placement, fail, open_store, pick, stamp, store, token_strip
 
 st.title("Codes")
 current = store()
@@ -38,7 +38,7 @@ def codebook_model(path: str, name: str, weights_stamp: int):
     """Keyed on the codebooks' weights, not the catalog: a harvest's commits leave the loaded model valid."""
     from workbench.codebooks.train import open_codebook_model
 
-    coded, tokenizer, _ = open_codebook_model(open_store(path), name)
+    coded, tokenizer, _ = open_codebook_model(open_store(path), name, app_placement().device)
     return coded, tokenizer
 
 

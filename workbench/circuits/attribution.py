@@ -40,6 +40,7 @@ import torch
 
 from workbench.circuits.tasks import TaskError
 from workbench.corpus import bos_token_id
+from workbench.devices import require_cpu, resolve_placement
 from workbench.dictionaries.base import SparseCoder
 from workbench.models import load_hf_model, resolve_model_dir
 from workbench.provenance import git_commit, package_version
@@ -658,6 +659,10 @@ class GraphConfig:
     """Graph name; re-using one replaces it."""
     json_path: str | None = None
     """Also write the graph's JSON here."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (so far: cpu only)."""
+    dtype: str = "float32"
+    """Compute precision; attribution graphs are computed in float32 so far."""
 
 
 @dataclass
@@ -671,6 +676,8 @@ class GraphResult:
 
 def run_graph(config: GraphConfig) -> GraphResult:
     """Build, prune and store the attribution graph of the prompt through the transcoders."""
+    placement = resolve_placement(config.device, config.dtype)
+    require_cpu(placement, "Attribution graphs", float32_only=True)
     store = Store.open_existing(config.store)
     if not config.transcoders:
         raise TaskError(
@@ -727,6 +734,8 @@ def run_graph(config: GraphConfig) -> GraphResult:
         wall_s=wall_s,
         package_version=package_version(),
         git_commit=git_commit(),
+        device=placement.device_name,
+        dtype=placement.dtype_name,
     )
     return GraphResult(replace_graph(store, record), graph)
 

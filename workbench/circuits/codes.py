@@ -27,6 +27,7 @@ import torch
 from workbench.circuits.patching import task_metrics
 from workbench.circuits.results import circuit_record
 from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, tokenize_task
+from workbench.devices import require_cpu, resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, attention_heads, attention_name, decoder_layers, output_projection_name
@@ -192,6 +193,11 @@ class CodesConfig:
     seed: int = 0
     """Seed for the built-in tasks' prompts and the dictionary's training."""
 
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (so far: cpu only)."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+
 
 @dataclass
 class CodesResult:
@@ -229,6 +235,8 @@ def _reference(store: Store, config: CodesConfig, task_name: str) -> tuple[Circu
 
 def run_codes(config: CodesConfig) -> CodesResult:
     """Find the task's circuit from discrete codes, score it against the reference patching run, and store it."""
+    placement = resolve_placement(config.device, config.dtype)
+    require_cpu(placement, "Circuit discovery from codes")
     store = Store.open_existing(config.store)
     task_label = Path(config.task).stem if config.task.endswith(".jsonl") else config.task  # as tasks.py names it
     reference, reference_scores = _reference(store, config, task_label)
@@ -239,7 +247,7 @@ def run_codes(config: CodesConfig) -> CodesResult:
             f"Run `workbench circuit patch --task {config.task} --model MODEL --store {config.store} "
             "--levels heads` first, or give --model to find codes without a reference."
         )
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"), placement)
     task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer)
     backend = make_backend(config.backend, hf_model, tokenizer)
     n_heads, _ = attention_heads(hf_model)
@@ -289,6 +297,7 @@ def run_codes(config: CodesConfig) -> CodesResult:
         asdict(config) | {"latents": latents},
         reference.circuit_run if reference else None,
         (auc_heads, auc_pairs),
+        placement=placement,
     )
     stored = replace_circuit_run(store, record, {"circuit_code_heads": head_rows, "circuit_code_pairs": pair_rows})
     return CodesResult(stored, scores, reference.wall_s if reference else None)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from workbench.circuits.results import circuit_record
 from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, metric_values, tokenize_task
+from workbench.devices import require_cpu, resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, Patch, attention_heads
@@ -188,6 +189,10 @@ class PatchingConfig:
     """Circuit run name; re-using one replaces its results."""
     seed: int = 0
     """Seed for the built-in tasks' names and numbers."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (so far: cpu only)."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
 
 
 @dataclass
@@ -203,8 +208,10 @@ def run_patching(config: PatchingConfig, *, progress: bool = True) -> PatchingRe
     unknown = [level for level in config.levels if level not in LEVELS]
     if unknown:
         raise TaskError(f"Unknown patching level {unknown}; choose from {', '.join(LEVELS)}.")
+    placement = resolve_placement(config.device, config.dtype)
+    require_cpu(placement, "Activation patching")
     store = Store.create_or_open(config.store)
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(config.model, store.root / "models"))
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(config.model, store.root / "models"), placement)
     task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer)
     backend = make_backend(config.backend, hf_model, tokenizer)
     started = time.perf_counter()
@@ -216,5 +223,7 @@ def run_patching(config: PatchingConfig, *, progress: bool = True) -> PatchingRe
     wall_s = time.perf_counter() - started
     name = check_run_name(config.name or make_run_name("patch", task.task.name, str(config.model).split("/")[-1]))
     rows = [(s.level, s.layer, s.head, s.position, s.metric, s.score) for r in results.values() for s in r.scores]
-    record = circuit_record(name, "patching", task, config.model, config.backend, metrics, wall_s, asdict(config))
+    record = circuit_record(
+        name, "patching", task, config.model, config.backend, metrics, wall_s, asdict(config), placement=placement
+    )
     return PatchingResult(replace_circuit_run(store, record, {"circuit_patching": rows}), results)

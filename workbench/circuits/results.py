@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from workbench.circuits.tasks import TokenizedTask
+from workbench.devices import Placement
 from workbench.provenance import git_commit, package_version
 from workbench.store.records import CircuitRunRecord
 
@@ -21,6 +22,7 @@ def circuit_record(
     config: dict,
     reference_run: str | None = None,
     aucs: tuple[float | None, float | None] = (None, None),
+    placement: Placement | None = None,
 ) -> CircuitRunRecord:
     """The header row of a circuit analysis of `task`."""
     # The first clean prompt's tokens label the positions (every prompt has the same length).
@@ -44,4 +46,6 @@ def circuit_record(
         config=config,
         package_version=package_version(),
         git_commit=git_commit(),
+        device=placement.device_name if placement else None,
+        dtype=placement.dtype_name if placement else None,
     )

@@ -20,12 +20,18 @@ class AppConfig:
     """Port to serve on."""
     host: str = "localhost"
     """Address to listen on: localhost serves this machine only; 0.0.0.0 shares it on the network."""
+    device: str = "auto"
+    """Where the model-backed pages (text inspector, codes) run the model: auto, cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Their model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16."""
 
 
 def run_app(config: AppConfig) -> None:
     """Replace this process by Streamlit serving app/main.py, so that Ctrl-C and signals reach it directly."""
+    from workbench.devices import resolve_placement
     from workbench.store import Store
 
+    placement = resolve_placement(config.device, config.dtype)  # refused here, in the terminal, too
     store = Store.open_existing(config.store)  # fail here, in the terminal, rather than on an empty page
     main_script = Path(__file__).resolve().parents[2] / "app" / "main.py"
     if not main_script.exists():
@@ -34,6 +40,7 @@ def run_app(config: AppConfig) -> None:
             "ships with the source: clone the repository and `pip install -e .` from it."
         )
     os.environ["WORKBENCH_STORE"] = str(store.root)
+    os.environ["WORKBENCH_DEVICE"], os.environ["WORKBENCH_DTYPE"] = placement.device_name, placement.dtype_name
     print(f"workbench app: http://{config.host}:{config.port}  (store {store.root}; Ctrl-C stops it)", file=sys.stderr)
     command = [
         sys.executable,

@@ -38,7 +38,11 @@ SHARED: dict[str, tuple[str, str]] = {
         "model",
         "hooking library: nnsight or transformerlens; both give the same numbers, nnsight is faster here",
     ),
-    "device": ("model", "torch device, e.g. cpu or cuda"),
+    "device": ("model", "where it runs: auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:N or mps"),
+    "dtype": (
+        "model",
+        "compute precision of the model: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16",
+    ),
     "corpus": (
         "corpus",
         "'default' (CPython's pydoc topics, ~114k SmolLM2 tokens), a .txt/.md file or folder, "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench.codebooks.attach import CodebookModel
+from workbench.devices import resolve_placement
 from workbench.dictionaries.codebook import CodebookError
 
 
@@ -56,7 +57,7 @@ def generate(
     if n_samples < 1 or max_new_tokens < 1:
         raise CodebookError("--samples and --max-new-tokens must be positive.")
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = torch.tensor([bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=coded.hf_model.device)
     if ids.shape[1] == 0:
         raise CodebookError("The prompt is empty and the tokenizer has no BOS token to start from; give a prompt.")
     coded.eval()
@@ -120,6 +121,11 @@ class SteerConfig:
     """Tokens generated per continuation."""
     seed: int = 0
     """Sampling seed, shared by both arms."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Compute precision (autocast; the model's weights stay fp32): auto (bfloat16 on cuda, float32 elsewhere),
+    float32, bfloat16 or float16."""
 
 
 def run_codebook_steer(config: SteerConfig) -> SteerResult:
@@ -128,8 +134,9 @@ def run_codebook_steer(config: SteerConfig) -> SteerResult:
     from workbench.codebooks.train import open_codebook_model
     from workbench.store import Store
 
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.open_existing(config.store)
-    coded, tokenizer, _ = open_codebook_model(store, config.codebook)
+    coded, tokenizer, _ = open_codebook_model(store, config.codebook, placement.device)
     coded.check_code(config.site, config.code)
     targets = config.targets or default_targets(store, config.codebook, config.site, config.code)
     if not targets:
@@ -137,14 +144,15 @@ def run_codebook_steer(config: SteerConfig) -> SteerResult:
             f"Code {config.code} at {config.site} has no stored firings to take targets from: run "
             "`workbench codebook encode` first, or give --targets."
         )
-    return steer(
-        coded,
-        tokenizer,
-        config.prompt,
-        {config.site: config.code},
-        targets,
-        config.samples,
-        config.max_new_tokens,
-        config.seed,
-        mode=config.mode,
-    )
+    with placement.autocast():
+        return steer(
+            coded,
+            tokenizer,
+            config.prompt,
+            {config.site: config.code},
+            targets,
+            config.samples,
+            config.max_new_tokens,
+            config.seed,
+            mode=config.mode,
+        )

@@ -30,6 +30,7 @@ from workbench.codebooks.finetune import (
     model_fingerprint,
     save_codebooks,
 )
+from workbench.devices import Placement, resolve_placement
 from workbench.dictionaries.codebook import CodebookError
 from workbench.store import Store, check_run_name, lookups
 from workbench.store.codes import replace_codes
@@ -71,8 +72,11 @@ class CodebookTrainConfig:
     """Codebooks name; repeat it to resume (default: derived from model, sites, codes, k)."""
     seed: int = 0
     """Seed for fine-tuning."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Compute precision (autocast; the model's weights stay fp32): auto (bfloat16 on cuda, float32 elsewhere),
+    float32, bfloat16 or float16."""
 
 
 @dataclass
@@ -101,8 +105,8 @@ def _check(config: CodebookTrainConfig) -> None:
 
 
 def _resumable(settings: dict) -> dict:
-    """The settings a resumed run must share with the original (device and checkpoint interval may change)."""
-    settings = {key: value for key, value in settings.items() if key != "device"}
+    """The settings a resumed run must share with the original (device, dtype and checkpoint interval may change)."""
+    settings = {key: value for key, value in settings.items() if key not in ("device", "dtype")}
     settings["finetune"] = {key: value for key, value in settings["finetune"].items() if key != "checkpoint_seconds"}
     return settings
 
@@ -114,9 +118,13 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
     from workbench.provenance import git_commit, package_version
 
     _check(config)
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.create_or_open(config.store)
     name = check_run_name(config.name or default_codebook_name(config))
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(config.model, store.root / "models"), config.device)
+    # Fine-tuning keeps fp32 weights (Adam on bf16 weights loses small updates); the forward runs in autocast.
+    hf_model, tokenizer = load_hf_model(
+        resolve_model_dir(config.model, store.root / "models"), Placement(placement.device, torch.float32)
+    )
     coded = CodebookModel(hf_model, config.sites, config.n_codes, config.k, config.reduce)  # checks sites and k
     identity = codebook_identity(coded, model_fingerprint(hf_model))
     settings = asdict(config)
@@ -145,7 +153,7 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
         config.context_len,
         config.text_column,
     )
-    contexts = torch.from_numpy(corpus.contexts()).long().to(config.device)
+    contexts = torch.from_numpy(corpus.contexts()).long().to(placement.device)
     if len(contexts) <= n_eval:
         raise CodebookError(
             f"The corpus gave {len(contexts)} contexts of {config.context_len} tokens: too few to hold out "
@@ -189,13 +197,16 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
             config=settings,
             package_version=package_version(),
             git_commit=git_commit(),
+            device=placement.device_name,
+            dtype=placement.dtype_name,
         )
         with store.transaction() as con:
             insert(con, existing)
     assert existing.lm_loss_original is not None  # measured before the record is first inserted, just above
     lm_loss_original = existing.lm_loss_original
 
-    state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
+    with placement.autocast():
+        state = finetune(coded, batch_at, n_steps, config.finetune, identity, folder, progress=progress)
     save_codebooks(coded, folder, identity, train_model=config.finetune.model_lr > 0)
     say("Measuring the held-out LM loss with the codebooks, and with them bypassed ...")
     lm_loss_codebooks = mean_lm_loss(coded, held_out, config.batch_size, codebooks=True)
@@ -218,12 +229,16 @@ def run_codebook_train(config: CodebookTrainConfig, *, progress: bool = True) ->
     return CodebookTrainResult(finished)
 
 
-def open_codebook_model(store: Store, name: str, device: str = "cpu") -> tuple[CodebookModel, object, CodebookRecord]:
+def open_codebook_model(
+    store: Store, name: str, device: torch.device | str = "cpu"
+) -> tuple[CodebookModel, object, CodebookRecord]:
     """(model with its trained codebooks, tokenizer, catalog record) for finished codebooks in the store."""
     from workbench.models.registry import load_hf_model, resolve_model_dir
 
     record = lookups.completed_codebook(store, name)
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(record.model, store.root / "models"), device)
+    hf_model, tokenizer = load_hf_model(
+        resolve_model_dir(record.model, store.root / "models"), Placement(torch.device(device), torch.float32)
+    )
     coded = CodebookModel(hf_model, list(record.sites), record.n_codes, record.k, record.reduce)
     load_codebooks(coded, store.root / record.path, codebook_identity(coded, model_fingerprint(hf_model)))
     return coded.eval(), tokenizer, record
@@ -247,6 +262,11 @@ class CodebookEncodeConfig:
     """A harvest run of the same model."""
     batch_size: int = 8
     """Contexts per forward pass."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """Compute precision (autocast; the model's weights stay fp32): auto (bfloat16 on cuda, float32 elsewhere),
+    float32, bfloat16 or float16."""
 
 
 @dataclass
@@ -261,9 +281,10 @@ class CodebookEncodeResult:
 def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) -> CodebookEncodeResult:
     """Write the codes that fire on every token of the run as codebook_codes rows, replacing any earlier rows of
     (codebooks, run) in one transaction."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.open_existing(config.store)
     name, batch_size = config.codebook, config.batch_size
-    coded, _, record = open_codebook_model(store, name)
+    coded, _, record = open_codebook_model(store, name, placement.device)
     run = lookups.run(store, config.run)
     if run.model != record.model:
         raise CodebookError(
@@ -279,11 +300,11 @@ def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) 
     # Text columns are dictionary-encoded (an index per row into a handful of strings): a million-token run at
     # two sites with k = 8 is 16M rows, and plain string arrays of that length would cost gigabytes.
     columns: dict[str, list[np.ndarray]] = {"token_id": [], "site": [], "rank": [], "code": [], "similarity": []}
-    with torch.no_grad():
+    with torch.no_grad(), placement.autocast():
         for start in tqdm(
             range(0, len(vocab_ids), batch_size), unit="batch", desc=f"codes {name}", disable=not progress
         ):
-            coded(vocab_ids[start : start + batch_size])
+            coded(vocab_ids[start : start + batch_size].to(placement.device))
             tokens = token_ids[start : start + batch_size]
             for index, site in enumerate(coded.sites):
                 codes = coded.codes[site]  # [batch, seq, k] (k per head at a per-head site)
@@ -291,8 +312,8 @@ def run_codebook_encode(config: CodebookEncodeConfig, *, progress: bool = True) 
                 columns["token_id"].append(tokens[..., None].expand_as(codes).reshape(-1).numpy())
                 columns["site"].append(np.full(codes.numel(), index, dtype=np.int32))
                 columns["rank"].append(np.tile(np.arange(k, dtype=np.int8), codes.numel() // k))
-                columns["code"].append(codes.reshape(-1).numpy().astype(np.int32))
-                columns["similarity"].append(coded.similarities[site].reshape(-1).float().numpy())
+                columns["code"].append(codes.reshape(-1).cpu().numpy().astype(np.int32))
+                columns["similarity"].append(coded.similarities[site].reshape(-1).float().cpu().numpy())
     n_rows = sum(len(c) for c in columns["code"])
 
     def constant(text: str) -> pa.DictionaryArray:

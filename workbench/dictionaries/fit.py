@@ -6,14 +6,22 @@ optimizer and dead-latent counters, in safetensors) is written atomically every
 `checkpoint_seconds` and at the end. The batch order is a pure function of the seed (see
 activation_batches.py), so a run resumed after kill -9 continues exactly where its last
 checkpoint stood. `workbench train` (workbench/train.py) and the circuit and bench scripts call fit().
+
+`fit_group` trains several dictionaries on one stream of batches (SAELens's MultiSAETrainingRunner,
+sparsify's all-layers training): each batch is read and moved to the device once, and each member takes
+its step exactly as it would alone, so a member equals the same dictionary trained by itself.
+On a GPU the loop reads the loss back to the host only every `LOG_EVERY` steps (a `.item()` per step
+would make the host wait for every kernel), so data loading overlaps the device's work.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,9 +31,10 @@ from tqdm.auto import tqdm
 from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 from workbench.dictionaries.base import SparseCoder
 from workbench.errors import DictionaryError
-from workbench.metrics import DeadLatentTracker, batch_fvu, l0
+from workbench.metrics import DeadLatentTracker, batch_fvu
 
 CHECKPOINT = "checkpoint"
+LOG_EVERY = 10  # steps between host reads of the loss (progress bar, non-finite check)
 
 
 @torch.no_grad()
@@ -52,6 +61,10 @@ class FitState:
     # MLP output is 1000x smaller than its input trains like an SAE. save() folds them back.
     input_scale: float = 1.0
     target_scale: float = 1.0
+    # Seconds the loop spent waiting for its next batch (reading, decoding, copying to the device) and in all,
+    # for this call only; bench/gpu.py reports their ratio.
+    data_wait_s: float = field(default=0.0, compare=False)
+    wall_s: float = field(default=0.0, compare=False)
 
 
 class Checkpointer:
@@ -88,9 +101,32 @@ class Checkpointer:
             )
         model.load_state_dict(load_file(folder / "model.safetensors"))  # safetensors only: no pickle is ever loaded
         tensors = load_file(folder / "optimizer.safetensors")
-        tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired")
+        tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired").to(tracker.tokens_since_fired.device)
         restore_optimizer(optimizer, model, tensors)
-        return FitState(**json.loads((folder / "state.json").read_text()))
+        saved_state = json.loads((folder / "state.json").read_text())
+        saved_state.pop("data_wait_s", None), saved_state.pop("wall_s", None)
+        return FitState(**saved_state)
+
+
+@dataclass
+class Member:
+    """One dictionary of a group: its model, its schedule, and which batch tensors it reads."""
+
+    model: SparseCoder
+    n_steps: int
+    lr: float
+    dead_window_tokens: int
+    input_key: str = "x"
+    target_key: str = "y"
+    checkpointer: Checkpointer | None = None
+    label: str = ""
+    # Set by fit_group:
+    optimizer: torch.optim.Optimizer | None = None
+    tracker: DeadLatentTracker | None = None
+    state: FitState = field(default_factory=FitState)
+    last_loss: torch.Tensor | None = None  # on the device; read back every LOG_EVERY steps
+    last_fvu: torch.Tensor | None = None
+    last_l0: torch.Tensor | None = None
 
 
 def fit(
@@ -103,63 +139,144 @@ def fit(
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    autocast_dtype: torch.dtype = torch.float32,
 ) -> tuple[FitState, DeadLatentTracker]:
-    """Train `model` for n_steps batches, resuming from a checkpoint if there is one.
+    """Train `model` (on its own device) for n_steps batches, resuming from a checkpoint if there is one.
 
     `batches_from(step)` yields (input, target) batches starting at global step `step`.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    tracker = DeadLatentTracker(model.config.n_latents, dead_window_tokens)
-    state = (checkpointer.load(model, optimizer, tracker) if checkpointer else None) or FitState()
-    batches = batches_from(state.step)
-    if state.step == 0:
-        first_x, first_y = next(batches)
-        state.input_scale = model.config.d_in**0.5 / first_x.float().norm(dim=1).mean().clamp_min(1e-12).item()
-        state.target_scale = (
-            model.config.output_width**0.5 / first_y.float().norm(dim=1).mean().clamp_min(1e-12).item()
-            if model.config.transcoder
-            else state.input_scale
+    member = Member(model, n_steps, lr, dead_window_tokens, checkpointer=checkpointer, label=model.config.arch)
+
+    def as_dicts(step: int) -> Iterator[dict[str, torch.Tensor]]:
+        for x, y in batches_from(step):
+            yield {"x": x, "y": y}
+
+    fit_group([member], as_dicts, checkpoint_seconds, progress, stop_after_steps, autocast_dtype)
+    assert member.tracker is not None
+    return member.state, member.tracker
+
+
+def fit_group(
+    members: list[Member],
+    batches_from: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    autocast_dtype: torch.dtype = torch.float32,
+) -> list[Member]:
+    """Train every member on one stream of batches; each resumes from its own checkpoint.
+
+    `batches_from(step)` yields dicts of tensors (by hook) from global step `step`, on any device: each is
+    moved to the members' device once. Members may stand at different steps after a kill; the stream
+    starts at the earliest, and a member takes only the batches from its own step on.
+    """
+    device = members[0].model.b_dec.device
+    for member in members:
+        member.optimizer = torch.optim.Adam(member.model.parameters(), lr=member.lr)
+        member.tracker = DeadLatentTracker(member.model.config.n_latents, member.dead_window_tokens, device)
+        loaded = (
+            member.checkpointer.load(member.model, member.optimizer, member.tracker) if member.checkpointer else None
         )
-        model.b_dec.data = geometric_median(first_y.float() * state.target_scale)
-        batches = _prepend((first_x, first_y), batches)
+        member.state = loaded or FitState()
+    active = [m for m in members if m.state.step < m.n_steps]
+    if not active:
+        return members
+    step = min(m.state.step for m in active)
+    total = max(m.n_steps for m in members)
+    keys = sorted({key for m in members for key in (m.input_key, m.target_key)})
+    batches = batches_from(step)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext()
     bar = tqdm(
-        total=n_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True, desc=model.config.arch
+        total=total,
+        initial=step,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=members[0].label if len(members) == 1 else f"{len(members)} dictionaries",
     )
-    last_checkpoint = time.monotonic()
+    started = last_checkpoint = time.monotonic()
+    data_wait = 0.0
     with bar:
-        while state.step < n_steps:
-            x_BD, y_BD = next(batches)
-            x_BD, y_BD = x_BD.float() * state.input_scale, y_BD.float() * state.target_scale
-            output = model(x_BD, dead_F=tracker.dead_mask(), target_BD=y_BD)
-            fvu = batch_fvu(y_BD, output.recon_BD)
-            loss = fvu + output.aux_loss
-            if not torch.isfinite(loss):
-                raise DictionaryError(f"The loss became {loss.item()} at step {state.step}; lower the learning rate.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            model.remove_parallel_gradient()
-            optimizer.step()
-            model.normalize_decoder()
-            tracker.update(output.f_BF)
-            state.step += 1
-            state.tokens += x_BD.shape[0]
-            state.last_fvu, state.last_l0 = fvu.item(), l0(output.f_BF)
+        while active:
+            waited = time.monotonic()
+            batch = next(batches)
+            batch = {key: batch[key].to(device, non_blocking=True) for key in keys}
+            data_wait += time.monotonic() - waited
+            for member in active:
+                if member.state.step == step:
+                    with autocast:
+                        _train_step(member, batch[member.input_key], batch[member.target_key])
+            step += 1
             bar.update(1)
-            if state.step % 10 == 0 or state.step == n_steps:
-                bar.set_postfix(
-                    loss=f"{loss.item():.4f}",
-                    fvu=f"{state.last_fvu:.4f}",
-                    l0=f"{state.last_l0:.1f}",
-                    dead=f"{100 * tracker.dead_fraction():.1f}%",
-                )
-            if checkpointer and (time.monotonic() - last_checkpoint > checkpoint_seconds or state.step == n_steps):
-                checkpointer.save(model, optimizer, tracker, state)
+            finished = [m for m in active if m.state.step >= m.n_steps]
+            due = time.monotonic() - last_checkpoint > checkpoint_seconds
+            if step % LOG_EVERY == 0 or finished or due:
+                _read_back(active, bar)  # raises on a non-finite loss before any checkpoint keeps it
+            for member in active:
+                if member.checkpointer and (due or member in finished):
+                    assert member.optimizer is not None and member.tracker is not None  # set above
+                    member.checkpointer.save(member.model, member.optimizer, member.tracker, member.state)
+            if due:
                 last_checkpoint = time.monotonic()
-            if stop_after_steps is not None and state.step >= stop_after_steps:
+            active = [m for m in active if m not in finished]
+            if stop_after_steps is not None and step >= stop_after_steps:
                 break
-    return state, tracker
+    _read_back(members, None)
+    wall = time.monotonic() - started
+    for member in members:
+        member.state.data_wait_s, member.state.wall_s = data_wait, wall
+    return members
 
 
-def _prepend(first, rest: Iterator):
-    yield first
-    yield from rest
+def _train_step(member: Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
+    model, state = member.model, member.state
+    assert member.optimizer is not None and member.tracker is not None  # set by fit_group
+    if state.step == 0:  # the first batch fixes the input scaling and initialises b_dec
+        with torch.autocast(x_BD.device.type, enabled=False):
+            state.input_scale = model.config.d_in**0.5 / x_BD.float().norm(dim=1).mean().clamp_min(1e-12).item()
+            state.target_scale = (
+                model.config.output_width**0.5 / y_BD.float().norm(dim=1).mean().clamp_min(1e-12).item()
+                if model.config.transcoder
+                else state.input_scale
+            )
+            model.b_dec.data = geometric_median(y_BD.float() * state.target_scale)
+    x_BD, y_BD = x_BD.float() * state.input_scale, y_BD.float() * state.target_scale
+    output = model(x_BD, dead_F=member.tracker.dead_mask(), target_BD=y_BD)
+    fvu = batch_fvu(y_BD, output.recon_BD.float())  # fp32 whatever the autocast precision
+    loss = fvu + output.aux_loss.float()
+    member.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    model.remove_parallel_gradient()
+    member.optimizer.step()
+    model.normalize_decoder()
+    member.tracker.update(output.f_BF)
+    state.step += 1
+    state.tokens += x_BD.shape[0]
+    member.last_loss, member.last_fvu = loss.detach(), fvu.detach()
+    member.last_l0 = (output.f_BF != 0).sum(-1).float().mean()
+
+
+def _read_back(members: list[Member], bar) -> None:
+    """Copy the members' last loss, FVU and L0 to the host: the progress bar, the state, the non-finite check."""
+    shown = {}
+    for member in members:
+        if member.last_loss is None:
+            continue
+        loss = member.last_loss.item()
+        if not math.isfinite(loss):
+            raise DictionaryError(
+                f"The loss{' of ' + member.label if member.label else ''} became {loss} near step "
+                f"{member.state.step}; lower the learning rate."
+            )
+        assert member.last_fvu is not None and member.last_l0 is not None and member.tracker is not None
+        member.state.last_fvu, member.state.last_l0 = member.last_fvu.item(), member.last_l0.item()
+        shown[member.label] = (loss, member.state.last_fvu, member.state.last_l0, member.tracker.dead_fraction())
+    if bar is not None and shown:
+        if len(shown) == 1:
+            loss, fvu, l0_value, dead = next(iter(shown.values()))
+            bar.set_postfix(loss=f"{loss:.4f}", fvu=f"{fvu:.4f}", l0=f"{l0_value:.1f}", dead=f"{100 * dead:.1f}%")
+        else:  # a group: the spread over its members
+            fvus = [v[1] for v in shown.values()]
+            bar.set_postfix(
+                fvu=f"{min(fvus):.4f}-{max(fvus):.4f}", dead=f"{100 * max(v[3] for v in shown.values()):.1f}%"
+            )

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from workbench.devices import Placement
 from workbench.errors import ModelLoadError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -181,14 +182,23 @@ def model_shape(model_dir: Path) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
-def load_hf_model(model_dir: Path, device: str = "cpu"):
-    """Load (model, tokenizer) in fp32 eval mode from a local HF folder, without touching the network."""
+def load_hf_model(model_dir: Path, placement: Placement | None = None):
+    """Load (model, tokenizer) in eval mode from a local HF folder, without touching the network.
+
+    The weights are loaded in the placement's dtype and moved to its device (default: fp32 on the cpu).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement = placement or Placement(torch.device("cpu"), torch.float32)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # Any: see build_smollm2
-        model = model.to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)  # Any: see build_smollm2
+        model = model.to(placement.device).eval()
+    except torch.OutOfMemoryError as exc:
+        raise ModelLoadError(
+            f"The model in {model_dir} does not fit on {placement.device} in {placement.dtype_name}: {exc}. "
+            "Use a smaller --dtype or another --device."
+        ) from exc
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {model_dir}: {exc}") from exc
     return model, tokenizer

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import corpus_label, tokenize_corpus
+from workbench.devices import resolve_placement
 from workbench.errors import ProbeError
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
@@ -56,8 +57,10 @@ class DepthProbeConfig:
     """Layers to skip (default: all)."""
     split_position: int | None = None
     """t: skip before it, measure from it (default: context length / 2)."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
 
@@ -88,12 +91,13 @@ def _block_points(n_layers: int, kinds: tuple[str, ...]) -> list[HookPoint]:
 
 def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> ProbeResult:
     """Run the sublayer, layer-skipping and logit-lens probes and store them as one probe run."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.create_or_open(config.store)
     model_dir = resolve_model_dir(config.model, store.root / "models")
     n_layers, _ = model_shape(model_dir)
     split, skip_layers = _validate(config, n_layers)
     name = check_run_name(config.name or default_probe_name(config))
-    hf_model, tokenizer = load_hf_model(model_dir, config.device)
+    hf_model, tokenizer = load_hf_model(model_dir, placement)
     norm, unembed = final_norm_and_unembed(hf_model) if config.lens_tokens > 0 else (None, None)
     contexts = torch.from_numpy(
         tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column).contexts()
@@ -111,10 +115,11 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
 
     with bar, torch.no_grad():
         for index, start in enumerate(range(0, len(contexts), config.batch_size)):
-            ids = contexts[start : start + config.batch_size].to(config.device)
+            ids = contexts[start : start + config.batch_size].to(placement.device)
             clean = backend.run(ids, clean_points, logits=True)
             assert clean.logits is not None  # asked for
-            acts = {(p.layer, p.kind): v[:, 1:] for p, v in clean.acts.items()}  # drop the BOS position
+            # Drop the BOS position; the measures accumulate in fp32 whatever the model computed in.
+            acts = {(p.layer, p.kind): v[:, 1:].float() for p, v in clean.acts.items()}
             log_probs = torch.log_softmax(clean.logits[:, 1:].float(), dim=-1)
             bar.update(1)
             for layer in range(n_layers):
@@ -144,15 +149,16 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
             for skipped in skip_layers:
                 result = backend.run(ids, residual_points, logits=True, skip=LayerSkip(skipped, split))
                 assert result.logits is not None  # asked for
-                skipped_acts = {(p.layer, p.kind): v[:, 1:] for p, v in result.acts.items()}
+                skipped_acts = {(p.layer, p.kind): v[:, 1:].float() for p, v in result.acts.items()}
                 for affected in range(skipped + 1, n_layers):
                     delta_skip = (skipped_acts[affected, "hook_out"] - skipped_acts[affected, "hook_in"])[:, future]
                     skip_layer_stats.add((skipped, affected), relative_update_change(deltas[affected], delta_skip))
-                l2, kl = output_change(log_probs[:, future], result.logits[:, 1:][:, future])
+                skipped_logits = result.logits[:, 1:].float()
+                l2, kl = output_change(log_probs[:, future], skipped_logits[:, future])
                 skip_output.add((skipped, "l2"), l2)
                 skip_output.add((skipped, "kl"), kl)
                 # The same pass also shows the direct effect at the skipped positions themselves.
-                _, kl_skipped = output_change(log_probs[:, : split - 1], result.logits[:, 1:split])
+                _, kl_skipped = output_change(log_probs[:, : split - 1], skipped_logits[:, : split - 1])
                 skip_output.add((skipped, "kl_skipped"), kl_skipped)
                 bar.update(1)
 
@@ -210,6 +216,8 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
         ]
     header = dict(
         kind="depth",
+        device=placement.device_name,
+        dtype=placement.dtype_name,
         model=config.model,
         backend=config.backend,
         corpus=config.corpus,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workbench.devices import Placement, resolve_placement
 from workbench.errors import ProbeError
 from workbench.probes.results import ProbeResult, write_probe_run
 from workbench.store import Store, check_run_name, make_run_name
@@ -90,7 +91,7 @@ def _residuals(
     context_len: int,
     batch_size: int,
     backend_name: str,
-    device: str,
+    placement: Placement,
     text_column: str,
 ):
     """Every block's output residual for the corpus, [n_layers] x [n_tokens, d], and each token's alignment key."""
@@ -100,16 +101,16 @@ def _residuals(
 
     model_dir = resolve_model_dir(model, store.root / "models")
     n_layers, _ = model_shape(model_dir)
-    hf_model, tokenizer = load_hf_model(model_dir, device)
+    hf_model, tokenizer = load_hf_model(model_dir, placement)
     corpus_tokens = tokenize_corpus(corpus, tokenizer, tokens, context_len, text_column)
     contexts = torch.from_numpy(corpus_tokens.contexts()).long()
     backend = make_backend(backend_name, hf_model, tokenizer)
     points = [HookPoint(layer, "hook_out") for layer in range(n_layers)]
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     for start in range(0, len(contexts), batch_size):
-        acts = backend.capture(contexts[start : start + batch_size].to(device), points)
-        for point in points:
-            per_layer[point.layer].append(acts[point].reshape(-1, acts[point].shape[-1]).cpu())
+        acts = backend.capture(contexts[start : start + batch_size].to(placement.device), points)
+        for point in points:  # the least-squares fit runs in fp32 on the host, whatever the model ran in
+            per_layer[point.layer].append(acts[point].reshape(-1, acts[point].shape[-1]).float().cpu())
     keys = token_keys(corpus_tokens.doc_ids, corpus_tokens.char_ends)
     return [torch.cat(chunks) for chunks in per_layer], keys, n_layers
 
@@ -134,8 +135,10 @@ class LinearMapsConfig:
     """Tokens per context, including the BOS."""
     batch_size: int = 8
     """Contexts per forward pass."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
+    device: str = "auto"
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
     ridge: float = 1e-4
@@ -144,6 +147,7 @@ class LinearMapsConfig:
 
 def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
     """Fit and store the layer-to-layer map errors from `config.source` to `config.target` as one probe run."""
+    placement = resolve_placement(config.device, config.dtype)
     store = Store.create_or_open(config.store)
     name = check_run_name(
         config.name
@@ -156,7 +160,7 @@ def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
         context_len=config.context_len,
         batch_size=config.batch_size,
         backend_name=config.backend,
-        device=config.device,
+        placement=placement,
         text_column=config.text_column,
     )
     source_layers, source_keys, n_source = _residuals(config.source, **common)
@@ -173,6 +177,8 @@ def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
     ]
     header = dict(
         kind="linear_maps",
+        device=placement.device_name,
+        dtype=placement.dtype_name,
         model=config.source,
         target_model=config.target,
         backend=config.backend,

@@ -38,7 +38,8 @@ def lens_measures(
     resid: torch.Tensor, final_log_probs: torch.Tensor, norm: nn.Module, unembed: nn.Module, top_k: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL [tokens], top-k overlap [tokens]) of the lens at one layer. resid [tokens, d], final_log_probs [tokens, vocab]."""
-    lens_log_probs = torch.log_softmax(unembed(norm(resid)).float(), dim=-1)
+    # The lens runs in the model's own precision (its norm and unembedding weights); the KL in fp32.
+    lens_log_probs = torch.log_softmax(unembed(norm(resid.to(next(unembed.parameters()).dtype))).float(), dim=-1)
     kl = (final_log_probs.exp() * (final_log_probs - lens_log_probs)).sum(-1).clamp_min(0)
     top_final = final_log_probs.topk(top_k, dim=-1).indices
     top_lens = lens_log_probs.topk(top_k, dim=-1).indices

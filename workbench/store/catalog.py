@@ -166,7 +166,7 @@ class Store:
         return np.asarray(ids, dtype=np.int64).reshape(-1, context_len)
 
     def iter_activations(self, run: str, hook: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (token_ids, acts [n, d]) per committed shard of (run, hook), each checked against its checksum.
+        """Yield (token_ids, acts float32 [n, d]) per committed shard of (run, hook), each checked against its checksum.
 
         Trainers read shards here directly rather than through SQL (see shards.py).
         """
@@ -174,7 +174,8 @@ class Store:
         if not records:
             raise StoreError(f"No committed activations for run '{run}' at hook '{hook}'. See `workbench store info {self.root}`.")
         for record in records:
-            yield read_shard(self.root / record.path, record.sha256, record.n_rows)
+            token_ids, acts = read_shard(self.root / record.path, record.sha256, record.n_rows)
+            yield token_ids, acts.astype(np.float32, copy=False)
 
     def remove_orphan_files(self, run: str) -> int:
         """Delete shard files of `run` that no committed catalog row points to (left by a kill before commit)."""

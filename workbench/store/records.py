@@ -78,6 +78,8 @@ class RunRecord(Record):
     status: str = "running"  # running | complete
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ class DictionaryRecord(Record):
     git_commit: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,8 @@ class DictionaryEvalRecord(Record):
     delta_ce: float | None = None
     kl: float | None = None
     created_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,8 @@ class ProbeRunRecord(Record):
     package_version: str | None = None
     git_commit: str | None = None
     created_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,8 @@ class CircuitRunRecord(Record):
     package_version: str | None = None
     git_commit: str | None = None
     created_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -237,6 +247,8 @@ class GraphRecord(Record):
     package_version: str | None = None
     git_commit: str | None = None
     created_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,8 @@ class CodebookRecord(Record):
     git_commit: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
+    dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
 
 
 # -- reading and writing ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import duckdb
 from workbench.errors import StoreVersionError
 from workbench.store.records import scalar
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -245,10 +245,23 @@ def _add_codebook_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(CODEBOOK_TABLES_V5)
 
 
+# v6: where each piece of work ran and in what precision (workbench/devices.py), as resolved ("cuda:0",
+# "bfloat16"; never "auto"). NULL for rows written before v6, which all ran in fp32 on a CPU.
+PLACEMENT_TABLES_V6 = ("runs", "dictionaries", "dictionary_evals", "probe_runs", "circuit_runs", "circuit_graphs", "codebooks")
+
+
+def _add_placement_columns(con: duckdb.DuckDBPyConnection) -> None:
+    for table in PLACEMENT_TABLES_V6:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN device VARCHAR")
+        con.execute(f"ALTER TABLE {table} ADD COLUMN dtype VARCHAR")
+        con.execute(f"COMMENT ON COLUMN {table}.device IS 'compute device used: cpu, cuda:N or mps'")
+        con.execute(f"COMMENT ON COLUMN {table}.dtype IS 'compute precision used: float32, bfloat16 or float16'")
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
-    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables}
+    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables, 5: _add_placement_columns}
 
 
 _EMPTY_ACTIVATIONS = (
@@ -268,7 +281,8 @@ def rebuild_activation_view(con: duckdb.DuckDBPyConnection) -> None:
     if paths:
         files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
         body = (
-            f"SELECT run, hook, token_id, act FROM read_parquet([{files}], hive_partitioning = true, "
+            # float16 shards are read as FLOAT by DuckDB; the cast keeps the view's type FLOAT[] whatever the mix.
+            f"SELECT run, hook, token_id, act::FLOAT[] AS act FROM read_parquet([{files}], hive_partitioning = true, "
             "hive_types = {'run': VARCHAR, 'hook': VARCHAR})"
         )
     else:
