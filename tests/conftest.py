@@ -255,5 +255,8 @@ def downgrade_to_v1(store_dir: Path) -> None:
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
     for table in later_tables:
         con.execute(f"DROP TABLE {table}")
+    for table in set(schema.PLACEMENT_TABLES_V6) - set(later_tables):  # v1 tables that v6 extended
+        con.execute(f"ALTER TABLE {table} DROP COLUMN device")
+        con.execute(f"ALTER TABLE {table} DROP COLUMN dtype")
     con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()

@@ -392,3 +392,64 @@ def test_transcoder_shorthand_needs_an_output_hook_and_trains_batchtopk():
         TrainConfig(store="s", hook="blocks.1.mlp.hook_in", arch="transcoder")
     config = TrainConfig(store="s", hook="blocks.1.mlp.hook_in", hook_out="blocks.1.mlp.hook_out", arch="transcoder")
     assert config.arch == "batchtopk"  # what the catalog stores, and what a resume compares
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka", "mutualchoice", "featurechoice"])
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_sparse_batch_family_training_step_has_exactly_the_dense_gradients(arch, transcoder, monkeypatch):
+    """The batch-level families train through the per-row-offset kernels (gather_pairs, decode_pairs); with those
+    swapped for dense autograd formulas, the same family code must give the same loss and gradients."""
+    import copy
+
+    import workbench.dictionaries.base as base_module
+    import workbench.dictionaries.batchtopk as batchtopk_module
+    import workbench.dictionaries.matryoshka as matryoshka_module
+
+    torch.manual_seed(0)
+    d_out = 24 if transcoder else None
+    config = DictionaryConfig(
+        arch=arch, d_in=32, n_latents=256, k=8, aux_k=16, transcoder=transcoder, skip_connection=transcoder, d_out=d_out
+    )
+    sparse_model = make_dictionary(config)
+    with torch.no_grad():
+        for p in sparse_model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    dense_model = copy.deepcopy(sparse_model)
+    x = torch.randn(64, 32)
+    y = torch.randn(64, config.output_width) if transcoder else x
+    dead = torch.rand(256) < 0.3
+
+    def run(model):
+        output = model(x, dead_F=dead, target_BD=y)
+        loss = (y - output.recon_BD).pow(2).sum() + output.aux_loss
+        return output, loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    sparse_output, sparse_loss, sparse_grads = run(sparse_model)
+
+    def dense_gather(input_BD, W_enc, b_enc, rows, latents, pre_BF):
+        return (input_BD @ W_enc + b_enc)[rows, latents]
+
+    def dense_decode(rows, latents, values, W_dec, n_rows):
+        f = torch.zeros(n_rows, W_dec.shape[0]).index_put((rows, latents), values, accumulate=True)
+        return f @ W_dec
+
+    def dense_gather_topk(input_BD, W_enc, b_enc, indices, pre_BF):
+        return (input_BD @ W_enc + b_enc).gather(-1, indices)
+
+    def dense_sparse_decode(indices, values, W_dec):
+        return torch.zeros(indices.shape[0], W_dec.shape[0]).scatter(-1, indices, values) @ W_dec
+
+    for module in (batchtopk_module, matryoshka_module):
+        for name, dense in (("gather_pairs", dense_gather), ("decode_pairs", dense_decode)):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, dense)
+    monkeypatch.setattr(base_module, "gather_pre_activations", dense_gather_topk)
+    monkeypatch.setattr(base_module, "sparse_decode", dense_sparse_decode)
+    dense_output, dense_loss, dense_grads = run(dense_model)
+
+    assert torch.equal(sparse_output.f_BF != 0, dense_output.f_BF != 0) and (sparse_output.f_BF != 0).any()
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-5, atol=1e-5)
+    for (name, _), got, want in zip(sparse_model.named_parameters(), sparse_grads, dense_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023
+    for name, buffer in sparse_model.named_buffers():  # thresholds and usage counters move the same way
+        torch.testing.assert_close(buffer, dict(dense_model.named_buffers())[name])

@@ -146,7 +146,7 @@ def _token_strings(corpus: TokenizedCorpus, tokenizer) -> list[str]:
     return strings
 
 
-def _create_run(
+def record_run(
     store: Store,
     run: str,
     config: HarvestConfig,
@@ -157,7 +157,9 @@ def _create_run(
     n_layers: int,
     d_model: int,
     placement: Placement,
+    points: bool = True,
 ) -> None:
+    """Register a run's corpus slice (runs, tokens, documents) and, with `points`, its hook points."""
     n = corpus.n_tokens
     positions = np.tile(np.arange(corpus.context_len, dtype=np.int32), corpus.n_contexts)
     tokens = pa.table(
@@ -202,11 +204,11 @@ def _create_run(
         package_version=package_version(),
         git_commit=git_commit(),
     )
-    points = [
+    hook_points = [
         HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model, dtype=config.store_dtype)
         for h in hooks
     ]
-    create_run(store, record, points, tokens, documents)
+    create_run(store, record, hook_points if points else [], tokens, documents)
 
 
 def _check_hook_widths(hooks, hf_model, d_model: int) -> None:
@@ -242,7 +244,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     _check_hook_widths(hooks, hf_model, d_model)
     if not existing:
         corpus = tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column)
-        _create_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model, placement)
+        record_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model, placement)
 
     contexts = store.contexts(run)  # read back from the store, not the corpus
     chunk_contexts = lookups.run(store, run).chunk_contexts

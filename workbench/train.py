@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -67,8 +68,22 @@ class TrainConfig:
     device: str = "auto"
     """Where the dictionaries train: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
-    """Precision of the dictionaries' matrix products (autocast; weights, Adam and the loss stay fp32): auto
-    (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    """Precision of the model (streaming) and of the dictionaries' matrix products (autocast; their weights, Adam
+    and the loss stay fp32): auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    model: str | None = None
+    """Streaming: train on live activations of this model (registry name, HF folder or hub id) instead of a
+    store's shards; nothing is stored but the dictionaries and the corpus slice's tokens."""
+    corpus: str = "default"
+    """Streaming: the corpus, as for harvest."""
+    stream_tokens: int | None = None
+    """Streaming: tokens of the corpus slice, repeated in a new order each epoch (default: --tokens, capped by
+    the corpus)."""
+    context_len: int = 128
+    """Streaming: tokens per context, including the BOS; a batch is whole contexts (at most --batch-size rows)."""
+    backend: str = "nnsight"
+    """Streaming: the hooking library."""
+    text_column: str = "text"
+    """Streaming: text field for .jsonl/.parquet/hf corpora."""
 
     def __post_init__(self) -> None:
         # Python callers may give one hook, k or width as a plain value (or comma-separated hooks).
@@ -86,6 +101,8 @@ class TrainConfig:
             raise DictionaryError(
                 f"--out gives {len(self.hook_out)} hook(s) for {len(self.hook)} --hook(s); give one output per input."
             )
+        if self.model and self.stream_tokens is None:
+            self.stream_tokens = self.tokens
         if not self.hook or not self.k or not self.latents:
             raise DictionaryError("--hook, --k and --latents need at least one value each.")
 
@@ -132,32 +149,48 @@ class _Planned:
 def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train dictionaries on a store's activations and register them. Re-running the same config resumes."""
     placement = resolve_placement(config.device, config.dtype)
-    store = Store.open_existing(config.store)
-    hooks = [lookups.canonical_hook(store, hook) for hook in config.hook]
-    hooks_out = [lookups.canonical_hook(store, hook) for hook in config.hook_out] if config.hook_out else None
-    runs = {lookups.run_with_hook(store, hook, config.run) for hook in hooks}
-    if len(runs) > 1:
-        raise DictionaryError(f"The hooks are in different runs ({', '.join(sorted(runs))}); give --run.")
-    run = runs.pop()
     n_steps = config.tokens // config.batch_size
     if n_steps < 1:
         raise DictionaryError(
             f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size})."
         )
-    data = ActivationBatches(
-        store,
-        run,
-        hooks + (hooks_out or []),
-        config.batch_size,
-        config.seed,
-        pin_memory=placement.device.type == "cuda",
-    )
+    batches_from: Callable[[int], Iterator[dict[str, torch.Tensor]]]
+    if config.model:  # streaming: live activations, nothing stored
+        from workbench.streaming import open_stream
+
+        store = Store.create_or_open(config.store)
+        hooks, hooks_out = config.hook, config.hook_out
+        run, d_model, live, model_name = open_stream(store, config, placement)
+        batches_from, n_steps = live.iterate, config.tokens // live.rows_per_step
+    else:
+        store = Store.open_existing(config.store)
+        hooks = [lookups.canonical_hook(store, hook) for hook in config.hook]
+        hooks_out = [lookups.canonical_hook(store, hook) for hook in config.hook_out] if config.hook_out else None
+        runs = {lookups.run_with_hook(store, hook, config.run) for hook in hooks}
+        if len(runs) > 1:
+            raise DictionaryError(f"The hooks are in different runs ({', '.join(sorted(runs))}); give --run.")
+        run = runs.pop()
+        data = ActivationBatches(
+            store,
+            run,
+            hooks + (hooks_out or []),
+            config.batch_size,
+            config.seed,
+            pin_memory=placement.device.type == "cuda",
+        )
+        batches_from, d_model, model_name = data.iterate, data.d_model, lookups.run(store, run).model
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
-    plan = _plan(store, config, run, hooks, hooks_out, data.d_model, dead_window)
+    if config.model:
+        from workbench.hooks import parse_hooks
+
+        n_layers = lookups.run(store, run).n_layers
+        hooks = [h.name for h in parse_hooks(hooks, n_layers)]  # canonical names, as the stream's batches carry
+        hooks_out = [h.name for h in parse_hooks(hooks_out, n_layers)] if hooks_out else None
+    plan = _plan(store, config, run, hooks, hooks_out, d_model, dead_window)
     with store.transaction() as con:  # register the new ones together, after every check passed
         for item in plan:
             if item.existing is None:
-                records.insert(con, _new_record(store, item, config.arch, run, data.d_model, dead_window, placement))
+                records.insert(con, _new_record(store, item, config.arch, run, d_model, dead_window, placement))
 
     members = []
     for item in plan:
@@ -182,7 +215,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if members:
         try:
             fit_group(
-                members, data.iterate, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
+                members, batches_from, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
             )
         except torch.OutOfMemoryError:
             raise DictionaryError(
@@ -200,7 +233,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         model.fold_scales(member.state.input_scale, member.state.target_scale)  # works on raw activations
         model.to("cpu").save(
             store.root / "dictionaries" / item.name,
-            saelens_metadata(lookups.run(store, run).model, run, item.hook, item.hook_out),
+            saelens_metadata(model_name, run, item.hook, item.hook_out),
         )
         with store.transaction() as con:
             records.update(

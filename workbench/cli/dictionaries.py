@@ -29,6 +29,12 @@ TRAIN_EPILOG = textwrap.dedent("""\
     examples:
       workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2M
       workbench train --store store/ --arch transcoder --in blocks.6.mlp.hook_in --out blocks.6.mlp.hook_out --k 32
+    several dictionaries from one read of the data (one per hook x k x latents; each resumes on its own):
+      workbench train --store store/ --hook blocks.2.hook_out,blocks.6.hook_out --k 16,32,64 --latents 4608,9216
+      workbench train --store store/ --arch transcoder --in blocks.5.mlp.hook_in,blocks.6.mlp.hook_in \\
+        --out blocks.5.mlp.hook_out,blocks.6.mlp.hook_out
+    on a GPU (the default --device auto picks it; --dtype auto trains the matrix products in bfloat16):
+      workbench train --store store/ --hook blocks.6.hook_out --device cuda:0 --batch-size 8192 --tokens 200M
 """)
 HOOK_FLAGS = {"hook": ["--hook", "--in"], "hook_out": ["--out"]}
 
@@ -38,8 +44,16 @@ def add_train(sub, name: str, help_text: str) -> None:
     from workbench.train import TrainConfig, run_train
 
     def report(config, result) -> None:
+        names = ", ".join(f"'{d.name}'" for d in result.dictionaries)
+        trained = f"Dictionary {names} is" if len(result.dictionaries) == 1 else f"Dictionaries {names} are"
+        where = f" on {result.dictionaries[0].device} ({result.dictionaries[0].dtype})" if result.dictionaries else ""
+        waited = (
+            f"; the loop waited for data {100 * result.data_wait_share:.1f}% of its time"
+            if result.data_wait_share is not None
+            else ""
+        )
         print(
-            f"Dictionary '{result.dictionary.name}' is trained. See:\n"
+            f"{trained} trained{where}{waited}. See:\n"
             f'  workbench sql {config.store} "SELECT name, arch, k, n_latents, train_fvu, train_l0, dead_fraction '
             'FROM dictionaries"'
         )

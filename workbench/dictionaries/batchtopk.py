@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from workbench.dictionaries.base import DictionaryError, SparseCoder, SparseOutput, register
+from workbench.dictionaries.sparse_ops import decode_pairs, gather_pairs
 
 
 def batch_topk_activations(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
@@ -80,17 +81,37 @@ class BatchTopKSAE(JumpReLUSAE):
         return batch_topk_activations(pre_BF, self.config.k)
 
     def auxiliary_loss(
-        self, pre_BF: torch.Tensor, f_BF: torch.Tensor, residual_BD: torch.Tensor, dead_F: torch.Tensor | None
+        self,
+        pre_BF: torch.Tensor,
+        f_BF: torch.Tensor,
+        residual_BD: torch.Tensor,
+        dead_F: torch.Tensor | None,
+        encoder_input_BD: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.residual_aux_loss(pre_BF, residual_BD, dead_F)
+        return self.residual_aux_loss(pre_BF, residual_BD, dead_F, encoder_input_BD=encoder_input_BD)
 
     def forward(
         self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
     ) -> SparseOutput:
+        return self.sparse_forward(x_BD, dead_F, target_BD)[0]
+
+    def sparse_forward(
+        self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
+    ) -> tuple[SparseOutput, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The training pass through the sparse kernels (sparse_ops.py): the batch-wide selection is scored
+        densely without a graph, then only the chosen (token, latent) pairs, a varying number per token,
+        carry gradients. Returns the output and those pairs (rows, latents, values with gradient)."""
         target_BD = x_BD if target_BD is None else target_BD
-        pre_BF = self.pre_activations(x_BD)
-        f_BF = self.select(pre_BF)
+        encoder_input_BD = self.encoder_input(x_BD)
+        with torch.no_grad():
+            pre_BF = encoder_input_BD @ self.W_enc + self.b_enc
+            rows_N, latents_N = self.select(pre_BF).nonzero(as_tuple=True)  # sorted by row
+        values_N = gather_pairs(encoder_input_BD, self.W_enc, self.b_enc, rows_N, latents_N, pre_BF).relu()
+        recon_BD = decode_pairs(rows_N, latents_N, values_N, self.W_dec, x_BD.shape[0]) + self.b_dec
+        if self.config.skip_connection:
+            recon_BD = recon_BD + x_BD @ self.W_skip
+        f_BF = torch.zeros_like(pre_BF, dtype=values_N.dtype).index_put_((rows_N, latents_N), values_N.detach())
         if self.training:
             self.update_threshold(f_BF)
-        recon_BD = self.decode(f_BF, x_BD)
-        return SparseOutput(f_BF, recon_BD, self.auxiliary_loss(pre_BF, f_BF, target_BD - recon_BD, dead_F))
+        aux = self.auxiliary_loss(pre_BF, f_BF, target_BD - recon_BD, dead_F, encoder_input_BD)
+        return SparseOutput(f_BF, recon_BD, aux), (rows_N, latents_N, values_N)

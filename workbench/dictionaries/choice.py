@@ -48,14 +48,14 @@ class ZipfAuxMixin:
         expected[ranks] = expected_by_rank
         return expected
 
-    def auxiliary_loss(self, pre_BF, f_BF, residual_BD, dead_F):
+    def auxiliary_loss(self, pre_BF, f_BF, residual_BD, dead_F, encoder_input_BD=None):
         if self.training:
             with torch.no_grad():
                 self.usage.mul_(USAGE_MOMENTUM).add_((1 - USAGE_MOMENTUM) * (f_BF != 0).float().mean(0))
         weight_F = (1 - self.usage / self.zipf_expected_usage()).clamp(0, 1)
         if dead_F is not None:
             weight_F = torch.where(dead_F, torch.ones_like(weight_F), weight_F)
-        return self.residual_aux_loss(pre_BF, residual_BD, weight_F > 0, weight_F)
+        return self.residual_aux_loss(pre_BF, residual_BD, weight_F > 0, weight_F, encoder_input_BD)
 
 
 @register("mutualchoice")

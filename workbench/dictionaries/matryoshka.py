@@ -14,6 +14,7 @@ import torch
 
 from workbench.dictionaries.base import SparseOutput, register
 from workbench.dictionaries.batchtopk import BatchTopKSAE
+from workbench.dictionaries.sparse_ops import decode_pairs
 from workbench.metrics import batch_fvu
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
@@ -28,9 +29,16 @@ class MatryoshkaSAE(BatchTopKSAE):
     def forward(
         self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None, target_BD: torch.Tensor | None = None
     ) -> SparseOutput:
-        output = super().forward(x_BD, dead_F, target_BD)
+        output, (rows_N, latents_N, values_N) = self.sparse_forward(x_BD, dead_F, target_BD)
         target_BD = x_BD if target_BD is None else target_BD
-        prefix_loss = sum(batch_fvu(target_BD, self.decode_prefix(output.f_BF, m, x_BD)) for m in self.prefix_sizes())
+        prefix_loss = output.aux_loss.new_zeros(())
+        for m in self.prefix_sizes():  # each prefix decodes only its own chosen pairs, sparsely
+            keep = latents_N < m
+            recon_BD = decode_pairs(rows_N[keep], latents_N[keep], values_N[keep], self.W_dec, x_BD.shape[0])
+            recon_BD = recon_BD + self.b_dec
+            if self.config.skip_connection:
+                recon_BD = recon_BD + x_BD @ self.W_skip
+            prefix_loss = prefix_loss + batch_fvu(target_BD, recon_BD)
         return output._replace(aux_loss=output.aux_loss + prefix_loss)
 
     def decode_prefix(self, f_BF: torch.Tensor, m: int, x_BD: torch.Tensor | None = None) -> torch.Tensor:

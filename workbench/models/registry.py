@@ -100,6 +100,31 @@ def build_tiny(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+def build_random_smollm2(dest: Path) -> None:
+    """SmolLM2-135M's shape (30 layers, d_model 576, 9 heads of 64, 3 KV heads, MLP 1536, tied embeddings) with
+    random weights: throughput does not depend on the weights, so GPU timings need no 100 MB GGUF."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
 REGISTRY: dict[str, NamedModel] = {
     "smollm2-135m": NamedModel(
         "smollm2-135m",
@@ -107,6 +132,11 @@ REGISTRY: dict[str, NamedModel] = {
         build_smollm2,
     ),
     "tiny": NamedModel("tiny", "random 2-layer Llama, d_model 64, SmolLM2 tokenizer; for tests", build_tiny),
+    "random:smollm2-135m": NamedModel(
+        "random:smollm2-135m",
+        "SmolLM2-135M's shape with random weights, for timings (bench/gpu.py)",
+        build_random_smollm2,
+    ),
 }
 
 
