@@ -75,7 +75,7 @@ def test_streaming_trains_every_hook_from_one_pass_and_records_the_corpus_slice(
 
 
 def test_streaming_resumes_exactly_after_kill_9(store_dir):
-    command = ["train", "--store", str(store_dir), *STREAM_ARGS, "--tokens", "60000", "--stream-tokens", "4096"]
+    command = ["train", "--store", str(store_dir), *STREAM_ARGS, "--tokens", "30000", "--stream-tokens", "4096"]
     killed = [*command, "--name", "killed", "--checkpoint-seconds", "0.3"]
     process = start_cli(*killed, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = store_dir / "dictionaries" / "killed" / "checkpoint" / "state.json"
