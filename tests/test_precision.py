@@ -109,7 +109,7 @@ def test_half_precision_shards_round_trip_and_sql_reads_them_as_float(store_dir,
 def test_a_run_keeps_its_store_dtype_and_model_dtype_on_resume(store_dir):
     _harvest(store_dir, "r", store_dtype="float16", tokens=512)
     before = store_snapshot(store_dir)
-    with pytest.raises(RunConflictError, match="store dtype: its shards are float16, now --store-dtype bfloat16"):
+    with pytest.raises(RunConflictError, match=r"store dtype: its shards are float16, now bfloat16 \(give --store-dtype"):
         _harvest(store_dir, "r", store_dtype="bfloat16", tokens=512)
     with pytest.raises(
         RunConflictError, match=r"model dtype: it ran in float32, now bfloat16 \(give --dtype float32\)"
@@ -139,3 +139,21 @@ def test_cuda_model_in_bfloat16_agrees_with_the_cpu(tiny_dir):
         assert captured[hook].device.type == "cuda" and captured[hook].dtype == torch.bfloat16
         error = (captured[hook].float().cpu() - reference[hook]).norm() / reference[hook].norm()
         assert error < TOLERANCE["bfloat16"]
+
+
+def test_shards_encoded_on_threads_are_byte_identical_to_inline_ones(store_dir):
+    """The GPU default (a thread per hook encodes while the forward pass runs on) changes no byte of a shard."""
+    _harvest(store_dir, "inline", encode_threads=0, store_dtype="bfloat16")
+    _harvest(store_dir, "threaded", encode_threads=1, store_dtype="bfloat16")
+    store = Store.open_existing(store_dir)
+    for hook in HOOKS:
+        inline, threaded = store.shards("inline", hook), store.shards("threaded", hook)
+        assert len(inline) == 2 and [s.sha256 for s in inline] == [s.sha256 for s in threaded]
+
+
+def test_auto_store_dtype_follows_a_half_precision_model(store_dir):
+    _harvest(store_dir, "bf16", dtype="bfloat16", tokens=512)  # store_dtype auto
+    store = Store.open_existing(store_dir)
+    with store.reader() as con:
+        assert {p.dtype for p in read_all(con, HookPointRecord, run="bf16")} == {"bfloat16"}
+    _harvest(store_dir, "bf16", dtype="bfloat16", tokens=512)  # resumes (complete) with the same resolution

@@ -11,7 +11,7 @@ harvests the rest.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -60,9 +60,13 @@ class HarvestConfig:
     """Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
-    store_dtype: str = "float32"
-    """Precision of the stored shards: float32, bfloat16 (0.42x the bytes, every reader sees FLOAT) or float16
-    (0.55x, range +-65504). Fixed for the run: a resume must repeat it."""
+    store_dtype: str = "auto"
+    """Precision of the stored shards: auto (the model's dtype when it is bfloat16 or float16, else float32: a
+    bf16 model's activations are stored losslessly in half the bytes), float32, bfloat16 (0.42x the bytes,
+    every reader sees FLOAT) or float16 (0.55x, range +-65504). Fixed for the run: a resume must repeat it."""
+    encode_threads: int | None = None
+    """Threads that encode shards beside the forward pass: 0 encodes on the forward pass's thread (default on
+    a CPU, where a busy second thread slows torch), 1 gives each hook its own thread (default on a GPU)."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
 
@@ -81,7 +85,7 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.tokens <= 0 or self.batch_size <= 0 or self.chunk_contexts <= 0:
             raise WorkbenchError("--tokens, --batch-size and --chunk-contexts must be positive.")
-        if self.store_dtype not in STORE_DTYPES:
+        if self.store_dtype not in ("auto", *STORE_DTYPES):
             raise WorkbenchError(f"Unknown --store-dtype '{self.store_dtype}'; use one of {', '.join(STORE_DTYPES)}.")
 
 
@@ -101,13 +105,26 @@ class HarvestResult:
     """Seconds in the chunk loop only: forward passes, shard writes and commits."""
 
 
+def resolve_store_dtype(store_dtype: str, placement: Placement) -> str:
+    """auto: the model's own precision when it is a half one (storing it in fp32 would only double the bytes)."""
+    if store_dtype != "auto":
+        return store_dtype
+    return placement.dtype_name if placement.dtype_name in ("bfloat16", "float16") else "float32"
+
+
 def default_run_name(config: HarvestConfig) -> str:
     """Deterministic, so that repeating a command without --run resumes the same run."""
     return make_run_name(Path(config.model).name, corpus_label(config.corpus), str(config.tokens))
 
 
 def _check_resumable(
-    existing: RunRecord, config: HarvestConfig, hooks: list[HookPoint], run: str, placement: Placement, store_dtype: str
+    existing: RunRecord,
+    config: HarvestConfig,
+    hooks: list[HookPoint],
+    run: str,
+    placement: Placement,
+    stored_dtype: str,
+    store_dtype: str,
 ) -> None:
     previous = existing.config or {}
     problems = [
@@ -115,8 +132,10 @@ def _check_resumable(
         for name in config.IDENTITY_FIELDS
         if previous.get(name) != getattr(config, name)
     ]
-    if store_dtype != config.store_dtype:
-        problems.append(f"store dtype: its shards are {store_dtype}, now --store-dtype {config.store_dtype}")
+    if stored_dtype != store_dtype:
+        problems.append(
+            f"store dtype: its shards are {stored_dtype}, now {store_dtype} (give --store-dtype {stored_dtype})"
+        )
     ran_in = existing.dtype or "float32"  # runs from before schema v6 ran in fp32
     if ran_in != placement.dtype_name:
         problems.append(f"model dtype: it ran in {ran_in}, now {placement.dtype_name} (give --dtype {ran_in})")
@@ -205,7 +224,14 @@ def record_run(
         git_commit=git_commit(),
     )
     hook_points = [
-        HookPointRecord(run=run, hook=h.name, layer=h.layer, kind=h.kind, d=d_model, dtype=config.store_dtype)
+        HookPointRecord(
+            run=run,
+            hook=h.name,
+            layer=h.layer,
+            kind=h.kind,
+            d=d_model,
+            dtype=resolve_store_dtype(config.store_dtype, placement),
+        )
         for h in hooks
     ]
     create_run(store, record, hook_points if points else [], tokens, documents)
@@ -229,6 +255,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     # Check hook names before anything slow (building a registry model takes ~20 s).
     parse_hooks(config.hooks, n_layers=10**6)
     placement = resolve_placement(config.device, config.dtype)
+    store_dtype = resolve_store_dtype(config.store_dtype, placement)
     store = Store.create_or_open(config.store)
     model_dir = resolve_model_dir(config.model, store.root / "models")
     n_layers, d_model = model_shape(model_dir)
@@ -239,7 +266,8 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
         existing = read_one(con, RunRecord, run=run)
         stored_dtypes = {point.dtype for point in read_all(con, HookPointRecord, run=run)}
     if existing:
-        _check_resumable(existing, config, hooks, run, placement, stored_dtypes.pop() if stored_dtypes else "float32")
+        stored = stored_dtypes.pop() if stored_dtypes else "float32"
+        _check_resumable(existing, config, hooks, run, placement, stored, store_dtype)
     hf_model, tokenizer = load_hf_model(model_dir, placement)
     _check_hook_widths(hooks, hf_model, d_model)
     if not existing:
@@ -268,58 +296,94 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     )
     harvested = 0
     started = time.perf_counter()
-    # Encoding shards is CPU work and stays on this thread, batch by batch while the activations
-    # are in cache: on a 2-core machine a second busy thread stalls torch's OpenMP workers
-    # (measured: +5-10% harvest time). fsync and the catalog commit mostly wait on the disk, so
-    # they overlap the next chunk's forward pass on one background thread; at most one chunk is
-    # in flight and commits stay in order.
+    # Encoding shards is CPU work (~40-60 ms per hook per 8,192 tokens at d=576). On a CPU it stays on this
+    # thread, batch by batch while the activations are in cache: on a 2-core machine a second busy thread
+    # stalls torch's OpenMP workers (measured: +5-10% harvest time). On a GPU the forward pass is far faster
+    # than that, so each hook's shard is encoded on its own thread (pyarrow releases the GIL) while the GPU
+    # runs on (--encode-threads). fsync and the catalog commit mostly wait on the disk, so they overlap the
+    # next chunk on one background thread; at most one chunk awaits its commit, and commits stay in order.
     builders = {h: ShardBuilder() for h in hooks}
-    bytes_per_value = 2 if config.store_dtype == "float16" else 4
+    bytes_per_value = 2 if store_dtype == "float16" else 4
+    threads = (
+        config.encode_threads if config.encode_threads is not None else (0 if placement.device.type == "cpu" else 1)
+    )
+    encoders = {h: _Encoder(threads > 0) for h in hooks}
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         in_flight = None
-        for chunk in pending:
-            chunk_ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
-            first_token = chunk * chunk_contexts * context_len
-            for builder in builders.values():
-                builder.start(chunk_ids.size * (d_model * bytes_per_value + 8))
-            for start in range(0, len(chunk_ids), config.batch_size):
-                batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(placement.device)
-                batch_first = first_token + start * context_len
-                token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
-                try:
-                    captured = backend.capture(batch, hooks)
-                except torch.OutOfMemoryError:
-                    raise WorkbenchError(
-                        out_of_memory_message("The harvest", config.batch_size, placement.device)
-                    ) from None
-                for hook, acts in captured.items():
-                    builders[hook].append(token_ids, to_store_dtype(acts.reshape(-1, d_model), config.store_dtype))
-                bar.update(batch.numel())
-            shards = []
-            for hook in hooks:
-                path = store.shard_path(run, hook.name, chunk)
-                info = builders[hook].finish(store.root / path)
-                shards.append(
-                    ShardRecord(
-                        run=run,
-                        hook=hook.name,
-                        chunk=chunk,
-                        path=path,
-                        first_token=first_token,
-                        n_rows=info.n_rows,
-                        n_bytes=info.n_bytes,
-                        sha256=info.sha256,
-                    )
+        try:
+            for chunk in pending:
+                chunk_ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
+                first_token = chunk * chunk_contexts * context_len
+                for hook, builder in builders.items():
+                    encoders[hook].submit(builder.start, chunk_ids.size * (d_model * bytes_per_value + 8))
+                for start in range(0, len(chunk_ids), config.batch_size):
+                    batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(placement.device)
+                    batch_first = first_token + start * context_len
+                    token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
+                    try:
+                        captured = backend.capture(batch, hooks)
+                    except torch.OutOfMemoryError:
+                        raise WorkbenchError(
+                            out_of_memory_message("The harvest", config.batch_size, placement.device)
+                        ) from None
+                    for hook, acts in captured.items():
+                        values = to_store_dtype(acts.reshape(-1, d_model), store_dtype)
+                        encoders[hook].submit(builders[hook].append, token_ids, values)
+                    bar.update(batch.numel())
+                paths = {hook: store.shard_path(run, hook.name, chunk) for hook in hooks}
+                finished = {
+                    hook: encoders[hook].submit(builders[hook].finish, store.root / paths[hook]) for hook in hooks
+                }
+                if in_flight is not None:
+                    in_flight.result()  # re-raises a failed encoding, sync or commit of the previous chunk
+                in_flight = committer.submit(
+                    _sync_and_commit, store, run, chunk, first_token, paths, finished, n_chunks
                 )
-            if in_flight is not None:
-                in_flight.result()  # re-raises a failed sync or commit of the previous chunk
-            in_flight = committer.submit(_sync_and_commit, store, shards, n_chunks)
-            harvested += chunk_ids.size
-        assert in_flight is not None  # pending is not empty (checked above)
-        in_flight.result()
+                harvested += chunk_ids.size
+            assert in_flight is not None  # pending is not empty (checked above)
+            in_flight.result()
+        finally:
+            for encoder in encoders.values():
+                encoder.close()
     return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
 
 
-def _sync_and_commit(store: Store, shards: list[ShardRecord], n_chunks: int) -> None:
+def _sync_and_commit(
+    store: Store, run: str, chunk: int, first_token: int, paths: dict, finished: dict[HookPoint, Future], n_chunks: int
+) -> None:
+    """Once every hook's shard of the chunk is written (`finished`), make them durable and register them."""
+    shards = []
+    for hook, future in finished.items():
+        info = future.result()
+        shards.append(
+            ShardRecord(
+                run=run,
+                hook=hook.name,
+                chunk=chunk,
+                path=paths[hook],
+                first_token=first_token,
+                n_rows=info.n_rows,
+                n_bytes=info.n_bytes,
+                sha256=info.sha256,
+            )
+        )
     sync_files([store.root / shard.path for shard in shards])
     commit_chunk(store, shards, n_chunks)
+
+
+class _Encoder:
+    """Runs one hook's shard-building calls in order: inline, or on a thread of its own."""
+
+    def __init__(self, threaded: bool):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-encode") if threaded else None
+
+    def submit(self, function, *args) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(function, *args)
+        done: Future = Future()
+        done.set_result(function(*args))  # inline: an error raises here, at once
+        return done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
