@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="harvest passes per backend (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backend", choices=["transformerlens", "nnsight", "both"], default="both")
+    parser.add_argument("--store-dtype", default="float32", help="shard precision (default: %(default)s)")
     parser.add_argument(
         "--models-dir", default="store/models", help="where registry models are built (default: %(default)s)"
     )
@@ -94,6 +95,7 @@ def main() -> int:
                         tokens=args.tokens,
                         backend=backend,
                         batch_size=args.batch_size,
+                        store_dtype=args.store_dtype,
                     ),
                     progress=False,
                 )
