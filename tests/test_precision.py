@@ -109,7 +109,9 @@ def test_half_precision_shards_round_trip_and_sql_reads_them_as_float(store_dir,
 def test_a_run_keeps_its_store_dtype_and_model_dtype_on_resume(store_dir):
     _harvest(store_dir, "r", store_dtype="float16", tokens=512)
     before = store_snapshot(store_dir)
-    with pytest.raises(RunConflictError, match=r"store dtype: its shards are float16, now bfloat16 \(give --store-dtype"):
+    with pytest.raises(
+        RunConflictError, match=r"store dtype: its shards are float16, now bfloat16 \(give --store-dtype"
+    ):
         _harvest(store_dir, "r", store_dtype="bfloat16", tokens=512)
     with pytest.raises(
         RunConflictError, match=r"model dtype: it ran in float32, now bfloat16 \(give --dtype float32\)"

@@ -29,7 +29,7 @@ class MatchingPursuitSAE(SparseCoder):
         active_B = torch.ones(x_BD.shape[0], dtype=torch.bool, device=x_BD.device)
         for _ in range(k):
             values_B, atoms_B = (residual_BD @ self.W_dec.T).max(dim=1)
-            values_B = values_B.clamp_min(0) * active_B
+            values_B = values_B.to(f_BF.dtype).clamp_min(0) * active_B  # autocast scores in bf16; f stays fp32
             f_BF = f_BF.scatter_add(1, atoms_B[:, None], values_B[:, None])
             residual_BD = residual_BD - values_B[:, None] * self.W_dec[atoms_B]
             if residual_threshold is not None:

@@ -73,6 +73,15 @@ def _encoder_weight_grad(
 ) -> torch.Tensor:
     """d loss / d W_enc [d, latents] from the gradients of N chosen (row, latent) pre-activations: one sparse
     (latent-major CSR) times dense product, touching only the chosen entries."""
+    # Under autocast (train --dtype bfloat16) the CSR product would be cast to bf16, which the CPU's sparse
+    # kernels do not implement; the gradient is accumulated in the parameters' fp32 instead.
+    with torch.autocast(input_BD.device.type, enabled=False):
+        return _csr_weight_grad(rows_N, latents_N, grad_N.float(), input_BD.float(), n_latents)
+
+
+def _csr_weight_grad(
+    rows_N: torch.Tensor, latents_N: torch.Tensor, grad_N: torch.Tensor, input_BD: torch.Tensor, n_latents: int
+) -> torch.Tensor:
     order = latents_N.argsort()
     row_starts = torch.zeros(n_latents + 1, dtype=torch.long, device=grad_N.device)
     row_starts[1:] = torch.bincount(latents_N, minlength=n_latents).cumsum(0)
