@@ -33,6 +33,8 @@ TRAIN_EPILOG = textwrap.dedent("""\
       workbench train --store store/ --hook blocks.2.hook_out,blocks.6.hook_out --k 16,32,64 --latents 4608,9216
       workbench train --store store/ --arch transcoder --in blocks.5.mlp.hook_in,blocks.6.mlp.hook_in \\
         --out blocks.5.mlp.hook_out,blocks.6.mlp.hook_out
+    streaming, for runs too big to store (live activations; one forward pass feeds every hook; resumable):
+      workbench train --store store/ --model smollm2-135m --corpus default --hook blocks.6.hook_out --tokens 2M
     on a GPU (the default --device auto picks it; --dtype auto trains the matrix products in bfloat16):
       workbench train --store store/ --hook blocks.6.hook_out --device cuda:0 --batch-size 8192 --tokens 200M
 """)
@@ -69,6 +71,14 @@ def add_train(sub, name: str, help_text: str) -> None:
         epilog=TRAIN_EPILOG,
         flags=HOOK_FLAGS,
         choices={"arch": [*families(trainable=True), "transcoder"]},
+        # These shared options mean something else here: they select streaming training.
+        helps={
+            "model": "streaming: train on live activations of this model (registry name, HF folder or hub id) "
+            "instead of the store's shards; only the dictionaries and the corpus slice's tokens are stored",
+            "corpus": "streaming: the corpus, as for harvest",
+            "backend": "streaming: the hooking library (nnsight or transformerlens)",
+            "text_column": "streaming: text field for .jsonl/.parquet/hf corpora",
+        },
     )
 
 
