@@ -100,6 +100,22 @@ def test_half_precision_shards_round_trip_and_sql_reads_them_as_float(store_dir,
     assert [(r["run"], r["type"]) for r in rows] == [("full", "FLOAT[]"), ("half", "FLOAT[]")]
     expected = torch.tensor(rows[0]["act"]).to(rounding).float().tolist()
     assert rows[1]["act"] == pytest.approx(expected, abs=0)
+    # Another engine reads the same files, Hive-partitioned, without the catalog: Polars (Float16 upcast to the
+    # first file's Float32; the store's two runs have different precisions).
+    import polars as pl
+
+    frame = (
+        pl.scan_parquet(
+            store_dir / "shards" / "**" / "*.parquet",
+            hive_partitioning=True,
+            cast_options=pl.ScanCastOptions(float_cast="upcast"),  # float16 and float32 shards in one scan
+        )
+        .filter((pl.col("hook") == "blocks.1.hook_out") & (pl.col("token_id") == 5))
+        .sort("run")
+        .collect()
+    )
+    assert frame["run"].to_list() == ["full", "half"]
+    assert [[float(v) for v in row] for row in frame["act"].to_list()] == [r["act"] for r in rows]
     with store.reader() as con:
         assert {p.dtype for p in read_all(con, HookPointRecord, run="half")} == {store_dtype}
         run = read_one(con, RunRecord, run="half")
