@@ -175,3 +175,62 @@ def test_auto_store_dtype_follows_a_half_precision_model(store_dir):
     with store.reader() as con:
         assert {p.dtype for p in read_all(con, HookPointRecord, run="bf16")} == {"bfloat16"}
     _harvest(store_dir, "bf16", dtype="bfloat16", tokens=512)  # resumes (complete) with the same resolution
+
+
+def test_out_of_memory_names_the_batch_size_to_try_and_the_same_command_resumes(store_dir, monkeypatch):
+    """A device that runs out of memory mid-harvest (simulated: the capture raises torch's OutOfMemoryError, as
+    CUDA does): the message gives the batch size to try, committed chunks stay, and the command resumes."""
+    import workbench.harvest as harvest_module
+
+    real_make_backend = harvest_module.make_backend
+    calls = {"n": 0}
+
+    def failing_backend(*args, **kwargs):
+        backend = real_make_backend(*args, **kwargs)
+        capture = backend.capture
+
+        def capture_until_full(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 5:  # the third chunk's first batch (two batches of 4 contexts per chunk)
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return capture(*a, **k)
+
+        backend.capture = capture_until_full
+        return backend
+
+    monkeypatch.setattr(harvest_module, "make_backend", failing_backend)
+    with pytest.raises(DeviceError, match=r"ran out of memory on cpu at a batch of 4\. Try --batch-size 2"):
+        _harvest(store_dir, "oom", tokens=2048)
+    store = Store.open_existing(store_dir)
+    assert [s.chunk for s in store.shards("oom", HOOKS[0])] == [0, 1]  # what was committed is kept
+    monkeypatch.setattr(harvest_module, "make_backend", real_make_backend)
+    result = _harvest(store_dir, "oom", tokens=2048)
+    assert result.chunks_resumed_from == 2 and [s.chunk for s in store.shards("oom", HOOKS[0])] == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU (skipped on this machine: torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_sparse_kernels_train_on_cuda_as_on_the_cpu(arch):
+    """The sparse training kernels (embedding_bag, CSR products) on CUDA: the same batches give the same FVU."""
+    from workbench.dictionaries import DictionaryConfig, make_dictionary
+    from workbench.dictionaries.fit import fit
+
+    torch.manual_seed(0)
+    atoms = torch.randn(256, 32)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+
+    def batches_from(step):
+        generator = torch.Generator().manual_seed(step)
+        while True:
+            chosen = torch.rand(512, 256, generator=generator).topk(4, dim=1).indices
+            f = torch.zeros(512, 256).scatter(1, chosen, torch.rand(512, 4, generator=generator) + 0.5)
+            yield f @ atoms, f @ atoms
+
+    fvus = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = make_dictionary(DictionaryConfig(arch=arch, d_in=32, n_latents=256, k=4)).to(device)
+        state, tracker = fit(model, batches_from, 60, 4e-3, 100_000, progress=False)
+        assert tracker.tokens_since_fired.device.type == device
+        fvus.append(state.last_fvu)
+    assert abs(fvus[0] - fvus[1]) < 0.02, fvus

@@ -11,6 +11,8 @@ parameters and Adam state), and metrics (FVU, CE, KL) accumulate in fp32 or fp64
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -136,5 +138,14 @@ def out_of_memory_message(what: str, batch_size: int, device: torch.device) -> s
     """What to tell a user whose batch did not fit on the device."""
     return (
         f"{what} ran out of memory on {device} at a batch of {batch_size}. Try --batch-size {max(1, batch_size // 2)} "
-        "(nothing was lost: run the same command again to resume)."
+        "(nothing committed was lost: run the same command again)."
     )
+
+
+@contextmanager
+def explain_out_of_memory(what: str, batch_size: int, device: torch.device, hint: str = "") -> Iterator[None]:
+    """Turn the device's out-of-memory error inside the block into a DeviceError with the batch size to try."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise DeviceError(out_of_memory_message(what, batch_size, device) + hint) from None

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import is_bos_position
-from workbench.devices import resolve_placement
+from workbench.devices import explain_out_of_memory, resolve_placement
 from workbench.dictionaries import load_dictionary
 from workbench.store import Store, lookups
 from workbench.store.records import delete_rows, insert_arrow
@@ -75,7 +75,8 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
             keep = ~is_bos_position(token_ids, context_len)  # BOS rows are left out, as in training
             token_ids, acts = token_ids[keep], acts[keep]
             for start in range(0, len(acts), batch_size):
-                f = model.encode(torch.from_numpy(acts[start : start + batch_size]).to(placement.device))
+                with explain_out_of_memory("Encoding", batch_size, placement.device):
+                    f = model.encode(torch.from_numpy(acts[start : start + batch_size]).to(placement.device))
                 rows, latents = f.nonzero(as_tuple=True)
                 token_chunks.append(token_ids[start : start + batch_size][rows.cpu().numpy()])
                 feature_chunks.append(latents.cpu().numpy().astype(np.int32))

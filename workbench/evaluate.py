@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.corpus import is_bos_position
-from workbench.devices import resolve_placement
+from workbench.devices import explain_out_of_memory, resolve_placement
 from workbench.dictionaries import load_dictionary
 from workbench.errors import DictionaryError
 from workbench.hooks import parse_hook
@@ -116,9 +116,10 @@ def run_eval(config: EvalConfig) -> EvalResult:
     with torch.no_grad():
         for start in range(0, len(contexts), batch_size):
             batch = contexts[start : start + batch_size].to(placement.device)
-            clean = backend.run(batch, [], logits=True).logits
-            spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
-            zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
+            with explain_out_of_memory("The spliced CE", batch_size, placement.device):
+                clean = backend.run(batch, [], logits=True).logits
+                spliced = backend.run(batch, [], logits=True, patch=spliced_patch).logits
+                zero = backend.run(batch, [], logits=True, patch=zero_patch).logits
             assert clean is not None and spliced is not None and zero is not None  # asked for
             for key, logits in (("clean", clean), ("spliced", spliced), ("zero", zero)):
                 ce[key].append(next_token_ce(logits, batch))

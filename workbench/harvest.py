@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
-from workbench.devices import Placement, out_of_memory_message, resolve_placement
+from workbench.devices import Placement, explain_out_of_memory, resolve_placement
 from workbench.errors import RunConflictError, UnknownHookError, WorkbenchError
 from workbench.hooks import HookPoint, parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
@@ -320,12 +320,8 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
                     batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(placement.device)
                     batch_first = first_token + start * context_len
                     token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
-                    try:
+                    with explain_out_of_memory("The harvest", config.batch_size, placement.device):
                         captured = backend.capture(batch, hooks)
-                    except torch.OutOfMemoryError:
-                        raise WorkbenchError(
-                            out_of_memory_message("The harvest", config.batch_size, placement.device)
-                        ) from None
                     for hook, acts in captured.items():
                         values = to_store_dtype(acts.reshape(-1, d_model), store_dtype)
                         encoders[hook].submit(builders[hook].append, token_ids, values)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from workbench.activation_batches import ActivationBatches
-from workbench.devices import out_of_memory_message, resolve_placement
+from workbench.devices import explain_out_of_memory, resolve_placement
 from workbench.dictionaries.base import DictionaryConfig, make_dictionary
 from workbench.dictionaries.fit import Checkpointer, Member, fit_group
 from workbench.dictionaries.saelens_format import saelens_metadata
@@ -213,15 +213,12 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         )
     wait_share = None
     if members:
-        try:
+        with explain_out_of_memory(
+            f"Training {len(members)} dictionaries", config.batch_size, placement.device, " Or train fewer at once."
+        ):
             fit_group(
                 members, batches_from, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
             )
-        except torch.OutOfMemoryError:
-            raise DictionaryError(
-                out_of_memory_message(f"Training {len(members)} dictionaries", config.batch_size, placement.device)
-                + " Or train fewer dictionaries at once."
-            ) from None
         wait_share = members[0].state.data_wait_s / max(members[0].state.wall_s, 1e-9)
     by_name = {member.label: member for member in members}
     for item in plan:
