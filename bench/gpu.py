@@ -207,24 +207,20 @@ def main() -> int:
         if cuda:
             torch.cuda.reset_peak_memory_stats(placement.device)
         lr = 2e-4 / (args.latents / 16384) ** 0.5
-        started = time.perf_counter()
-        trained = run_train(
-            TrainConfig(
-                store=str(root),
-                run="bench",
-                hook=[args.hook],
-                k=[args.k],
-                latents=[args.latents],
-                tokens=train_tokens,
-                batch_size=args.train_batch_size,
-                lr=lr,
-                seed=args.seed,
-                device=args.device,
-                dtype=args.dtype,
-                checkpoint_seconds=10**9,
-            ),
-            progress=False,
+        settings = dict(
+            store=str(root),
+            hook=[args.hook],
+            k=[args.k],
+            latents=[args.latents],
+            batch_size=args.train_batch_size,
+            lr=lr,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            checkpoint_seconds=10**9,
         )
+        started = time.perf_counter()
+        trained = run_train(TrainConfig(**settings, run="bench", tokens=train_tokens), progress=False)
         ours_s = time.perf_counter() - started
         peak = torch.cuda.max_memory_allocated(placement.device) / 2**30 if cuda else float("nan")
         from workbench.dictionaries import load_dictionary
@@ -242,21 +238,7 @@ def main() -> int:
         started = time.perf_counter()
         streamed = run_train(
             TrainConfig(
-                store=str(root),
-                hook=[args.hook],
-                k=[args.k],
-                latents=[args.latents],
-                tokens=stream_tokens,
-                batch_size=args.train_batch_size,
-                lr=lr,
-                seed=args.seed,
-                device=args.device,
-                dtype=args.dtype,
-                checkpoint_seconds=10**9,
-                model=args.model,
-                name="streamed",
-                stream_tokens=harvest_tokens,
-                backend="nnsight",
+                **settings, tokens=stream_tokens, model=args.model, name="streamed", stream_tokens=harvest_tokens
             ),
             progress=False,
         )

@@ -260,3 +260,37 @@ def downgrade_to_v1(store_dir: Path) -> None:
         con.execute(f"ALTER TABLE {table} DROP COLUMN dtype")
     con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()
+
+
+def planted_data(n_atoms=256, d=64, k=4, seed=0):
+    """Sparse combinations of known unit atoms: the ground truth a dictionary should recover."""
+    generator = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(n_atoms, d, generator=generator)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+
+    def batches_from(step, batch=1024):
+        while True:  # each batch is a function of its step, as the store's batches are
+            g = torch.Generator().manual_seed(seed * 100_003 + step)
+            # The k smallest of n_atoms uniforms, in ascending order: argsort(dim=1)[:, :k] picks the same atoms,
+            # 15x slower (it sorts all 256 for 4), and the data generator was a quarter of each training step.
+            idx = torch.rand(batch, n_atoms, generator=g).topk(k, dim=1, largest=False).indices
+            coefficients = torch.rand(batch, k, generator=g) * 2 + 0.5
+            x = (coefficients[..., None] * atoms[idx]).sum(1)
+            yield x, x
+            step += 1
+
+    return atoms, batches_from
+
+
+def kill_after_first_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 120) -> None:
+    """kill -9 a training command half a second after it wrote its first checkpoint (`checkpoint` appears)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -16,7 +16,7 @@ from workbench.store import Store
 from workbench.store.records import HookPointRecord, RunRecord, read_all, read_one
 from workbench.store.sql import run_query
 
-from conftest import run_cli_in_process, store_snapshot
+from conftest import planted_data, run_cli_in_process, store_snapshot
 
 HOOKS = ["blocks.1.hook_out", "blocks.0.mlp.hook_in", "blocks.0.mlp.hook_out"]
 NO_CUDA = not torch.cuda.is_available()
@@ -215,16 +215,10 @@ def test_sparse_kernels_train_on_cuda_as_on_the_cpu(arch):
     from workbench.dictionaries import DictionaryConfig, make_dictionary
     from workbench.dictionaries.fit import fit
 
-    torch.manual_seed(0)
-    atoms = torch.randn(256, 32)
-    atoms /= atoms.norm(dim=1, keepdim=True)
+    _, planted = planted_data(d=32)
 
     def batches_from(step):
-        generator = torch.Generator().manual_seed(step)
-        while True:
-            chosen = torch.rand(512, 256, generator=generator).topk(4, dim=1).indices
-            f = torch.zeros(512, 256).scatter(1, chosen, torch.rand(512, 4, generator=generator) + 0.5)
-            yield f @ atoms, f @ atoms
+        return planted(step, batch=512)
 
     fvus = []
     for device in ("cpu", "cuda"):

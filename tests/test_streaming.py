@@ -1,8 +1,6 @@
 """Streaming training: dictionaries trained on live activations, without shards, resumed exactly after kill -9."""
 
-import signal
 import subprocess
-import time
 
 import numpy as np
 import torch
@@ -17,7 +15,7 @@ from workbench.store.records import HookPointRecord, RunRecord, read_all, read_o
 from workbench.streaming import STREAMED, LiveActivations
 from workbench.train import TrainConfig, run_train
 
-from conftest import run_cli_in_process, start_cli
+from conftest import kill_after_first_checkpoint, run_cli_in_process, start_cli
 
 STREAM_ARGS = ["--model", "tiny", "--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "254"]
 
@@ -79,13 +77,7 @@ def test_streaming_resumes_exactly_after_kill_9(store_dir):
     killed = [*command, "--name", "killed", "--checkpoint-seconds", "0.3"]
     process = start_cli(*killed, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = store_dir / "dictionaries" / "killed" / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(process, checkpoint)
     resumed = run_cli_in_process(*killed)
     assert resumed.returncode == 0, resumed.stderr
     straight = run_cli_in_process(*command, "--name", "straight")

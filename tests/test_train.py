@@ -7,25 +7,7 @@ from workbench.dictionaries import DictionaryConfig, load_dictionary, make_dicti
 from workbench.dictionaries.base import DictionaryError
 from workbench.dictionaries.fit import Checkpointer, fit, geometric_median
 
-
-def planted_data(n_atoms=256, d=64, k=4, seed=0):
-    """Sparse combinations of known unit atoms: the ground truth a dictionary should recover."""
-    generator = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(n_atoms, d, generator=generator)
-    atoms /= atoms.norm(dim=1, keepdim=True)
-
-    def batches_from(step, batch=1024):
-        while True:  # each batch is a function of its step, as the store's batches are
-            g = torch.Generator().manual_seed(seed * 100_003 + step)
-            # The k smallest of n_atoms uniforms, in ascending order: argsort(dim=1)[:, :k] picks the same atoms,
-            # 15x slower (it sorts all 256 for 4), and the data generator was a quarter of each training step.
-            idx = torch.rand(batch, n_atoms, generator=g).topk(k, dim=1, largest=False).indices
-            coefficients = torch.rand(batch, k, generator=g) * 2 + 0.5
-            x = (coefficients[..., None] * atoms[idx]).sum(1)
-            yield x, x
-            step += 1
-
-    return atoms, batches_from
+from conftest import planted_data
 
 
 def mean_max_cosine(true_atoms, decoder):
@@ -460,16 +442,10 @@ def test_every_family_trains_in_bfloat16_autocast_as_in_float32():
     Every trainable family runs that way, and lands within a few percent of its fp32 FVU."""
     from workbench.dictionaries.base import families
 
-    torch.manual_seed(0)
-    atoms = torch.randn(256, 32)
-    atoms /= atoms.norm(dim=1, keepdim=True)
+    _, planted = planted_data(d=32)
 
     def batches_from(step):
-        generator = torch.Generator().manual_seed(step)
-        while True:
-            chosen = torch.rand(512, 256, generator=generator).topk(4, dim=1).indices
-            f = torch.zeros(512, 256).scatter(1, chosen, torch.rand(512, 4, generator=generator) + 0.5)
-            yield f @ atoms, f @ atoms
+        return planted(step, batch=512)
 
     differs = []
     for arch in families(trainable=True):

@@ -1,9 +1,7 @@
 """Training on a real store: registration, kill -9 and exact resume, and bad input."""
 
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from workbench.store import Store
 from workbench.store.shards import ShardBuilder
 from workbench.train import TrainConfig, run_train
 
-from conftest import run_cli_in_process, start_cli, store_snapshot
+from conftest import kill_after_first_checkpoint, run_cli_in_process, start_cli, store_snapshot
 
 TRAIN_ARGS = ["--hook", "blocks.1.hook_out", "--k", "8", "--latents", "128", "--batch-size", "512"]
 
@@ -126,13 +124,7 @@ def test_kill_9_during_training_then_resume_is_exact(store):
     ]
     process = start_cli(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = store.root / "dictionaries" / "killed" / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(process, checkpoint)
     resumed = run_cli_in_process(*command)  # the same command; the resume needs no process of its own
     assert resumed.returncode == 0, resumed.stderr
     run_train(_config(store, tokens=400_000, name="straight"), progress=False)
