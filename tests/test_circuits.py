@@ -484,3 +484,22 @@ def test_greedy_paths_follow_the_largest_normalised_edges():
     paths = greedy_paths(graph, n_paths=3)
     assert [path for _, path in paths] == [[0, 2, 5], [4, 5], [1, 3, 5]]
     assert [strength for strength, _ in paths] == pytest.approx([0.375, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (skipped on this machine: torch.cuda.is_available() is False)"
+))])  # fmt: skip
+def test_patching_in_bfloat16_finds_the_planted_head_and_records_the_precision(
+    store_dir, planted_dir, pairs_file, device
+):
+    result = run_patching(
+        PatchingConfig(
+            task=str(pairs_file), model=str(planted_dir), store=str(store_dir), levels=("heads",), name="bf16",
+            device=device, dtype="bfloat16",
+        ),
+        progress=False,
+    )  # fmt: skip
+    scores = {(s.layer, s.head): s.score for s in result.levels["heads"].scores}
+    assert scores.pop(PLANTED) == pytest.approx(1.0, abs=0.05)  # fp32 gives 1 +- 1e-4; bf16 keeps 8 bits
+    assert max(abs(v) for v in scores.values()) < 0.05
+    assert (result.circuit_run.device.split(":")[0], result.circuit_run.dtype) == (device, "bfloat16")

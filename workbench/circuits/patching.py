@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from workbench.circuits.results import circuit_record
 from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, metric_values, tokenize_task
-from workbench.devices import require_cpu, resolve_placement
+from workbench.devices import resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, Patch, attention_heads
@@ -141,7 +141,7 @@ def patch_task(
         for point in points:
             clean_act = clean_acts[point]
             for group in _chunks(variants, per_pass):
-                mask = _mask(group, task.seq_len, clean_act.shape[-1], d_head)
+                mask = _mask(group, task.seq_len, clean_act.shape[-1], d_head).to(clean_act.device)
                 # Copies are laid out variant-major: rows v*n_pairs .. (v+1)*n_pairs-1 belong to variant v.
                 mask_rows = mask.repeat_interleave(n_pairs, dim=0)
                 source = clean_act.repeat(len(group), 1, 1)
@@ -190,7 +190,7 @@ class PatchingConfig:
     seed: int = 0
     """Seed for the built-in tasks' names and numbers."""
     device: str = "auto"
-    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (so far: cpu only)."""
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
 
@@ -209,10 +209,9 @@ def run_patching(config: PatchingConfig, *, progress: bool = True) -> PatchingRe
     if unknown:
         raise TaskError(f"Unknown patching level {unknown}; choose from {', '.join(LEVELS)}.")
     placement = resolve_placement(config.device, config.dtype)
-    require_cpu(placement, "Activation patching")
     store = Store.create_or_open(config.store)
     hf_model, tokenizer = load_hf_model(resolve_model_dir(config.model, store.root / "models"), placement)
-    task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer)
+    task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer).to(placement.device)
     backend = make_backend(config.backend, hf_model, tokenizer)
     started = time.perf_counter()
     metrics = task_metrics(backend, task)  # once for every level

@@ -18,6 +18,8 @@ and every answer to be one token; `tokenize_task` checks both and says which pai
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 from dataclasses import dataclass, field
@@ -66,6 +68,16 @@ class TokenizedTask:
     @property
     def seq_len(self) -> int:
         return self.clean_ids.shape[1]
+
+    def to(self, device: torch.device | str) -> TokenizedTask:
+        """The same task with its id tensors on `device` (where the model runs)."""
+        return dataclasses.replace(
+            self,
+            clean_ids=self.clean_ids.to(device),
+            corrupted_ids=self.corrupted_ids.to(device),
+            answer_ids=self.answer_ids.to(device),
+            wrong_ids=self.wrong_ids.to(device),
+        )
 
 
 def metric_values(logits: torch.Tensor, answer_ids: torch.Tensor, wrong_ids: torch.Tensor, metric: str) -> torch.Tensor:
