@@ -276,6 +276,9 @@ def test_codes_rank_the_planted_head_first_and_score_auc_against_patching(store_
     con.close()
     assert stored[0] == (*PLANTED, int(heads[PLANTED]), True) and len(stored) == 8
     assert header == ("codes", "reference", 1.0, True)
+    # The model in bf16 (head writes and the code dictionary in fp32): the same circuit.
+    half = run_codes(CodesConfig(task=str(pairs_file), store=str(store_dir), name="codes-bf16", dtype="bfloat16"))
+    assert half.circuit_run.roc_auc_heads == 1.0 and half.circuit_run.dtype == "bfloat16"
 
 
 def test_codes_without_a_reference_say_how_to_make_one(store_dir, pairs_file):

@@ -27,7 +27,7 @@ import torch
 from workbench.circuits.patching import task_metrics
 from workbench.circuits.results import circuit_record
 from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, tokenize_task
-from workbench.devices import require_cpu, resolve_placement
+from workbench.devices import resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
 from workbench.models.backends import Backend, attention_heads, attention_name, decoder_layers, output_projection_name
@@ -72,7 +72,7 @@ def head_writes(backend: Backend, ids: torch.Tensor, position: str = "last", bat
             z = z.reshape(-1, n_heads, d_head)
             per_layer.append(torch.einsum("bhd,mhd->bhm", z, W_O.float().reshape(-1, n_heads, d_head)))
         out.append(torch.cat(per_layer, dim=1))
-    return torch.cat(out)
+    return torch.cat(out).cpu()  # [prompts, heads, d_model] is small: the code dictionary trains on the host
 
 
 def _train_code_dictionary(vectors: torch.Tensor, n_latents: int, k: int, steps: int, seed: int):
@@ -194,7 +194,7 @@ class CodesConfig:
     """Seed for the built-in tasks' prompts and the dictionary's training."""
 
     device: str = "auto"
-    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps (so far: cpu only)."""
+    """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
 
@@ -236,7 +236,6 @@ def _reference(store: Store, config: CodesConfig, task_name: str) -> tuple[Circu
 def run_codes(config: CodesConfig) -> CodesResult:
     """Find the task's circuit from discrete codes, score it against the reference patching run, and store it."""
     placement = resolve_placement(config.device, config.dtype)
-    require_cpu(placement, "Circuit discovery from codes")
     store = Store.open_existing(config.store)
     task_label = Path(config.task).stem if config.task.endswith(".jsonl") else config.task  # as tasks.py names it
     reference, reference_scores = _reference(store, config, task_label)
@@ -248,7 +247,7 @@ def run_codes(config: CodesConfig) -> CodesResult:
             "--levels heads` first, or give --model to find codes without a reference."
         )
     hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"), placement)
-    task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer)
+    task = tokenize_task(load_task(config.task, tokenizer, config.pairs, config.seed), tokenizer).to(placement.device)
     backend = make_backend(config.backend, hf_model, tokenizer)
     n_heads, _ = attention_heads(hf_model)
     if reference_scores is not None and reference_scores.shape != (backend.n_layers, n_heads):

@@ -19,7 +19,6 @@ and every answer to be one token; `tokenize_task` checks both and says which pai
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import random
 from dataclasses import dataclass, field
