@@ -15,6 +15,7 @@ from workbench.models import load_hf_model, make_backend
 from workbench.store import Store
 from workbench.store.records import HookPointRecord, RunRecord, read_all, read_one
 from workbench.store.sql import run_query
+from workbench.train import TrainConfig, run_train
 
 from conftest import planted_data, run_cli_in_process, store_snapshot
 
@@ -228,3 +229,61 @@ def test_sparse_kernels_train_on_cuda_as_on_the_cpu(arch):
         assert tracker.tokens_since_fired.device.type == device
         fvus.append(state.last_fvu)
     assert abs(fvus[0] - fvus[1]) < 0.02, fvus
+
+
+def test_every_model_backed_command_runs_in_bfloat16_and_records_it(store_dir):
+    """Depth probes, linear maps, eval, encode, and codebook train/encode in bf16 on the CPU: each runs through
+    (the model, its hooks and the metrics meet in one dtype or in fp32), and the catalog says bfloat16."""
+    from workbench.codebooks.finetune import FinetuneSettings
+    from workbench.codebooks.train import (
+        CodebookEncodeConfig,
+        CodebookTrainConfig,
+        run_codebook_encode,
+        run_codebook_train,
+    )
+    from workbench.encode import EncodeConfig, run_encode
+    from workbench.evaluate import EvalConfig, run_eval
+    from workbench.probes.depth import DepthProbeConfig, run_depth_probes
+    from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
+    from workbench.store.records import CodebookRecord, DictionaryEvalRecord, ProbeRunRecord
+
+    root, half = str(store_dir), {"dtype": "bfloat16"}
+    _harvest(store_dir, "h", tokens=1024, **half)
+    run_depth_probes(
+        DepthProbeConfig(model="tiny", store=root, tokens=512, lens_tokens=256, skip_tokens=256, name="d", **half),
+        progress=False,
+    )
+    run_linear_maps(LinearMapsConfig(source="tiny", target="tiny", store=root, tokens=512, name="m", **half))
+    trained = run_train(
+        TrainConfig(store=root, hook="blocks.1.hook_out", k=4, latents=64, tokens=4096, batch_size=512, **half),
+        progress=False,
+    )
+    run_eval(EvalConfig(store=root, dictionary=trained.dictionary.name, ce_tokens=256, **half))
+    encoded = run_encode(EncodeConfig(store=root, dictionary=trained.dictionary.name, **half), progress=False)
+    settings = FinetuneSettings(model_lr=0)
+    run_codebook_train(
+        CodebookTrainConfig(
+            store=root, model="tiny", sites=["blocks.0.mlp.hook_out"], tokens=2048, n_codes=16, k=2,
+            eval_tokens=512, kmeans_tokens=1024, finetune=settings, name="cb", **half,
+        ),
+        progress=False,
+    )  # fmt: skip
+    codes = run_codebook_encode(CodebookEncodeConfig(store=root, codebook="cb", run="h", **half), progress=False)
+    assert encoded.n_rows > 0 and codes.rows > 0
+    store = Store.open_existing(store_dir)
+    with store.reader() as con:
+        recorded = [
+            read_one(con, ProbeRunRecord, probe_run="d"),
+            read_one(con, ProbeRunRecord, probe_run="m"),
+            read_one(con, RunRecord, run="h"),
+            trained.dictionary,
+            read_all(con, DictionaryEvalRecord)[0],
+            read_one(con, CodebookRecord, name="cb"),
+        ]
+        scores = con.execute("SELECT depth_score FROM probe_depth_scores WHERE probe_run = 'd'").fetchall()
+        diagonal = con.execute(
+            "SELECT max(rel_error) FROM probe_linear_maps WHERE probe_run = 'm' AND source_layer = target_layer"
+        ).fetchone()[0]
+    assert [(r.device, r.dtype) for r in recorded] == [("cpu", "bfloat16")] * 6
+    assert scores and np.isfinite([row[0] for row in scores]).all()
+    assert diagonal < 0.01  # a model mapped onto itself, layer to the same layer: the identity, up to the ridge
