@@ -69,6 +69,8 @@ test-slow: setup browser
 bench: setup
 	$(PY) -m pip install --quiet -e '.[dev,saelens,sparsify]'
 	$(PY) bench/harvest.py
+	$(PY) bench/shards.py
+	$(PY) bench/gpu.py
 	$(PY) bench/probes.py
 	$(PY) bench/feature_query.py
 	$(PY) bench/train_sae.py --transcoders

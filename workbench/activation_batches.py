@@ -100,26 +100,32 @@ class ActivationBatches:
         records = [record for chunk in buffer.chunks for record in chunk]
         read = list(pool.map(self._read, records)) if pool else [self._read(r) for r in records]
         n_hooks = len(self.hooks)
-        permutation: np.ndarray | None = None
+        token_ids = np.concatenate([ids for ids, _ in read[::n_hooks]])  # the same rows at every hook
+        kept = np.flatnonzero(~is_bos_position(token_ids, self.context_len))
+        # Rows in their shuffled order, BOS left out; one gather per hook (below) does both, straight from the
+        # concatenated shards (into pinned memory for CUDA): two copies of the data instead of four.
+        order = kept[np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(kept))]
         loaded: dict[str, torch.Tensor] = {}
         for h, hook in enumerate(self.hooks):
-            parts = read[h::n_hooks]  # this hook's shards, chunk by chunk
-            keep = [~is_bos_position(token_ids, self.context_len) for token_ids, _ in parts]
-            x = np.concatenate([acts[k] for (_, acts), k in zip(parts, keep)])
-            bad = np.argwhere(~np.isfinite(x))
-            if len(bad):
-                token_id = int(np.concatenate([ids[k] for (ids, _), k in zip(parts, keep)])[bad[0][0]])
-                raise StoreError(
-                    f"Non-finite activation in run '{self.run}' at hook '{hook}': token_id {token_id}, dim {bad[0][1]} "
-                    f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
-                    f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
-                    "and re-harvest the run."
-                )
-            if permutation is None:
-                permutation = np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(x))
-            tensor = torch.from_numpy(x[permutation])
-            loaded[hook] = tensor.pin_memory() if self.pin_memory else tensor
+            everything = np.concatenate([acts for _, acts in read[h::n_hooks]])
+            tensor = torch.empty((len(order), everything.shape[1]), dtype=torch.from_numpy(everything[:0]).dtype)
+            if self.pin_memory:
+                tensor = tensor.pin_memory()
+            np.take(everything, order, axis=0, out=tensor.numpy())
+            if not np.isfinite(tensor.numpy()).all():
+                self._raise_non_finite(hook, tensor.numpy(), token_ids[order])
+            loaded[hook] = tensor
         return loaded
+
+    def _raise_non_finite(self, hook: str, x: np.ndarray, token_ids: np.ndarray) -> None:
+        bad = np.argwhere(~np.isfinite(x))
+        token_id = int(token_ids[bad[0][0]])
+        raise StoreError(
+            f"Non-finite activation in run '{self.run}' at hook '{hook}': token_id {token_id}, dim {bad[0][1]} "
+            f"({len(bad)} values in this buffer). Training stopped. Inspect it with "
+            f"`workbench sql STORE \"SELECT * FROM tokens WHERE run = '{self.run}' AND token_id = {token_id}\"` "
+            "and re-harvest the run."
+        )
 
     def _plan(self, start_step: int) -> Iterator[tuple[_Buffer, int]]:
         """(buffer, first batch to yield from it) from global step `start_step` on; passed buffers are skipped."""
