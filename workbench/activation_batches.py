@@ -19,7 +19,7 @@ with the device's work. float16 shards stay float16 until they reach the device.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,38 +141,26 @@ class ActivationBatches:
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Yield {hook: batch} dicts forever, starting at global step `start_step`."""
         plan = self._plan(start_step)
-        workers = min(4, len(self.hooks) * self.shards_per_buffer) if self.prefetch else 0
-        with ThreadPoolExecutor(max_workers=workers + 1) if self.prefetch else _NoPool() as pool:
-            decode = ThreadPoolExecutor(max_workers=workers) if self.prefetch else None
-            try:
-                buffer, skip = next(plan)
-                upcoming: Future | None = pool.submit(self._load, buffer, decode) if self.prefetch else None
-                while True:
-                    data = upcoming.result() if upcoming is not None else self._load(buffer, None)
-                    current, current_skip = buffer, skip
-                    buffer, skip = next(plan)
-                    if self.prefetch:  # one buffer ahead, decoded while this one is consumed
-                        upcoming = pool.submit(self._load, buffer, decode)
-                    for b in range(current_skip, current.n_rows // self.batch_size):
-                        rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                        yield {hook: tensor[rows] for hook, tensor in data.items()}
-            finally:
-                if decode is not None:
-                    decode.shutdown(wait=True, cancel_futures=True)
+        if not self.prefetch:
+            for buffer, skip in plan:
+                yield from self._batches(self._load(buffer, None), buffer, skip)
+            return
+        # One buffer ahead: the next is read and decoded (its shards in parallel) while this one is consumed.
+        # `ahead` is left first, so its load never submits to a closed decoding pool.
+        workers = min(4, len(self.hooks) * self.shards_per_buffer)
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="shard-decode") as decode,
+            ThreadPoolExecutor(1, thread_name_prefix="buffer-ahead") as ahead,
+        ):
+            buffer, skip = next(plan)
+            upcoming = ahead.submit(self._load, buffer, decode)
+            for following, following_skip in plan:
+                data = upcoming.result()
+                upcoming = ahead.submit(self._load, following, decode)
+                yield from self._batches(data, buffer, skip)
+                buffer, skip = following, following_skip
 
-    def pairs(self, hook: str, hook_out: str | None = None):
-        """(input, target) batches of one dictionary, from step `start`: what fit() takes."""
-
-        def batches_from(start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for batch in self.iterate(start_step):
-                yield batch[hook], batch[hook_out or hook]
-
-        return batches_from
-
-
-class _NoPool:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
+    def _batches(self, data: dict[str, torch.Tensor], buffer: _Buffer, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        for b in range(skip, buffer.n_rows // self.batch_size):
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield {hook: tensor[rows] for hook, tensor in data.items()}

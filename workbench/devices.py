@@ -134,18 +134,13 @@ def require_cpu(placement: Placement, what: str, float32_only: bool = False) -> 
         raise DeviceError(f"{what} computes in float32 only (asked for {placement.dtype_name}); give --dtype float32.")
 
 
-def out_of_memory_message(what: str, batch_size: int, device: torch.device) -> str:
-    """What to tell a user whose batch did not fit on the device."""
-    return (
-        f"{what} ran out of memory on {device} at a batch of {batch_size}. Try --batch-size {max(1, batch_size // 2)} "
-        "(nothing committed was lost: run the same command again)."
-    )
-
-
 @contextmanager
 def explain_out_of_memory(what: str, batch_size: int, device: torch.device, hint: str = "") -> Iterator[None]:
     """Turn the device's out-of-memory error inside the block into a DeviceError with the batch size to try."""
     try:
         yield
     except torch.OutOfMemoryError:
-        raise DeviceError(out_of_memory_message(what, batch_size, device) + hint) from None
+        raise DeviceError(
+            f"{what} ran out of memory on {device} at a batch of {batch_size}. Try --batch-size "
+            f"{max(1, batch_size // 2)} (nothing committed was lost: run the same command again).{hint}"
+        ) from None

@@ -23,7 +23,7 @@ import torch
 from workbench.devices import Placement
 from workbench.errors import DictionaryError
 from workbench.hooks import HookPoint, parse_hooks
-from workbench.store import Store, lookups, make_run_name
+from workbench.store import Store, make_run_name
 from workbench.store.records import RunRecord, read_one, update
 
 STREAMED = "streamed"  # runs.status of a corpus slice that was trained on, not stored
@@ -65,8 +65,9 @@ class LiveActivations:
             step += 1
 
 
-def open_stream(store: Store, config, placement: Placement) -> tuple[str, int, LiveActivations, str]:
-    """(run name of the corpus slice, d_model, the live batches, the model name) for a streaming TrainConfig."""
+def open_stream(store: Store, config, placement: Placement) -> tuple[str, int, LiveActivations]:
+    """(run name of the corpus slice, d_model, the live batches) for a streaming TrainConfig. The batches carry
+    the hooks' canonical names (`live.hooks`: config.hook, then config.hook_out)."""
     from workbench.corpus import tokenize_corpus
     from workbench.harvest import HarvestConfig, record_run
     from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
@@ -112,4 +113,4 @@ def open_stream(store: Store, config, placement: Placement) -> tuple[str, int, L
         )
     backend = make_backend(config.backend, hf_model, tokenizer)
     live = LiveActivations(backend, contexts, hooks, config.batch_size, config.seed, placement.device)
-    return run, d_model, live, lookups.run(store, run).model
+    return run, d_model, live

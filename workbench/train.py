@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -138,12 +139,13 @@ class _Planned:
     name: str
     hook: str
     hook_out: str | None
-    k: int
-    latents: int
     lr: float
     settings: dict
-    dictionary_config: DictionaryConfig
+    dictionary_config: DictionaryConfig  # k and the width are here
     existing: DictionaryRecord | None
+
+    def folder(self, store: Store) -> Path:
+        return store.root / "dictionaries" / self.name
 
 
 def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -159,9 +161,10 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         from workbench.streaming import open_stream
 
         store = Store.create_or_open(config.store)
-        hooks, hooks_out = config.hook, config.hook_out
-        run, d_model, live, model_name = open_stream(store, config, placement)
-        batches_from, n_steps = live.iterate, config.tokens // live.rows_per_step
+        run, d_model, live = open_stream(store, config, placement)
+        canonical = [h.name for h in live.hooks]  # the names the live batches carry
+        hooks, hooks_out = canonical[: len(config.hook)], (canonical[len(config.hook) :] or None)
+        batches_from, n_steps, model_name = live.iterate, config.tokens // live.rows_per_step, config.model
     else:
         store = Store.open_existing(config.store)
         hooks = [lookups.canonical_hook(store, hook) for hook in config.hook]
@@ -180,58 +183,40 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         )
         batches_from, d_model, model_name = data.iterate, data.d_model, lookups.run(store, run).model
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
-    if config.model:
-        from workbench.hooks import parse_hooks
-
-        n_layers = lookups.run(store, run).n_layers
-        hooks = [h.name for h in parse_hooks(hooks, n_layers)]  # canonical names, as the stream's batches carry
-        hooks_out = [h.name for h in parse_hooks(hooks_out, n_layers)] if hooks_out else None
     plan = _plan(store, config, run, hooks, hooks_out, d_model, dead_window)
     with store.transaction() as con:  # register the new ones together, after every check passed
         for item in plan:
             if item.existing is None:
                 records.insert(con, _new_record(store, item, config.arch, run, d_model, dead_window, placement))
 
+    unfinished = [item for item in plan if item.existing is None or item.existing.status != "complete"]
     members = []
-    for item in plan:
-        if item.existing is not None and item.existing.status == "complete":
-            continue
+    for item in unfinished:
         torch.manual_seed(config.seed)  # each dictionary starts as it would alone
-        model = make_dictionary(item.dictionary_config).to(placement.device)
-        folder = store.root / "dictionaries" / item.name
         members.append(
             Member(
-                model,
+                make_dictionary(item.dictionary_config).to(placement.device),
                 n_steps,
                 item.lr,
                 dead_window,
                 input_key=item.hook,
                 target_key=item.hook_out or item.hook,
-                checkpointer=Checkpointer(folder),
+                checkpointer=Checkpointer(item.folder(store)),
                 label=item.name,
             )
         )
-    wait_share = None
+    timing = None
     if members:
         with explain_out_of_memory(
             f"Training {len(members)} dictionaries", config.batch_size, placement.device, " Or train fewer at once."
         ):
-            fit_group(
+            timing = fit_group(
                 members, batches_from, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
             )
-        wait_share = members[0].state.data_wait_s / max(members[0].state.wall_s, 1e-9)
-    by_name = {member.label: member for member in members}
-    for item in plan:
-        member = by_name.get(item.name)
-        if member is None:
-            continue
-        assert member.tracker is not None
-        model = member.model
-        model.fold_scales(member.state.input_scale, member.state.target_scale)  # works on raw activations
-        model.to("cpu").save(
-            store.root / "dictionaries" / item.name,
-            saelens_metadata(model_name, run, item.hook, item.hook_out),
-        )
+    for item, member in zip(unfinished, members):
+        assert member.tracker is not None  # set by fit_group
+        member.model.fold_scales(member.state.input_scale, member.state.target_scale)  # works on raw activations
+        member.model.to("cpu").save(item.folder(store), saelens_metadata(model_name, run, item.hook, item.hook_out))
         with store.transaction() as con:
             records.update(
                 con,
@@ -247,7 +232,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     return TrainResult(
         [lookups.completed_dictionary(store, item.name) for item in plan],
         resumed=any(item.existing is not None for item in plan),
-        data_wait_share=wait_share,
+        data_wait_share=timing.data_wait_share if timing else None,
     )
 
 
@@ -290,7 +275,7 @@ def _plan(store, config: TrainConfig, run, hooks, hooks_out, d_model: int, dead_
             transcoder=hook_out is not None,
             skip_connection=config.skip_connection,
         )
-        plan.append(_Planned(name, hook, hook_out, k, latents, lr, settings, dictionary_config, existing))
+        plan.append(_Planned(name, hook, hook_out, lr, settings, dictionary_config, existing))
     names = [item.name for item in plan]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -316,7 +301,6 @@ def _comparable(stored: dict) -> dict:
 
 
 def _new_record(store, item: _Planned, arch: str, run: str, d_model: int, dead_window: int, placement):
-    folder = store.root / "dictionaries" / item.name
     return DictionaryRecord(
         name=item.name,
         arch=arch,
@@ -325,9 +309,9 @@ def _new_record(store, item: _Planned, arch: str, run: str, d_model: int, dead_w
         hook_out=item.hook_out,
         d_in=d_model,
         d_out=item.dictionary_config.output_width,
-        n_latents=item.latents,
-        k=item.k,
-        path=folder.relative_to(store.root).as_posix(),
+        n_latents=item.dictionary_config.n_latents,
+        k=item.dictionary_config.k,
+        path=item.folder(store).relative_to(store.root).as_posix(),
         dead_window_tokens=dead_window,
         config=item.settings,
         package_version=package_version(),

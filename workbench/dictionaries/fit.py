@@ -20,7 +20,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
+from workbench.devices import Placement
 from workbench.dictionaries.base import SparseCoder
 from workbench.errors import DictionaryError
 from workbench.metrics import DeadLatentTracker, batch_fvu
@@ -61,10 +61,19 @@ class FitState:
     # MLP output is 1000x smaller than its input trains like an SAE. save() folds them back.
     input_scale: float = 1.0
     target_scale: float = 1.0
-    # Seconds the loop spent waiting for its next batch (reading, decoding, copying to the device) and in all,
-    # for this call only; bench/gpu.py reports their ratio.
-    data_wait_s: float = field(default=0.0, compare=False)
-    wall_s: float = field(default=0.0, compare=False)
+
+
+@dataclass
+class LoopTiming:
+    """Seconds one fit_group call spent waiting for its next batch (reading, decoding, copying to the device),
+    and in all: their ratio is the share of time the device waited for data."""
+
+    data_wait_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_wait_s / max(self.wall_s, 1e-9)
 
 
 class Checkpointer:
@@ -103,9 +112,7 @@ class Checkpointer:
         tensors = load_file(folder / "optimizer.safetensors")
         tracker.tokens_since_fired = tensors.pop("dead.tokens_since_fired").to(tracker.tokens_since_fired.device)
         restore_optimizer(optimizer, model, tensors)
-        saved_state = json.loads((folder / "state.json").read_text())
-        saved_state.pop("data_wait_s", None), saved_state.pop("wall_s", None)
-        return FitState(**saved_state)
+        return FitState(**json.loads((folder / "state.json").read_text()))
 
 
 @dataclass
@@ -163,7 +170,7 @@ def fit_group(
     progress: bool = True,
     stop_after_steps: int | None = None,
     autocast_dtype: torch.dtype = torch.float32,
-) -> list[Member]:
+) -> LoopTiming:
     """Train every member on one stream of batches; each resumes from its own checkpoint.
 
     `batches_from(step)` yields dicts of tensors (by hook) from global step `step`, on any device: each is
@@ -180,12 +187,12 @@ def fit_group(
         member.state = loaded or FitState()
     active = [m for m in members if m.state.step < m.n_steps]
     if not active:
-        return members
+        return LoopTiming()
     step = min(m.state.step for m in active)
     total = max(m.n_steps for m in members)
     keys = sorted({key for m in members for key in (m.input_key, m.target_key)})
     batches = batches_from(step)
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype != torch.float32 else nullcontext()
+    placement = Placement(device, autocast_dtype)
     bar = tqdm(
         total=total,
         initial=step,
@@ -204,7 +211,7 @@ def fit_group(
             data_wait += time.monotonic() - waited
             for member in active:
                 if member.state.step == step:
-                    with autocast:
+                    with placement.autocast():
                         _train_step(member, batch[member.input_key], batch[member.target_key])
             step += 1
             bar.update(1)
@@ -222,10 +229,7 @@ def fit_group(
             if stop_after_steps is not None and step >= stop_after_steps:
                 break
     _read_back(members, None)
-    wall = time.monotonic() - started
-    for member in members:
-        member.state.data_wait_s, member.state.wall_s = data_wait, wall
-    return members
+    return LoopTiming(data_wait, time.monotonic() - started)
 
 
 def _train_step(member: Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:

