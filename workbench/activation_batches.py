@@ -14,6 +14,10 @@ Keeping an accelerator fed: the next buffer is read and decoded on a background 
 current one is cut into batches (`prefetch`), its shards in parallel (pyarrow's decoding releases
 the GIL); on CUDA it lands in pinned memory, so `.to(device, non_blocking=True)` overlaps the copy
 with the device's work. float16 shards stay float16 until they reach the device.
+
+Data-parallel training (torchrun): `rank` of `world_size` processes gathers only its own consecutive
+slice of each global batch (batch_size / world_size rows), so the ranks' slices, in rank order, are
+exactly the batch one process would see.
 """
 
 from __future__ import annotations
@@ -53,7 +57,15 @@ class ActivationBatches:
         shards_per_buffer: int = 4,
         prefetch: bool = True,
         pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        if batch_size % world_size:
+            raise StoreError(
+                f"--batch-size {batch_size} does not split evenly over {world_size} processes; "
+                f"give a multiple of {world_size}."
+            )
+        self.rank, self.world_size = rank, world_size
         self.store, self.run, self.hooks = store, run, list(dict.fromkeys(hooks))
         self.batch_size, self.seed, self.shards_per_buffer = batch_size, seed, shards_per_buffer
         self.prefetch, self.pin_memory = prefetch, pin_memory
@@ -105,6 +117,10 @@ class ActivationBatches:
         # Rows in their shuffled order, BOS left out; one gather per hook (below) does both, straight from the
         # concatenated shards (into pinned memory for CUDA): two copies of the data instead of four.
         order = kept[np.random.default_rng([self.seed, buffer.epoch, buffer.index]).permutation(len(kept))]
+        if self.world_size > 1:  # this rank's slice of every batch of the buffer
+            n_batches, share = len(order) // self.batch_size, self.batch_size // self.world_size
+            order = order[: n_batches * self.batch_size].reshape(n_batches, self.world_size, share)[:, self.rank]
+            order = order.reshape(-1)
         loaded: dict[str, torch.Tensor] = {}
         for h, hook in enumerate(self.hooks):
             everything = np.concatenate([acts for _, acts in read[h::n_hooks]])
@@ -161,6 +177,7 @@ class ActivationBatches:
                 buffer, skip = following, following_skip
 
     def _batches(self, data: dict[str, torch.Tensor], buffer: _Buffer, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+        share = self.batch_size // self.world_size  # the whole batch in one process
         for b in range(skip, buffer.n_rows // self.batch_size):
-            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            rows = slice(b * share, (b + 1) * share)
             yield {hook: tensor[rows] for hook, tensor in data.items()}

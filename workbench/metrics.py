@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from workbench.distributed import any_over_ranks, centred_square_sum, global_rows, ratio_over_ranks
+
 
 class FVUAccumulator:
     """Exact FVU over many batches: keeps sums, not tokens (sum of squares minus n * mean^2)."""
@@ -34,7 +36,8 @@ class FVUAccumulator:
 
 def batch_fvu(target_BD: torch.Tensor, recon_BD: torch.Tensor) -> torch.Tensor:
     """FVU of one batch, with the batch's own mean (what the training loss and progress bar use)."""
-    return (target_BD - recon_BD).pow(2).sum() / (target_BD - target_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    # Data parallel (workbench/distributed.py): the ratio and the mean are over every rank's rows.
+    return ratio_over_ranks((target_BD - recon_BD).pow(2).sum(), centred_square_sum(target_BD).clamp_min(1e-12))
 
 
 def l0(f_BF: torch.Tensor) -> float:
@@ -49,9 +52,10 @@ class DeadLatentTracker:
         self.tokens_since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
 
     def update(self, f_BF: torch.Tensor) -> None:
-        # On the latents' device, without a host sync: a GPU step never waits for this.
-        fired = (f_BF != 0).any(0)
-        self.tokens_since_fired += f_BF.shape[0]
+        # On the latents' device, without a host sync: a GPU step never waits for this. Data parallel, a latent
+        # fired if it fired on any rank, and the window counts the global batch's tokens.
+        fired = any_over_ranks((f_BF != 0).any(0))
+        self.tokens_since_fired += global_rows(f_BF.shape[0])
         self.tokens_since_fired.masked_fill_(fired, 0)
 
     def dead_mask(self) -> torch.Tensor:

@@ -7,6 +7,11 @@ matches the dictionaries it resumes, and records each dictionary before and afte
 Several hooks (`--hook a,b`) and sweeps (`--k 16,32 --latents 4608,9216`) make a group: one
 dictionary per combination, all trained from one read of the data (fit_group). Each keeps its
 own name, catalog row, checkpoint and exact resume, and equals the same dictionary trained alone.
+
+Under torchrun (`torchrun --nproc-per-node N -m workbench train ...`) the processes train data parallel:
+each reads its slice of every global batch (--batch-size is the global batch), and the result equals
+one process's to float tolerance. With --distribute-dictionaries each process trains its own share of
+the group instead. Either way rank 0 alone writes the catalog (workbench/distributed.py).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from pathlib import Path
 
 import torch
 
+from workbench import distributed
 from workbench.activation_batches import ActivationBatches
-from workbench.devices import explain_out_of_memory, resolve_placement
+from workbench.devices import Placement, explain_out_of_memory, resolve_placement
 from workbench.dictionaries.base import DictionaryConfig, make_dictionary
 from workbench.dictionaries.fit import Checkpointer, Member, fit_group
 from workbench.dictionaries.saelens_format import saelens_metadata
+from workbench.distributed import SINGLE, DistributedError, Ranks
 from workbench.errors import DictionaryError
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name, records
@@ -85,6 +92,9 @@ class TrainConfig:
     """Streaming: the hooking library."""
     text_column: str = "text"
     """Streaming: text field for .jsonl/.parquet/hf corpora."""
+    distribute_dictionaries: bool = False
+    """Under torchrun with several dictionaries: each process trains its own share of them (dictionary i on
+    rank i mod N) instead of all of them data parallel. No effect in one process."""
 
     def __post_init__(self) -> None:
         # Python callers may give one hook, k or width as a plain value (or comma-separated hooks).
@@ -151,12 +161,27 @@ class _Planned:
 def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Train dictionaries on a store's activations and register them. Re-running the same config resumes."""
     placement = resolve_placement(config.device, config.dtype)
+    ranks = distributed.ranks_from_environment()
+    if ranks.world_size == 1:
+        return _train(config, placement, SINGLE, progress)
+    if config.model:
+        raise DistributedError(
+            "Streaming training (--model) runs in one process. Harvest the activations first, then train on "
+            "them with torchrun."
+        )
+    placement = Placement(distributed.rank_device(ranks, placement.device), placement.dtype)
+    distributed.start(ranks, placement.device)
+    distributed.check_same_arguments(ranks, asdict(config))
+    return _train(config, placement, ranks, progress and ranks.is_main)
+
+
+def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bool) -> TrainResult:
     n_steps = config.tokens // config.batch_size
     if n_steps < 1:
         raise DictionaryError(
             f"--tokens ({config.tokens}) must be at least one batch (--batch-size {config.batch_size})."
         )
-    batches_from: Callable[[int], Iterator[dict[str, torch.Tensor]]]
+    live = None
     if config.model:  # streaming: live activations, nothing stored
         from workbench.streaming import open_stream
 
@@ -164,7 +189,7 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         run, d_model, live = open_stream(store, config, placement)
         canonical = [h.name for h in live.hooks]  # the names the live batches carry
         hooks, hooks_out = canonical[: len(config.hook)], (canonical[len(config.hook) :] or None)
-        batches_from, n_steps, model_name = live.iterate, config.tokens // live.rows_per_step, config.model
+        n_steps, model_name = config.tokens // live.rows_per_step, config.model
     else:
         store = Store.open_existing(config.store)
         hooks = [lookups.canonical_hook(store, hook) for hook in config.hook]
@@ -173,25 +198,24 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         if len(runs) > 1:
             raise DictionaryError(f"The hooks are in different runs ({', '.join(sorted(runs))}); give --run.")
         run = runs.pop()
-        data = ActivationBatches(
-            store,
-            run,
-            hooks + (hooks_out or []),
-            config.batch_size,
-            config.seed,
-            pin_memory=placement.device.type == "cuda",
-        )
-        batches_from, d_model, model_name = data.iterate, data.d_model, lookups.run(store, run).model
+        run_record = lookups.run(store, run)
+        d_model, model_name = run_record.d_model, run_record.model
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
     plan = _plan(store, config, run, hooks, hooks_out, d_model, dead_window)
-    with store.transaction() as con:  # register the new ones together, after every check passed
-        for item in plan:
-            if item.existing is None:
-                records.insert(con, _new_record(store, item, config.arch, run, d_model, dead_window, placement))
+    distributed.barrier(ranks)  # every rank has read the catalog before rank 0 adds to it
+    if ranks.is_main:
+        with store.transaction() as con:  # register the new ones together, after every check passed
+            for item in plan:
+                if item.existing is None:
+                    records.insert(con, _new_record(store, item, config.arch, run, d_model, dead_window, placement))
+    distributed.barrier(ranks)
 
     unfinished = [item for item in plan if item.existing is None or item.existing.status != "complete"]
+    split = config.distribute_dictionaries and ranks.world_size > 1
+    mine = unfinished[ranks.rank :: ranks.world_size] if split else unfinished
+    data_parallel = SINGLE if split else ranks
     members = []
-    for item in unfinished:
+    for item in mine:
         torch.manual_seed(config.seed)  # each dictionary starts as it would alone
         members.append(
             Member(
@@ -207,28 +231,55 @@ def run_train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         )
     timing = None
     if members:
+        batches_from: Callable[[int], Iterator[dict[str, torch.Tensor]]]
+        if live is not None:
+            batches_from = live.iterate
+        else:  # only the hooks this process trains on; a hook's batches are the same read alone or with others
+            read = list(dict.fromkeys(key for m in members for key in (m.input_key, m.target_key)))
+            batches_from = ActivationBatches(
+                store,
+                run,
+                read,
+                config.batch_size,
+                config.seed,
+                pin_memory=placement.device.type == "cuda",
+                rank=data_parallel.rank,
+                world_size=data_parallel.world_size,
+            ).iterate
         with explain_out_of_memory(
             f"Training {len(members)} dictionaries", config.batch_size, placement.device, " Or train fewer at once."
         ):
             timing = fit_group(
-                members, batches_from, config.checkpoint_seconds, progress=progress, autocast_dtype=placement.dtype
+                members,
+                batches_from,
+                config.checkpoint_seconds,
+                progress=progress,
+                autocast_dtype=placement.dtype,
+                data_parallel=data_parallel,
             )
-    for item, member in zip(unfinished, members):
+    finished = {}
+    for item, member in zip(mine, members):
         assert member.tracker is not None  # set by fit_group
-        member.model.fold_scales(member.state.input_scale, member.state.target_scale)  # works on raw activations
-        member.model.to("cpu").save(item.folder(store), saelens_metadata(model_name, run, item.hook, item.hook_out))
-        with store.transaction() as con:
-            records.update(
-                con,
-                DictionaryRecord,
-                {"name": item.name},
-                status="complete",
-                steps_done=member.state.step,
-                tokens_done=member.state.tokens,
-                train_fvu=member.state.last_fvu,
-                train_l0=member.state.last_l0,
-                dead_fraction=member.tracker.dead_fraction(),
-            )
+        if split or ranks.is_main:  # data parallel, every rank holds the same dictionary: rank 0 saves it
+            member.model.fold_scales(member.state.input_scale, member.state.target_scale)  # for raw activations
+            member.model.to("cpu").save(item.folder(store), saelens_metadata(model_name, run, item.hook, item.hook_out))
+        finished[item.name] = {
+            "status": "complete",
+            "steps_done": member.state.step,
+            "tokens_done": member.state.tokens,
+            "train_fvu": member.state.last_fvu,
+            "train_l0": member.state.last_l0,
+            "dead_fraction": member.tracker.dead_fraction(),
+        }
+    if split:  # rank 0 records what every rank trained
+        finished = {
+            name: values for part in distributed.gather_objects(ranks, finished) for name, values in part.items()
+        }
+    if ranks.is_main:
+        for name, values in finished.items():
+            with store.transaction() as con:
+                records.update(con, DictionaryRecord, {"name": name}, **values)
+    distributed.barrier(ranks)
     return TrainResult(
         [lookups.completed_dictionary(store, item.name) for item in plan],
         resumed=any(item.existing is not None for item in plan),
@@ -258,7 +309,7 @@ def _plan(store, config: TrainConfig, run, hooks, hooks_out, d_model: int, dead_
             "lr": lr,
             "dead_window_tokens": dead_window,
         }
-        for key in ("store", "device", "dtype"):  # where it runs may change between resumes
+        for key in ("store", "device", "dtype", "distribute_dictionaries"):  # where it runs may change on resume
             settings.pop(key)
         existing = lookups.dictionary(store, name)
         if existing:

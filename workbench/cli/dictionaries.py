@@ -37,6 +37,12 @@ TRAIN_EPILOG = textwrap.dedent("""\
       workbench train --store store/ --model smollm2-135m --corpus default --hook blocks.6.hook_out --tokens 2M
     on a GPU (the default --device auto picks it; --dtype auto trains the matrix products in bfloat16):
       workbench train --store store/ --hook blocks.6.hook_out --device cuda:0 --batch-size 8192 --tokens 200M
+    on several GPUs or machines (torchrun; --batch-size is the global batch, split over the processes; the
+    result equals one process's to float tolerance; rank 0 writes; re-run the same command to resume):
+      torchrun --nproc-per-node 8 -m workbench train --store store/ --hook blocks.6.hook_out --tokens 1G
+      torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m workbench train ...   (on each node)
+      torchrun --nproc-per-node 4 -m workbench train --store store/ --hook blocks.2.hook_out,blocks.6.hook_out \
+        --k 16,32 --distribute-dictionaries   (each process trains its own dictionaries of the sweep)
 """)
 HOOK_FLAGS = {"hook": ["--hook", "--in"], "hook_out": ["--out"]}
 
@@ -46,6 +52,10 @@ def add_train(sub, name: str, help_text: str) -> None:
     from workbench.train import TrainConfig, run_train
 
     def report(config, result) -> None:
+        from workbench.distributed import ranks_from_environment
+
+        if not ranks_from_environment().is_main:  # under torchrun, rank 0 speaks for all
+            return
         names = ", ".join(f"'{d.name}'" for d in result.dictionaries)
         trained = f"Dictionary {names} is" if len(result.dictionaries) == 1 else f"Dictionaries {names} are"
         where = f" on {result.dictionaries[0].device} ({result.dictionaries[0].dtype})" if result.dictionaries else ""

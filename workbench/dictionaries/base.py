@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workbench.dictionaries.sparse_ops import gather_pre_activations, sparse_decode
+from workbench.distributed import centred_square_sum, ratio_over_ranks
 from workbench.errors import DictionaryError
 
 
@@ -166,8 +167,8 @@ class SparseCoder(nn.Module):
         if weight_F is not None:
             values = values * weight_F[indices]
         residual_hat_BD = sparse_decode(indices, values, self.W_dec)  # no bias: the residual is centred
-        variance = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = (residual_hat_BD - residual_BD.detach()).pow(2).sum() / variance
+        variance = centred_square_sum(residual_BD).clamp_min(1e-12)  # over every rank's rows, data parallel
+        loss = ratio_over_ranks((residual_hat_BD - residual_BD.detach()).pow(2).sum(), variance)
         return self.config.aux_coefficient * loss.nan_to_num(0.0)
 
     @torch.no_grad()

@@ -14,11 +14,16 @@ import torch
 
 from workbench.dictionaries.base import DictionaryError, SparseCoder, SparseOutput, register
 from workbench.dictionaries.sparse_ops import decode_pairs, gather_pairs
+from workbench.distributed import active, any_over_ranks, global_rows, min_over_ranks, threshold_over_ranks
 
 
 def batch_topk_activations(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
     flat = pre_BF.relu().flatten()
-    values, indices = flat.topk(k * pre_BF.shape[0], sorted=False)
+    n_kept = k * global_rows(pre_BF.shape[0])  # data parallel: the k * batch largest of the global batch
+    values, indices = flat.topk(min(n_kept, flat.numel()), sorted=False)
+    if active():
+        kept = values >= threshold_over_ranks(values, n_kept)
+        values, indices = values[kept], indices[kept]
     return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre_BF)
 
 
@@ -58,14 +63,14 @@ class JumpReLUSAE(SparseCoder):
     @torch.no_grad()
     def update_threshold(self, f_BF: torch.Tensor) -> None:
         """Move the threshold towards the smallest activation kept this batch (per latent, or one for all)."""
-        kept = f_BF > 0
-        if not bool(kept.any()):
+        kept = f_BF > 0  # data parallel: the smallest kept over every rank's rows
+        if not bool(any_over_ranks(kept.any())):
             return
         if self.per_latent_threshold:
-            smallest_F = f_BF.masked_fill(~kept, float("inf")).min(dim=0).values
-            seen_F = kept.any(dim=0)
+            smallest_F = min_over_ranks(f_BF.masked_fill(~kept, float("inf")).min(dim=0).values)
+            seen_F = any_over_ranks(kept.any(dim=0))
         else:
-            smallest_F = f_BF[kept].min().expand_as(self.threshold)
+            smallest_F = min_over_ranks(f_BF.masked_fill(~kept, float("inf")).min()).expand_as(self.threshold)
             seen_F = torch.ones_like(self.threshold, dtype=torch.bool)
         fresh_F = seen_F & (self.threshold == 0)  # a latent's first observation sets its threshold
         blended_F = self.threshold_momentum * self.threshold + (1 - self.threshold_momentum) * smallest_F

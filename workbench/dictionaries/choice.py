@@ -21,6 +21,7 @@ import torch
 
 from workbench.dictionaries.base import DictionaryConfig, register
 from workbench.dictionaries.batchtopk import BatchTopKSAE
+from workbench.distributed import active, global_rows, mean_rows, threshold_over_ranks
 
 USAGE_MOMENTUM = 0.99
 
@@ -51,7 +52,7 @@ class ZipfAuxMixin:
     def auxiliary_loss(self, pre_BF, f_BF, residual_BD, dead_F, encoder_input_BD=None):
         if self.training:
             with torch.no_grad():
-                self.usage.mul_(USAGE_MOMENTUM).add_((1 - USAGE_MOMENTUM) * (f_BF != 0).float().mean(0))
+                self.usage.mul_(USAGE_MOMENTUM).add_((1 - USAGE_MOMENTUM) * mean_rows((f_BF != 0).float()))
         weight_F = (1 - self.usage / self.zipf_expected_usage()).clamp(0, 1)
         if dead_F is not None:
             weight_F = torch.where(dead_F, torch.ones_like(weight_F), weight_F)
@@ -69,7 +70,10 @@ class FeatureChoiceSAE(ZipfAuxMixin, BatchTopKSAE):
 
     def select(self, pre_BF: torch.Tensor) -> torch.Tensor:
         """Each latent keeps its m strongest tokens of the batch."""
-        batch, n_latents = pre_BF.shape
+        n_latents = pre_BF.shape[1]
+        batch = global_rows(pre_BF.shape[0])  # data parallel: the strongest tokens of the global batch
         m = max(1, min(batch, round(self.config.k * batch / n_latents)))
-        values, indices = pre_BF.relu().topk(m, dim=0, sorted=False)
+        values, indices = pre_BF.relu().topk(min(m, pre_BF.shape[0]), dim=0, sorted=False)
+        if active():
+            values = values * (values >= threshold_over_ranks(values, m, dim=0))
         return torch.zeros_like(pre_BF).scatter_(0, indices, values)

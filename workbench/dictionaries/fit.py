@@ -27,9 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from workbench import distributed
 from workbench.checkpoints import optimizer_tensors, readable_folder, restore_optimizer, write_folder_atomically
 from workbench.devices import Placement
 from workbench.dictionaries.base import SparseCoder
+from workbench.distributed import SINGLE, Ranks
 from workbench.errors import DictionaryError
 from workbench.metrics import DeadLatentTracker, batch_fvu
 
@@ -170,12 +172,17 @@ def fit_group(
     progress: bool = True,
     stop_after_steps: int | None = None,
     autocast_dtype: torch.dtype = torch.float32,
+    data_parallel: Ranks = SINGLE,
 ) -> LoopTiming:
     """Train every member on one stream of batches; each resumes from its own checkpoint.
 
     `batches_from(step)` yields dicts of tensors (by hook) from global step `step`, on any device: each is
     moved to the members' device once. Members may stand at different steps after a kill; the stream
     starts at the earliest, and a member takes only the batches from its own step on.
+
+    With `data_parallel` ranks (torchrun), each process's batches are its slice of the global batch, the
+    statistics and gradients combine every rank's (workbench/distributed.py), and only rank 0 writes
+    checkpoints. Every rank loads the same checkpoint, so a resume may use a different number of ranks.
     """
     device = members[0].model.b_dec.device
     for member in members:
@@ -203,7 +210,7 @@ def fit_group(
     )
     started = last_checkpoint = time.monotonic()
     data_wait = 0.0
-    with bar:
+    with bar, distributed.data_parallel(data_parallel):
         while active:
             waited = time.monotonic()
             batch = next(batches)
@@ -220,7 +227,7 @@ def fit_group(
             if step % LOG_EVERY == 0 or finished or due:
                 _read_back(active, bar)  # raises on a non-finite loss before any checkpoint keeps it
             for member in active:
-                if member.checkpointer and (due or member in finished):
+                if member.checkpointer and (due or member in finished) and data_parallel.is_main:
                     assert member.optimizer is not None and member.tracker is not None  # set above
                     member.checkpointer.save(member.model, member.optimizer, member.tracker, member.state)
             if due:
@@ -237,27 +244,30 @@ def _train_step(member: Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
     assert member.optimizer is not None and member.tracker is not None  # set by fit_group
     if state.step == 0:  # the first batch fixes the input scaling and initialises b_dec
         with torch.autocast(x_BD.device.type, enabled=False):
-            state.input_scale = model.config.d_in**0.5 / x_BD.float().norm(dim=1).mean().clamp_min(1e-12).item()
+            # Data parallel: from the whole global batch, so every rank starts identical to one process.
+            first_x, first_y = distributed.gather_rows(x_BD.float()), distributed.gather_rows(y_BD.float())
+            state.input_scale = model.config.d_in**0.5 / first_x.norm(dim=1).mean().clamp_min(1e-12).item()
             state.target_scale = (
-                model.config.output_width**0.5 / y_BD.float().norm(dim=1).mean().clamp_min(1e-12).item()
+                model.config.output_width**0.5 / first_y.norm(dim=1).mean().clamp_min(1e-12).item()
                 if model.config.transcoder
                 else state.input_scale
             )
-            model.b_dec.data = geometric_median(y_BD.float() * state.target_scale)
+            model.b_dec.data = geometric_median(first_y * state.target_scale)
     x_BD, y_BD = x_BD.float() * state.input_scale, y_BD.float() * state.target_scale
     output = model(x_BD, dead_F=member.tracker.dead_mask(), target_BD=y_BD)
     fvu = batch_fvu(y_BD, output.recon_BD.float())  # fp32 whatever the autocast precision
     loss = fvu + output.aux_loss.float()
     member.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.sum_gradients(list(model.parameters()))  # each rank's share of the global loss's gradient
     model.remove_parallel_gradient()
     member.optimizer.step()
     model.normalize_decoder()
     member.tracker.update(output.f_BF)
     state.step += 1
-    state.tokens += x_BD.shape[0]
+    state.tokens += distributed.global_rows(x_BD.shape[0])
     member.last_loss, member.last_fvu = loss.detach(), fvu.detach()
-    member.last_l0 = (output.f_BF != 0).sum(-1).float().mean()
+    member.last_l0 = distributed.mean_rows((output.f_BF != 0).sum(-1, keepdim=True).float())[0]
 
 
 def _read_back(members: list[Member], bar) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from workbench.dictionaries.base import SparseCoder, SparseOutput, register
+from workbench.distributed import ratio_over_ranks
 
 
 @register("topafa")
@@ -38,7 +39,9 @@ class TopAFASAE(SparseCoder):
         f_BF = self.select(pre_BF, centred_BD)
         recon_BD = self.decode(f_BF, x_BD)
         target_norm_B = centred_BD.norm(dim=-1).detach()
-        afa = (f_BF.norm(dim=-1) - target_norm_B).pow(2).mean() / target_norm_B.pow(2).mean().clamp_min(1e-12)
+        afa = ratio_over_ranks(  # of means over every rank's rows, data parallel (equal slices)
+            (f_BF.norm(dim=-1) - target_norm_B).pow(2).mean(), target_norm_B.pow(2).mean().clamp_min(1e-12)
+        )
         afa_coefficient = self.config.extra.get("afa_coefficient", 1 / 32)
         aux = self.residual_aux_loss(pre_BF, target_BD - recon_BD, dead_F)
         return SparseOutput(f_BF, recon_BD, aux + afa_coefficient * afa)
