@@ -25,7 +25,7 @@ from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
 from workbench.devices import Placement, explain_out_of_memory, resolve_placement
 from workbench.errors import RunConflictError, UnknownHookError, WorkbenchError
 from workbench.hooks import HookPoint, parse_hooks
-from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
+from workbench.models import load_hf_model, load_tokenizer, make_backend, model_shape, resolve_model_dir
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
 from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_all, read_one
@@ -69,6 +69,13 @@ class HarvestConfig:
     a CPU, where a busy second thread slows torch), 1 gives each hook its own thread (default on a GPU)."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
+    ray: str | None = None
+    """Harvest on a Ray cluster: its address (HOST:PORT, ray://HOST:PORT or auto), or 'local' (what --ray alone
+    means) to start one on this machine. Actors hold the model and write shards; this process alone commits.
+    The store must be on a filesystem every node mounts at the same path (checked first)."""
+    workers: int | None = None
+    """With --ray: how many actors (default: one per GPU of the cluster, else one per node; --ray --workers 4
+    makes a local cluster of 4 CPU workers)."""
 
     # Arguments that must match when a run is resumed; batch size and device may change (the compute dtype
     # and the store dtype may not: they change the stored numbers, checked in _check_resumable).
@@ -237,7 +244,7 @@ def record_run(
     create_run(store, record, hook_points if points else [], tokens, documents)
 
 
-def _check_hook_widths(hooks, hf_model, d_model: int) -> None:
+def check_hook_widths(hooks, hf_model, d_model: int) -> None:
     """Shards and the catalog hold d_model values per row; per-head outputs fit only when the heads span d_model."""
     from workbench.models.backends import attention_heads
 
@@ -254,7 +261,14 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     """Harvest a model's activations at some hook points into a store; re-running the same config resumes."""
     # Check hook names before anything slow (building a registry model takes ~20 s).
     parse_hooks(config.hooks, n_layers=10**6)
-    placement = resolve_placement(config.device, config.dtype)
+    pool = None
+    if config.ray is not None:  # a cluster that does not answer, or cannot see the store, fails before any write
+        from workbench.cluster import connect
+
+        pool = connect(config.ray, config.workers, config.store)
+        placement = pool.placement(config.device, config.dtype)
+    else:
+        placement = resolve_placement(config.device, config.dtype)
     store_dtype = resolve_store_dtype(config.store_dtype, placement)
     store = Store.create_or_open(config.store)
     model_dir = resolve_model_dir(config.model, store.root / "models")
@@ -268,8 +282,11 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     if existing:
         stored = stored_dtypes.pop() if stored_dtypes else "float32"
         _check_resumable(existing, config, hooks, run, placement, stored, store_dtype)
-    hf_model, tokenizer = load_hf_model(model_dir, placement)
-    _check_hook_widths(hooks, hf_model, d_model)
+    if pool is None:
+        hf_model, tokenizer = load_hf_model(model_dir, placement)
+        check_hook_widths(hooks, hf_model, d_model)
+    else:  # the actors load the model; the driver needs only the tokenizer
+        tokenizer = load_tokenizer(model_dir)
     if not existing:
         corpus = tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column)
         record_run(store, run, config, hooks, corpus, tokenizer, model_dir, n_layers, d_model, placement)
@@ -284,7 +301,6 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     if not pending:
         return HarvestResult(run, contexts.size, 0, len(done), orphans)
 
-    backend = make_backend(config.backend, hf_model, tokenizer)
     bar = tqdm(
         total=contexts.size,
         initial=(n_chunks - len(pending)) * chunk_contexts * context_len,
@@ -296,75 +312,116 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     )
     harvested = 0
     started = time.perf_counter()
+    if pool is not None:
+        from workbench.cluster_harvest import harvest_on_pool
+
+        with bar:
+            harvested = harvest_on_pool(pool, config, store, run, contexts, pending, model_dir, placement, bar)
+        orphans += store.remove_orphan_files(run)  # files of chunks whose actor died mid-write, not re-written
+        return HarvestResult(
+            run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started
+        )
+    backend = make_backend(config.backend, hf_model, tokenizer)
     # Encoding shards is CPU work (~40-60 ms per hook per 8,192 tokens at d=576). On a CPU it stays on this
     # thread, batch by batch while the activations are in cache: on a 2-core machine a second busy thread
     # stalls torch's OpenMP workers (measured: +5-10% harvest time). On a GPU the forward pass is far faster
     # than that, so each hook's shard is encoded on its own thread (pyarrow releases the GIL) while the GPU
     # runs on (--encode-threads). fsync and the catalog commit mostly wait on the disk, so they overlap the
     # next chunk on one background thread; at most one chunk awaits its commit, and commits stay in order.
-    builders = {h: ShardBuilder() for h in hooks}
-    bytes_per_value = 2 if store_dtype == "float16" else 4
     threads = (
         config.encode_threads if config.encode_threads is not None else (0 if placement.device.type == "cpu" else 1)
     )
-    encoders = {h: _Encoder(threads > 0) for h in hooks}
+    writer = ChunkWriter(backend, hooks, placement, store_dtype, config.batch_size, d_model, threads > 0)
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         in_flight = None
         try:
             for chunk in pending:
                 chunk_ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
                 first_token = chunk * chunk_contexts * context_len
-                for hook, builder in builders.items():
-                    encoders[hook].submit(builder.start, chunk_ids.size * (d_model * bytes_per_value + 8))
-                for start in range(0, len(chunk_ids), config.batch_size):
-                    batch = torch.from_numpy(chunk_ids[start : start + config.batch_size]).to(placement.device)
-                    batch_first = first_token + start * context_len
-                    token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
-                    with explain_out_of_memory("The harvest", config.batch_size, placement.device):
-                        captured = backend.capture(batch, hooks)
-                    for hook, acts in captured.items():
-                        values = to_store_dtype(acts.reshape(-1, d_model), store_dtype)
-                        encoders[hook].submit(builders[hook].append, token_ids, values)
-                    bar.update(batch.numel())
-                paths = {hook: store.shard_path(run, hook.name, chunk) for hook in hooks}
-                finished = {
-                    hook: encoders[hook].submit(builders[hook].finish, store.root / paths[hook]) for hook in hooks
-                }
+                written = writer.write(store.root, run, chunk, chunk_ids, first_token, bar.update)
                 if in_flight is not None:
                     in_flight.result()  # re-raises a failed encoding, sync or commit of the previous chunk
-                in_flight = committer.submit(
-                    _sync_and_commit, store, run, chunk, first_token, paths, finished, n_chunks
-                )
+                in_flight = committer.submit(_sync_and_commit, store, written, n_chunks)
                 harvested += chunk_ids.size
             assert in_flight is not None  # pending is not empty (checked above)
             in_flight.result()
         finally:
-            for encoder in encoders.values():
-                encoder.close()
+            writer.close()
     return HarvestResult(run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started)
 
 
-def _sync_and_commit(
-    store: Store, run: str, chunk: int, first_token: int, paths: dict, finished: dict[HookPoint, Future], n_chunks: int
-) -> None:
-    """Once every hook's shard of the chunk is written (`finished`), make them durable and register them."""
+class ChunkWriter:
+    """Runs the model over one chunk's contexts and writes one shard per hook: the local harvest's loop body,
+    and what each Ray actor does (workbench/cluster_harvest.py). The files are written, not yet synced or
+    registered (sync_shards, then commit_chunk)."""
+
+    def __init__(self, backend, hooks, placement: Placement, store_dtype: str, batch_size: int, d_model: int, threaded):
+        self.backend, self.hooks, self.placement = backend, hooks, placement
+        self.store_dtype, self.batch_size, self.d_model = store_dtype, batch_size, d_model
+        self.builders = {h: ShardBuilder() for h in hooks}
+        self.encoders = {h: _Encoder(threaded) for h in hooks}
+
+    def write(self, root: Path, run: str, chunk: int, chunk_ids: np.ndarray, first_token: int, progress=None):
+        bytes_per_value = 2 if self.store_dtype == "float16" else 4
+        for hook, builder in self.builders.items():
+            self.encoders[hook].submit(builder.start, chunk_ids.size * (self.d_model * bytes_per_value + 8))
+        context_len = chunk_ids.shape[1]
+        for start in range(0, len(chunk_ids), self.batch_size):
+            batch = torch.from_numpy(chunk_ids[start : start + self.batch_size]).to(self.placement.device)
+            batch_first = first_token + start * context_len
+            token_ids = np.arange(batch_first, batch_first + batch.numel(), dtype=np.int64)
+            with explain_out_of_memory("The harvest", self.batch_size, self.placement.device):
+                captured = self.backend.capture(batch, self.hooks)
+            for hook, acts in captured.items():
+                values = to_store_dtype(acts.reshape(-1, self.d_model), self.store_dtype)
+                self.encoders[hook].submit(self.builders[hook].append, token_ids, values)
+            if progress is not None:
+                progress(batch.numel())
+
+        files = {}
+        for hook in self.hooks:
+            path = Store.shard_path(run, hook.name, chunk)
+            files[hook] = (path, self.encoders[hook].submit(self.builders[hook].finish, root / path))
+        return WrittenChunk(run, chunk, first_token, files)
+
+    def close(self) -> None:
+        for encoder in self.encoders.values():
+            encoder.close()
+
+
+def _sync_and_commit(store: Store, written: WrittenChunk, n_chunks: int) -> None:
+    commit_chunk(store, sync_shards(store.root, written), n_chunks)
+
+
+@dataclass
+class WrittenChunk:
+    """One chunk's shards as ChunkWriter.write left them: written (or being written), not yet synced."""
+
+    run: str
+    chunk: int
+    first_token: int
+    files: dict[HookPoint, tuple[str, Future]]  # per hook: its store-relative path, and its ShardInfo to come
+
+
+def sync_shards(root: Path, written: WrittenChunk) -> list[ShardRecord]:
+    """Once every hook's shard of a chunk is written, make the files durable (fsync) and return their records."""
     shards = []
-    for hook, future in finished.items():
+    for hook, (path, future) in written.files.items():
         info = future.result()
         shards.append(
             ShardRecord(
-                run=run,
+                run=written.run,
                 hook=hook.name,
-                chunk=chunk,
-                path=paths[hook],
-                first_token=first_token,
+                chunk=written.chunk,
+                path=path,
+                first_token=written.first_token,
                 n_rows=info.n_rows,
                 n_bytes=info.n_bytes,
                 sha256=info.sha256,
             )
         )
-    sync_files([store.root / shard.path for shard in shards])
-    commit_chunk(store, shards, n_chunks)
+    sync_files([root / shard.path for shard in shards])
+    return shards
 
 
 class _Encoder:

@@ -33,6 +33,7 @@ def add_command(
     choices: dict[str, list[str]] | None = None,
     helps: dict[str, str] | None = None,
     parsers: dict[str, Callable[[str], Any]] | None = None,
+    bare: dict[str, Any] | None = None,
 ) -> argparse.ArgumentParser:
     """Add `name` to a subparsers object: options from `config`'s fields; running it calls `run(config)`, then
     `report(config, result)` prints what the user needs to know and returns the exit status (None is 0)."""
@@ -43,7 +44,7 @@ def add_command(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(parser, config, flags=flags, choices=choices, helps=helps, parsers=parsers)
+    add_config_options(parser, config, flags=flags, choices=choices, helps=helps, parsers=parsers, bare=bare)
 
     def execute(args: argparse.Namespace) -> int:
         settings = config_from_args(config, args)

@@ -30,6 +30,12 @@ EPILOG = textwrap.dedent("""\
                         --corpus default --tokens 50000 --store store/
       workbench harvest --model tiny --hooks blocks.1.hook_out --tokens 4096 --store /tmp/s --backend nnsight
       workbench harvest --model ./my-hf-folder --hooks blocks.3.hook_out --corpus notes.jsonl --store store/ --run notes
+
+    with Ray (actors hold the model and write shards; this process alone commits; a dead actor's chunk is redone;
+    re-run the same command to resume; the store must be on a filesystem every node mounts at the same path):
+      workbench harvest --model smollm2-135m --hooks blocks.6.hook_out --tokens 10M --store /shared/store --ray
+      workbench harvest ... --ray --workers 4                    a local cluster of 4 CPU workers
+      workbench harvest ... --ray 10.0.0.5:6379                   one actor per GPU of a running cluster
 """)
 
 
@@ -57,6 +63,7 @@ def add_harvest(sub, name: str, help_text: str) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
         choices={"backend": list(BACKENDS)},
+        bare={"ray": "local"},
     )
 
 

@@ -155,6 +155,7 @@ def add_config_options(
     choices: dict[str, list[str]] | None = None,
     helps: dict[str, str] | None = None,
     parsers: dict[str, Callable[[str], Any]] | None = None,
+    bare: dict[str, Any] | None = None,
 ) -> None:
     """Add one option per field of `cls` to `parser`.
 
@@ -163,8 +164,9 @@ def add_config_options(
     choices: allowed values (taken from a registry by the caller).
     helps: help that replaces the field's docstring for this command only.
     parsers: a parser that replaces the one the field's type implies.
+    bare: the value an option takes when given without one, e.g. {"ray": "local"}: `--ray` alone is `--ray local`.
     """
-    flags, choices, helps, parsers = flags or {}, choices or {}, helps or {}, parsers or {}
+    flags, choices, helps, parsers, bare = flags or {}, choices or {}, helps or {}, parsers or {}, bare or {}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in _options(cls):
         name = option.field.name
@@ -193,6 +195,8 @@ def add_config_options(
                 kwargs["required"] = True
             elif default is not MISSING:
                 kwargs["default"] = default
+            if name in bare:
+                kwargs["nargs"], kwargs["const"] = "?", bare[name]
             if name in choices:
                 kwargs["choices"] = choices[name]
             elif typing.get_origin(annotation) is typing.Literal:

@@ -1,7 +1,7 @@
 """Model registry, loading, and the hooked backends."""
 
 from workbench.models.backends import BACKENDS, Backend, bare_forward, make_backend
-from workbench.models.registry import REGISTRY, load_hf_model, model_shape, resolve_model_dir
+from workbench.models.registry import REGISTRY, load_hf_model, load_tokenizer, model_shape, resolve_model_dir
 
 __all__ = [
     "BACKENDS",
@@ -9,6 +9,7 @@ __all__ = [
     "REGISTRY",
     "bare_forward",
     "load_hf_model",
+    "load_tokenizer",
     "make_backend",
     "model_shape",
     "resolve_model_dir",

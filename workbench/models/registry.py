@@ -230,6 +230,16 @@ def model_shape(model_dir: Path) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
+def load_tokenizer(model_dir: Path):
+    """Only the tokenizer of a local HF folder (a Ray driver tokenizes; its actors hold the model)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the tokenizer in {model_dir}: {exc}") from exc
+
+
 def load_hf_model(model_dir: Path, placement: Placement | None = None):
     """Load (model, tokenizer) in eval mode from a local HF folder, without touching the network.
 

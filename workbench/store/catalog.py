@@ -144,7 +144,8 @@ class Store:
 
     # -- shards --------------------------------------------------------------------
 
-    def shard_path(self, run: str, hook: str, chunk: int) -> str:
+    @staticmethod
+    def shard_path(run: str, hook: str, chunk: int) -> str:
         """The store-relative path of a shard (what the catalog records)."""
         return f"shards/run={run}/hook={hook}/chunk-{chunk:06d}.parquet"
 
