@@ -114,9 +114,8 @@ def _feature_windows(
     before: int,
     after: int,
 ) -> list[Context]:
-    return context_windows(
-        store, record.run, context_len, hits, before, after, reads.FEATURE_WINDOW_VALUES, [record.name, feature]
-    )
+    values_sql, params = reads.feature_window_values(store, record.name, feature)
+    return context_windows(store, record.run, context_len, hits, before, after, values_sql, params)
 
 
 def top_contexts(

@@ -99,6 +99,8 @@ ENCODE_EPILOG = textwrap.dedent("""\
                             JOIN tokens t USING (run, token_id)
                             WHERE f.dictionary = 'topk-blocks.6.hook_out-k32-4608' AND f.feature = 7
                             ORDER BY f.value DESC LIMIT 20"
+    a big run, as Parquet files written by a local Ray cluster's 4 actors (this process alone commits):
+      workbench encode --store store/ --dict topk-blocks.6.hook_out-k32-4608 --feature-store parquet --ray --workers 4
 """)
 
 
@@ -106,9 +108,15 @@ def add_encode(sub, name: str, help_text: str) -> None:
     from workbench.encode import EncodeConfig, run_encode
 
     def report(config, result) -> None:
+        where = (
+            f"in {result.n_files} Parquet files under {config.store}/features/"
+            if result.feature_store == "parquet"
+            else "in the catalog"
+        )
         print(
             f"Encoded {result.n_tokens} tokens with '{config.dictionary}': {result.n_rows} non-zero activations "
-            f"({result.n_rows / max(result.n_tokens, 1):.1f} per token) in feature_acts; statistics in feature_stats."
+            f"({result.n_rows / max(result.n_tokens, 1):.1f} per token) {where}, read through the feature_acts view; "
+            "statistics in feature_stats."
         )
 
     add_command(
@@ -119,9 +127,13 @@ def add_encode(sub, name: str, help_text: str) -> None:
         run_encode,
         report,
         flags={"dictionary": ["--dict"]},
-        description="Encode the dictionary's run with it and store every non-zero (token_id, feature, value) "
-        "in `feature_acts`, sorted by feature, plus density, max, mean and quantiles per feature in "
-        "`feature_stats`. BOS positions are left out. Re-encoding replaces the dictionary's rows.",
+        choices={"feature_store": ["auto", "table", "parquet"]},
+        bare={"ray": "local"},
+        description="Encode the dictionary's run with it and store every non-zero (token_id, feature, value), "
+        "sorted by feature, plus density, max, mean and quantiles per feature in `feature_stats`. Small runs go "
+        "into the catalog, large ones (--feature-store parquet, or auto from 50M rows) into one Parquet file per "
+        "bucket of features; the `feature_acts` view reads both. BOS positions are left out. Re-encoding "
+        "replaces the dictionary's rows.",
         epilog=ENCODE_EPILOG,
     )
 

@@ -120,9 +120,9 @@ class Store:
         """A read-only connection. Sandboxed: it can read the shard files and nothing else on disk."""
         with self._connect(read_only=True) as con:
             if sandboxed:
-                shards = str(self.root / "shards") + "/"
+                shards, features = str(self.root / "shards") + "/", str(self.root / "features") + "/"
                 # Both spellings: the views use paths relative to the store, resolved via file_search_path.
-                con.execute("SET allowed_directories = ?", [[shards, "shards/"]])
+                con.execute("SET allowed_directories = ?", [[shards, "shards/", features, "features/"]])
                 con.execute("SET enable_external_access = false")
                 con.execute("SET autoinstall_known_extensions = false")
                 con.execute("SET autoload_known_extensions = false")

@@ -1,9 +1,11 @@
-"""Reads of sparse feature activations for feature pages, analyses and scripts.
+"""Sparse feature activations: their one write (replace_encoding), and reads for feature pages and scripts.
 
-`feature_acts` is written sorted by (dictionary, feature, value DESC) (encode.py), so one
-feature's rows sit in a few row groups and DuckDB's zone maps skip the rest: every query on
-one feature here filters on dictionary and feature first. workbench/features.py shapes these
-rows into what the pages show.
+A dictionary's activations are either rows of the catalog's `feature_rows` table or, for large encodes,
+Parquet files with one bucket of consecutive features each (`feature_parts`); the `feature_acts` view reads
+both. Both are written sorted by (feature, value DESC) (encode.py), so one feature's rows sit in a few row
+groups and DuckDB skips the rest by their min/max. Queries on one feature read from `_source`: its bucket's
+file alone, or the table, never the view over every file. workbench/features.py shapes these rows into what
+the pages show.
 """
 
 from __future__ import annotations
@@ -12,11 +14,65 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.store.catalog import Store
-from workbench.store.records import scalar
+from workbench.store.records import FeaturePartRecord, delete_rows, insert, insert_arrow, read_all, scalar
+from workbench.store.schema import rebuild_feature_view
 
-# SQL for context_windows' `values_sql`: a feature's value on each token of the windows.
-FEATURE_WINDOW_VALUES = ("SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
-                         "AND token_id IN (SELECT token_id FROM window_ids)")
+
+def feature_part_path(dictionary: str, bucket: int, generation: str) -> str:
+    """The store-relative path of one bucket file; `generation` keeps a re-encode from overwriting committed files."""
+    return f"features/dictionary={dictionary}/bucket-{bucket:06d}-{generation}.parquet"
+
+
+def replace_encoding(store: Store, dictionary: str, stats: pa.Table, rows: pa.Table | None = None,
+                     parts: list[FeaturePartRecord] = ()) -> None:  # type: ignore[assignment]
+    """Replace a dictionary's feature activations (rows in the catalog, or committed Parquet parts) and its
+    feature_stats in one transaction; then delete the files of the parts it replaced."""
+    with store.transaction() as con:
+        old = [part.path for part in read_all(con, FeaturePartRecord, dictionary=dictionary)]
+        for table in ("feature_rows", "feature_parts", "feature_stats"):
+            delete_rows(con, table, dictionary=dictionary)
+        if rows is not None:
+            insert_arrow(con, "feature_rows", rows)
+        for part in parts:
+            insert(con, part)
+        insert_arrow(con, "feature_stats", stats)
+        rebuild_feature_view(con)
+    kept = {part.path for part in parts}
+    for path in old:
+        if path not in kept:
+            (store.root / path).unlink(missing_ok=True)
+
+
+def remove_unregistered_feature_files(store: Store, dictionary: str) -> int:
+    """Delete files under the dictionary's feature folder that no committed part points to (a killed encode's)."""
+    folder = store.root / "features" / f"dictionary={dictionary}"
+    if not folder.exists():
+        return 0
+    with store.reader() as con:
+        committed = {part.path for part in read_all(con, FeaturePartRecord, dictionary=dictionary)}
+    removed = 0
+    for file in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+        if file.is_file() and file.relative_to(store.root).as_posix() not in committed:
+            file.unlink()
+            removed += 1
+        elif file.is_dir() and not any(file.iterdir()):
+            file.rmdir()
+    return removed
+
+
+def _source(con, dictionary: str, feature: int) -> str:
+    """The FROM clause holding one feature's rows: its bucket's Parquet file, or the in-catalog table."""
+    row = con.execute("SELECT path FROM feature_parts WHERE dictionary = ? AND bucket = ? // bucket_width",
+                      [dictionary, feature]).fetchone()
+    return "feature_rows" if row is None else "read_parquet('" + row[0].replace("'", "''") + "')"
+
+
+def feature_window_values(store: Store, dictionary: str, feature: int) -> tuple[str, list]:
+    """SQL and parameters for context_windows' `values_sql`: a feature's value on each token of the windows."""
+    with store.reader() as con:
+        source = _source(con, dictionary, feature)
+    return (f"SELECT token_id, value FROM {source} WHERE dictionary = ? AND feature = ? "
+            "AND token_id IN (SELECT token_id FROM window_ids)", [dictionary, feature])
 
 BROWSE_ORDERS = {"density": "density DESC", "rarest": "density ASC", "max activation": "max DESC NULLS LAST"}
 
@@ -44,7 +100,7 @@ def top_hits(store: Store, dictionary: str, feature: int, context_len: int, n: i
     """(token_id, value) of the feature's n highest activations, at most one per context."""
     with store.reader() as con:
         return con.execute(
-            "SELECT token_id, value FROM feature_acts WHERE dictionary = ? AND feature = ? "
+            f"SELECT token_id, value FROM {_source(con, dictionary, feature)} WHERE dictionary = ? AND feature = ? "
             "QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
             "ORDER BY value DESC, token_id LIMIT ?", [dictionary, feature, context_len, n]).fetchall()
 
@@ -56,7 +112,7 @@ def quantile_hits(store: Store, dictionary: str, feature: int, n_intervals: int,
     the token id (spread over the corpus, and the same on every call)."""
     with store.reader() as con:
         return con.execute(
-            "WITH acts AS (SELECT token_id, value, max(value) OVER () AS top FROM feature_acts "
+            f"WITH acts AS (SELECT token_id, value, max(value) OVER () AS top FROM {_source(con, dictionary, feature)} "
             "              WHERE dictionary = ? AND feature = ?), "
             "binned AS (SELECT *, least(CAST(floor(value / top * ?) AS INTEGER), ? - 1) AS interval FROM acts), "
             "counted AS (SELECT *, count(*) OVER (PARTITION BY interval) AS n_in, "
@@ -79,8 +135,8 @@ def feature_stats(store: Store, dictionary: str, feature: int) -> tuple | None:
 def feature_values(store: Store, dictionary: str, feature: int) -> np.ndarray:
     """Every stored activation of the feature."""
     with store.reader() as con:
-        return np.asarray(con.execute("SELECT value FROM feature_acts WHERE dictionary = ? AND feature = ?",
-                                      [dictionary, feature]).fetchnumpy()["value"])
+        return np.asarray(con.execute(f"SELECT value FROM {_source(con, dictionary, feature)} "
+                                      "WHERE dictionary = ? AND feature = ?", [dictionary, feature]).fetchnumpy()["value"])
 
 
 def densities(store: Store, dictionary: str) -> np.ndarray:
@@ -95,7 +151,7 @@ def top_tokens(store: Store, dictionary: str, feature: int, n: int) -> pa.Table:
     with store.reader() as con:
         return con.sql(
             "SELECT t.token, count(*) AS n, avg(a.value) AS mean_value, max(a.value) AS max_value "
-            "FROM feature_acts a JOIN tokens t ON t.run = a.run AND t.token_id = a.token_id "
+            f"FROM {_source(con, dictionary, feature)} a JOIN tokens t ON t.run = a.run AND t.token_id = a.token_id "
             "WHERE a.dictionary = ? AND a.feature = ? GROUP BY t.token ORDER BY n DESC, max_value DESC LIMIT ?",
             params=[dictionary, feature, n]).to_arrow_table()
 

@@ -97,6 +97,24 @@ class HookPointRecord(Record):
 
 
 @dataclass(frozen=True)
+class FeaturePartRecord(Record):
+    """One committed Parquet file of a dictionary's feature activations (table `feature_parts`): the rows of
+    features bucket * bucket_width ... (bucket + 1) * bucket_width - 1, sorted by (feature, value DESC)."""
+
+    TABLE: ClassVar[str] = "feature_parts"
+    KEY: ClassVar[tuple[str, ...]] = ("dictionary", "bucket")
+    dictionary: str
+    run: str
+    bucket: int
+    bucket_width: int
+    path: str
+    n_rows: int
+    n_bytes: int
+    sha256: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ShardRecord(Record):
     """One committed Parquet shard of activations (table `shards`); path is relative to the store."""
 

@@ -13,7 +13,7 @@ import duckdb
 from workbench.errors import StoreVersionError
 from workbench.store.records import scalar
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -258,10 +258,32 @@ def _add_placement_columns(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"COMMENT ON COLUMN {table}.dtype IS 'compute precision used: float32, bfloat16 or float16'")
 
 
+# v7: feature activations grow past one table. A small encode stays rows of `feature_rows` (v3's table
+# `feature_acts`, renamed); a large one is Parquet files, one per bucket of consecutive features, each sorted
+# by (feature, value DESC), registered in `feature_parts` like shards. The view `feature_acts` reads both.
+FEATURE_PARTS_V7 = """
+ALTER TABLE feature_acts RENAME TO feature_rows;
+CREATE TABLE feature_parts (
+    dictionary VARCHAR NOT NULL, run VARCHAR NOT NULL,
+    bucket INTEGER NOT NULL,         -- holds features bucket * bucket_width ... (bucket + 1) * bucket_width - 1
+    bucket_width INTEGER NOT NULL,
+    path VARCHAR NOT NULL,           -- relative to the store: features/dictionary=<name>/bucket-<b>.parquet
+    n_rows BIGINT NOT NULL, n_bytes BIGINT NOT NULL, sha256 VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dictionary, bucket)
+);
+"""
+
+
+def _add_feature_parts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(FEATURE_PARTS_V7)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
-    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables, 5: _add_placement_columns}
+    1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables, 5: _add_placement_columns,
+    6: _add_feature_parts}
 
 
 _EMPTY_ACTIVATIONS = (
@@ -288,6 +310,18 @@ def rebuild_activation_view(con: duckdb.DuckDBPyConnection) -> None:
     else:
         body = _EMPTY_ACTIVATIONS
     con.execute(f"CREATE OR REPLACE VIEW activations AS {body}")
+
+
+def rebuild_feature_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Point the `feature_acts` view at the in-catalog rows and exactly the committed feature parts (v7+); called
+    in the transaction that registers or removes parts, as the activations view is."""
+    columns = "dictionary, run, token_id, feature, value"
+    body = f"SELECT {columns} FROM feature_rows"
+    paths = [row[0] for row in con.execute("SELECT path FROM feature_parts ORDER BY dictionary, bucket").fetchall()]
+    if paths:
+        files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        body += f" UNION ALL SELECT {columns} FROM read_parquet([{files}])"
+    con.execute(f"CREATE OR REPLACE VIEW feature_acts AS {body}")
 
 
 def read_version(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -331,6 +365,7 @@ def create_or_upgrade(con: duckdb.DuckDBPyConnection, path: str) -> None:
             version += 1
             con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(version)])
         rebuild_activation_view(con)
+        rebuild_feature_view(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
