@@ -253,6 +253,9 @@ def downgrade_to_v1(store_dir: Path) -> None:
         schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3 + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5,
     )
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
+    con.execute("DROP VIEW feature_acts")  # v7 made feature_acts a view over feature_rows and feature_parts
+    con.execute("DROP TABLE feature_parts")
+    con.execute("ALTER TABLE feature_rows RENAME TO feature_acts")
     for table in later_tables:
         con.execute(f"DROP TABLE {table}")
     for table in set(schema.PLACEMENT_TABLES_V6) - set(later_tables):  # v1 tables that v6 extended

@@ -4,7 +4,9 @@ and a killed driver; and the refusals that must change nothing (a dead address, 
 import hashlib
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store
 
-from conftest import run_cli_in_process, start_cli, store_snapshot
+from conftest import run_cli, run_cli_in_process, start_cli, store_snapshot
 
 HOOKS = "blocks.0.hook_out,blocks.1.mlp.hook_out"
 SETTINGS = ["--model", "tiny", "--hooks", HOOKS, "--tokens", "32768", "--chunk-contexts", "4"]
@@ -107,24 +109,112 @@ def test_a_killed_driver_resumes_and_the_shards_equal_a_local_harvest(tmp_path, 
 def test_a_ray_address_that_does_not_answer_is_refused_and_changes_nothing(store_dir):
     Store.create_or_open(store_dir)
     before = store_snapshot(store_dir)
-    with socket_bound() as port:  # a port nobody listens on
-        result = run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--store",
-                                    str(store_dir), "--ray", f"127.0.0.1:{port}")  # fmt: skip
+    port = _free_port()  # a port nobody listens on
+    result = run_cli_in_process("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--store",
+                                str(store_dir), "--ray", f"127.0.0.1:{port}")  # fmt: skip
     assert result.returncode != 0
     assert f"No Ray cluster answers at 127.0.0.1:{port}" in result.stderr
     assert "ray start --head" in result.stderr
     assert store_snapshot(store_dir) == before
 
 
-class socket_bound:
-    """A local port that is free and closed: connecting to it is refused at once."""
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
-    def __enter__(self) -> int:
-        import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+def test_a_store_the_workers_cannot_see_is_refused_before_anything_is_written(tmp_path, models_dir):
+    """A real two-node cluster on this machine: the second node runs in its own mount namespace with an empty
+    tmpfs over the store's folder, as a node without the shared filesystem would be."""
+    import shutil
 
-    def __exit__(self, *exc) -> None:
-        pass
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give a Ray node its own mount namespace")
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    shared = tmp_path / "shared"
+    root = _store(shared / "store", models_dir)
+    Store.create_or_open(root)
+    before = store_snapshot(root)
+    port = _free_port()
+    env = os.environ | {"RAY_AUTH_MODE": "token"}  # `ray start` clusters of Ray 2.5x+ authenticate their nodes
+    head = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    try:
+        assert head.returncode == 0, head.stderr[-2000:]
+        node = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount -t tmpfs none {shared} && {ray_cli} start --address=127.0.0.1:{port} --num-cpus=1"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert node.returncode == 0, node.stderr[-2000:]
+        result = run_cli("harvest", "--model", "tiny", "--hooks", "blocks.0.hook_out", "--store", str(root),
+                         "--ray", f"127.0.0.1:{port}", timeout=180, env=env)  # fmt: skip
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert "cannot share files with this machine" in result.stderr and "Nothing was harvested" in result.stderr
+    assert store_snapshot(root) == before
+    assert not list(root.glob(".probe-*"))
+
+
+@pytest.fixture(scope="module")
+def ray_here():
+    """A local Ray cluster of 2 CPU workers in this process, shut down after the module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoded_store(tmp_path_factory, models_dir) -> Store:
+    from workbench.train import TrainConfig, run_train
+
+    root = _store(tmp_path_factory.mktemp("encode") / "store", models_dir)
+    run_harvest(HarvestConfig(model="tiny", hooks=["blocks.0.hook_out", "blocks.1.hook_out"], store=str(root),
+                              tokens=4096, run="h", chunk_contexts=8, store_dtype="bfloat16"), progress=False)  # fmt: skip
+    run_train(TrainConfig(store=str(root), hook=["blocks.1.hook_out"], k=[4], latents=[64], tokens=10_240,
+                          batch_size=512, name="d"), progress=False)  # fmt: skip
+    return Store.open_existing(root)
+
+
+def test_ray_encode_writes_the_same_rows_as_the_table_version(ray_here, encoded_store):
+    from workbench.encode import EncodeConfig, run_encode
+
+    root = str(encoded_store.root)
+    query = "SELECT run, token_id, feature, value FROM feature_acts WHERE dictionary = 'd' ORDER BY ALL"
+    run_encode(EncodeConfig(store=root, dictionary="d", feature_store="table"), progress=False)
+    with encoded_store.reader() as con:
+        in_table = con.execute(query).fetchall()
+        stats = con.execute("SELECT * FROM feature_stats ORDER BY feature").fetchall()
+    result = run_encode(EncodeConfig(store=root, dictionary="d", ray="local", workers=2, bucket_width=16),
+                        progress=False)  # fmt: skip
+    assert (result.feature_store, result.n_files, result.n_rows) == ("parquet", 4, len(in_table))
+    with encoded_store.reader() as con:
+        assert con.execute(query).fetchall() == in_table
+        assert con.execute("SELECT * FROM feature_stats ORDER BY feature").fetchall() == stats
+        assert con.execute("SELECT count(*) FROM feature_rows").fetchone()[0] == 0
+
+
+def test_the_shards_read_by_ray_data_and_polars_equal_the_activations_view(ray_here, encoded_store):
+    """The README's three lines per engine; bf16 shards are FLOAT, as every reader sees them."""
+    import numpy as np
+    import polars as pl
+    import ray.data
+    from ray.data.datasource import Partitioning
+
+    shards = str(encoded_store.root / "shards")
+    with encoded_store.reader() as con:
+        view = con.sql("SELECT run, hook, token_id, act FROM activations ORDER BY hook, token_id").to_arrow_table()
+
+    by_ray = ray.data.read_parquet(shards, partitioning=Partitioning("hive")).to_pandas()
+    by_ray = by_ray.sort_values(["hook", "token_id"]).reset_index(drop=True)
+    by_polars = pl.scan_parquet(f"{shards}/**/*.parquet", hive_partitioning=True).collect().sort("hook", "token_id")
+
+    assert len(view) == len(by_ray) == len(by_polars) == 2 * 4096
+    for frame in (by_ray, by_polars):
+        assert list(frame["run"]) == view["run"].to_pylist() and list(frame["hook"]) == view["hook"].to_pylist()
+        assert np.array_equal(np.asarray(frame["token_id"]), view["token_id"].to_numpy())
+        assert np.array_equal(np.stack(list(frame["act"])), np.stack(view["act"].to_numpy(zero_copy_only=False)))

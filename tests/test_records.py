@@ -14,6 +14,7 @@ RECORD_TYPES = [
     records.RunRecord,
     records.HookPointRecord,
     records.ShardRecord,
+    records.FeaturePartRecord,
     records.DictionaryRecord,
     records.DictionaryEvalRecord,
     records.ProbeRunRecord,

@@ -62,9 +62,9 @@ def remove_unregistered_feature_files(store: Store, dictionary: str) -> int:
 
 def _source(con, dictionary: str, feature: int) -> str:
     """The FROM clause holding one feature's rows: its bucket's Parquet file, or the in-catalog table."""
-    row = con.execute("SELECT path FROM feature_parts WHERE dictionary = ? AND bucket = ? // bucket_width",
-                      [dictionary, feature]).fetchone()
-    return "feature_rows" if row is None else "read_parquet('" + row[0].replace("'", "''") + "')"
+    rows = con.execute("SELECT path FROM feature_parts WHERE dictionary = ? AND bucket = ? // bucket_width",
+                       [dictionary, feature]).fetchall()  # all: fetchone would leave the result open on `con`
+    return "feature_rows" if not rows else "read_parquet('" + rows[0][0].replace("'", "''") + "')"
 
 
 def feature_window_values(store: Store, dictionary: str, feature: int) -> tuple[str, list]:

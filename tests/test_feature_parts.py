@@ -1,0 +1,64 @@
+"""Feature activations as Parquet parts (one file per bucket of features) read exactly like the catalog table."""
+
+import pytest
+
+from workbench.encode import EncodeConfig, run_encode
+from workbench.features import top_contexts
+from workbench.harvest import HarvestConfig, run_harvest
+from workbench.store import Store, lookups
+from workbench.store import features as reads
+from workbench.train import TrainConfig, run_train
+
+HOOK = "blocks.1.hook_out"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, models_dir) -> Store:
+    root = tmp_path_factory.mktemp("parts") / "store"
+    root.mkdir()
+    (root / "models").symlink_to(models_dir, target_is_directory=True)
+    run_harvest(HarvestConfig(model="tiny", hooks=[HOOK], store=str(root), tokens=8192, run="h"), progress=False)
+    run_train(TrainConfig(store=str(root), hook=[HOOK], k=[4], latents=[64], tokens=20_000, batch_size=512,
+                          name="d"), progress=False)  # fmt: skip
+    return Store.open_existing(root)
+
+
+def encoded(store: Store) -> dict:
+    """Everything a reader can see of dictionary d's encoding."""
+    with store.reader() as con:
+        rows = con.execute("SELECT run, token_id, feature, value FROM feature_acts WHERE dictionary = 'd' "
+                           "ORDER BY feature, value DESC, token_id").fetchall()  # fmt: skip
+        stats = con.execute("SELECT * FROM feature_stats WHERE dictionary = 'd' ORDER BY feature").fetchall()
+    record = lookups.completed_dictionary(store, "d")
+    per_feature = {
+        f: (reads.top_hits(store, "d", f, 128, 5), reads.feature_values(store, "d", f).tolist(),
+            reads.top_tokens(store, "d", f, 3).to_pylist(), [c.values for c in top_contexts(store, record, f, 3)])
+        for f in (0, 17, 40, 63)
+    }  # fmt: skip
+    return {"rows": rows, "stats": stats, "pages": per_feature}
+
+
+def test_parquet_parts_equal_the_table_and_replace_each_other_cleanly(store):
+    table = run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="table"), progress=False)
+    in_table = encoded(store)
+    assert table.feature_store == "table" and table.n_rows == len(in_table["rows"]) > 0
+
+    parts = run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="parquet", bucket_width=16),
+                       progress=False)  # fmt: skip
+    assert (parts.feature_store, parts.n_files, parts.n_rows) == ("parquet", 4, table.n_rows)
+    assert encoded(store) == in_table  # the view, the stats and every feature-page read
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM feature_rows WHERE dictionary = 'd'").fetchone()[0] == 0
+        first = [r[0] for r in con.execute("SELECT path FROM feature_parts ORDER BY bucket").fetchall()]
+    folder = store.root / "features" / "dictionary=d"
+    assert sorted(p.relative_to(store.root).as_posix() for p in folder.iterdir()) == first  # no staging left
+
+    run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="parquet", bucket_width=16),
+               progress=False)  # fmt: skip
+    files = sorted(p.relative_to(store.root).as_posix() for p in folder.iterdir())
+    assert len(files) == 4 and not set(files) & set(first)  # a new generation; the replaced files are gone
+    assert encoded(store) == in_table
+
+    run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="table"), progress=False)
+    assert not any(folder.iterdir())
+    assert encoded(store) == in_table
