@@ -73,6 +73,8 @@ bench: setup
 	$(PY) bench/gpu.py
 	$(PY) bench/probes.py
 	$(PY) bench/feature_query.py
+	$(PY) bench/feature_acts.py --rows 3M,30M
+	$(PY) bench/scale.py
 	$(PY) bench/train_sae.py --transcoders
 	$(PY) bench/app.py
 	$(PY) bench/circuits.py

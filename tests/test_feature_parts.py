@@ -62,3 +62,27 @@ def test_parquet_parts_equal_the_table_and_replace_each_other_cleanly(store):
     run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="table"), progress=False)
     assert not any(folder.iterdir())
     assert encoded(store) == in_table
+
+
+def test_top_hits_reads_only_the_first_rows_and_still_equals_the_full_query(tmp_path):
+    """A dense feature: the early-stopping read (the first rows in stored order) against the plain SQL answer."""
+    import numpy as np
+
+    from workbench.encode import feature_stats_table, rows_table
+
+    rng = np.random.default_rng(0)
+    n = 50_000  # feature 3's rows, over 2,000 contexts of 16 tokens; the page's head read covers 4,096
+    tokens, values = rng.integers(0, 32_000, n), rng.exponential(1.0, n).astype(np.float32)
+    features = np.full(n, 3, np.int32)
+    order = np.argsort(-values, kind="stable")
+    store = Store.create_or_open(tmp_path / "s")
+    stats = feature_stats_table("d", features, values[order], np.arange(8, dtype=np.int32), 32_000)
+    reads.replace_encoding(store, "d", stats, rows=rows_table("d", "r", tokens[order], features, values[order]))
+    query = ("SELECT token_id, value FROM feature_acts WHERE dictionary = 'd' AND feature = 3 "
+             "QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
+             "ORDER BY value DESC, token_id LIMIT 20")  # fmt: skip
+    with store.reader() as con:
+        expected, wide = (con.execute(query, [context_len]).fetchall() for context_len in (16, 16_000))
+    assert len(expected) == 20 and len(wide) == 2
+    assert reads.top_hits(store, "d", 3, 16, 20) == expected
+    assert reads.top_hits(store, "d", 3, 16_000, 20) == wide  # 2 contexts only: the whole feature is read

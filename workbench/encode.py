@@ -145,7 +145,7 @@ class FeatureEncoder:
         stats = feature_stats_table(dictionary, features, values, np.arange(lo, hi, dtype=np.int32), n_tokens)
         if not len(tokens):
             return None, stats
-        rows = _rows_table(dictionary, run, tokens, features, values)
+        rows = rows_table(dictionary, run, tokens, features, values)
         pq.write_table(rows, out, row_group_size=ROW_GROUP_ROWS)
         sync_files([Path(out)])
         path = Path(out).relative_to(self.root).as_posix()
@@ -159,7 +159,7 @@ def _sorted(tokens: np.ndarray, features: np.ndarray, values: np.ndarray):
     return tokens[order], features[order], values[order]
 
 
-def _rows_table(dictionary: str, run: str, tokens, features, values) -> pa.Table:
+def rows_table(dictionary: str, run: str, tokens, features, values) -> pa.Table:
     return pa.table(
         {
             "dictionary": _constant(dictionary, len(tokens)),
@@ -204,7 +204,7 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
             stats = feature_stats_table(
                 record.name, features, values, np.arange(record.n_latents, dtype=np.int32), n_tokens
             )
-            replace_encoding(store, record.name, stats, rows=_rows_table(record.name, record.run, tokens, features,
+            replace_encoding(store, record.name, stats, rows=rows_table(record.name, record.run, tokens, features,
                                                                           values))  # fmt: skip
             return EncodeResult(n_tokens, len(tokens))
         return _encode_to_parts(store, record, shards, args, config, pool, bar)

@@ -97,12 +97,23 @@ def window_tokens(store: Store, run: str, spans: pa.Table, values_sql: str,
 
 
 def top_hits(store: Store, dictionary: str, feature: int, context_len: int, n: int) -> list[tuple[int, float]]:
-    """(token_id, value) of the feature's n highest activations, at most one per context."""
+    """(token_id, value) of the feature's n highest activations, at most one per context.
+
+    Rows are stored by value descending within a feature, so the answer is almost always among the first
+    rows: those are read alone (a LIMIT without ORDER BY stops the scan early, in stored order), and the
+    whole feature only when they hold fewer than n contexts. A dense feature's page thus reads a few
+    thousand rows, not millions (bench/feature_acts.py)."""
+    query = ("SELECT token_id, value FROM (SELECT token_id, value FROM {source} WHERE dictionary = ? AND feature = ? "
+             "{head}) QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
+             "ORDER BY value DESC, token_id LIMIT ?")
     with store.reader() as con:
-        return con.execute(
-            f"SELECT token_id, value FROM {_source(con, dictionary, feature)} WHERE dictionary = ? AND feature = ? "
-            "QUALIFY row_number() OVER (PARTITION BY token_id // ? ORDER BY value DESC) = 1 "
-            "ORDER BY value DESC, token_id LIMIT ?", [dictionary, feature, context_len, n]).fetchall()
+        source = _source(con, dictionary, feature)
+        head = max(64 * n, 4096)
+        hits = con.execute(query.format(source=source, head=f"LIMIT {head}"),
+                           [dictionary, feature, context_len, n]).fetchall()
+        if len(hits) < n:
+            hits = con.execute(query.format(source=source, head=""), [dictionary, feature, context_len, n]).fetchall()
+    return hits
 
 
 def quantile_hits(store: Store, dictionary: str, feature: int, n_intervals: int,
