@@ -27,7 +27,7 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--slow"):
         return
-    skip = pytest.mark.skip(reason="slow test on SmolLM2: run with --slow (make test-slow)")
+    skip = pytest.mark.skip(reason="slow test (SmolLM2, or a multi-node Ray cluster): run with --slow (make test-slow)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
@@ -178,6 +178,15 @@ def app_store(tmp_path_factory, models_dir) -> Path:
 
 
 CLI = [sys.executable, "-m", "workbench.cli"]
+
+
+def free_port() -> str:
+    """A local TCP port nobody listens on now (for torchrun, Ray and the app's server; or to be refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from conftest import (
     APP_STORE_HOOK,
     REPO,
     downgrade_to_v1,
+    free_port,
     run_cli,
     start_cli,
     store_snapshot,
@@ -507,14 +508,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
     import urllib.request
 
@@ -543,7 +536,7 @@ def test_feature_page_in_a_real_browser(app_store, tmp_path):
     (feature,) = sql(
         app_store, "SELECT feature FROM feature_stats WHERE dictionary = 'd' ORDER BY density DESC LIMIT 1"
     )[0]
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_cli(
         "app",

@@ -7,7 +7,6 @@ same dictionaries trained together in one process; and bad launches change nothi
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store, lookups
 from workbench.train import TrainConfig, run_train
 
-from conftest import REPO, run_cli_in_process, store_snapshot
+from conftest import REPO, free_port, run_cli_in_process, store_snapshot
 
 HOOKS = ["blocks.0.hook_out", "blocks.1.hook_out"]
 COMMON = dict(hook=[HOOKS[1]], k=[8], latents=[128], batch_size=512, seed=3)
@@ -33,15 +32,9 @@ TOKENS = {arch: 512 * {"topk": 60, "featurechoice": 2}.get(arch, 6) for arch in 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port"]
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _torchrun(*args: str, **popen) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*TORCHRUN, _free_port(), *args], cwd=REPO, env=env, text=True, **popen)
+    return subprocess.Popen([*TORCHRUN, free_port(), *args], cwd=REPO, env=env, text=True, **popen)
 
 
 def _weights(store: Store, name: str) -> dict[str, torch.Tensor]:
@@ -175,7 +168,7 @@ def test_more_processes_than_the_node_has_cpus_is_refused_before_anything_is_wri
 def test_ranks_started_with_different_arguments_are_refused(store):
     """Two processes of one process group (as two nodes' torchrun would start them) with different --seed."""
     before = store_snapshot(store.root)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank, seed in ((0, "1"), (1, "2")):
         env = os.environ | {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",

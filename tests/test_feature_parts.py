@@ -7,6 +7,7 @@ from workbench.features import top_contexts
 from workbench.harvest import HarvestConfig, run_harvest
 from workbench.store import Store, lookups
 from workbench.store import features as reads
+from workbench.store.sql import run_query
 from workbench.train import TrainConfig, run_train
 
 HOOK = "blocks.1.hook_out"
@@ -47,6 +48,8 @@ def test_parquet_parts_equal_the_table_and_replace_each_other_cleanly(store):
                        progress=False)  # fmt: skip
     assert (parts.feature_store, parts.n_files, parts.n_rows) == ("parquet", 4, table.n_rows)
     assert encoded(store) == in_table  # the view, the stats and every feature-page read
+    sandboxed = run_query(store, "SELECT count(*), sum(value) FROM feature_acts WHERE dictionary = 'd'")
+    assert sandboxed.table.to_pylist()[0]["count_star()"] == table.n_rows  # `workbench sql` may read the parts
     with store.reader() as con:
         assert con.execute("SELECT count(*) FROM feature_rows WHERE dictionary = 'd'").fetchone()[0] == 0
         first = [r[0] for r in con.execute("SELECT path FROM feature_parts ORDER BY bucket").fetchall()]

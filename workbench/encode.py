@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from workbench.corpus import is_bos_position
 from workbench.devices import explain_out_of_memory, resolve_placement
 from workbench.dictionaries import load_dictionary
-from workbench.errors import WorkbenchError
+from workbench.errors import StoreError, WorkbenchError
 from workbench.store import Store, lookups
 from workbench.store.features import feature_part_path, remove_unregistered_feature_files, replace_encoding
 from workbench.store.records import FeaturePartRecord, ShardRecord
@@ -185,6 +185,9 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
     record = lookups.completed_dictionary(store, config.dictionary)
     context_len = lookups.run(store, record.run).context_len
     shards = store.shards(record.run, record.hook)
+    if not shards:
+        raise StoreError(f"No committed activations for run '{record.run}' at hook '{record.hook}'. Harvest it first.")
+    remove_unregistered_feature_files(store, record.name)  # left by a killed parquet encode
     expected_rows = sum(s.n_rows for s in shards) * record.k
     where = config.feature_store
     if where == "auto":
@@ -212,7 +215,6 @@ def run_encode(config: EncodeConfig, *, progress: bool = True) -> EncodeResult:
 
 def _encode_to_parts(store: Store, record, shards, args, config: EncodeConfig, pool, bar) -> EncodeResult:
     """Map (groups of shards -> sorted staged runs), merge (one file per bucket), commit; on actors with a pool."""
-    remove_unregistered_feature_files(store, record.name)  # left by a killed encode
     generation = uuid.uuid4().hex[:8]  # new file names, so the committed files stay intact until the commit
     staging = store.root / "features" / f"dictionary={record.name}" / f".staging-{generation}"
     groups = [shards[i : i + SHARDS_PER_MAP_TASK] for i in range(0, len(shards), SHARDS_PER_MAP_TASK)]
@@ -221,8 +223,7 @@ def _encode_to_parts(store: Store, record, shards, args, config: EncodeConfig, p
     try:
         if pool is None:
             encoder = FeatureEncoder(*args)
-            mapped = [encoder.encode(group, out) for group, out in zip(groups, staged)]
-            bar.update(bar.total - bar.n)
+            mapped = [encoder.encode(group, out, progress=bar.update) for group, out in zip(groups, staged)]
             n_tokens = sum(m[0] for m in mapped)
             merged = [
                 encoder.merge(staged, record.name, record.run, b, config.bucket_width, n_tokens,

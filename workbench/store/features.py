@@ -10,6 +10,8 @@ the pages show.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 
@@ -24,7 +26,7 @@ def feature_part_path(dictionary: str, bucket: int, generation: str) -> str:
 
 
 def replace_encoding(store: Store, dictionary: str, stats: pa.Table, rows: pa.Table | None = None,
-                     parts: list[FeaturePartRecord] = ()) -> None:  # type: ignore[assignment]
+                     parts: Sequence[FeaturePartRecord] = ()) -> None:
     """Replace a dictionary's feature activations (rows in the catalog, or committed Parquet parts) and its
     feature_stats in one transaction; then delete the files of the parts it replaced."""
     with store.transaction() as con:
