@@ -58,8 +58,9 @@ def _actor_pids() -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_shards(tmp_path_factory, models_dir) -> dict[str, str]:
+    """A local harvest of SETTINGS' arguments (many small chunks, so that kills land mid-run)."""
     root = _store(tmp_path_factory.mktemp("local") / "store", models_dir)
     config = HarvestConfig(
         model="tiny", hooks=HOOKS.split(","), store=str(root), tokens=32768, chunk_contexts=4, run="h"
@@ -68,6 +69,7 @@ def local_shards(tmp_path_factory, models_dir) -> dict[str, str]:
     return _contents(root, "h")
 
 
+@pytest.mark.slow  # two local Ray clusters and 64 chunks: ~35 s; the default suite checks the bytes in-process
 def test_a_killed_actor_then_a_killed_driver_and_the_shards_equal_a_local_harvest_byte_for_byte(
     tmp_path, models_dir, local_shards
 ):
@@ -157,7 +159,7 @@ def ray_here():
     """A local Ray cluster of 2 CPU workers in this process, shut down after the module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -212,3 +214,18 @@ def test_the_shards_read_by_ray_data_and_polars_equal_the_activations_view(ray_h
         assert list(frame["run"]) == view["run"].to_pylist() and list(frame["hook"]) == view["hook"].to_pylist()
         assert np.array_equal(np.asarray(frame["token_id"]), view["token_id"].to_numpy())
         assert np.array_equal(np.stack(list(frame["act"])), np.stack(view["act"].to_numpy(zero_copy_only=False)))
+
+
+def test_a_ray_harvest_writes_shards_byte_identical_to_a_local_one(ray_here, tmp_path, models_dir):
+    stores = {}
+    for name, ray in (("local", None), ("ray", "local")):
+        stores[name] = _store(tmp_path / name, models_dir)
+        config = HarvestConfig(model="tiny", hooks=HOOKS.split(","), store=str(stores[name]), tokens=8192, run="h",
+                               chunk_contexts=8, ray=ray, workers=2)  # fmt: skip
+        result = run_harvest(config, progress=False)
+        assert result.tokens_harvested_now == 8192
+    ray_shards = _contents(stores["ray"], "h")
+    assert len(ray_shards) == 2 * 8 and ray_shards == _contents(stores["local"], "h")
+    catalogs = [[(s.hook, s.chunk, s.path, s.first_token, s.n_rows, s.n_bytes, s.sha256) for s in store.shards("h")]
+                for store in map(Store.open_existing, stores.values())]  # fmt: skip
+    assert catalogs[0] == catalogs[1]  # the driver registered every chunk, as the local harvest did
