@@ -70,7 +70,11 @@ def connect(address: str, workers: int | None, store: str | Path) -> Pool:
             cpus = max(workers or 0, os.cpu_count() or 1)
             # address="local": a new cluster even when another one runs on this machine (ray.init() would join it).
             ray.init(
-                address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
             )
         else:
             _check_answers(address)
