@@ -39,7 +39,7 @@ TRAIN_EPILOG = textwrap.dedent("""\
       workbench train --store store/ --hook blocks.6.hook_out --device cuda:0 --batch-size 8192 --tokens 200M
     on several GPUs or machines (torchrun; --batch-size is the global batch, split over the processes; the
     result equals one process's to float tolerance; rank 0 writes; re-run the same command to resume):
-      torchrun --nproc-per-node 8 -m workbench train --store store/ --hook blocks.6.hook_out --tokens 1G
+      torchrun --nproc-per-node 8 -m workbench train --store store/ --hook blocks.6.hook_out --tokens 1B
       torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m workbench train ...   (on each node)
       torchrun --nproc-per-node 4 -m workbench train --store store/ --hook blocks.2.hook_out,blocks.6.hook_out \
         --k 16,32 --distribute-dictionaries   (each process trains its own dictionaries of the sweep)
