@@ -31,6 +31,8 @@ FAMILIES = ["topk", "batchtopk", "matryoshka", "mutualchoice", "featurechoice", 
 # runs drift apart, so the batch-dependent families are compared after 6 steps (feature choice, with a
 # boundary per latent, after 2); TopK (per token) after 60.
 TOKENS = {arch: 512 * {"topk": 60, "featurechoice": 2}.get(arch, 6) for arch in FAMILIES}
+# A sweep of 4 dictionaries (2 hooks x 2 k) spread over the 2 ranks with --distribute-dictionaries.
+SPREAD = dict(hook=HOOKS, k=[4, 8], latents=[64], batch_size=256, tokens=5120)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port"]
 
 
@@ -54,6 +56,7 @@ def store(tmp_path_factory, models_dir) -> Store:
         progress=False,
     )
     runs = {f"ddp-{arch}": COMMON | {"arch": arch, "tokens": TOKENS[arch]} for arch in FAMILIES}
+    runs["spread"] = SPREAD | {"distribute_dictionaries": True}  # in the same launch: one torchrun start less
     launch = _torchrun("tests/torchrun_families.py", str(root), json.dumps(runs), stderr=subprocess.PIPE)
     _, err = launch.communicate(timeout=300)
     assert launch.returncode == 0, err[-3000:]
@@ -133,9 +136,10 @@ def test_a_rank_killed_with_kill_9_resumes_exactly(store):
     for key, value in _weights(store, "one-process").items():
         torch.testing.assert_close(value, _weights(store, "ddp-topk")[key], rtol=1e-4, atol=2e-5)
 
-    resumed = _torchrun(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, err = resumed.communicate(timeout=300)
+    resumed = _torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
+    assert out.count("Dictionary 'killed' is trained") == 1  # rank 0 reports for both
     after, uninterrupted = _weights(store, "killed"), _weights(store, "ddp-topk")
     for key in uninterrupted:
         assert torch.equal(after[key], uninterrupted[key]), key
@@ -143,25 +147,15 @@ def test_a_rank_killed_with_kill_9_resumes_exactly(store):
 
 
 def test_distributed_dictionaries_equal_the_group_trained_in_one_process(store):
-    sweep = ["--hook", ",".join(HOOKS), "--k", "4,8", "--latents", "64", "--batch-size", "256", "--tokens", "5120"]
-    launch = _torchrun(
-        "-m", "workbench", "train", "--store", str(store.root), *sweep, "--name", "spread",
-        "--distribute-dictionaries", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out, err = launch.communicate(timeout=300)
-    assert launch.returncode == 0, err[-3000:]
-    assert out.count("Dictionaries") == 1  # rank 0 reports for both
-    together = run_train(
-        TrainConfig(store=str(store.root), hook=HOOKS, k=[4, 8], latents=[64], batch_size=256, tokens=5120,
-                    name="together"),
-        progress=False,
-    )  # fmt: skip
+    """Each rank trained its own 2 of the 4 (no communication); rank 0 recorded all of them."""
+    together = run_train(TrainConfig(store=str(store.root), name="together", **SPREAD), progress=False)
     assert len(together.dictionaries) == 4
     for record in together.dictionaries:
-        spread = record.name.replace("together", "spread", 1)
-        assert lookups.completed_dictionary(store, spread).steps_done == 20
-        a, b = _weights(store, record.name), _weights(store, spread)
-        for key in a:  # no communication: the same arithmetic, up to the thread count's summation order
+        spread = lookups.completed_dictionary(store, record.name.replace("together", "spread", 1))
+        assert (spread.steps_done, spread.tokens_done) == (20, 5120)
+        assert spread.train_fvu == pytest.approx(record.train_fvu, rel=1e-4)
+        a, b = _weights(store, record.name), _weights(store, spread.name)
+        for key in a:  # the same arithmetic, up to the summation order of torchrun's one thread per rank
             torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
 
 
