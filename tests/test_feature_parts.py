@@ -10,6 +10,8 @@ from workbench.store import features as reads
 from workbench.store.sql import run_query
 from workbench.train import TrainConfig, run_train
 
+from conftest import run_cli_in_process
+
 HOOK = "blocks.1.hook_out"
 
 
@@ -89,3 +91,31 @@ def test_top_hits_reads_only_the_first_rows_and_still_equals_the_full_query(tmp_
     assert len(expected) == 20 and len(wide) == 2
     assert reads.top_hits(store, "d", 3, 16, 20) == expected
     assert reads.top_hits(store, "d", 3, 16_000, 20) == wide  # 2 contexts only: the whole feature is read
+
+
+def test_verify_finds_a_damaged_feature_part_and_drop_corrupt_unregisters_the_encoding(store):
+    run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="parquet", bucket_width=16),
+               progress=False)  # fmt: skip
+    with store.reader() as con:
+        path, bucket = con.execute("SELECT path, bucket FROM feature_parts ORDER BY bucket LIMIT 1 OFFSET 2").fetchone()
+    damaged = bytearray((store.root / path).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (store.root / path).write_bytes(bytes(damaged))
+
+    found = run_cli_in_process("store", "verify", str(store.root))
+    assert found.returncode == 1
+    assert f"DAMAGED  dictionary=d feature bucket {bucket}: {path} (checksum mismatch)" in found.stdout
+    assert "1 of 4 feature parts are damaged" in found.stdout
+    assert reads.is_encoded(store, "d")  # nothing changed without --drop-corrupt
+
+    dropped = run_cli_in_process("store", "verify", str(store.root), "--drop-corrupt")
+    assert dropped.returncode == 0 and "workbench encode --dict NAME" in dropped.stdout
+    assert not reads.is_encoded(store, "d")
+    assert not any((store.root / "features" / "dictionary=d").iterdir())
+    with store.reader() as con:
+        assert con.execute("SELECT count(*) FROM feature_acts WHERE dictionary = 'd'").fetchone()[0] == 0
+
+    run_encode(EncodeConfig(store=str(store.root), dictionary="d", feature_store="parquet", bucket_width=16),
+               progress=False)  # fmt: skip
+    clean = run_cli_in_process("store", "verify", str(store.root))
+    assert clean.returncode == 0 and "and all 4 feature parts match" in clean.stdout

@@ -50,9 +50,21 @@ def report_info(config: StoreInfoConfig, summary: StoreSummary) -> None:
 def report_verify(config: VerifyConfig, result: VerifyResult) -> int:
     for p in result.problems:
         print(f"DAMAGED  run={p.run} hook={p.hook} chunk={p.chunk}: {p.path} ({p.problem})")
+    for part in result.part_problems:
+        print(f"DAMAGED  dictionary={part.dictionary} feature bucket {part.bucket}: {part.path} ({part.problem})")
+    damaged = sorted({part.dictionary for part in result.part_problems})
+    if damaged:
+        if config.drop_corrupt:
+            print(f"Unregistered the encoding of {', '.join(damaged)}. Re-run `workbench encode --dict NAME` for each.")
+        else:
+            print(
+                f"{len(result.part_problems)} of {result.parts_checked} feature parts are damaged. Run again with "
+                "--drop-corrupt, then re-run `workbench encode --dict NAME` for " + ", ".join(damaged) + "."
+            )
     if not result.problems:
-        print(f"All {result.checked} shards match their checksums.")
-        return 0
+        parts = f" and all {result.parts_checked} feature parts" if result.parts_checked and not damaged else ""
+        print(f"All {result.checked} shards{parts} match their checksums.")
+        return 1 if damaged and not config.drop_corrupt else 0
     if config.drop_corrupt:
         print(
             f"Unregistered {result.dropped_chunks} damaged chunk(s). Re-run the original harvest command "

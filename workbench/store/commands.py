@@ -6,12 +6,21 @@ is in maintenance.py (summary, checksums, repair) and sql.py (the read-only guar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from workbench.store.catalog import Store
-from workbench.store.maintenance import ShardProblem, drop_chunks, summarize, upgrade, verify
+from workbench.store.features import drop_encoding
+from workbench.store.maintenance import (
+    FeaturePartProblem,
+    ShardProblem,
+    drop_chunks,
+    summarize,
+    upgrade,
+    verify,
+    verify_feature_parts,
+)
 from workbench.store.sql import QueryResult, run_query
 
 
@@ -46,7 +55,8 @@ class VerifyConfig:
     run: str | None = None
     """Only this run (default: every run)."""
     drop_corrupt: bool = False
-    """Unregister damaged chunks, so that re-running the harvest command regenerates them."""
+    """Unregister damaged chunks, so that re-running the harvest command regenerates them (and the encodings with
+    a damaged feature part, so that re-running `workbench encode` writes them again)."""
 
 
 @dataclass
@@ -54,13 +64,19 @@ class VerifyResult:
     checked: int
     problems: list[ShardProblem]
     dropped_chunks: int  # unregistered with drop_corrupt
+    parts_checked: int = 0  # feature parts (large encodes' Parquet files)
+    part_problems: list[FeaturePartProblem] = field(default_factory=list)
 
 
 def run_verify(config: VerifyConfig) -> VerifyResult:
     store = Store.open_existing(config.store)
     checked, problems = verify(store, config.run)
+    parts_checked, part_problems = verify_feature_parts(store, config.run)
     dropped = drop_chunks(store, problems) if problems and config.drop_corrupt else 0
-    return VerifyResult(checked, problems, dropped)
+    if config.drop_corrupt:
+        for dictionary in sorted({p.dictionary for p in part_problems}):
+            drop_encoding(store, dictionary)
+    return VerifyResult(checked, problems, dropped, parts_checked, part_problems)
 
 
 @dataclass

@@ -45,6 +45,16 @@ def replace_encoding(store: Store, dictionary: str, stats: pa.Table, rows: pa.Ta
             (store.root / path).unlink(missing_ok=True)
 
 
+def drop_encoding(store: Store, dictionary: str) -> None:
+    """Unregister a dictionary's whole encoding (a damaged part makes it incomplete) and delete its files, so that
+    `workbench encode` writes it again."""
+    with store.transaction() as con:
+        for table in ("feature_rows", "feature_parts", "feature_stats"):
+            delete_rows(con, table, dictionary=dictionary)
+        rebuild_feature_view(con)
+    remove_unregistered_feature_files(store, dictionary)
+
+
 def remove_unregistered_feature_files(store: Store, dictionary: str) -> int:
     """Delete files under the dictionary's feature folder that no committed part points to (a killed encode's)."""
     folder = store.root / "features" / f"dictionary={dictionary}"

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.store.catalog import Store
-from workbench.store.records import RunRecord, ShardRecord, delete, update
+from workbench.store.records import FeaturePartRecord, RunRecord, ShardRecord, delete, read_all, update
 from workbench.store.schema import SCHEMA_VERSION, read_version, rebuild_activation_view
 from workbench.store.shards import file_sha256
 
@@ -96,6 +96,33 @@ def verify(store: Store, run: str | None = None) -> tuple[int, list[ShardProblem
         if rows != record.n_rows:
             problems.append(ShardProblem(record.run, record.hook, record.chunk, record.path, f"{rows} rows, expected {record.n_rows}"))
     return len(records), problems
+
+
+@dataclass(frozen=True)
+class FeaturePartProblem:
+    dictionary: str
+    bucket: int
+    path: str
+    problem: str
+
+
+def verify_feature_parts(store: Store, run: str | None = None) -> tuple[int, list[FeaturePartProblem]]:
+    """Check every committed feature part (large encodes' Parquet files) against its SHA-256 and row count."""
+    with store.reader() as con:
+        parts = read_all(con, FeaturePartRecord, **({"run": run} if run else {}))
+    problems = []
+    for part in parts:
+        path = store.root / part.path
+        if not path.exists():
+            problem = "missing"
+        elif file_sha256(path) != part.sha256:
+            problem = "checksum mismatch"
+        elif (rows := pq.ParquetFile(path).metadata.num_rows) != part.n_rows:
+            problem = f"{rows} rows, expected {part.n_rows}"
+        else:
+            continue
+        problems.append(FeaturePartProblem(part.dictionary, part.bucket, part.path, problem))
+    return len(parts), problems
 
 
 def drop_chunks(store: Store, problems: list[ShardProblem]) -> int:
