@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from workbench.devices import DTYPES, Placement
+from workbench.devices import Placement, resolve_dtype
 from workbench.errors import WorkbenchError
 
 LOCAL = "local"  # --ray without an address: start a cluster on this machine
@@ -54,9 +54,7 @@ class Pool:
         """What each actor will resolve --device/--dtype to (the driver may have no GPU of its own)."""
         device = ("cuda" if self.uses_gpus else "cpu") if device == "auto" else device
         resolved = torch.device(device)
-        if dtype == "auto":
-            return Placement(resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32)
-        return Placement(resolved, DTYPES[dtype])
+        return Placement(resolved, resolve_dtype(dtype, resolved, check_support=False))
 
 
 def connect(address: str, workers: int | None, store: str | Path) -> Pool:

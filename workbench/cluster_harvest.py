@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from workbench.cluster import RESTARTS_PER_ACTOR, ClusterError, Pool, import_ray
-from workbench.devices import Placement, resolve_placement
+from workbench.devices import resolve_placement
 from workbench.harvest import ChunkWriter, HarvestConfig, check_hook_widths, resolve_store_dtype, sync_shards
 from workbench.hooks import parse_hooks
 from workbench.models import load_hf_model, make_backend, model_shape
-from workbench.store import Store, lookups
+from workbench.store import Store
 from workbench.store.records import ShardRecord
 from workbench.store.runs import commit_chunk
 
@@ -57,15 +57,18 @@ def harvest_on_pool(
     run: str,
     contexts: np.ndarray,
     pending: list[int],
+    chunk_contexts: int,
     model_dir: Path,
-    placement: Placement,
     bar,
 ) -> int:
     """Harvest the `pending` chunks of `run` on the pool's actors and commit each; returns the tokens harvested."""
     ray = import_ray()
-    chunk_contexts = lookups.run(store, run).chunk_contexts
     n_chunks = -(-len(contexts) // chunk_contexts)
     context_len = contexts.shape[1]
+
+    def chunk_ids(chunk: int) -> np.ndarray:
+        return contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
+
     remote = ray.remote(**pool.options)(ChunkHarvester)
     root = str(store.root.resolve())
 
@@ -88,8 +91,7 @@ def harvest_on_pool(
                 if not queue:
                     return
                 chunk = queue.popleft()
-                ids = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts]
-                ref = actor.harvest.remote(run, chunk, ids, chunk * chunk_contexts * context_len)
+                ref = actor.harvest.remote(run, chunk, chunk_ids(chunk), chunk * chunk_contexts * context_len)
                 in_flight[ref] = (chunk, actor)
 
     try:
@@ -115,7 +117,7 @@ def harvest_on_pool(
                 raise exc.as_instanceof_cause() from None  # the actor's own error (a WorkbenchError says what to do)
             else:
                 commit_chunk(store, shards, n_chunks)
-                tokens = contexts[chunk * chunk_contexts : (chunk + 1) * chunk_contexts].size
+                tokens = chunk_ids(chunk).size
                 harvested += tokens
                 bar.update(tokens)
             top_up()

@@ -99,8 +99,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise DeviceError(f"Unsupported device '{spec}'. Use auto, cpu, cuda, cuda:N or mps.")
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """auto -> bfloat16 on cuda, float32 elsewhere; a dtype the device cannot run is refused."""
+def resolve_dtype(spec: str, device: torch.device, check_support: bool = True) -> torch.dtype:
+    """auto -> bfloat16 on cuda, float32 elsewhere; a dtype the device cannot run is refused (unless the device is
+    another machine's: a Ray driver resolves what its actors will, and each actor checks its own GPU)."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -109,7 +110,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise DeviceError(f"Unknown dtype '{spec}'. Use auto, float32, bfloat16 or float16.")
     dtype = DTYPES[name]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if check_support and dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(
             f"{torch.cuda.get_device_name(device)} cannot compute in bfloat16 (it needs compute capability 8.0+); "
             "use --dtype float16 or float32."

@@ -138,15 +138,6 @@ def gather_objects(ranks: Ranks, value) -> list:
     return everyone
 
 
-def broadcast_object(ranks: Ranks, value):
-    """Rank 0's `value` on every rank."""
-    if ranks.world_size == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 # --- Data-parallel statistics, active only inside data_parallel() ---------------------------------------
 
 _world_size = 1  # > 1 while a data-parallel loop runs

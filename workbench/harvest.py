@@ -316,7 +316,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
         from workbench.cluster_harvest import harvest_on_pool
 
         with bar:
-            harvested = harvest_on_pool(pool, config, store, run, contexts, pending, model_dir, placement, bar)
+            harvested = harvest_on_pool(pool, config, store, run, contexts, pending, chunk_contexts, model_dir, bar)
         orphans += store.remove_orphan_files(run)  # files of chunks whose actor died mid-write, not re-written
         return HarvestResult(
             run, contexts.size, harvested, n_chunks - len(pending), orphans, time.perf_counter() - started
