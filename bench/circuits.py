@@ -40,7 +40,7 @@ def main() -> int:
     from workbench.circuits.patching import patch_task
     from workbench.circuits.tasks import load_task, tokenize_task
     from workbench.models import load_hf_model, make_backend, resolve_model_dir
-    from workbench.models.backends import attention_heads
+    from workbench.models.families import attention_heads
 
     hf_model, tokenizer = load_hf_model(resolve_model_dir(args.model, Path(args.models_dir)))
     backend = make_backend("nnsight", hf_model, tokenizer)

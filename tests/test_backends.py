@@ -5,7 +5,7 @@ import torch
 
 from workbench.hooks import HOOK_KINDS, parse_hooks
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
-from workbench.models.backends import decoder_layers
+from workbench.models.families import decoder_layers
 
 ALL_KINDS_BOTH_LAYERS = [f"blocks.{layer}.{kind}" for layer in range(2) for kind in HOOK_KINDS]
 

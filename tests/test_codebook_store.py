@@ -360,7 +360,7 @@ def test_per_head_codebooks_read_each_heads_output_and_force_only_that_head(tiny
     forcing a code touches its head's slots and output slice only."""
     from workbench.hooks import HookPoint
     from workbench.models import load_hf_model, make_backend
-    from workbench.models.backends import attention_heads
+    from workbench.models.families import attention_heads
 
     hf_model, tokenizer = load_hf_model(tiny_dir)
     n_heads, d_head = attention_heads(hf_model)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from workbench.corpus import tokenize_corpus
 from workbench.errors import ProbeError
 from workbench.models import load_hf_model
-from workbench.models.backends import decoder_layers
+from workbench.models.families import decoder_layers
 from workbench.probes.depth import DepthProbeConfig, run_depth_probes
 from workbench.probes.linear_maps import LinearMapsConfig, align_tokens, layer_map_errors, run_linear_maps, token_keys
 from workbench.probes.logit_lens import final_norm_and_unembed

@@ -17,9 +17,9 @@ import numpy as np
 
 from workbench.cluster import RESTARTS_PER_ACTOR, ClusterError, Pool, import_ray
 from workbench.devices import resolve_placement
-from workbench.harvest import ChunkWriter, HarvestConfig, check_hook_widths, resolve_store_dtype, sync_shards
+from workbench.harvest import ChunkWriter, HarvestConfig, resolve_store_dtype, sync_shards
 from workbench.hooks import parse_hooks
-from workbench.models import load_hf_model, make_backend, model_shape
+from workbench.models import hook_widths, load_hf_model, make_backend, model_shape
 from workbench.store import Store
 from workbench.store.records import ShardRecord
 from workbench.store.runs import commit_chunk
@@ -34,14 +34,19 @@ class ChunkHarvester:
         """Load the model (a method, not __init__, so that its errors reach the driver as themselves)."""
         placement = resolve_placement(config.device, config.dtype)
         hf_model, tokenizer = load_hf_model(Path(model_dir), placement)
-        n_layers, d_model = model_shape(Path(model_dir))
+        n_layers, _ = model_shape(Path(model_dir))
         hooks = parse_hooks(config.hooks, n_layers)
-        check_hook_widths(hooks, hf_model, d_model)
         store_dtype = resolve_store_dtype(config.store_dtype, placement)
         self.root = Path(root)
         backend = make_backend(config.backend, hf_model, tokenizer)
         self.writer = ChunkWriter(
-            backend, hooks, placement, store_dtype, config.batch_size, d_model, placement.device.type != "cpu"
+            backend,
+            hooks,
+            placement,
+            store_dtype,
+            config.batch_size,
+            hook_widths(Path(model_dir), hooks),
+            placement.device.type != "cpu",
         )
         return placement.describe()
 

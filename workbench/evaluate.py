@@ -78,12 +78,14 @@ def run_eval(config: EvalConfig) -> EvalResult:
         found = read_one(con, RunRecord, run=run)
     if found is None:
         raise DictionaryError(f"No run '{run}' to evaluate on.")
-    model_name, context_len, n_layers, d_model = found.model, found.context_len, found.n_layers, found.d_model
+    model_name, context_len, n_layers = found.model, found.context_len, found.n_layers
     sae = load_dictionary(store.root / record.path).eval().to(placement.device)
-    if sae.config.d_in != d_model:
+    width = lookups.hook_widths(store, run).get(hook)
+    if sae.config.d_in != width:
         raise DictionaryError(
-            f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' "
-            f"has d_model {d_model}; evaluate it on a run of the model it was trained on."
+            f"Dictionary '{name}' reads {sae.config.d_in}-dimensional activations, but run '{run}' holds "
+            + (f"{width} values per token at {hook}" if width else f"no activations at {hook}")
+            + "; evaluate it on a run of the model it was trained on."
         )
 
     # 1. Reconstruction metrics on stored activations.

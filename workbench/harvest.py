@@ -23,9 +23,16 @@ from tqdm.auto import tqdm
 
 from workbench.corpus import TokenizedCorpus, corpus_label, tokenize_corpus
 from workbench.devices import Placement, explain_out_of_memory, resolve_placement
-from workbench.errors import RunConflictError, UnknownHookError, WorkbenchError
+from workbench.errors import RunConflictError, WorkbenchError
 from workbench.hooks import HookPoint, parse_hooks
-from workbench.models import load_hf_model, load_tokenizer, make_backend, model_shape, resolve_model_dir
+from workbench.models import (
+    hook_widths,
+    load_hf_model,
+    load_tokenizer,
+    make_backend,
+    model_shape,
+    resolve_model_dir,
+)
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
 from workbench.store.records import HookPointRecord, RunRecord, ShardRecord, read_all, read_one
@@ -230,31 +237,19 @@ def record_run(
         package_version=package_version(),
         git_commit=git_commit(),
     )
+    widths = hook_widths(model_dir, hooks)
     hook_points = [
         HookPointRecord(
             run=run,
             hook=h.name,
             layer=h.layer,
             kind=h.kind,
-            d=d_model,
+            d=widths[h.name],
             dtype=resolve_store_dtype(config.store_dtype, placement),
         )
         for h in hooks
     ]
     create_run(store, record, hook_points if points else [], tokens, documents)
-
-
-def check_hook_widths(hooks, hf_model, d_model: int) -> None:
-    """Shards and the catalog hold d_model values per row; per-head outputs fit only when the heads span d_model."""
-    from workbench.models.backends import attention_heads
-
-    n_heads, d_head = attention_heads(hf_model)
-    if any(h.kind == "attn.hook_z" for h in hooks) and n_heads * d_head != d_model:
-        raise UnknownHookError(
-            f"attn.hook_z has {n_heads} x {d_head} = {n_heads * d_head} values per token in this model, "
-            f"not d_model ({d_model}); harvesting it is supported only where they match. "
-            "Harvest blocks.{i}.attn.hook_out instead."
-        )
 
 
 def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResult:
@@ -284,7 +279,6 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
         _check_resumable(existing, config, hooks, run, placement, stored, store_dtype)
     if pool is None:
         hf_model, tokenizer = load_hf_model(model_dir, placement)
-        check_hook_widths(hooks, hf_model, d_model)
     else:  # the actors load the model; the driver needs only the tokenizer
         tokenizer = load_tokenizer(model_dir)
     if not existing:
@@ -331,7 +325,8 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
     threads = (
         config.encode_threads if config.encode_threads is not None else (0 if placement.device.type == "cpu" else 1)
     )
-    writer = ChunkWriter(backend, hooks, placement, store_dtype, config.batch_size, d_model, threads > 0)
+    widths = hook_widths(model_dir, hooks)
+    writer = ChunkWriter(backend, hooks, placement, store_dtype, config.batch_size, widths, threads > 0)
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-commit") as committer:
         in_flight = None
         try:
@@ -355,16 +350,16 @@ class ChunkWriter:
     and what each Ray actor does (workbench/cluster_harvest.py). The files are written, not yet synced or
     registered (sync_shards, then commit_chunk)."""
 
-    def __init__(self, backend, hooks, placement: Placement, store_dtype: str, batch_size: int, d_model: int, threaded):
+    def __init__(self, backend, hooks, placement: Placement, store_dtype: str, batch_size: int, widths, threaded):
         self.backend, self.hooks, self.placement = backend, hooks, placement
-        self.store_dtype, self.batch_size, self.d_model = store_dtype, batch_size, d_model
+        self.store_dtype, self.batch_size, self.widths = store_dtype, batch_size, widths  # hook name -> values per row
         self.builders = {h: ShardBuilder() for h in hooks}
         self.encoders = {h: _Encoder(threaded) for h in hooks}
 
     def write(self, root: Path, run: str, chunk: int, chunk_ids: np.ndarray, first_token: int, progress=None):
         bytes_per_value = 2 if self.store_dtype == "float16" else 4
         for hook, builder in self.builders.items():
-            self.encoders[hook].submit(builder.start, chunk_ids.size * (self.d_model * bytes_per_value + 8))
+            self.encoders[hook].submit(builder.start, chunk_ids.size * (self.widths[hook.name] * bytes_per_value + 8))
         context_len = chunk_ids.shape[1]
         for start in range(0, len(chunk_ids), self.batch_size):
             batch = torch.from_numpy(chunk_ids[start : start + self.batch_size]).to(self.placement.device)
@@ -373,7 +368,7 @@ class ChunkWriter:
             with explain_out_of_memory("The harvest", self.batch_size, self.placement.device):
                 captured = self.backend.capture(batch, self.hooks)
             for hook, acts in captured.items():
-                values = to_store_dtype(acts.reshape(-1, self.d_model), self.store_dtype)
+                values = to_store_dtype(acts.reshape(-1, self.widths[hook.name]), self.store_dtype)
                 self.encoders[hook].submit(self.builders[hook].append, token_ids, values)
             if progress is not None:
                 progress(batch.numel())

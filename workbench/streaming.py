@@ -65,12 +65,12 @@ class LiveActivations:
             step += 1
 
 
-def open_stream(store: Store, config, placement: Placement) -> tuple[str, int, LiveActivations]:
-    """(run name of the corpus slice, d_model, the live batches) for a streaming TrainConfig. The batches carry
-    the hooks' canonical names (`live.hooks`: config.hook, then config.hook_out)."""
+def open_stream(store: Store, config, placement: Placement) -> tuple[str, dict[str, int], LiveActivations]:
+    """(run name of the corpus slice, each hook's width, the live batches) for a streaming TrainConfig. The batches
+    carry the hooks' canonical names (`live.hooks`: config.hook, then config.hook_out)."""
     from workbench.corpus import tokenize_corpus
     from workbench.harvest import HarvestConfig, record_run
-    from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
+    from workbench.models import hook_widths, load_hf_model, make_backend, model_shape, resolve_model_dir
 
     model_dir = resolve_model_dir(config.model, store.root / "models")
     n_layers, d_model = model_shape(model_dir)
@@ -113,4 +113,4 @@ def open_stream(store: Store, config, placement: Placement) -> tuple[str, int, L
         )
     backend = make_backend(config.backend, hf_model, tokenizer)
     live = LiveActivations(backend, contexts, hooks, config.batch_size, config.seed, placement.device)
-    return run, d_model, live
+    return run, hook_widths(model_dir, hooks), live

@@ -186,7 +186,7 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
         from workbench.streaming import open_stream
 
         store = Store.create_or_open(config.store)
-        run, d_model, live = open_stream(store, config, placement)
+        run, widths, live = open_stream(store, config, placement)
         canonical = [h.name for h in live.hooks]  # the names the live batches carry
         hooks, hooks_out = canonical[: len(config.hook)], (canonical[len(config.hook) :] or None)
         n_steps, model_name = config.tokens // live.rows_per_step, config.model
@@ -199,15 +199,15 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
             raise DictionaryError(f"The hooks are in different runs ({', '.join(sorted(runs))}); give --run.")
         run = runs.pop()
         run_record = lookups.run(store, run)
-        d_model, model_name = run_record.d_model, run_record.model
+        widths, model_name = lookups.hook_widths(store, run), run_record.model
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
-    plan = _plan(store, config, run, hooks, hooks_out, d_model, dead_window)
+    plan = _plan(store, config, run, hooks, hooks_out, widths, dead_window)
     distributed.barrier(ranks)  # every rank has read the catalog before rank 0 adds to it
     if ranks.is_main:
         with store.transaction() as con:  # register the new ones together, after every check passed
             for item in plan:
                 if item.existing is None:
-                    records.insert(con, _new_record(store, item, config.arch, run, d_model, dead_window, placement))
+                    records.insert(con, _new_record(store, item, config.arch, run, dead_window, placement))
     distributed.barrier(ranks)
 
     unfinished = [item for item in plan if item.existing is None or item.existing.status != "complete"]
@@ -287,8 +287,11 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
     )
 
 
-def _plan(store, config: TrainConfig, run, hooks, hooks_out, d_model: int, dead_window: int) -> list[_Planned]:
-    """One entry per hook x k x latents, named and checked against the catalog before anything is written."""
+def _plan(
+    store, config: TrainConfig, run, hooks, hooks_out, widths: dict[str, int], dead_window: int
+) -> list[_Planned]:
+    """One entry per hook x k x latents, named and checked against the catalog before anything is written.
+    `widths`: values per token at each hook (d_model, or n_heads x d_head at attn.hook_z)."""
     pairs = list(zip(hooks, hooks_out or [None] * len(hooks)))
     combinations = list(itertools.product(pairs, config.k, config.latents))
     plan, problems = [], []
@@ -320,7 +323,8 @@ def _plan(store, config: TrainConfig, run, hooks, hooks_out, d_model: int, dead_
                 problems.append(f"'{name}' exists with different settings ({', '.join(differing)})")
         dictionary_config = DictionaryConfig(
             arch=config.arch,
-            d_in=d_model,
+            d_in=widths[hook],
+            d_out=widths[hook_out] if hook_out else None,
             n_latents=latents,
             k=k,
             transcoder=hook_out is not None,
@@ -351,14 +355,14 @@ def _comparable(stored: dict) -> dict:
     return stored
 
 
-def _new_record(store, item: _Planned, arch: str, run: str, d_model: int, dead_window: int, placement):
+def _new_record(store, item: _Planned, arch: str, run: str, dead_window: int, placement):
     return DictionaryRecord(
         name=item.name,
         arch=arch,
         run=run,
         hook=item.hook,
         hook_out=item.hook_out,
-        d_in=d_model,
+        d_in=item.dictionary_config.d_in,
         d_out=item.dictionary_config.output_width,
         n_latents=item.dictionary_config.n_latents,
         k=item.dictionary_config.k,

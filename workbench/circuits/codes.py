@@ -30,7 +30,8 @@ from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, tokeni
 from workbench.devices import resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
-from workbench.models.backends import Backend, attention_heads, attention_name, decoder_layers, output_projection_name
+from workbench.models.backends import Backend
+from workbench.models.families import attention_heads, decoder_layers, family_of, output_weights
 from workbench.store import Store, check_run_name, make_run_name
 from workbench.store.analyses import (
     PATCHING_RUNS_QUERY,
@@ -60,8 +61,9 @@ def head_writes(backend: Backend, ids: torch.Tensor, position: str = "last", bat
     positions after BOS (position="mean", the paper's choice) or at the last position ("last")."""
     n_heads, d_head = attention_heads(backend.hf_model)
     blocks = decoder_layers(backend.hf_model)
-    attentions = [getattr(block, attention_name(block)) for block in blocks]
-    projections = [getattr(a, output_projection_name(a)).weight for a in attentions]  # [d_model, n_heads * d_head] each
+    family = family_of(backend.hf_model)
+    # [d_model, n_heads * d_head] each
+    projections = [output_weights(getattr(block, family.attention), family)[0] for block in blocks]
     points = [HookPoint(layer, "attn.hook_z") for layer in range(backend.n_layers)]
     out = []
     for start in range(0, len(ids), batch_size):

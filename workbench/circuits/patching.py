@@ -32,7 +32,8 @@ from workbench.circuits.tasks import TaskError, TokenizedTask, load_task, metric
 from workbench.devices import resolve_placement
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, resolve_model_dir
-from workbench.models.backends import Backend, Patch, attention_heads
+from workbench.models.backends import Backend, Patch
+from workbench.models.families import attention_heads
 from workbench.store import Store, check_run_name, make_run_name
 from workbench.store.analyses import replace_circuit_run
 from workbench.store.records import CircuitRunRecord

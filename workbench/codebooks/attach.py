@@ -22,7 +22,7 @@ from torch import nn
 
 from workbench.dictionaries.codebook import CodebookBottleneck, CodebookError
 from workbench.hooks import HookPoint, parse_hook
-from workbench.models.backends import attention_heads, attention_name, decoder_layers, output_projection_name
+from workbench.models.families import attention_heads, decoder_layers, family_of
 
 SITE_KINDS = ("attn.hook_out", "attn.hook_z", "mlp.hook_out")
 FORCING_MODES = ("swap", "only")
@@ -59,6 +59,7 @@ class CodebookModel(nn.Module):
         super().__init__()
         self.hf_model = hf_model
         n_layers = len(decoder_layers(hf_model))
+        family = family_of(hf_model)
         points = [parse_site(site, n_layers) for site in sites]
         if len(set(points)) != len(points):
             raise CodebookError("A site is named twice; give each site once.")
@@ -82,12 +83,11 @@ class CodebookModel(nn.Module):
         self._handles = []
         for point in points:
             block: Any = decoder_layers(hf_model)[point.layer]  # a HF block: .mlp is per-architecture
-            attention = getattr(block, attention_name(block))
             if point.kind == "attn.hook_z":  # the output projection's input: the heads' outputs, concatenated
-                projection = getattr(attention, output_projection_name(attention))
+                projection = getattr(getattr(block, family.attention), family.out_proj)
                 self._handles.append(projection.register_forward_pre_hook(self._pre_hook(point.name)))
-            else:
-                module = attention if point.kind == "attn.hook_out" else block.mlp
+            else:  # what the sublayer adds to the residual stream (after Gemma's post-norms)
+                module = family.sublayer_output(block, point.kind)
                 self._handles.append(module.register_forward_hook(self._hook(point.name)))
 
     def bottleneck(self, site: str) -> CodebookBottleneck:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
-from workbench.errors import ModelLoadError
 from workbench.hooks import HOOK_KINDS, HookPoint
+from workbench.models.families import decoder_layers, family_of, part
 
 # Hugging Face models are typed `Any` where their config and attributes are read: these are per-architecture
 # attributes that torch's stubs type as `Tensor | Module`.
@@ -30,54 +30,12 @@ class _StopForward(Exception):
 
 
 def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type[nn.Module] = nn.Module) -> nn.Module | None:
-    """The first of the dotted attribute paths that exists on the model and is a `kind`, else None.
-
-    HF architectures name the same part differently (model.layers, transformer.h, ...).
-    """
+    """The first of the dotted attribute paths that exists on the model and is a `kind`, else None."""
     for path in paths:
-        module: Any = hf_model
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-            if module is None:
-                break
+        module = part(hf_model, path)
         if isinstance(module, kind):
             return module
     return None
-
-
-def decoder_layers(hf_model: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks of a HF causal LM (Llama/Mistral/Qwen, GPT-2, GPT-NeoX)."""
-    layers = find_module(
-        hf_model, ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"), nn.ModuleList
-    )
-    if layers is not None:
-        return cast(nn.ModuleList, layers)  # find_module returns only instances of `kind`
-    raise ModelLoadError(
-        f"Cannot find the transformer blocks of {type(hf_model).__name__}; supported layouts: Llama-like, GPT-2, GPT-NeoX."
-    )
-
-
-def attention_name(block: nn.Module) -> str:
-    for name in ("self_attn", "attn", "attention"):
-        if hasattr(block, name):
-            return name
-    raise ModelLoadError(f"Cannot find the attention module of {type(block).__name__}.")
-
-
-def output_projection_name(attention: nn.Module) -> str:
-    """The attribute name of the attention's output projection, whose input is attn.hook_z."""
-    for name in ("o_proj", "c_proj", "dense", "out_proj"):
-        if isinstance(getattr(attention, name, None), nn.Module):
-            return name
-    raise ModelLoadError(f"Cannot find the output projection of {type(attention).__name__} (for attn.hook_z).")
-
-
-def attention_heads(hf_model: Any) -> tuple[int, int]:
-    """(n_heads, d_head) of the model's attention: the layout of attn.hook_z's last dimension."""
-    config = hf_model.config
-    n_heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
-    d_head = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
-    return n_heads, d_head
 
 
 def _first(output):
@@ -122,6 +80,7 @@ class Backend(ABC):
     def __init__(self, hf_model: Any, tokenizer):
         self.hf_model = hf_model
         self.tokenizer = tokenizer
+        self.family = family_of(hf_model)
         self.n_layers = len(decoder_layers(hf_model))
         self.d_model = int(hf_model.config.hidden_size)
 
@@ -162,6 +121,14 @@ class TransformerLensBackend(Backend):
             hf_model.name_or_path, hf_model=hf_model, tokenizer=tokenizer, device=hf_model.device
         )
 
+    def _bridge_name(self, point: HookPoint) -> str:
+        """The bridge's name for a hook: its attn/mlp.hook_out is the sublayer's own output, before Gemma's post-norms,
+        which our hook_out includes (families.py), so those two read the post-norms' outputs there."""
+        post = {"attn.hook_out": self.family.post_attn_norm, "mlp.hook_out": self.family.post_mlp_norm}
+        if post.get(point.kind):
+            return f"blocks.{point.layer}.{'ln1_post' if point.kind == 'attn.hook_out' else 'ln2_post'}.hook_out"
+        return point.name
+
     @torch.no_grad()
     def run(self, input_ids, hooks, *, logits=False, skip=None, patch=None):
         captured: dict[HookPoint, torch.Tensor] = {}
@@ -171,13 +138,15 @@ class TransformerLensBackend(Backend):
             source = patch.source or patch.hook
             sourced = {}
             if source != patch.hook:
-                fwd_hooks.append((source.name, lambda tensor, hook: sourced.__setitem__("x", _flat(tensor))))
+                fwd_hooks.append(
+                    (self._bridge_name(source), lambda tensor, hook: sourced.__setitem__("x", _flat(tensor)))
+                )
 
             def replace(tensor, hook):
                 new = patch.fn(sourced["x"] if source != patch.hook else _flat(tensor))
                 return new.reshape(tensor.shape).to(tensor.dtype)
 
-            fwd_hooks.append((patch.hook.name, replace))
+            fwd_hooks.append((self._bridge_name(patch.hook), replace))
         if skip is not None:
             block_input = {}
 
@@ -203,7 +172,7 @@ class TransformerLensBackend(Backend):
 
             return save
 
-        fwd_hooks += [(p.name, make_hook(p)) for p in hooks]
+        fwd_hooks += [(self._bridge_name(p), make_hook(p)) for p in hooks]
         output = None
         try:
             output = self.bridge.run_with_hooks(
@@ -226,16 +195,7 @@ class NNsightBackend(Backend):
         # nnsight 0.8 deprecates LanguageModel, which was this class pinned to the text-generation task;
         # naming the task keeps exactly what LanguageModel built.
         self.lm = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
-        self._layers_path = self._find_layers_path()
-        self._attn_name = attention_name(decoder_layers(hf_model)[0])
-        self._o_proj_name = output_projection_name(getattr(decoder_layers(hf_model)[0], self._attn_name))
-
-    def _find_layers_path(self) -> list[str]:
-        layers = decoder_layers(self.hf_model)
-        for name, module in self.hf_model.named_modules():
-            if module is layers:
-                return name.split(".")
-        raise ModelLoadError("nnsight backend: cannot locate the transformer blocks")
+        self._layers_path = self.family.layers.split(".")
 
     def _block(self, layer: int):
         envoy = self.lm
@@ -243,18 +203,25 @@ class NNsightBackend(Backend):
             envoy = getattr(envoy, attr)
         return envoy[layer]
 
+    def _sublayer_output(self, block, kind: str):
+        """The envoy whose output is attn.hook_out or mlp.hook_out (a post-norm where the family has one)."""
+        if kind == "attn.hook_out":
+            return getattr(block, self.family.post_attn_norm or self.family.attention)
+        return getattr(block, self.family.post_mlp_norm or "mlp")
+
+    def _out_projection(self, block):
+        return getattr(getattr(block, self.family.attention), self.family.out_proj)
+
     def _value(self, point: HookPoint):
         block = self._block(point.layer)
         if point.kind == "hook_in":
             return block.input
         if point.kind == "attn.hook_z":
-            return getattr(getattr(block, self._attn_name), self._o_proj_name).input
-        if point.kind == "attn.hook_out":
-            return _first(getattr(block, self._attn_name).output)
+            return self._out_projection(block).input
+        if point.kind in ("attn.hook_out", "mlp.hook_out"):
+            return _first(self._sublayer_output(block, point.kind).output)
         if point.kind == "mlp.hook_in":
             return block.mlp.input
-        if point.kind == "mlp.hook_out":
-            return block.mlp.output
         return _first(block.output)
 
     def _skip(self, skip: LayerSkip, block_input) -> None:
@@ -271,16 +238,16 @@ class NNsightBackend(Backend):
             module = {
                 "hook_in": block,
                 "mlp.hook_in": block.mlp,
-                "attn.hook_z": getattr(getattr(block, self._attn_name), self._o_proj_name),
+                "attn.hook_z": self._out_projection(block),
             }[patch.hook.kind]
             module.input = patch.fn(module.input if source == patch.hook else self._value(source))
-        elif patch.hook.kind == "mlp.hook_out":
-            value = self._value(source) if source != patch.hook else block.mlp.output
-            block.mlp.output = patch.fn(value)
-        elif patch.hook.kind == "attn.hook_out":
-            attention = getattr(block, self._attn_name)
-            value = self._value(source) if source != patch.hook else _first(attention.output)
-            _first(attention.output)[:] = patch.fn(value)
+        elif patch.hook.kind in ("attn.hook_out", "mlp.hook_out"):
+            module = self._sublayer_output(block, patch.hook.kind)
+            value = self._value(source) if source != patch.hook else _first(module.output)
+            if isinstance(module.output, tuple):  # attention returns (output, weights)
+                module.output[0][:] = patch.fn(value)
+            else:
+                module.output = patch.fn(value)
         else:
             value = self._value(source) if source != patch.hook else _first(block.output)
             _first(block.output)[:] = patch.fn(value)

@@ -230,6 +230,15 @@ def model_shape(model_dir: Path) -> tuple[int, int]:
     return int(n_layers), int(d_model)
 
 
+def hook_widths(model_dir: Path, hooks) -> dict[str, int]:
+    """Values per token at each hook point, from config.json (no weights loaded): d_model, except attn.hook_z, which
+    holds n_heads x d_head (families.hook_width_from_config)."""
+    from workbench.models.families import hook_width_from_config
+
+    config = read_model_config(model_dir)
+    return {hook.name: hook_width_from_config(config, hook.kind) for hook in hooks}
+
+
 def load_tokenizer(model_dir: Path):
     """Only the tokenizer of a local HF folder (a Ray driver tokenizes; its actors hold the model)."""
     from transformers import AutoTokenizer
