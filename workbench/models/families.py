@@ -227,7 +227,8 @@ def output_weights(attention: Any, family: Family) -> tuple[torch.Tensor, torch.
 
 def norm_scale(norm: Any, x: torch.Tensor) -> torch.Tensor:
     """The norm's per-position factor 1 / rms (or 1 / std for LayerNorm) at x: [..., 1]."""
-    eps = float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
+    found = [getattr(norm, name) for name in ("variance_epsilon", "eps") if hasattr(norm, name)]
+    eps = float(found[0]) if found else 1e-6
     x = x.detach().float()
     if isinstance(norm, nn.LayerNorm):
         x = x - x.mean(-1, keepdim=True)
