@@ -4,7 +4,7 @@ The local replacement model of one prompt: the model's own forward pass, with
   - each MLP that has a transcoder replaced by the transcoder's decoded features, plus an
     error node (the MLP's true output minus the reconstruction), so nothing is lost;
   - each MLP without a transcoder kept whole as an error node;
-  - attention patterns and every RMSNorm scale frozen at their values on this prompt.
+  - attention patterns and every norm's per-position factor frozen at their values on this prompt.
 Frozen, the residual stream is a linear function of the sources: token embeddings, feature
 activations, error nodes (plus constant biases). So each edge is exact:
 
@@ -23,14 +23,17 @@ influence on features is covered, and edges until `edge_threshold` of the edge i
 Scores, on the unpruned graph:
   replacement   share of the logit's influence that reaches embeddings rather than errors;
   completeness  influence-weighted share of every node's direct input that is not an error.
-Only Llama-style models (RMSNorm, rotary attention with separate q/k/v/o projections) are
-supported; other layouts get an error that says so.
+Every family in workbench/models/families.py is supported (Llama/Qwen, Gemma, GPT-2, NeoX): LayerNorm and
+RMSNorm factors are frozen alike (LayerNorm's centring is linear), Gemma's post-attention norm is frozen on
+the attention path and its post-MLP norm sits inside mlp.hook_out, which transcoders replace, and NeoX's
+MLP reads the block input. Gemma 2's final logit soft-capping is not applied: the target is the logit before it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from workbench.circuits.tasks import TaskError
 from workbench.corpus import bos_token_id
 from workbench.devices import require_cpu, resolve_placement
 from workbench.dictionaries.base import SparseCoder
-from workbench.models import load_hf_model, resolve_model_dir
+from workbench.models import families, load_hf_model, resolve_model_dir
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
 from workbench.store.analyses import replace_graph
@@ -81,83 +84,102 @@ class AttributionGraph:
     transcoders: dict[int, str] = field(default_factory=dict)
 
 
-def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm's per-position factor, frozen: without a graph it is a constant of the prompt."""
-    return torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + eps)
+def _attention_pass(hf_model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([heads, seq, seq] per layer, the residual stream entering block 0 [seq, d]) from the model's own forward.
 
-
-def _check_llama(hf_model: Any) -> None:
-    layers = getattr(getattr(hf_model, "model", None), "layers", None)
-    block = layers[0] if layers is not None else None
-    needed = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
-    if block is None or not all(hasattr(block, n) for n in needed) or not hasattr(block.self_attn, "v_proj"):
-        raise TaskError(
-            f"Attribution graphs support Llama-style models (RMSNorm, q/k/v/o projections); "
-            f"{type(hf_model).__name__} is not one."
-        )
-
-
-@torch.no_grad()
-def _attention_patterns(hf_model: Any, ids: torch.Tensor) -> list[torch.Tensor]:
-    """[heads, seq, seq] per layer, from the model's own eager attention (SDPA does not return them)."""
+    Eager attention, because SDPA does not return patterns. Block 0's input is the embedding as each family makes it
+    (scaled by sqrt(d) in Gemma, plus learned positions in GPT-2)."""
     previous = hf_model.config._attn_implementation
     hf_model.set_attn_implementation("eager")
     try:
-        output = hf_model(ids, output_attentions=True)
+        with torch.no_grad():
+            output = hf_model(ids, output_attentions=True, output_hidden_states=True)
     finally:
         hf_model.set_attn_implementation(previous)
-    return [a[0].float() for a in output.attentions]
+    return [a[0].float() for a in output.attentions], output.hidden_states[0][0].float()
 
 
 @dataclass
 class _Frozen:
+    """Attention patterns and every norm's per-position factor, measured on the prompt's true pass (`measure`) and
+    then held fixed, which makes the forward pass affine in its sources."""
+
     patterns: list[torch.Tensor]  # [heads, seq, seq] per layer
-    in_scales: list[torch.Tensor]  # [seq, 1] per layer: the pre-attention RMSNorm factor
-    post_scales: list[torch.Tensor]  # [seq, 1] per layer: the pre-MLP RMSNorm factor
-    final_scale: torch.Tensor | None  # [1]: the final norm's factor at the last position
+    scales: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (layer, norm name) -> [seq, 1]
+    measure: bool = True
+
+    def norm(self, layer: int, name: str, module: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.measure:
+            self.scales[(layer, name)] = families.norm_scale(module, x)
+        return families.frozen_norm(module, x, self.scales[(layer, name)])
 
 
-def _attention(
-    attention: Any, h: torch.Tensor, pattern: torch.Tensor, T: int, H: int, d_head: int, groups: int
-) -> torch.Tensor:
+@dataclass
+class _Shape:
+    family: families.Family
+    n_heads: int
+    d_head: int
+    groups: int  # query heads per key-value head
+
+
+def _shape(hf_model: Any) -> _Shape:
+    family = families.family_of(hf_model)
+    n_heads, d_head = families.attention_heads(hf_model)
+    return _Shape(family, n_heads, d_head, n_heads // getattr(hf_model.config, "num_key_value_heads", n_heads))
+
+
+def _attention(attention: Any, shape: _Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
-    v = h @ attention.v_proj.weight.T
-    if attention.v_proj.bias is not None:
-        v = v + attention.v_proj.bias
-    v = v.reshape(T, -1, d_head).repeat_interleave(groups, dim=1)
-    out = torch.einsum("hqk,khd->qhd", pattern, v).reshape(T, H * d_head) @ attention.o_proj.weight.T
-    return out + attention.o_proj.bias if attention.o_proj.bias is not None else out
+    T = h.shape[0]
+    W_V, b_V = families.value_weights(attention, shape.family.qkv_layout, shape.n_heads, shape.d_head)
+    v = h @ W_V.T
+    if b_V is not None:
+        v = v + b_V
+    v = v.reshape(T, -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
+    W_O, b_O = families.output_weights(attention, shape.family)
+    out = torch.einsum("hqk,khd->qhd", pattern, v).reshape(T, shape.n_heads * shape.d_head) @ W_O.T
+    return out if b_O is None else out + b_O
+
+
+def _forward(
+    hf_model: Any, shape: _Shape, x: torch.Tensor, frozen: _Frozen, mlp_out: Callable[[int, Any, torch.Tensor], Any]
+) -> torch.Tensor:
+    """The blocks with frozen patterns and norms, from block 0's input x [seq, d] to the logits at the last position.
+
+    `mlp_out(layer, block, mlp_in)` gives what the MLP adds to the residual (mlp.hook_out): the true MLP, or
+    decoded features plus errors. Gemma's post-attention norm is frozen here; its post-MLP norm is inside mlp.hook_out.
+    """
+    family = shape.family
+    for layer, block in enumerate(families.decoder_layers(hf_model)):
+        h = frozen.norm(layer, "attn", families.part(block, family.attn_norm), x)
+        attention = _attention(families.part(block, family.attention), shape, h, frozen.patterns[layer])
+        if family.post_attn_norm:
+            attention = frozen.norm(layer, "post_attn", families.part(block, family.post_attn_norm), attention)
+        mid = x if family.parallel(hf_model) else x + attention
+        mlp_in = frozen.norm(layer, "mlp", families.part(block, family.mlp_norm), mid)
+        x = x + attention + mlp_out(layer, block, mlp_in)
+    final = frozen.norm(-1, "final", families.part(hf_model, family.final_norm), x[-1:])[0]
+    unembed = hf_model.get_output_embeddings()
+    logits = final @ unembed.weight.float().T
+    return logits if unembed.bias is None else logits + unembed.bias
 
 
 def _replacement_forward(
-    hf_model: Any,
-    transcoders: dict[int, SparseCoder],
-    leaves: dict,
-    frozen: _Frozen,
-    T: int,
-    H: int,
-    d_head: int,
-    groups: int,
+    hf_model: Any, shape: _Shape, transcoders: dict[int, SparseCoder], leaves: dict, frozen: _Frozen
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The local replacement model: affine in the leaves (embeddings, feature activations, errors)."""
-    model = hf_model.model
-    x = leaves["embeddings"]
     pre_activations = {}
-    for layer, block in enumerate(model.layers):
-        h = x * frozen.in_scales[layer] * block.input_layernorm.weight
-        x = x + _attention(block.self_attn, h, frozen.patterns[layer], T, H, d_head, groups)
-        mlp_in = x * frozen.post_scales[layer] * block.post_attention_layernorm.weight
-        if layer in transcoders:
-            coder = transcoders[layer]
-            pre_activations[layer] = coder.pre_activations(mlp_in)
-            out = leaves["features"][layer] @ coder.W_dec + coder.b_dec + leaves["errors"][layer]
-            if coder.config.skip_connection:
-                out = out + mlp_in @ coder.W_skip
-        else:
-            out = leaves["errors"][layer]
-        x = x + out
-    final = x[-1] * frozen.final_scale * model.norm.weight
-    return pre_activations, final @ hf_model.get_output_embeddings().weight.T
+
+    def replaced_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
+        if layer not in transcoders:
+            return leaves["errors"][layer]
+        coder = transcoders[layer]
+        pre_activations[layer] = coder.pre_activations(mlp_in)
+        out = leaves["features"][layer] @ coder.W_dec + coder.b_dec + leaves["errors"][layer]
+        return out + mlp_in @ coder.W_skip if coder.config.skip_connection else out
+
+    logits = _forward(hf_model, shape, leaves["embeddings"], frozen, replaced_mlp)
+    return pre_activations, logits
 
 
 def build_graph(
@@ -169,9 +191,8 @@ def build_graph(
     max_features: int = 4096,
 ) -> AttributionGraph:
     """The full (unpruned) attribution graph of `prompt` for the logit of `target` (default: the top prediction)."""
-    _check_llama(hf_model)
-    config = hf_model.config
-    n_layers = config.num_hidden_layers
+    shape = _shape(hf_model)
+    n_layers = len(families.decoder_layers(hf_model))
     bad = [layer for layer in transcoders if not 0 <= layer < n_layers]
     if bad:
         raise TaskError(f"Transcoders for layers {bad} do not fit a model with layers 0 to {n_layers - 1}.")
@@ -180,47 +201,35 @@ def build_graph(
     if ids.shape[1] < 2:
         raise TaskError("Give a prompt of at least one token.")
     tokens = ["<bos>"] + [tokenizer.decode([i]) for i in ids[0, 1:].tolist()]
-    patterns = _attention_patterns(hf_model, ids)
-    T, H = ids.shape[1], config.num_attention_heads
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // H
-    groups = H // getattr(config, "num_key_value_heads", H)
-    eps = config.rms_norm_eps
-    model = hf_model.model
+    patterns, block_input = _attention_pass(hf_model, ids)
+    T = ids.shape[1]
 
     # -- the true pass: frozen norm scales and the sources' true values -----------------------------
-    frozen = _Frozen(patterns=patterns, in_scales=[], post_scales=[], final_scale=None)
+    frozen = _Frozen(patterns)
+    sources: dict[str, Any] = {"embeddings": block_input, "features": {}, "errors": {}}
+
+    def true_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
+        true_out = block.mlp(mlp_in).float()
+        if shape.family.post_mlp_norm:
+            true_out = families.part(block, shape.family.post_mlp_norm)(true_out).float()
+        if layer in transcoders:
+            acts = transcoders[layer].encode(mlp_in)
+            acts[0] = 0  # dictionaries are not trained on the BOS position: its MLP output stays an error node
+            sources["features"][layer] = acts
+            sources["errors"][layer] = true_out - transcoders[layer].decode(acts, mlp_in)
+        else:
+            sources["errors"][layer] = true_out
+        return true_out
+
     with torch.no_grad():
-        x = model.embed_tokens(ids)[0].float()
-        sources = {"embeddings": x.clone(), "features": {}, "errors": {}}
-        for layer, block in enumerate(model.layers):
-            frozen.in_scales.append(_rms_scale(x, eps))
-            x = x + _attention(
-                block.self_attn,
-                x * frozen.in_scales[-1] * block.input_layernorm.weight,
-                patterns[layer],
-                T,
-                H,
-                d_head,
-                groups,
-            )
-            frozen.post_scales.append(_rms_scale(x, eps))
-            mlp_in = x * frozen.post_scales[-1] * block.post_attention_layernorm.weight
-            true_out = block.mlp(mlp_in).float()
-            if layer in transcoders:
-                acts = transcoders[layer].encode(mlp_in)
-                acts[0] = 0  # dictionaries are not trained on the BOS position: its MLP output stays an error node
-                sources["features"][layer] = acts
-                sources["errors"][layer] = true_out - transcoders[layer].decode(acts, mlp_in)
-            else:
-                sources["errors"][layer] = true_out
-            x = x + true_out
-        frozen.final_scale = _rms_scale(x[-1], eps)
+        _forward(hf_model, shape, block_input, frozen, true_mlp)
+    frozen.measure = False
     leaves = {
-        "embeddings": sources["embeddings"].requires_grad_(True),
+        "embeddings": sources["embeddings"].clone().requires_grad_(True),
         "features": {l: a.clone().requires_grad_(True) for l, a in sources["features"].items()},
         "errors": {l: e.clone().requires_grad_(True) for l, e in sources["errors"].items()},
     }
-    pre_activations, logits = _replacement_forward(hf_model, transcoders, leaves, frozen, T, H, d_head, groups)
+    pre_activations, logits = _replacement_forward(hf_model, shape, transcoders, leaves, frozen)
     embeddings, feature_leaves, error_leaves = leaves["embeddings"], leaves["features"], leaves["errors"]
     target_id = int(logits.argmax()) if target is None else _single_token(tokenizer, target)
 
@@ -318,7 +327,7 @@ def build_graph(
             "features": {l: torch.zeros_like(a) for l, a in feature_leaves.items()},
             "errors": {l: torch.zeros_like(e) for l, e in error_leaves.items()},
         }
-        zero_pre, zero_logits = _replacement_forward(hf_model, transcoders, zero, frozen, T, H, d_head, groups)
+        zero_pre, zero_logits = _replacement_forward(hf_model, shape, transcoders, zero, frozen)
     bias = np.zeros(n)
     for i, (l, p, f) in enumerate(feature_index):
         bias[T + i] = float(zero_pre[l][p, f])
@@ -436,35 +445,43 @@ class DeEmbedding:
 def de_embeddings(hf_model: Any, tokenizer, coder: SparseCoder, layer: int, feature: int, n: int = 10) -> DeEmbedding:
     """Which tokens most drive transcoder feature `feature` at MLP `layer`, directly and through each head's OV circuit.
 
-    RMSNorm's gains are folded in and its per-token scale left out (it depends on the context), as in
-    Dunefsky et al.'s de-embeddings: score[t] = W_E[t] . r, with r = g_post * W_enc[:, f] directly, and
-    r = g_in * W_V[h]^T W_O[h]^T (g_post * W_enc[:, f]) through head h of any layer up to `layer`.
+    The norms' gains are folded in and their per-token scales left out (they depend on the context), as in
+    Dunefsky et al.'s de-embeddings: score[t] = W_E[t] . r, with r = g_mlp * W_enc[:, f] directly, and
+    r = g_attn * W_V[h]^T W_O[h]^T (g_post_attn * g_mlp * W_enc[:, f]) through head h of any layer up to `layer`
+    (g_post_attn: Gemma's post-attention norm; 1 elsewhere). W_E includes Gemma's sqrt(d) embedding scale.
     """
-    _check_llama(hf_model)
+    shape = _shape(hf_model)
+    family = shape.family
     if not 0 <= feature < coder.config.n_latents:
         raise TaskError(
             f"Feature {feature} is out of range: the transcoder has features 0 to {coder.config.n_latents - 1}."
         )
-    config, blocks = hf_model.config, hf_model.model.layers
-    H = config.num_attention_heads
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // H
-    groups = H // getattr(config, "num_key_value_heads", H)
-    embed = hf_model.model.embed_tokens.weight.float()
-    reader = coder.W_enc[:, feature].float() * blocks[layer].post_attention_layernorm.weight.float()
+    blocks = families.decoder_layers(hf_model)
+    embedding = hf_model.get_input_embeddings()
+    embed = embedding.weight.float() * float(getattr(embedding, "embed_scale", 1.0))
+    reader = coder.W_enc[:, feature].float() * families.norm_gain(families.part(blocks[layer], family.mlp_norm))
 
     def top(readout: torch.Tensor) -> list[tuple[str, float]]:
         values, ids = (embed @ readout).topk(n)
         return [(tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
 
     heads = {}
+    d_head = shape.d_head
     for source in range(layer + 1):
-        attention = blocks[source].self_attn
-        W_O = attention.o_proj.weight.float()  # [d, H * d_head]
-        W_V = attention.v_proj.weight.float()  # [n_kv * d_head, d]
-        for head in range(H):
-            kv = head // groups
-            through = W_O[:, head * d_head : (head + 1) * d_head].T @ reader  # [d_head]
-            readout = (W_V[kv * d_head : (kv + 1) * d_head].T @ through) * blocks[source].input_layernorm.weight.float()
+        block = blocks[source]
+        attention = families.part(block, family.attention)
+        W_O = families.output_weights(attention, family)[0].float()  # [d, H * d_head]
+        W_V = families.value_weights(attention, family.qkv_layout, shape.n_heads, d_head)[
+            0
+        ].float()  # [n_kv * d_head, d]
+        into_residual = reader
+        if family.post_attn_norm:
+            into_residual = reader * families.norm_gain(families.part(block, family.post_attn_norm))
+        attn_gain = families.norm_gain(families.part(block, family.attn_norm))
+        for head in range(shape.n_heads):
+            kv = head // shape.groups
+            through = W_O[:, head * d_head : (head + 1) * d_head].T @ into_residual  # [d_head]
+            readout = (W_V[kv * d_head : (kv + 1) * d_head].T @ through) * attn_gain
             heads[(source, head)] = top(readout)
     return DeEmbedding(direct=top(reader), heads=heads)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +49,51 @@ class LayerSkip:
 
     This is the layer-skipping intervention of Csordás et al. (2025). Position 0 (the BOS)
     is left alone by default, as in their code, because models park attention there.
+
+    `resume` = (block input, block output) of `layer` from a clean pass on the same batch: blocks 0..layer then
+    do not run again (they would compute exactly these); the pass starts from them. Activations captured at
+    blocks before `layer` are then meaningless.
     """
 
     layer: int
     end: int
     first: int = 1
+    resume: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _resumed_outputs(skip: LayerSkip, hooks: Sequence[HookPoint]) -> list[torch.Tensor]:
+    """With skip.resume: what blocks 0..skip.layer return instead of running. Those before the skipped block return
+    its clean input (its own input then is that); the skipped block returns its clean output with its input passed
+    through at the skipped positions, which is the skip itself."""
+    assert skip.resume is not None
+    if any(point.layer <= skip.layer for point in hooks):
+        raise ValueError("A skip pass resumed from a clean pass has no activations at or before the skipped layer.")
+    block_input, block_output = skip.resume
+    skipped = block_output.clone()
+    skipped[:, skip.first : skip.end] = block_input[:, skip.first : skip.end]
+    return [block_input] * skip.layer + [skipped]
+
+
+@contextmanager
+def _blocks_return(hf_model: nn.Module, outputs: list[torch.Tensor]):
+    """For one pass, block i returns outputs[i] without running (the TransformerLens backend's LayerSkip.resume).
+
+    Every supported family's blocks return a plain tensor (transformers 5). An instance-level forward that someone
+    else installed is put back afterwards."""
+    # The bridge wraps each HF block in a BlockBridge that forwards attribute writes; stub the HF block itself, through
+    # __dict__ so that no wrapper's __setattr__ is involved.
+    blocks = [getattr(layer, "original_component", layer) for layer in decoder_layers(hf_model)[: len(outputs)]]
+    previous = [block.__dict__.get("forward") for block in blocks]
+    for block, value in zip(blocks, outputs):
+        block.__dict__["forward"] = lambda *args, _value=value, **kwargs: _value
+    try:
+        yield
+    finally:
+        for block, forward in zip(blocks, previous):
+            if forward is None:
+                del block.__dict__["forward"]
+            else:
+                block.__dict__["forward"] = forward
 
 
 @dataclass(frozen=True)
@@ -147,7 +188,8 @@ class TransformerLensBackend(Backend):
                 return new.reshape(tensor.shape).to(tensor.dtype)
 
             fwd_hooks.append((self._bridge_name(patch.hook), replace))
-        if skip is not None:
+        resumed = _resumed_outputs(skip, hooks) if skip is not None and skip.resume is not None else []
+        if skip is not None and not resumed:
             block_input = {}
 
             def remember_input(tensor, hook):
@@ -175,9 +217,10 @@ class TransformerLensBackend(Backend):
         fwd_hooks += [(self._bridge_name(p), make_hook(p)) for p in hooks]
         output = None
         try:
-            output = self.bridge.run_with_hooks(
-                input_ids, fwd_hooks=fwd_hooks, return_type="logits" if logits else None
-            )
+            with _blocks_return(self.hf_model, resumed):
+                output = self.bridge.run_with_hooks(
+                    input_ids, fwd_hooks=fwd_hooks, return_type="logits" if logits else None
+                )
         except _StopForward:
             pass
         finally:
@@ -224,6 +267,22 @@ class NNsightBackend(Backend):
             return block.mlp.input
         return _first(block.output)
 
+    def _run_resumed(self, input_ids, ordered: list[HookPoint], logits: bool, skip: LayerSkip) -> ForwardResult:
+        """A skip pass that starts from a clean pass's residual (LayerSkip.resume): blocks 0..layer are skipped."""
+        outputs = _resumed_outputs(skip, ordered)
+        saved = {}
+        with self.lm.trace(input_ids) as tracer:
+            for index, value in enumerate(outputs):
+                self._block(index).skip(value)
+            for point in ordered:
+                saved[point] = self._value(point).save()
+            if logits:
+                saved_logits = self.lm.output.logits.save()
+            else:
+                tracer.stop()
+        acts = {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
+        return ForwardResult(acts, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
+
     def _skip(self, skip: LayerSkip, block_input) -> None:
         block = self._block(skip.layer)
         output = _first(block.output)
@@ -269,6 +328,8 @@ class NNsightBackend(Backend):
         ordered = sorted(hooks, key=lambda h: h.forward_order)
         skip_read = (skip.layer, HOOK_KINDS.index("hook_in")) if skip else None
         skip_write = (skip.layer, HOOK_KINDS.index("hook_out")) if skip else None
+        if skip is not None and skip.resume is not None:
+            return self._run_resumed(input_ids, ordered, logits, skip)
         with self.lm.trace(input_ids) as tracer:
             block_input = None
             for point in ordered:

@@ -3,7 +3,8 @@
 Per batch of contexts there is one clean forward pass with every block's input,
 attention output, MLP output and output, plus the logits. The sublayer measures and
 the logit lens come from it. The layer-skipping probe reuses its updates and output
-distribution and adds one pass per skipped layer, on the first `skip_tokens` tokens only.
+distribution and adds one pass per skipped layer, on the first `skip_tokens` tokens only; each starts from
+the clean pass's residual at the skipped layer, so skipping layer l runs only the blocks after it.
 Position 0 (the BOS, where attention sinks make norms explode) is excluded everywhere.
 """
 
@@ -147,7 +148,10 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
             future = slice(split - 1, None)
             deltas = {l: (acts[l, "hook_out"] - acts[l, "hook_in"])[:, future] for l in range(n_layers)}
             for skipped in skip_layers:
-                result = backend.run(ids, residual_points, logits=True, skip=LayerSkip(skipped, split))
+                # Blocks 0..skipped would recompute the clean pass exactly: start from its residual there.
+                resume = (clean.acts[HookPoint(skipped, "hook_in")], clean.acts[HookPoint(skipped, "hook_out")])
+                later = [p for p in residual_points if p.layer > skipped]
+                result = backend.run(ids, later, logits=True, skip=LayerSkip(skipped, split, resume=resume))
                 assert result.logits is not None  # asked for
                 skipped_acts = {(p.layer, p.kind): v[:, 1:].float() for p, v in result.acts.items()}
                 for affected in range(skipped + 1, n_layers):
