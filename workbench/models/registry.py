@@ -157,14 +157,20 @@ def _tiny_family(family: str) -> Callable[[Path], None]:
         import transformers as tf
 
         tokenizer = load_smollm2_tokenizer()
-        ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
-        common = dict(max_position_embeddings=512, initializer_range=0.1, **ids)
+        # Any: transformers' config classes take most settings through **kwargs (rotary_pct) that their stubs omit.
+        ids: dict[str, Any] = dict(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+        shape: dict[str, Any] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+        common: dict[str, Any] = dict(max_position_embeddings=512, initializer_range=0.1, **ids)
+        config: Any
+        model_class: Any
         if family == "gpt2":
             config = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, initializer_range=0.1, **ids)
             model_class = tf.GPT2LMHeadModel
         elif family == "neox":
-            config = tf.GPTNeoXConfig(rotary_pct=0.25, use_parallel_residual=True, **shape, **common)
+            partial_rotary: dict[str, Any] = dict(rotary_pct=0.25)  # a quarter of each head rotates, as in Pythia
+            config = tf.GPTNeoXConfig(use_parallel_residual=True, **partial_rotary, **shape, **common)
             model_class = tf.GPTNeoXForCausalLM
         elif family == "gemma3":
             config = tf.Gemma3TextConfig(
