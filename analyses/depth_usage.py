@@ -1,17 +1,19 @@
-"""Does SmolLM2-135M use its depth efficiently? (after Csordás, Manning & Potts, 2025)
+"""Do SmolLM2-135M and Gemma 3 270M use their depth efficiently? (after Csordás, Manning & Potts, 2025)
 
-    python analyses/depth_usage.py [--store store/] [--tokens 8192]
+    python analyses/depth_usage.py [--store store/] [--tokens 8192] [--models smollm2-135m,gemma3-270m]
 
-Runs the depth-usage probes on SmolLM2-135M over two tasks, the default prose corpus
-and generated multi-digit additions, plus linear maps between its own layers. Then it
-prints a summary that answers the paper's questions:
+Runs the depth-usage probes on each model over two tasks, the default prose corpus and
+generated multi-digit additions, plus linear maps from SmolLM2's layers to Gemma 3's
+(two tokenizers: tokens are aligned by the character where they end) and from each model to
+itself. Then it prints, per model, a summary that answers the paper's questions:
   1. Is there a phase transition between the first and second half of the layers?
   2. How much does skipping a second-half layer change later computation, and the output,
      compared with skipping a first-half layer?
   3. Where does the logit lens start to agree with the output?
   4. Does the harder task (arithmetic) use more depth than prose?
-Plots go to analyses/output/depth_usage/ as PNG and one interactive HTML page. All results
-are also in the store (tables probe_*), where the app's Layer-contributions page reads them.
+  5. Which layers of one model does a linear map predict best from which layers of the other?
+Plots go to analyses/output/depth_usage/ as PNG and one interactive HTML page per model. All
+results are also in the store (tables probe_*), where the app's Layer-contributions page reads them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from workbench.probes.depth import DepthProbeConfig, run_depth_probes
 from workbench.probes.linear_maps import LinearMapsConfig, run_linear_maps
 from workbench.store import Store
 
-MODEL = "smollm2-135m"
+MODELS = ("smollm2-135m", "gemma3-270m")
+LABELS = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
 
 
 def write_addition_corpus(path: Path, n_problems: int = 3000, seed: int = 0) -> None:
@@ -52,7 +55,7 @@ def halves(n_layers: int) -> tuple[range, range]:
     return range(0, n_layers // 2), range(n_layers // 2, n_layers)
 
 
-def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict]:
+def summarize(store: Store, label: str, prose: str, math: str, maps: str) -> tuple[str, dict]:
     n_layers = query(store, "SELECT n_layers FROM probe_runs WHERE probe_run = ?", [prose])[0][0]
     first, second = halves(n_layers)
     sub = {
@@ -115,7 +118,7 @@ def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict
     )
     half_lens = next((l for l in range(n_layers) if lens.get(l, (0, 0))[1] >= 0.5), None)
     lines = [
-        f"SmolLM2-135M, {n_layers} layers; first half = layers 0-{first[-1]}, second half = layers {second[0]}-{second[-1]}.",
+        f"{label}, {n_layers} layers; first half = layers 0-{first[-1]}, second half = layers {second[0]}-{second[-1]}.",
         "",
         "1. Phase transition between the halves?",
         f"   ||a+m||/||h|| (a layer's write relative to the residual), mean: first half {mean_over(first, ratio):.3f}, "
@@ -148,15 +151,40 @@ def summarize(store: Store, prose: str, math: str, maps: str) -> tuple[str, dict
         far = [e for i, j, e in maps_grid if j >= i + n_layers // 2]
         lines += [
             "",
-            "5. Linear maps between SmolLM2's own layers (held-out relative error):",
+            f"5. Linear maps between {label}'s own layers (held-out relative error):",
             f"   layer i -> i+1: mean {np.mean(diag_next):.3f}; layer i -> i + {n_layers // 2} or more: mean {np.mean(far):.3f}.",
-            "   (Only one pretrained model is available offline, so the map is from the model to itself; "
-            "`workbench probe maps --source A --target B` compares two models where a network exists.)",
         ]
     return "\n".join(lines), figures
 
 
-def plot(figures: dict, out_dir: Path) -> list[Path]:
+def cross_model_summary(store: Store, maps: str, source: str, target: str) -> tuple[str, np.ndarray]:
+    """Which target layer each source layer maps to best, and whether that follows relative depth."""
+    grid = query(
+        store,
+        "SELECT source_layer, target_layer, rel_error FROM probe_linear_maps WHERE probe_run = ?",
+        [maps],
+    )
+    aligned = query(store, "SELECT n_tokens FROM probe_runs WHERE probe_run = ?", [maps])[0][0]
+    n_source, n_target = max(i for i, _, _ in grid) + 1, max(j for _, j, _ in grid) + 1
+    errors = np.full((n_source, n_target), np.nan)
+    for i, j, e in grid:
+        errors[i, j] = e
+    best = errors.argmin(1)
+    relative_source = (np.arange(n_source) + 1) / n_source
+    relative_best = (best + 1) / n_target
+    correlation = float(np.corrcoef(relative_source, relative_best)[0, 1]) if best.std() > 0 else float("nan")
+    lines = [
+        f"Linear maps from {LABELS.get(source, source)} ({n_source} layers) to {LABELS.get(target, target)} "
+        f"({n_target} layers), two tokenizers, {aligned} tokens aligned by character offset:",
+        "   best target layer per source layer: " + " ".join(f"{i}->{b}" for i, b in enumerate(best)),
+        f"   correlation of relative depths (source, best target): {correlation:.2f}",
+        f"   held-out relative error of the best map: min {np.nanmin(errors):.3f}, "
+        f"median over source layers {np.median(errors.min(1)):.3f}",
+    ]
+    return "\n".join(lines), errors
+
+
+def plot(figures: dict, out_dir: Path, label: str, stem: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,9 +236,9 @@ def plot(figures: dict, out_dir: Path) -> list[Path]:
     im = ax.imshow(maps, cmap="magma_r", origin="lower", extent=(1 / n, 1, 1 / n, 1), vmin=0)
     ax.set(title="Linear map error (source -> target)", xlabel="target relative depth", ylabel="source relative depth")
     fig.colorbar(im, ax=ax)
-    fig.suptitle("SmolLM2-135M depth usage")
+    fig.suptitle(f"{label} depth usage")
     fig.tight_layout()
-    png = out_dir / "depth_usage.png"
+    png = out_dir / f"{stem}.png"
     fig.savefig(png, dpi=110)
     written.append(png)
 
@@ -262,11 +290,74 @@ def plot(figures: dict, out_dir: Path) -> list[Path]:
     page.update_yaxes(type="log", row=1, col=1)
     page.update_yaxes(type="log", row=2, col=1)
     page.update_yaxes(type="log", row=2, col=2)
-    page.update_layout(height=850, width=1500, title="SmolLM2-135M depth usage", barmode="group")
-    html = out_dir / "depth_usage.html"
+    page.update_layout(height=850, width=1500, title=f"{label} depth usage", barmode="group")
+    html = out_dir / f"{stem}.html"
     page.write_html(html, include_plotlyjs=True)
     written.append(html)
     return written
+
+
+def plot_cross_model(errors: np.ndarray, source: str, target: str, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_source, n_target = errors.shape
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(
+        errors,
+        cmap="magma_r",
+        origin="lower",
+        aspect="auto",
+        extent=(0.5 / n_target, 1 + 0.5 / n_target, 0.5 / n_source, 1 + 0.5 / n_source),
+    )
+    best = errors.argmin(1)
+    ax.plot((best + 1) / n_target, (np.arange(n_source) + 1) / n_source, "c.", label="best target layer")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+    ax.set(
+        title=f"Linear map error, {LABELS.get(source, source)} -> {LABELS.get(target, target)}",
+        xlabel=f"{LABELS.get(target, target)} relative depth",
+        ylabel=f"{LABELS.get(source, source)} relative depth",
+    )
+    ax.legend(fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = out_dir / "depth_usage_cross_model.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def probe_model(model: str, store: str, tokens: int, additions: Path) -> tuple[str, str, str]:
+    """(prose, addition, self-map) probe run names for one model."""
+    short = model.split("/")[-1]
+    prose = run_depth_probes(
+        DepthProbeConfig(
+            model=model,
+            store=store,
+            tokens=tokens,
+            name=f"depth-usage-prose-{short}",
+            task="prose",
+            lens_tokens=2048,
+            skip_tokens=1024,
+        )
+    ).probe_run.probe_run
+    math = run_depth_probes(
+        DepthProbeConfig(
+            model=model,
+            store=store,
+            corpus=str(additions),
+            tokens=4096,
+            name=f"depth-usage-addition-{short}",
+            task="addition",
+            lens_tokens=1024,
+            skip_tokens=1024,
+        )
+    ).probe_run.probe_run
+    maps = run_linear_maps(
+        LinearMapsConfig(source=model, target=model, store=store, tokens=4096, name=f"depth-usage-maps-{short}")
+    ).probe_run.probe_run
+    return prose, math, maps
 
 
 def main() -> int:
@@ -275,43 +366,36 @@ def main() -> int:
     parser.add_argument(
         "--tokens", type=int, default=8192, help="prose tokens for the sublayer probe (default: %(default)s)"
     )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="models to compare, comma-separated (default: %(default)s)"
+    )
     parser.add_argument("--out", default="analyses/output/depth_usage")
     args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     additions = out_dir / "additions.txt"
     write_addition_corpus(additions)
 
-    prose = run_depth_probes(
-        DepthProbeConfig(
-            model=MODEL,
-            store=args.store,
-            tokens=args.tokens,
-            name="depth-usage-prose",
-            task="prose",
-            lens_tokens=4096,
-            skip_tokens=1024,
-        )
-    ).probe_run.probe_run
-    math = run_depth_probes(
-        DepthProbeConfig(
-            model=MODEL,
-            store=args.store,
-            corpus=str(additions),
-            tokens=4096,
-            name="depth-usage-addition",
-            task="addition",
-            lens_tokens=2048,
-            skip_tokens=1024,
-        )
-    ).probe_run.probe_run
-    maps = run_linear_maps(
-        LinearMapsConfig(source=MODEL, target=MODEL, store=args.store, tokens=4096, name="depth-usage-maps")
-    ).probe_run.probe_run
-    text, figures = summarize(Store.open_existing(args.store), prose, math, maps)
+    sections, written = [], []
+    for model in models:
+        prose, math, maps = probe_model(model, args.store, args.tokens, additions)
+        label = LABELS.get(model, model)
+        text, figures = summarize(Store.open_existing(args.store), label, prose, math, maps)
+        sections.append(text)
+        written += plot(figures, out_dir, label, f"depth_usage_{model.split('/')[-1]}")
+    if len(models) >= 2:
+        source, target = models[0], models[1]
+        maps = run_linear_maps(
+            LinearMapsConfig(source=source, target=target, store=args.store, tokens=4096, name="depth-usage-cross-maps")
+        ).probe_run.probe_run
+        text, errors = cross_model_summary(Store.open_existing(args.store), maps, source, target)
+        sections.append(text)
+        written.append(plot_cross_model(errors, source, target, out_dir))
+    text = "\n\n".join(sections)
     print("\n" + text)
     (out_dir / "summary.txt").write_text(text + "\n")
-    for path in plot(figures, out_dir):
+    for path in written:
         print(f"wrote {path}")
     return 0
 

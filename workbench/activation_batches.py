@@ -83,6 +83,13 @@ class ActivationBatches:
         if not chunks:
             raise StoreError(f"Run '{run}' has no committed activations at {', '.join(self.hooks)}. Harvest it first.")
         self.chunks = [[shards[c] for shards in by_hook] for c in chunks]
+        largest = max(buffer.n_rows for buffer in self._buffers(0))
+        if largest < batch_size:  # no epoch would ever yield a batch
+            raise StoreError(
+                f"--batch-size {batch_size} is larger than the {largest} rows that one buffer of run '{run}' holds "
+                f"({shards_per_buffer} shards of at most {self.chunks[0][0].n_rows} rows), so no batch could ever "
+                "be drawn. Lower --batch-size or harvest more tokens."
+            )
 
     def _rows_without_bos(self, record: ShardRecord) -> int:
         first, last = record.first_token, record.first_token + record.n_rows  # token ids [first, last)

@@ -200,6 +200,7 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
         run = runs.pop()
         run_record = lookups.run(store, run)
         widths, model_name = lookups.hook_widths(store, run), run_record.model
+        ActivationBatches(store, run, hooks + (hooks_out or []), config.batch_size)  # refuses what it cannot batch
     dead_window = config.dead_window_tokens or min(10_000_000, max(config.tokens // 4, config.batch_size))
     plan = _plan(store, config, run, hooks, hooks_out, widths, dead_window)
     distributed.barrier(ranks)  # every rank has read the catalog before rank 0 adds to it

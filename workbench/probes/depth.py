@@ -22,6 +22,7 @@ from workbench.errors import ProbeError
 from workbench.hooks import HookPoint
 from workbench.models import load_hf_model, make_backend, model_shape, resolve_model_dir
 from workbench.models.backends import LayerSkip
+from workbench.probes.distributions import OutputDistribution
 from workbench.probes.logit_lens import final_norm_and_unembed, lens_measures
 from workbench.probes.results import ProbeResult, depth_score, write_probe_run
 from workbench.probes.skipping import output_change, relative_update_change
@@ -121,8 +122,11 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
             assert clean.logits is not None  # asked for
             # Drop the BOS position; the measures accumulate in fp32 whatever the model computed in.
             acts = {(p.layer, p.kind): v[:, 1:].float() for p, v in clean.acts.items()}
-            log_probs = torch.log_softmax(clean.logits[:, 1:].float(), dim=-1)
+            output = OutputDistribution.from_logits(clean.logits[:, 1:])
             bar.update(1)
+            if index < lens_batches:  # the same final distribution and top-5 serve every layer's lens
+                flat_output = output.flat()
+                top_final = flat_output.log_probs.topk(5, dim=-1).indices
             for layer in range(n_layers):
                 measures = sublayer_measures(
                     acts[layer, "hook_in"],
@@ -136,7 +140,8 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
                     assert norm is not None and unembed is not None  # lens_batches is 0 without lens tokens
                     kl, overlap = lens_measures(
                         acts[layer, "hook_out"].reshape(-1, acts[layer, "hook_out"].shape[-1]),
-                        log_probs.reshape(-1, log_probs.shape[-1]),
+                        flat_output,
+                        top_final,
                         norm,
                         unembed,
                     )
@@ -157,12 +162,10 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
                 for affected in range(skipped + 1, n_layers):
                     delta_skip = (skipped_acts[affected, "hook_out"] - skipped_acts[affected, "hook_in"])[:, future]
                     skip_layer_stats.add((skipped, affected), relative_update_change(deltas[affected], delta_skip))
-                skipped_logits = result.logits[:, 1:].float()
-                l2, kl = output_change(log_probs[:, future], skipped_logits[:, future])
+                # The same pass also shows the direct effect at the skipped positions themselves.
+                l2, kl, kl_skipped = output_change(output, result.logits[:, 1:], future, slice(None, split - 1))
                 skip_output.add((skipped, "l2"), l2)
                 skip_output.add((skipped, "kl"), kl)
-                # The same pass also shows the direct effect at the skipped positions themselves.
-                _, kl_skipped = output_change(log_probs[:, : split - 1], skipped_logits[:, : split - 1])
                 skip_output.add((skipped, "kl_skipped"), kl_skipped)
                 bar.update(1)
 

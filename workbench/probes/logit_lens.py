@@ -11,6 +11,7 @@ from torch import nn
 
 from workbench.errors import ProbeError
 from workbench.models.backends import find_module
+from workbench.probes.distributions import OutputDistribution
 
 
 def final_norm_and_unembed(
@@ -35,13 +36,13 @@ def final_norm_and_unembed(
 
 @torch.no_grad()
 def lens_measures(
-    resid: torch.Tensor, final_log_probs: torch.Tensor, norm: nn.Module, unembed: nn.Module, top_k: int = 5
+    resid: torch.Tensor, final: OutputDistribution, top_final: torch.Tensor, norm: nn.Module, unembed: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(KL [tokens], top-k overlap [tokens]) of the lens at one layer. resid [tokens, d], final_log_probs [tokens, vocab]."""
+    """(KL [tokens], top-k overlap [tokens]) of the lens at one layer. resid [tokens, d]; final: the output
+    distribution [tokens, vocab]; top_final [tokens, k]: its top-k tokens (the same at every layer)."""
     # The lens runs in the model's own precision (its norm and unembedding weights); the KL in fp32.
-    lens_log_probs = torch.log_softmax(unembed(norm(resid.to(next(unembed.parameters()).dtype))).float(), dim=-1)
-    kl = (final_log_probs.exp() * (final_log_probs - lens_log_probs)).sum(-1).clamp_min(0)
-    top_final = final_log_probs.topk(top_k, dim=-1).indices
-    top_lens = lens_log_probs.topk(top_k, dim=-1).indices
+    lens_logits = unembed(norm(resid.to(next(unembed.parameters()).dtype))).float()
+    top_lens = lens_logits.topk(top_final.shape[-1], dim=-1).indices  # the logits' order is the log-probs' order
+    kl = final.kl_to(torch.log_softmax(lens_logits, dim=-1))
     overlap = (top_final.unsqueeze(-1) == top_lens.unsqueeze(-2)).any(-1).float().mean(-1)
     return kl, overlap

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from workbench.probes.distributions import OutputDistribution
+
 _EPS = 1e-12
 
 
@@ -21,10 +23,15 @@ def relative_update_change(delta_orig: torch.Tensor, delta_skip: torch.Tensor) -
     return (delta_orig.double() - delta_skip.double()).norm(dim=-1) / delta_orig.double().norm(dim=-1).clamp_min(_EPS)
 
 
-def output_change(log_probs_orig: torch.Tensor, logits_skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2 of the probability change, KL(orig || skip)) per token; inputs [..., vocab]."""
+def output_change(
+    clean: OutputDistribution, logits_skip: torch.Tensor, later: slice, skipped: slice
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L2 of the probability change and KL(clean || skip) at the `later` positions, KL at the `skipped` ones), per
+    token; logits [batch, positions, vocab], with one log_softmax over both position ranges."""
     log_probs_skip = torch.log_softmax(logits_skip.float(), dim=-1)
-    probs_orig = log_probs_orig.exp()
-    l2 = (probs_orig - log_probs_skip.exp()).norm(dim=-1)
-    kl = (probs_orig * (log_probs_orig - log_probs_skip)).sum(-1).clamp_min(0)
-    return l2, kl
+    at_later = clean[:, later]
+    return (
+        at_later.l2_to(log_probs_skip[:, later]),
+        at_later.kl_to(log_probs_skip[:, later]),
+        clean[:, skipped].kl_to(log_probs_skip[:, skipped]),
+    )
