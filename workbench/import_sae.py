@@ -67,7 +67,6 @@ class ImportResult:
 @dataclass
 class _Plan:
     name: str
-    model: SparseCoder
     item: Converted
     run: str
     hook: str
@@ -116,13 +115,13 @@ def run_import(config: ImportConfig) -> ImportResult:
     written: list[Path] = []
     try:
         rows = []
-        for plan in plans:
+        for plan in plans:  # one dictionary in memory at a time beside the converted tensors
             target = store.root / "dictionaries" / plan.name
             written.append(target)
-            plan.model.save(
-                target, saelens_metadata(lookups.run(store, plan.run).model, plan.run, plan.hook, plan.hook_out)
-            )
-            rows.append(_record(plan, target.relative_to(store.root).as_posix(), origin))
+            model = plan.item.build(folder)
+            model.save(target, saelens_metadata(lookups.run(store, plan.run).model, plan.run, plan.hook, plan.hook_out))
+            rows.append(_record(plan, model, target.relative_to(store.root).as_posix(), origin))
+            del model
         with store.transaction() as con:
             for row in rows:
                 records.insert(con, row)
@@ -168,7 +167,7 @@ def _plan(store: Store, item: Converted, config: ImportConfig, folder: Path, pre
         name = f"{prefix}-L{item.layer}"
     else:
         name = config.name or make_run_name("imported", dictionary_config.arch, hook, str(dictionary_config.n_latents))
-    return _Plan(check_run_name(name), item.build(folder), item, run, hook, hook_out)
+    return _Plan(check_run_name(name), item, run, hook, hook_out)
 
 
 def _hook(store: Store, given: str | None, peer: str | None, layer: int | None, what: str, flag: str) -> str:
@@ -193,8 +192,8 @@ def _hook(store: Store, given: str | None, peer: str | None, layer: int | None, 
         ) from None
 
 
-def _record(plan: _Plan, path: str, origin: dict) -> DictionaryRecord:
-    config = plan.model.config
+def _record(plan: _Plan, model: SparseCoder, path: str, origin: dict) -> DictionaryRecord:
+    config = model.config
     settings = origin | {"format": plan.item.format, "run": plan.run, "hook": plan.hook, "hook_out": plan.hook_out}
     if plan.item.model_name:
         settings["trained_on"] = plan.item.model_name
