@@ -531,6 +531,26 @@ def test_a_cached_release_folds_the_directorys_norm_scaling_factor(store, offlin
         assert_matches(imported(store, "nsf"), theirs.encode(x * scale), theirs(x * scale) / scale, x)
 
 
+def test_a_cached_hf_transcoder_set_imports_the_chosen_layers(store, offline_hub):
+    import yaml
+
+    layers = [circuit_tracer_layer(20), circuit_tracer_layer(21, skip=True)]
+    config = {
+        "model_kind": "transcoder_set",
+        "feature_input_hook": "mlp.hook_in",
+        "feature_output_hook": "mlp.hook_out",
+    }
+    files = {"config.yaml": lambda p: p.write_text(yaml.safe_dump(config))}  # no list: the layer_*.safetensors
+    for i, (_, saved) in enumerate(layers):
+        files[f"layer_{i}.safetensors"] = lambda p, saved=saved: save_file(saved, p)
+    fake_cache(offline_hub, "someone/tiny-transcoders", files)
+    result = run_import(ImportConfig(store=str(store), source="hf://someone/tiny-transcoders", layers=[1]))
+    assert [d.name for d in result.dictionaries] == ["imported-tiny-transcoders-L1"]
+    assert result.dictionary.config["imported_from"] == "hf://someone/tiny-transcoders"
+    x = inputs()
+    assert_matches(imported(store, "imported-tiny-transcoders-L1"), *circuit_tracer(layers[1][0], x), x)
+
+
 def test_a_release_with_a_converter_the_workbench_lacks_is_refused_before_any_download(store, offline_hub):
     pytest.importorskip("sae_lens", reason="the release directory comes with sae-lens")
     before = unchanged(store)

@@ -80,7 +80,9 @@ def run_import(config: ImportConfig) -> ImportResult:
     origin: dict = {}
     if isinstance(resolved, pretrained.NamedSource):
         pretrained.check_supported(resolved, config.store)
-        folder = pretrained.download(resolved, config.store)
+        # --layers means a transcoder set: its config and those layers' files are enough
+        only = ["*.yaml", *(f"layer_{layer}.*" for layer in config.layers)] if config.layers else None
+        folder = pretrained.download(resolved, config.store, only)
         hints = Hints(
             repo_id=resolved.repo_id,
             path=resolved.path,

@@ -137,12 +137,14 @@ def check_supported(named: NamedSource, store: str = "STORE") -> None:
     )
 
 
-def download(named: NamedSource, store: str = "STORE") -> Path:
+def download(named: NamedSource, store: str = "STORE", only: list[str] | None = None) -> Path:
     """The local copy of `named`'s path: from the Hugging Face cache, else downloaded; a DictionaryError that
-    says how to fetch it elsewhere when neither works."""
+    says how to fetch it elsewhere when neither works. `only`: file patterns within the path (a transcoder
+    set's config and chosen layers), instead of all of it."""
     from huggingface_hub import snapshot_download
 
-    patterns = [named.path, f"{named.path}/*"] if named.path else None
+    base = f"{named.path}/" if named.path else ""
+    patterns = [base + p for p in only] if only else [named.path, base + "*"] if named.path else None
     error: Exception | None = None
     for cached_only in (True, False):
         try:
@@ -156,12 +158,15 @@ def download(named: NamedSource, store: str = "STORE") -> Path:
         if local.exists():
             return local
         error = FileNotFoundError(f"no '{named.path}' in the snapshot of {named.repo_id}")
-    raise DictionaryError(fetch_instructions(named, store, error))
+    raise DictionaryError(fetch_instructions(named, store, error, patterns))
 
 
-def fetch_instructions(named: NamedSource, store: str, error: Exception | None) -> str:
+def fetch_instructions(
+    named: NamedSource, store: str, error: Exception | None, patterns: list[str] | None = None
+) -> str:
     reason = f" ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})" if error else ""
-    include = f" --include '{named.path}/*'" if named.path else ""
+    wanted = [p for p in (patterns or []) if p != named.path] or ([f"{named.path}/*"] if named.path else [])
+    include = "".join(f" --include '{p}'" for p in wanted)
     revision = f" --revision {named.revision}" if named.revision else ""
     target = f"DIR/{named.path}" if named.path else "DIR"
     return (
