@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dictionaries", "train a sparse dictionary on stored activations"),
     "eval": ("dictionaries", "FVU, L0, dead %, CE-loss score and KL of a dictionary; written to the store"),
     "encode": ("dictionaries", "write a dictionary's sparse feature activations and feature statistics into the store"),
-    "import": ("dictionaries", "register a SAELens-format dictionary folder in the store"),
+    "import": ("dictionaries", "register a dictionary trained elsewhere: a folder, SAELens release/id or hf://"),
     "circuit": ("circuit", "which parts of the model do a task? patching, discrete codes, attribution graphs"),
     "codebook": ("codebook", "codebook features: discrete codes at sublayer outputs, their contexts, steering"),
     "app": ("app", "explore the store in the browser (Streamlit)"),

@@ -174,14 +174,55 @@ def add_eval(sub, name: str, help_text: str) -> None:
     )
 
 
+IMPORT_DESCRIPTION = textwrap.dedent("""\
+    Import dictionaries trained elsewhere, converted exactly, checked against the width of the hook they
+    are for, and registered so that eval and encode use them. Nothing is written unless every check passes.
+
+    SOURCE is one of:
+      a folder             any format below, told from its files
+      RELEASE/ID           a SAELens release and SAE id (`sae_lens` pretrained directory, resolved offline);
+                           the release ends at the first '/', so ids may contain '/'
+      hf://OWNER/REPO/PATH a folder of a Hugging Face repo (add ?revision=REV for a branch or commit)
+    Named sources are read from the Hugging Face cache when there, else downloaded; offline, the error
+    says how to fetch them elsewhere (huggingface-cli download ...) and import the copied folder.
+    --hook and --out default to the hooks the files (or SAELens's directory) name.
+
+    formats:
+      SAELens         cfg.json + sae_weights.safetensors: topk, standard (ReLU), jumprelu and the
+                      transcoder variants; expected_average_only_in and covariance_whitening are folded
+                      into the weights, hook_z SAEs go on blocks.L.attn.hook_z; layer_norm and
+                      constant_norm_rescale (per-input rescaling) are refused
+      Gemma Scope     params.npz (a transcoder when --out is given or its repo is a transcoder repo)
+      Gemma Scope 2   params.safetensors + config.json (SAEs, transcoders, affine skip transcoders)
+      circuit-tracer  config.yaml + one file per layer: a transcoder set, one transcoder per layer,
+                      named <name>-L<layer>, between the hooks its config names (feature_input_hook and
+                      feature_output_hook: blocks.L.mlp.hook_in to blocks.L.mlp.hook_out)
+""")
+IMPORT_EPILOG = textwrap.dedent("""\
+    examples:
+      workbench import ~/saes/l6_topk --store store/ --hook blocks.6.hook_resid_post
+      workbench import gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium --store store/
+      workbench import gemma-scope-2b-pt-transcoders/layer_0/width_16k/average_l0_76 --store store/
+      workbench import hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71 --store store/
+    a circuit-tracer transcoder set (a folder, or hf://OWNER/REPO), two of its layers, named tc-L0 and tc-L1:
+      workbench import ~/sets/my-transcoders --store store/ --layers 0,1 --name tc
+    offline, fetch on a machine with network, copy DIR here, and import the folder:
+      huggingface-cli download google/gemma-scope-2b-pt-res --include 'layer_20/width_16k/average_l0_71/*' \\
+        --local-dir DIR
+      workbench import DIR/layer_20/width_16k/average_l0_71 --store store/ --hook blocks.20.hook_resid_post
+""")
+
+
 def add_import(sub, name: str, help_text: str) -> None:
     from workbench.import_sae import ImportConfig, run_import
 
     def report(config, result) -> None:
-        imported = result.dictionary.name
+        names = [d.name for d in result.dictionaries]
+        imported = f"'{names[0]}'" if len(names) == 1 else f"{len(names)} transcoders ({', '.join(names)})"
         print(
-            f"Imported as '{imported}'. Next:\n  workbench eval --store {config.store} --dict {imported}\n"
-            f"  workbench encode --store {config.store} --dict {imported}"
+            f"Imported {imported} ({result.format} files from {result.folder}). Next:\n"
+            f"  workbench eval --store {config.store} --dict {names[0]}\n"
+            f"  workbench encode --store {config.store} --dict {names[0]}"
         )
 
     add_command(
@@ -192,11 +233,8 @@ def add_import(sub, name: str, help_text: str) -> None:
         run_import,
         report,
         flags=HOOK_FLAGS | {"source": ["SOURCE"]},
-        description="Import a dictionary folder in SAELens's layout (cfg.json + sae_weights.safetensors, as "
-        "SAE.save_model writes it): topk, standard (ReLU), jumprelu and the transcoder variants. "
-        "It is converted exactly, checked against the hook's width, and then works with eval and "
-        "encode.",
-        epilog="example:\n  workbench import ~/saes/l6_topk --store store/ --hook blocks.6.hook_resid_post",
+        description=IMPORT_DESCRIPTION,
+        epilog=IMPORT_EPILOG,
     )
 
 

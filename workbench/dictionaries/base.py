@@ -295,12 +295,22 @@ def load_dictionary(folder: str | Path, expected_arch: str | None = None) -> Spa
         config, tensors = from_saelens(cfg, tensors, source=folder)
     if expected_arch is not None and config.arch != expected_arch:
         raise DictionaryError(f"{folder} holds a '{config.arch}' dictionary, not '{expected_arch}'.")
+    return dictionary_from_state(config, tensors, folder)
+
+
+def dictionary_from_state(
+    config: DictionaryConfig, tensors: dict[str, torch.Tensor], source: Path | str
+) -> SparseCoder:
+    """The dictionary `config` describes, holding `tensors`; refused when they do not match its family."""
     model = make_dictionary(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        raise DictionaryError(f"{source}: the weights do not fit its configuration ({error}).") from None
     missing = [m for m in missing if m not in model.training_buffers]
     if missing or unexpected:
         raise DictionaryError(
-            f"{folder}: the weights do not match a '{config.arch}' dictionary "
+            f"{source}: the weights do not match a '{config.arch}' dictionary "
             f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})."
         )
     return model
