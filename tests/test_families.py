@@ -29,10 +29,15 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, models_dir):
-    """(registry name, model folder, HF model, tokenizer), loaded once per family."""
+    """(registry name, HF model, tokenizer, {backend name: backend}), loaded once per family. The nnsight backend
+    wraps the returned HF model; TransformerLens's bridge gets its own copy, because it rewires the model's blocks."""
     model_dir = resolve_model_dir(request.param, models_dir)
     hf_model, tokenizer = load_hf_model(model_dir)
-    return request.param, model_dir, hf_model, tokenizer
+    backends = {
+        "nnsight": make_backend("nnsight", hf_model, tokenizer),
+        "transformerlens": make_backend("transformerlens", *load_hf_model(model_dir)),
+    }
+    return request.param, hf_model, tokenizer, backends
 
 
 def _ids(batch=2, seq=20):
@@ -45,12 +50,12 @@ def _close(a, b, rtol=1e-5):
 
 
 def test_both_backends_agree_and_every_hook_is_the_models_own_maths(family):
-    name, model_dir, hf_model, tokenizer = family
+    name, hf_model, _, backends = family
     spec = families.family_of(hf_model)
     assert spec.name == EXPECTED_FAMILY[name]
     ids = _ids()
-    lens = make_backend("transformerlens", *load_hf_model(model_dir)).capture(ids, EVERY_HOOK)
-    sight = make_backend("nnsight", hf_model, tokenizer).capture(ids, EVERY_HOOK)
+    lens = backends["transformerlens"].capture(ids, EVERY_HOOK)
+    sight = backends["nnsight"].capture(ids, EVERY_HOOK)
     for hook in EVERY_HOOK:
         _close(lens[hook], sight[hook])
     n_heads, d_head = families.attention_heads(hf_model)
@@ -79,7 +84,7 @@ def test_attribution_edges_sum_exactly_to_each_target(family):
     from workbench.circuits.attribution import build_graph, de_embeddings
     from workbench.dictionaries import DictionaryConfig, make_dictionary
 
-    _, _, hf_model, tokenizer = family
+    _, hf_model, tokenizer, _ = family
     torch.manual_seed(0)
     coders = {
         layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True)).eval()
@@ -106,8 +111,7 @@ def test_attribution_edges_sum_exactly_to_each_target(family):
 
 @pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
 def test_a_skip_pass_resumed_from_the_clean_residual_equals_the_full_skip_pass(family, backend):
-    _, model_dir, _, _ = family
-    runner = make_backend(backend, *load_hf_model(model_dir))
+    runner = family[3][backend]
     ids = _ids()
     clean = runner.run(ids, [HookPoint(0, "hook_in"), HookPoint(0, "hook_out")], logits=True)
     later = [HookPoint(1, "hook_in"), HookPoint(1, "hook_out")]
@@ -127,7 +131,7 @@ def test_depth_probes_run_and_the_last_layers_lens_is_the_output(family, tmp_pat
     from workbench.probes.depth import DepthProbeConfig, run_depth_probes
     from workbench.store import Store
 
-    name, _, _, _ = family
+    name = family[0]
     (tmp_path / "models").symlink_to(models_dir, target_is_directory=True)
     config = DepthProbeConfig(
         model=name, store=str(tmp_path), tokens=256, context_len=32, lens_tokens=64, skip_tokens=64, name="p"

@@ -93,7 +93,7 @@ def test_harvest_train_eval_and_encode_through_both_backends(gemma, store_dir):
     }
     assert ce["nnsight"].ce_spliced == pytest.approx(ce["transformerlens"].ce_spliced, abs=1e-3)
     assert ce["nnsight"].ce_clean < ce["nnsight"].ce_spliced < ce["nnsight"].ce_zero_ablation
-    encoded = run_encode(EncodeConfig(store=store, dictionary="sae", run="nnsight"), progress=False)
+    encoded = run_encode(EncodeConfig(store=store, dictionary="sae"), progress=False)
     assert encoded.n_rows > 0
 
 
@@ -154,7 +154,7 @@ def test_ioi_patching_on_gemma_agrees_between_backends(gemma):
     from workbench.circuits.tasks import load_task, tokenize_task
 
     model_dir, hf_model, tokenizer = gemma
-    task = tokenize_task(load_task("ioi", tokenizer, n_pairs=4), tokenizer)
+    task = tokenize_task(load_task("ioi", tokenizer, n_pairs=2), tokenizer)  # ~80 s per backend at 2 pairs
     sight = patch_task(make_backend("nnsight", hf_model, tokenizer), task, "layers", progress=False)
     lens = patch_task(make_backend("transformerlens", *load_hf_model(model_dir)), task, "layers", progress=False)
     assert sight.metric_clean > 0  # Gemma prefers the indirect object on these prompts

@@ -52,6 +52,19 @@ def test_stored_activations_equal_a_direct_forward_pass(store_dir, tiny_dir, bac
         np.testing.assert_allclose(acts[:640], expected[hook].reshape(-1, 64).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("device_map", ["auto", '{"": "cpu"}'])
+def test_a_model_spread_by_a_device_map_harvests_the_same_activations(store_dir, device_map):
+    """--device-map takes accelerate's path (from_pretrained(device_map=...)); with no GPU here every module lands
+    on the CPU, so the shards must equal a plain harvest. Spreading over several GPUs is not tested here."""
+    run_harvest(_config(store_dir, tokens=1024, run="plain"), progress=False)
+    run_harvest(_config(store_dir, tokens=1024, run="mapped", device_map=device_map), progress=False)
+    store = Store.open_existing(store_dir)
+    for hook in parse_hooks(HOOKS, 2):
+        plain = np.concatenate([a for _, a in store.iter_activations("plain", hook.name)])
+        mapped = np.concatenate([a for _, a in store.iter_activations("mapped", hook.name)])
+        np.testing.assert_array_equal(plain, mapped)
+
+
 def test_rows_trace_back_to_their_text_through_sql(store_dir):
     run_harvest(_config(store_dir), progress=False)
     store = Store.open_existing(store_dir)

@@ -67,6 +67,9 @@ class HarvestConfig:
     """Where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    device_map: str | None = None
+    """Spread a model too big for one device over several: auto (accelerate's map: every visible GPU, then CPU),
+    balanced, sequential, or a JSON {module: device}. The inputs go to --device, which must hold the embedding."""
     store_dtype: str = "auto"
     """Precision of the stored shards: auto (the model's dtype when it is bfloat16 or float16, else float32: a
     bf16 model's activations are stored losslessly in half the bytes), float32, bfloat16 (0.42x the bytes,
@@ -278,7 +281,7 @@ def run_harvest(config: HarvestConfig, *, progress: bool = True) -> HarvestResul
         stored = stored_dtypes.pop() if stored_dtypes else "float32"
         _check_resumable(existing, config, hooks, run, placement, stored, store_dtype)
     if pool is None:
-        hf_model, tokenizer = load_hf_model(model_dir, placement)
+        hf_model, tokenizer = load_hf_model(model_dir, placement, config.device_map)
     else:  # the actors load the model; the driver needs only the tokenizer
         tokenizer = load_tokenizer(model_dir)
     if not existing:

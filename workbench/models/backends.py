@@ -270,7 +270,7 @@ class NNsightBackend(Backend):
     def _run_resumed(self, input_ids, ordered: list[HookPoint], logits: bool, skip: LayerSkip) -> ForwardResult:
         """A skip pass that starts from a clean pass's residual (LayerSkip.resume): blocks 0..layer are skipped."""
         outputs = _resumed_outputs(skip, ordered)
-        saved = {}
+        saved, saved_logits = {}, None
         with self.lm.trace(input_ids) as tracer:
             for index, value in enumerate(outputs):
                 self._block(index).skip(value)
@@ -280,8 +280,7 @@ class NNsightBackend(Backend):
                 saved_logits = self.lm.output.logits.save()
             else:
                 tracer.stop()
-        acts = {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
-        return ForwardResult(acts, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
+        return _collected(saved, saved_logits)
 
     def _skip(self, skip: LayerSkip, block_input) -> None:
         block = self._block(skip.layer)
@@ -322,7 +321,7 @@ class NNsightBackend(Backend):
                 self._patch_in_trace(patch)
                 saved_logits = self.lm.output.logits.save()
             return ForwardResult({}, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
-        saved = {}
+        saved, saved_logits = {}, None
         # nnsight requires modules to be read in forward order, so the skip's two steps
         # (read the block's input, overwrite its output) are slotted into the hook order.
         ordered = sorted(hooks, key=lambda h: h.forward_order)
@@ -351,8 +350,14 @@ class NNsightBackend(Backend):
                 saved_logits = self.lm.output.logits.save()
             else:
                 tracer.stop()
-        acts = {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
-        return ForwardResult(acts, getattr(saved_logits, "value", saved_logits).detach() if logits else None)
+        return _collected(saved, saved_logits)
+
+
+def _collected(saved: dict, saved_logits) -> ForwardResult:
+    """The values an nnsight trace saved (proxies before nnsight 0.5, plain tensors after), detached."""
+    acts = {point: getattr(value, "value", value).detach().clone() for point, value in saved.items()}
+    logits = None if saved_logits is None else getattr(saved_logits, "value", saved_logits).detach()
+    return ForwardResult(acts, logits)
 
 
 def make_backend(name: str, hf_model: nn.Module, tokenizer) -> Backend:

@@ -351,18 +351,26 @@ def load_tokenizer(model_dir: Path):
         raise ModelLoadError(f"Could not load the tokenizer in {model_dir}: {exc}") from exc
 
 
-def load_hf_model(model_dir: Path, placement: Placement | None = None):
+def load_hf_model(model_dir: Path, placement: Placement | None = None, device_map: str | None = None):
     """Load (model, tokenizer) in eval mode from a local HF folder, without touching the network.
 
-    The weights are loaded in the placement's dtype and moved to its device (default: fp32 on the cpu).
+    The weights are loaded in the placement's dtype and moved to its device (default: fp32 on the cpu). With a
+    `device_map` (auto, balanced, sequential, or a JSON {module: device}), accelerate spreads the blocks over
+    the visible GPUs (then the CPU) instead; the inputs then go to the placement's device, which must hold the
+    embedding (cuda:0 under auto).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     placement = placement or Placement(torch.device("cpu"), torch.float32)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)  # Any: see build_smollm2
-        model = model.to(placement.device).eval()
+        if device_map:
+            spread = json.loads(device_map) if device_map.lstrip().startswith("{") else device_map
+            model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype, device_map=spread)
+            model = model.eval()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=placement.dtype)  # Any: see build_smollm2
+            model = model.to(placement.device).eval()
     except torch.OutOfMemoryError as exc:
         raise ModelLoadError(
             f"The model in {model_dir} does not fit on {placement.device} in {placement.dtype_name}: {exc}. "

@@ -63,6 +63,9 @@ class DepthProbeConfig:
     """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    device_map: str | None = None
+    """Spread a model too big for one device over several: auto (accelerate's map: every visible GPU, then CPU),
+    balanced, sequential, or a JSON {module: device}. The inputs go to --device, which must hold the embedding."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
 
@@ -99,7 +102,7 @@ def run_depth_probes(config: DepthProbeConfig, *, progress: bool = True) -> Prob
     n_layers, _ = model_shape(model_dir)
     split, skip_layers = _validate(config, n_layers)
     name = check_run_name(config.name or default_probe_name(config))
-    hf_model, tokenizer = load_hf_model(model_dir, placement)
+    hf_model, tokenizer = load_hf_model(model_dir, placement, config.device_map)
     norm, unembed = final_norm_and_unembed(hf_model) if config.lens_tokens > 0 else (None, None)
     contexts = torch.from_numpy(
         tokenize_corpus(config.corpus, tokenizer, config.tokens, config.context_len, config.text_column).contexts()

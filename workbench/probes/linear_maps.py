@@ -93,6 +93,7 @@ def _residuals(
     backend_name: str,
     placement: Placement,
     text_column: str,
+    device_map: str | None,
 ):
     """Every block's output residual for the corpus, [n_layers] x [n_tokens, d], and each token's alignment key."""
     from workbench.corpus import tokenize_corpus
@@ -101,7 +102,7 @@ def _residuals(
 
     model_dir = resolve_model_dir(model, store.root / "models")
     n_layers, _ = model_shape(model_dir)
-    hf_model, tokenizer = load_hf_model(model_dir, placement)
+    hf_model, tokenizer = load_hf_model(model_dir, placement, device_map)
     corpus_tokens = tokenize_corpus(corpus, tokenizer, tokens, context_len, text_column)
     contexts = torch.from_numpy(corpus_tokens.contexts()).long()
     backend = make_backend(backend_name, hf_model, tokenizer)
@@ -139,6 +140,9 @@ class LinearMapsConfig:
     """Where it runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """The model's compute precision: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16 or float16."""
+    device_map: str | None = None
+    """Spread a model too big for one device over several: auto (accelerate's map: every visible GPU, then CPU),
+    balanced, sequential, or a JSON {module: device}. The inputs go to --device, which must hold the embedding."""
     text_column: str = "text"
     """Text field for .jsonl/.parquet/hf corpora."""
     ridge: float = 1e-4
@@ -162,6 +166,7 @@ def run_linear_maps(config: LinearMapsConfig) -> ProbeResult:
         backend_name=config.backend,
         placement=placement,
         text_column=config.text_column,
+        device_map=config.device_map,
     )
     source_layers, source_keys, n_source = _residuals(config.source, **common)
     target_layers, target_keys, n_target = _residuals(config.target, **common)

@@ -42,7 +42,7 @@ def lens_measures(
     distribution [tokens, vocab]; top_final [tokens, k]: its top-k tokens (the same at every layer)."""
     # The lens runs in the model's own precision (its norm and unembedding weights); the KL in fp32.
     lens_logits = unembed(norm(resid.to(next(unembed.parameters()).dtype))).float()
-    top_lens = lens_logits.topk(top_final.shape[-1], dim=-1).indices  # the logits' order is the log-probs' order
-    kl = final.kl_to(torch.log_softmax(lens_logits, dim=-1))
+    top_lens = lens_logits.topk(top_final.shape[-1], dim=-1, sorted=False).indices  # the log-probs' order
+    kl = final.kl_to_logits(lens_logits)
     overlap = (top_final.unsqueeze(-1) == top_lens.unsqueeze(-2)).any(-1).float().mean(-1)
     return kl, overlap
