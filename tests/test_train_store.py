@@ -142,7 +142,7 @@ def test_bad_training_input_is_reported_and_changes_nothing(store):
         run_train(_config(store, k=128), progress=False)
     # A batch larger than what one buffer of shards holds would never be drawn: refused, not an endless wait.
     with pytest.raises(StoreError, match="--batch-size 1000000 is larger than the .* rows.*Lower --batch-size"):
-        run_train(_config(store, batch_size=1_000_000), progress=False)
+        run_train(_config(store, batch_size=1_000_000, tokens=2_000_000), progress=False)
     assert store_snapshot(store.root) == before
 
 

@@ -43,6 +43,8 @@ def lens_measures(
     # The lens runs in the model's own precision (its norm and unembedding weights); the KL in fp32.
     lens_logits = unembed(norm(resid.to(next(unembed.parameters()).dtype))).float()
     top_lens = lens_logits.topk(top_final.shape[-1], dim=-1, sorted=False).indices  # the log-probs' order
-    kl = final.kl_to_logits(lens_logits)
+    # The exact KL: a shortcut (sum p log p - p.z + logsumexp z) saved 0.12 s of a layer's 1.15 s here (the
+    # unembedding's matmul takes 0.72 s) but left 1e-5 of float32 rounding where the distributions are equal.
+    kl = final.kl_to(torch.log_softmax(lens_logits, dim=-1))
     overlap = (top_final.unsqueeze(-1) == top_lens.unsqueeze(-2)).any(-1).float().mean(-1)
     return kl, overlap
