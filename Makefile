@@ -62,8 +62,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Two pytest workers, one per core (tests/conftest.py gives each one torch thread); a file's tests share a worker,
+# so its module fixtures are built once.
 test: setup browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-slow: setup browser
 	$(PY) -m pytest --slow

@@ -127,6 +127,34 @@ def test_a_skip_pass_resumed_from_the_clean_residual_equals_the_full_skip_pass(f
     _close(runner.run(ids, [], logits=True).logits, clean.logits)
 
 
+def test_codebooks_and_head_writes_read_what_the_hooks_read(family, models_dir):
+    """Codebook sites sit on the same modules as the hooks (Gemma's post-norms included), and the per-head writes
+    that the code method clusters add up to the attention's output projection."""
+    from workbench.circuits.codes import head_writes
+    from workbench.codebooks.attach import CodebookModel
+
+    name, hf_model, _, backends = family
+    ids = _ids()
+    points = [HookPoint(1, "attn.hook_out"), HookPoint(1, "mlp.hook_out"), HookPoint(0, "attn.hook_z")]
+    hooks = backends["nnsight"].capture(ids, points + [HookPoint(1, "attn.hook_z")])
+    copy, _ = load_hf_model(resolve_model_dir(name, models_dir))  # a codebook model hooks the HF model for good
+    coded = CodebookModel(copy, [p.name for p in points], n_codes=8)
+    coded.enabled = False  # the plain model, recording what each site sees
+    with torch.no_grad():
+        _close(coded(ids).logits, hf_model(ids).logits)
+    for point in points:
+        _close(coded.inputs[point.name], hooks[point])
+    spec = families.family_of(hf_model)
+    writes = head_writes(backends["nnsight"], ids)  # [prompts, layers * heads, d] at the last position
+    n_heads, _ = families.attention_heads(hf_model)
+    for layer, block in enumerate(families.decoder_layers(hf_model)):
+        W_O, b_O = families.output_weights(getattr(block, spec.attention), spec)
+        total = writes[:, layer * n_heads : (layer + 1) * n_heads].sum(1) + (0 if b_O is None else b_O)
+        with torch.no_grad():
+            projected = getattr(getattr(block, spec.attention), spec.out_proj)(hooks[HookPoint(layer, "attn.hook_z")])
+        _close(total, projected[:, -1])
+
+
 def test_depth_probes_run_and_the_last_layers_lens_is_the_output(family, tmp_path, models_dir):
     from workbench.probes.depth import DepthProbeConfig, run_depth_probes
     from workbench.store import Store
