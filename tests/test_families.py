@@ -207,3 +207,12 @@ def test_an_unsupported_family_gets_an_error_that_names_what_is_missing():
         families.family_of(opt)
     with pytest.raises(ModelLoadError, match="not a supported model family"):
         make_backend("nnsight", opt, None)
+
+
+def test_a_gguf_that_does_not_dequantize_is_refused_and_builds_nothing(tmp_path):
+    from workbench.models.registry import _dequantize_gguf
+
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)  # a header and then nonsense
+    with pytest.raises(ModelLoadError, match=r"broken\.gguf did not dequantize into a Gemma 3 270M model.*reinstall"):
+        _dequantize_gguf(tmp_path, "broken.gguf", tmp_path / "out", "Gemma 3 270M")
+    assert not (tmp_path / "out").exists()
