@@ -141,11 +141,11 @@ def summarize(store: Store, label: str, prose: str, math: str, maps: str) -> tup
         "",
         "4. Depth score (effect-weighted mean layer, relative to the last layer):",
     ]
-    for run, label in ((prose, "prose"), (math, "addition")):
+    for run, task in ((prose, "prose"), (math, "addition")):
         for measure in ("skipped_positions_kl", "future_positions_kl"):
             if (run, measure) in scores:
                 d, r = scores[run, measure]
-                lines.append(f"   {label:9s} {measure:22s} layer {d:5.2f}  ({r:.2f} of the depth)")
+                lines.append(f"   {task:9s} {measure:22s} layer {d:5.2f}  ({r:.2f} of the depth)")
     if maps_grid:
         diag_next = [e for i, j, e in maps_grid if j == i + 1]
         far = [e for i, j, e in maps_grid if j >= i + n_layers // 2]
@@ -158,7 +158,10 @@ def summarize(store: Store, label: str, prose: str, math: str, maps: str) -> tup
 
 
 def cross_model_summary(store: Store, maps: str, source: str, target: str) -> tuple[str, np.ndarray]:
-    """Which target layer each source layer maps to best, and whether that follows relative depth."""
+    """Which source layer predicts each target layer best, and whether that follows relative depth.
+
+    Read per target layer: target layers differ in how predictable they are at all (Gemma's first layers are
+    dominated by a few huge, easily predicted dimensions), so the best target per source says little."""
     grid = query(
         store,
         "SELECT source_layer, target_layer, rel_error FROM probe_linear_maps WHERE probe_run = ?",
@@ -169,17 +172,17 @@ def cross_model_summary(store: Store, maps: str, source: str, target: str) -> tu
     errors = np.full((n_source, n_target), np.nan)
     for i, j, e in grid:
         errors[i, j] = e
-    best = errors.argmin(1)
-    relative_source = (np.arange(n_source) + 1) / n_source
-    relative_best = (best + 1) / n_target
-    correlation = float(np.corrcoef(relative_source, relative_best)[0, 1]) if best.std() > 0 else float("nan")
+    best = errors.argmin(0)  # per target layer
+    relative_target = (np.arange(n_target) + 1) / n_target
+    relative_best = (best + 1) / n_source
+    correlation = float(np.corrcoef(relative_target, relative_best)[0, 1]) if best.std() > 0 else float("nan")
     lines = [
         f"Linear maps from {LABELS.get(source, source)} ({n_source} layers) to {LABELS.get(target, target)} "
         f"({n_target} layers), two tokenizers, {aligned} tokens aligned by character offset:",
-        "   best target layer per source layer: " + " ".join(f"{i}->{b}" for i, b in enumerate(best)),
-        f"   correlation of relative depths (source, best target): {correlation:.2f}",
-        f"   held-out relative error of the best map: min {np.nanmin(errors):.3f}, "
-        f"median over source layers {np.median(errors.min(1)):.3f}",
+        "   best source layer per target layer: " + " ".join(f"{b}->{j}" for j, b in enumerate(best)),
+        f"   correlation of relative depths (best source, target): {correlation:.2f}",
+        f"   held-out relative error of the best map per target layer: min {np.nanmin(errors):.3f}, "
+        f"median {np.median(errors.min(0)):.3f}, max {np.max(errors.min(0)):.3f}",
     ]
     return "\n".join(lines), errors
 
@@ -312,8 +315,8 @@ def plot_cross_model(errors: np.ndarray, source: str, target: str, out_dir: Path
         aspect="auto",
         extent=(0.5 / n_target, 1 + 0.5 / n_target, 0.5 / n_source, 1 + 0.5 / n_source),
     )
-    best = errors.argmin(1)
-    ax.plot((best + 1) / n_target, (np.arange(n_source) + 1) / n_source, "c.", label="best target layer")
+    best = errors.argmin(0)
+    ax.plot((np.arange(n_target) + 1) / n_target, (best + 1) / n_source, "c.", label="best source layer")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
     ax.set(
         title=f"Linear map error, {LABELS.get(source, source)} -> {LABELS.get(target, target)}",
@@ -370,6 +373,9 @@ def main() -> int:
         "--models", default=",".join(MODELS), help="models to compare, comma-separated (default: %(default)s)"
     )
     parser.add_argument("--out", default="analyses/output/depth_usage")
+    parser.add_argument(
+        "--from-store", action="store_true", help="summarise and plot the probe runs already in the store; run nothing"
+    )
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     out_dir = Path(args.out)
@@ -379,16 +385,20 @@ def main() -> int:
 
     sections, written = [], []
     for model in models:
-        prose, math, maps = probe_model(model, args.store, args.tokens, additions)
+        short = model.split("/")[-1]
+        if args.from_store:
+            prose, math, maps = (f"depth-usage-{kind}-{short}" for kind in ("prose", "addition", "maps"))
+        else:
+            prose, math, maps = probe_model(model, args.store, args.tokens, additions)
         label = LABELS.get(model, model)
         text, figures = summarize(Store.open_existing(args.store), label, prose, math, maps)
         sections.append(text)
         written += plot(figures, out_dir, label, f"depth_usage_{model.split('/')[-1]}")
     if len(models) >= 2:
         source, target = models[0], models[1]
-        maps = run_linear_maps(
-            LinearMapsConfig(source=source, target=target, store=args.store, tokens=4096, name="depth-usage-cross-maps")
-        ).probe_run.probe_run
+        maps = "depth-usage-cross-maps"
+        if not args.from_store:
+            run_linear_maps(LinearMapsConfig(source=source, target=target, store=args.store, tokens=4096, name=maps))
         text, errors = cross_model_summary(Store.open_existing(args.store), maps, source, target)
         sections.append(text)
         written.append(plot_cross_model(errors, source, target, out_dir))
