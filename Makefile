@@ -62,10 +62,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Two pytest workers, one per core (tests/conftest.py gives each one torch thread); a file's tests share a worker,
-# so its module fixtures are built once.
 test: setup browser lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 test-slow: setup browser
 	$(PY) -m pytest --slow

@@ -19,11 +19,6 @@ from workbench.models import resolve_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two pytest workers on the two cores; two torch threads each would oversubscribe them.
-    # (Subprocesses the tests start, `workbench` commands and torchrun ranks, keep torch's own default.)
-    torch.set_num_threads(1)
-
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the slow tests on the real SmolLM2-135M model")
