@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from workbench.hooks import HOOK_KINDS, HookPoint
-from workbench.models.families import decoder_layers, family_of, part
+from workbench.models.families import decoder_layers, family_of
 
 # Hugging Face models are typed `Any` where their config and attributes are read: these are per-architecture
 # attributes that torch's stubs type as `Tensor | Module`.
@@ -28,15 +28,6 @@ BACKENDS = ("transformerlens", "nnsight")
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass once everything needed is captured."""
-
-
-def find_module(hf_model: nn.Module, paths: Sequence[str], kind: type[nn.Module] = nn.Module) -> nn.Module | None:
-    """The first of the dotted attribute paths that exists on the model and is a `kind`, else None."""
-    for path in paths:
-        module = part(hf_model, path)
-        if isinstance(module, kind):
-            return module
-    return None
 
 
 def _first(output):
@@ -325,10 +316,10 @@ class NNsightBackend(Backend):
         # nnsight requires modules to be read in forward order, so the skip's two steps
         # (read the block's input, overwrite its output) are slotted into the hook order.
         ordered = sorted(hooks, key=lambda h: h.forward_order)
-        skip_read = (skip.layer, HOOK_KINDS.index("hook_in")) if skip else None
-        skip_write = (skip.layer, HOOK_KINDS.index("hook_out")) if skip else None
         if skip is not None and skip.resume is not None:
             return self._run_resumed(input_ids, ordered, logits, skip)
+        skip_read = (skip.layer, HOOK_KINDS.index("hook_in")) if skip else None
+        skip_write = (skip.layer, HOOK_KINDS.index("hook_out")) if skip else None
         with self.lm.trace(input_ids) as tracer:
             block_input = None
             for point in ordered:

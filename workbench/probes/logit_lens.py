@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.errors import ProbeError
-from workbench.models.backends import find_module
+from workbench.errors import ModelLoadError, ProbeError
+from workbench.models import families
 from workbench.probes.distributions import OutputDistribution
 
 
@@ -20,9 +20,10 @@ def final_norm_and_unembed(
     fix: str = "Run the depth probe with --lens-tokens 0 to skip the logit lens.",
 ) -> tuple[nn.Module, nn.Module]:
     """The modules the model applies after its last block, or a clear error if it has none."""
-    norm = find_module(
-        hf_model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
-    )
+    try:  # the family description is the one place that knows where each architecture keeps its final norm
+        norm = families.part(hf_model, families.family_of(hf_model).final_norm)
+    except ModelLoadError:
+        norm = None
     get_unembed = getattr(hf_model, "get_output_embeddings", None)
     unembed = get_unembed() if callable(get_unembed) else None
     if norm is None or unembed is None:
