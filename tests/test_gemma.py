@@ -127,7 +127,9 @@ def test_linear_maps_between_smollm2_and_gemma_align_tokens_by_the_text_they_end
 
 
 def test_attribution_through_gemma_freezes_its_norms_exactly(gemma):
-    from workbench.circuits.attribution import build_graph, de_embeddings
+    from workbench.circuits.attribute import Targets, build_graph
+    from workbench.circuits.deembed import de_embeddings
+    from workbench.circuits.replacement import TranscoderSet
     from workbench.dictionaries import DictionaryConfig, make_dictionary
 
     _, hf_model, tokenizer = gemma
@@ -137,11 +139,11 @@ def test_attribution_through_gemma_freezes_its_norms_exactly(gemma):
         for layer in (3, 10)
     }
     prompt = "The capital of France is"
-    graph = build_graph(hf_model, tokenizer, prompt, coders)
+    graph = build_graph(hf_model, tokenizer, prompt, TranscoderSet(coders), Targets(max_logits=1))
     ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]])
     with torch.no_grad():
         real = hf_model(ids).logits[0, -1]
-    assert graph.target_logit == pytest.approx(real.max().item(), rel=1e-4)
+    assert graph.targets[0].activation == pytest.approx((real.max() - real.mean()).item(), rel=1e-4)
     kinds = np.array([node.kind for node in graph.nodes])
     values = np.array([node.activation for node in graph.nodes])
     targets = np.flatnonzero(np.isin(kinds, ("feature", "logit")))

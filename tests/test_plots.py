@@ -214,7 +214,8 @@ def graph_data(n_features: int = 5) -> dict:
             "layer": "0",
             "ctx_idx": 1,
             "feature_type": "cross layer transcoder",
-            "influence": 0.1 * (f + 1),
+            "influence": 0.9 - 0.1 * f,  # circuit-tracer's cumulative share
+            "node_influence": 0.1 * (f + 1),
             "activation": 1.0,
             "clerp": f"feature {f}",
             "feature": f,
@@ -233,7 +234,7 @@ def graph_data(n_features: int = 5) -> dict:
         },
         {
             "node_id": "L_7_1",
-            "layer": "Lgt",
+            "layer": "2",
             "ctx_idx": 1,
             "feature_type": "logit",
             "influence": 1.0,

@@ -254,12 +254,17 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
     nodes = data.get("nodes", [])
     if not nodes:
         return empty_figure("This graph has no nodes.", 620), []
-    n_layers = max([int(n["layer"]) for n in nodes if n["layer"].isdigit()] + [0]) + 1
-    features = sorted((n for n in nodes if n["feature_type"] == FEATURE_NODE), key=lambda n: -n["influence"])
+    # circuit-tracer's layout: embeddings at layer "E", targets at layer n_layers + 1; its `influence` is a node's
+    # cumulative share (smaller = more influential), ours adds the node's own as `node_influence`.
+    n_layers = max([int(n["layer"]) for n in nodes if n["layer"].isdigit() and n["feature_type"] != "logit"] + [0]) + 1
+
+    def own(node: dict) -> float:
+        return node.get("node_influence", 1 - node["influence"])
+
+    features = sorted((n for n in nodes if n["feature_type"] == FEATURE_NODE), key=lambda n: -own(n))
     features = features[:max_features]
     shown = [n for n in nodes if n["feature_type"] != FEATURE_NODE] + features
     ids = {n["node_id"] for n in shown}
-    y_of = {"E": -1, "Lgt": n_layers}
     # Several nodes share a (layer, position) cell: spread them sideways so each can be hovered.
     cells: dict[tuple, int] = {}
     position = {}
@@ -269,7 +274,7 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
         cells[cell] = slot + 1
         position[node["node_id"]] = (
             node["ctx_idx"] + 0.12 * ((slot + 1) // 2) * (-1) ** slot,
-            y_of.get(node["layer"], int(node["layer"]) if node["layer"].isdigit() else 0),
+            n_layers if node["feature_type"] == "logit" else -1 if node["layer"] == "E" else int(node["layer"]),
         )
     links = [link for link in data.get("links", []) if link["source"] in ids and link["target"] in ids]
     largest = max([abs(link["weight"]) for link in links] + [1e-12])
@@ -294,7 +299,7 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
                     hoverinfo="skip",
                     showlegend=False,
                 )
-    top = max(n["influence"] for n in shown) or 1.0
+    top = max(own(n) for n in shown) or 1.0
     for kind, colour in NODE_COLOURS.items():
         group = [n for n in shown if n["feature_type"] == kind]
         if not group:
@@ -306,10 +311,11 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
             name=kind,
             marker=dict(
                 color=colour,
-                size=[8 + 22 * min(n["influence"] / top, 1) for n in group],
+                size=[8 + 22 * min(own(n) / top, 1) for n in group],
                 line=dict(color="#222", width=0.5),
             ),
-            text=[f"{n['clerp']}<br>activation {n['activation']:.3f}<br>influence {n['influence']:.3f}" for n in group],
+            text=[f"{n['clerp'] or n['node_id']}<br>activation {n['activation']:.3f}<br>influence {own(n):.3f}"
+                  for n in group],  # fmt: skip
             hoverinfo="text",
             customdata=[n["node_id"] for n in group],
         )

@@ -156,23 +156,26 @@ else:
         f"transcoders {', '.join(row['transcoders'])}. Pruned to {row['n_kept_nodes']} nodes and "
         f"{row['n_kept_edges']} links."
     )
-    cols = st.columns(3)
-    cols[0].metric("Target logit", f"{row['target_logit']:.3f}")
+    cols = st.columns(4)
+    cols[0].metric("Target value", f"{row['target_logit']:.3f}")
     cols[1].metric("Replacement score", f"{row['replacement_score']:.3f}")
     cols[2].metric("Completeness score", f"{row['completeness_score']:.3f}")
+    faithful = data["metadata"].get("faithfulness")
+    cols[3].metric("Faithfulness", "n/a" if faithful is None else f"{faithful:.3f}",
+                   help="Correlation of the target changes the graph predicts with those that ablating its most "
+                   "influential features causes in the real model.")  # fmt: skip
     left, right = st.columns(2)
     min_share = left.slider("Hide links weaker than this share of the strongest", 0.0, 0.5, 0.02, 0.01)
     max_features = right.slider("Features shown (most influential first)", 5, 300, 60, 5)
     figure, features = plots.attribution_graph(data, min_share, max_features)
     st.plotly_chart(figure, key="graph")
-    layer_names = data["metadata"].get("transcoders", {})
     if features:
-        options = {f"{n['clerp']} (influence {n['influence']:.3f})": n for n in features}
+        options = {f"{n['node_id']} (influence {n.get('node_influence', 0):.3f})": n for n in features}
         picked = options[st.selectbox("Open a feature's page", list(options))]
-        dictionary = layer_names.get(picked["layer"])
-        if dictionary:
+        dictionary, feature = picked.get("dictionary"), picked.get("feature_index")
+        if dictionary and feature is not None:
             st.page_link(
                 "views/features.py",
-                label=f"{dictionary} · feature {picked['feature']} →",
-                query_params={"dict": dictionary, "feature": str(picked["feature"])},
+                label=f"{dictionary} · feature {feature} →",
+                query_params={"dict": dictionary, "feature": str(feature)},
             )

@@ -1,39 +1,21 @@
-"""Attribution graphs through transcoders (Dunefsky et al.; Anthropic's circuit-tracer).
+"""Attribution-graph commands and their store I/O: `workbench circuit graph|export|intervene|deembed`.
 
-The local replacement model of one prompt: the model's own forward pass, with
-  - each MLP that has a transcoder replaced by the transcoder's decoded features, plus an
-    error node (the MLP's true output minus the reconstruction), so nothing is lost;
-  - each MLP without a transcoder kept whole as an error node;
-  - attention patterns and every norm's per-position factor frozen at their values on this prompt.
-Frozen, the residual stream is a linear function of the sources: token embeddings, feature
-activations, error nodes (plus constant biases). So each edge is exact:
-
-    edge(source -> target) = source value x d(target) / d(source)
-
-where a target is the logit of the answer token or an active feature's pre-activation. For a
-feature-to-feature edge through the residual stream alone this is a_i * (W_dec[i] . v_j): the
-input-invariant virtual weight times the input-dependent activation; the graph keeps both
-(`weight` and `per_unit` = weight / activation). Edges through attention go through the
-frozen patterns, head by head. Every target's incoming edges plus its bias term sum to its
-value, which the tests check to 1e-4.
-
-Pruning follows circuit-tracer: rows are normalised to sum |weight| = 1, influence flows back
-from the logit through (I - A)^-1, features are kept until `node_threshold` of the logit's
-influence on features is covered, and edges until `edge_threshold` of the edge influence is.
-Scores, on the unpruned graph:
-  replacement   share of the logit's influence that reaches embeddings rather than errors;
-  completeness  influence-weighted share of every node's direct input that is not an error.
-Every family in workbench/models/families.py is supported (Llama/Qwen, Gemma, GPT-2, NeoX): LayerNorm and
-RMSNorm factors are frozen alike (LayerNorm's centring is linear), Gemma's post-attention norm is frozen on
-the attention path and its post-MLP norm sits inside mlp.hook_out, which transcoders replace, and NeoX's
-MLP reads the block input. Gemma 2's final logit soft-capping is not applied: the target is the logit before it.
+The parts, as circuit-tracer splits them:
+  replacement.py    the local replacement model (frozen attention and norms, transcoders, errors)
+  attribute.py      exact edges and attribution targets -> AttributionGraph
+  graph.py          the graph as data: influence, pruning (returns what it keeps), scores, paths
+  export.py         circuit-tracer's JSON, feature files and served folder
+  interventions.py  changing features in the real model, predicted against actual; faithfulness
+  deembed.py        de-embeddings
+This module loads transcoders from the store (checking they fit the model and each other), estimates memory
+before any work, and writes graphs and interventions to the catalog.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,619 +23,158 @@ from typing import Any
 import numpy as np
 import torch
 
+from workbench.circuits.attribute import (
+    Targets,
+    available_memory,
+    build_graph,
+    dense_bytes,
+    max_nodes,
+    prompt_ids,
+    resolve_targets,
+)
+from workbench.circuits.deembed import de_embeddings
+from workbench.circuits.export import add_to_folder, cantor, feature_folder, feature_json, graph_json, write_atomically
+from workbench.circuits.graph import AttributionGraph, prune, scores
+from workbench.circuits.interventions import faithfulness, feature_additions, predicted_changes, run_model_with
+from workbench.circuits.replacement import TranscoderSet
 from workbench.circuits.tasks import TaskError
-from workbench.corpus import bos_token_id
 from workbench.devices import require_cpu, resolve_placement
 from workbench.dictionaries.base import SparseCoder
 from workbench.models import families, load_hf_model, resolve_model_dir
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name
-from workbench.store.analyses import replace_graph
-from workbench.store.records import GraphRecord
+from workbench.store.analyses import add_intervention, replace_graph
+from workbench.store.records import DictionaryRecord, GraphRecord, InterventionRecord
 
-# The Hugging Face models here are typed `Any`: their config fields and submodules (model.layers, self_attn.v_proj,
-# ...) are per-architecture attributes that torch's stubs type as `Tensor | Module`.
+ALL = "all"
 
 
-@dataclass
-class Node:
-    node_id: str
-    kind: str  # embedding | feature | error | logit
-    layer: int  # -1 for embeddings; n_layers for the logit
-    position: int
-    feature: int | None = None
-    activation: float = 0.0  # feature activation, logit value, or source norm for embeddings and errors
-    token: str = ""
-    influence: float = 0.0
+# -- transcoders from the store -----------------------------------------------------------------------
 
 
-@dataclass
-class AttributionGraph:
-    prompt: str
-    tokens: list[str]
-    target_token: str
-    target_logit: float
-    nodes: list[Node]
-    adjacency: np.ndarray  # [targets = nodes, sources = nodes]: edge weights, row = target
-    per_unit: np.ndarray  # the same edges divided by the source's activation (features), else 0
-    bias: np.ndarray  # [nodes]: the constant part of each target's value (biases)
-    replacement_score: float = 0.0
-    completeness_score: float = 0.0
-    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # node mask after pruning
-    kept_edges: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
-    transcoders: dict[int, str] = field(default_factory=dict)
+def _transcoder_layer(record: DictionaryRecord) -> int | None:
+    """The MLP layer of a blocks.L.mlp.hook_in -> blocks.L.mlp.hook_out transcoder, else None."""
+    from workbench.hooks import parse_hook
 
-
-def _attention_pass(hf_model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """([heads, seq, seq] per layer, the residual stream entering block 0 [seq, d]) from the model's own forward.
-
-    Eager attention, because SDPA does not return patterns. Block 0's input is the embedding as each family makes it
-    (scaled by sqrt(d) in Gemma, plus learned positions in GPT-2)."""
-    previous = hf_model.config._attn_implementation
-    hf_model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            output = hf_model(ids, output_attentions=True, output_hidden_states=True)
-    finally:
-        hf_model.set_attn_implementation(previous)
-    return [a[0].float() for a in output.attentions], output.hidden_states[0][0].float()
-
-
-@dataclass
-class _Frozen:
-    """Attention patterns and every norm's per-position factor, measured on the prompt's true pass (`measure`) and
-    then held fixed, which makes the forward pass affine in its sources."""
-
-    patterns: list[torch.Tensor]  # [heads, seq, seq] per layer
-    scales: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (layer, norm name) -> [seq, 1]
-    measure: bool = True
-
-    def norm(self, layer: int, name: str, module: Any, x: torch.Tensor) -> torch.Tensor:
-        if self.measure:
-            self.scales[(layer, name)] = families.norm_scale(module, x)
-        return families.frozen_norm(module, x, self.scales[(layer, name)])
-
-
-@dataclass
-class _Shape:
-    family: families.Family
-    n_heads: int
-    d_head: int
-    groups: int  # query heads per key-value head
-
-
-def _shape(hf_model: Any) -> _Shape:
-    family = families.family_of(hf_model)
-    n_heads, d_head = families.attention_heads(hf_model)
-    return _Shape(family, n_heads, d_head, n_heads // getattr(hf_model.config, "num_key_value_heads", n_heads))
-
-
-def _attention(attention: Any, shape: _Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
-    T = h.shape[0]
-    W_V, b_V = families.value_weights(attention, shape.family.qkv_layout, shape.n_heads, shape.d_head)
-    v = h @ W_V.T
-    if b_V is not None:
-        v = v + b_V
-    v = v.reshape(T, -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
-    W_O, b_O = families.output_weights(attention, shape.family)
-    out = torch.einsum("hqk,khd->qhd", pattern, v).reshape(T, shape.n_heads * shape.d_head) @ W_O.T
-    return out if b_O is None else out + b_O
-
-
-def _forward(
-    hf_model: Any, shape: _Shape, x: torch.Tensor, frozen: _Frozen, mlp_out: Callable[[int, Any, torch.Tensor], Any]
-) -> torch.Tensor:
-    """The blocks with frozen patterns and norms, from block 0's input x [seq, d] to the logits at the last position.
-
-    `mlp_out(layer, block, mlp_in)` gives what the MLP adds to the residual (mlp.hook_out): the true MLP, or
-    decoded features plus errors. Gemma's post-attention norm is frozen here; its post-MLP norm is inside mlp.hook_out.
-    """
-    family = shape.family
-    for layer, block in enumerate(families.decoder_layers(hf_model)):
-        h = frozen.norm(layer, "attn", families.part(block, family.attn_norm), x)
-        attention = _attention(families.part(block, family.attention), shape, h, frozen.patterns[layer])
-        if family.post_attn_norm:
-            attention = frozen.norm(layer, "post_attn", families.part(block, family.post_attn_norm), attention)
-        mid = x if family.parallel(hf_model) else x + attention
-        mlp_in = frozen.norm(layer, "mlp", families.part(block, family.mlp_norm), mid)
-        x = x + attention + mlp_out(layer, block, mlp_in)
-    final = frozen.norm(-1, "final", families.part(hf_model, family.final_norm), x[-1:])[0]
-    unembed = hf_model.get_output_embeddings()
-    logits = final @ unembed.weight.float().T
-    return logits if unembed.bias is None else logits + unembed.bias
-
-
-def _replacement_forward(
-    hf_model: Any, shape: _Shape, transcoders: dict[int, SparseCoder], leaves: dict, frozen: _Frozen
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """The local replacement model: affine in the leaves (embeddings, feature activations, errors)."""
-    pre_activations = {}
-
-    def replaced_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
-        if layer not in transcoders:
-            return leaves["errors"][layer]
-        coder = transcoders[layer]
-        pre_activations[layer] = coder.pre_activations(mlp_in)
-        out = leaves["features"][layer] @ coder.W_dec + coder.b_dec + leaves["errors"][layer]
-        return out + mlp_in @ coder.W_skip if coder.config.skip_connection else out
-
-    logits = _forward(hf_model, shape, leaves["embeddings"], frozen, replaced_mlp)
-    return pre_activations, logits
-
-
-def build_graph(
-    hf_model: Any,
-    tokenizer,
-    prompt: str,
-    transcoders: dict[int, SparseCoder],
-    target: str | None = None,
-    max_features: int = 4096,
-) -> AttributionGraph:
-    """The full (unpruned) attribution graph of `prompt` for the logit of `target` (default: the top prediction)."""
-    shape = _shape(hf_model)
-    n_layers = len(families.decoder_layers(hf_model))
-    bad = [layer for layer in transcoders if not 0 <= layer < n_layers]
-    if bad:
-        raise TaskError(f"Transcoders for layers {bad} do not fit a model with layers 0 to {n_layers - 1}.")
-    bos = bos_token_id(tokenizer)
-    ids = torch.tensor([[bos, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]])
-    if ids.shape[1] < 2:
-        raise TaskError("Give a prompt of at least one token.")
-    tokens = ["<bos>"] + [tokenizer.decode([i]) for i in ids[0, 1:].tolist()]
-    patterns, block_input = _attention_pass(hf_model, ids)
-    T = ids.shape[1]
-
-    # -- the true pass: frozen norm scales and the sources' true values -----------------------------
-    frozen = _Frozen(patterns)
-    sources: dict[str, Any] = {"embeddings": block_input, "features": {}, "errors": {}}
-
-    def true_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
-        true_out = block.mlp(mlp_in).float()
-        if shape.family.post_mlp_norm:
-            true_out = families.part(block, shape.family.post_mlp_norm)(true_out).float()
-        if layer in transcoders:
-            acts = transcoders[layer].encode(mlp_in)
-            acts[0] = 0  # dictionaries are not trained on the BOS position: its MLP output stays an error node
-            sources["features"][layer] = acts
-            sources["errors"][layer] = true_out - transcoders[layer].decode(acts, mlp_in)
-        else:
-            sources["errors"][layer] = true_out
-        return true_out
-
-    with torch.no_grad():
-        _forward(hf_model, shape, block_input, frozen, true_mlp)
-    frozen.measure = False
-    leaves = {
-        "embeddings": sources["embeddings"].clone().requires_grad_(True),
-        "features": {l: a.clone().requires_grad_(True) for l, a in sources["features"].items()},
-        "errors": {l: e.clone().requires_grad_(True) for l, e in sources["errors"].items()},
-    }
-    pre_activations, logits = _replacement_forward(hf_model, shape, transcoders, leaves, frozen)
-    embeddings, feature_leaves, error_leaves = leaves["embeddings"], leaves["features"], leaves["errors"]
-    target_id = int(logits.argmax()) if target is None else _single_token(tokenizer, target)
-
-    # -- nodes -------------------------------------------------------------------------------------
-    nodes = [
-        Node(
-            f"E_{ids[0, p].item()}_{p}",
-            "embedding",
-            -1,
-            p,
-            activation=float(embeddings[p].detach().norm()),
-            token=tokens[p],
-        )
-        for p in range(T)
-    ]
-    feature_index: list[tuple[int, int, int]] = []
-    for layer in sorted(feature_leaves):
-        for p, f in zip(*torch.nonzero(feature_leaves[layer].detach() > 0, as_tuple=True)):
-            feature_index.append((layer, int(p), int(f)))
-            nodes.append(
-                Node(
-                    f"{layer}_{int(f)}_{int(p)}",
-                    "feature",
-                    layer,
-                    int(p),
-                    int(f),
-                    float(feature_leaves[layer][p, f].detach()),
-                    tokens[int(p)],
-                )
-            )
-    if len(feature_index) > max_features:
-        raise TaskError(
-            f"This prompt activates {len(feature_index)} transcoder features, over the limit of {max_features}. "
-            "Shorten the prompt, use fewer transcoders, or raise --max-features (memory and time grow "
-            "with its square)."
-        )
-    for layer in sorted(error_leaves):
-        for p in range(T):
-            nodes.append(
-                Node(
-                    f"{layer}_error_{p}",
-                    "error",
-                    layer,
-                    p,
-                    activation=float(error_leaves[layer][p].detach().norm()),
-                    token=tokens[p],
-                )
-            )
-    nodes.append(
-        Node(
-            f"logit_{target_id}",
-            "logit",
-            n_layers,
-            T - 1,
-            activation=float(logits[target_id].detach()),
-            token=tokenizer.decode([target_id]),
-        )
-    )
-
-    # -- edges: one backward pass per target; the bias is each target's value with every source at 0 ---
-    n = len(nodes)
-    adjacency, per_unit = np.zeros((n, n)), np.zeros((n, n))
-    layers_with_features = sorted(feature_leaves)
-    error_layers = sorted(error_leaves)
-    leaf_list = (
-        [embeddings] + [feature_leaves[l] for l in layers_with_features] + [error_leaves[l] for l in error_layers]
-    )
-    positions = {
-        l: torch.tensor([p for (fl, p, _) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features
-    }
-    features_of = {
-        l: torch.tensor([f for (fl, _, f) in feature_index if fl == l], dtype=torch.long) for l in layers_with_features
-    }
-    first_error = T + len(feature_index)
-    targets = [(T + i, pre_activations[l][p, f]) for i, (l, p, f) in enumerate(feature_index)]
-    targets.append((n - 1, logits[target_id]))
-    for row, value in targets:
-        raw_grads = torch.autograd.grad(value, leaf_list, retain_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(raw_grads, leaf_list)]
-        with torch.no_grad():
-            adjacency[row, :T] = (grads[0] * embeddings).sum(-1).numpy()
-            column = T
-            for k, layer in enumerate(layers_with_features):
-                at = (positions[layer], features_of[layer])
-                count = len(positions[layer])
-                per_unit[row, column : column + count] = grads[1 + k][at].numpy()
-                adjacency[row, column : column + count] = (grads[1 + k][at] * feature_leaves[layer][at]).numpy()
-                column += count
-            for k, layer in enumerate(error_layers):
-                contribution = (grads[1 + len(layers_with_features) + k] * error_leaves[layer]).sum(-1).numpy()
-                adjacency[row, first_error + k * T : first_error + (k + 1) * T] = contribution
-    with torch.no_grad():
-        zero = {
-            "embeddings": torch.zeros_like(embeddings),
-            "features": {l: torch.zeros_like(a) for l, a in feature_leaves.items()},
-            "errors": {l: torch.zeros_like(e) for l, e in error_leaves.items()},
-        }
-        zero_pre, zero_logits = _replacement_forward(hf_model, shape, transcoders, zero, frozen)
-    bias = np.zeros(n)
-    for i, (l, p, f) in enumerate(feature_index):
-        bias[T + i] = float(zero_pre[l][p, f])
-    bias[n - 1] = float(zero_logits[target_id])
-    graph = AttributionGraph(
-        prompt,
-        tokens,
-        tokenizer.decode([target_id]),
-        float(logits[target_id].detach()),
-        nodes,
-        adjacency,
-        per_unit,
-        bias,
-    )
-    return graph
-
-
-def _single_token(tokenizer, text: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise TaskError(
-            f"The target {text!r} is {len(ids)} tokens, not one; give a single-token target "
-            "(often with a leading space, e.g. ' Mary')."
-        )
-    return ids[0]
-
-
-# -- influence, pruning and scores ---------------------------------------------------------------
-
-
-def _normalised(adjacency: np.ndarray) -> np.ndarray:
-    magnitude = np.abs(adjacency)
-    totals = magnitude.sum(1, keepdims=True)
-    return np.divide(magnitude, totals, out=np.zeros_like(magnitude), where=totals > 0)
-
-
-def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
-    """Keep the features carrying `node_threshold` of the logit's influence, and the edges carrying `edge_threshold`."""
-    n = len(graph.nodes)
-    normalised = _normalised(graph.adjacency)
-    start = np.zeros(n)
-    start[-1] = 1.0
-    # Influence of the logit on every node: start (I - A)^-1, i.e. the sum over paths of products of normalised weights.
-    influence = np.linalg.solve((np.eye(n) - normalised).T, start)
-    for node, value in zip(graph.nodes, influence):
-        node.influence = float(value)
-    kinds = np.array([node.kind for node in graph.nodes])
-    kept = kinds != "feature"
-    features = np.flatnonzero(kinds == "feature")
-    if len(features):
-        order = features[np.argsort(-influence[features])]
-        cumulative = np.cumsum(influence[order]) / max(influence[order].sum(), 1e-12)
-        kept[order[: int(np.searchsorted(cumulative, node_threshold)) + 1]] = True
-    edge_scores = normalised * influence[:, None] * kept[:, None] * kept[None, :]
-    flat = np.sort(edge_scores.ravel())[::-1]
-    cumulative = np.cumsum(flat) / max(flat.sum(), 1e-12)
-    cut = flat[min(int(np.searchsorted(cumulative, edge_threshold)), len(flat) - 1)] if flat.sum() > 0 else np.inf
-    graph.kept = kept
-    graph.kept_edges = (edge_scores >= cut) & (edge_scores > 0)
-    sinks = np.isin(kinds, ("embedding", "error"))
-    reached = influence * sinks
-    graph.replacement_score = float(reached[kinds == "embedding"].sum() / max(reached.sum(), 1e-12))
-    has_inputs = np.abs(graph.adjacency).sum(1) > 0
-    error_share = normalised[:, kinds == "error"].sum(1)
-    weights = influence * has_inputs
-    graph.completeness_score = float(1 - (weights * error_share).sum() / max(weights.sum(), 1e-12))
-    return graph
-
-
-def greedy_paths(graph: AttributionGraph, n_paths: int = 5, beam: int = 50) -> list[tuple[float, list[int]]]:
-    """The strongest paths from a source (embedding or error) to the logit, found greedily backwards.
-
-    A path's strength is the product of its normalised |edge| shares; a beam of the best partial
-    paths is extended one edge at a time, as in Dunefsky et al.'s greedy path search.
-    Returns (strength, node indices from source to logit), strongest first.
-    """
-    normalised = _normalised(graph.adjacency)
-    logit = len(graph.nodes) - 1
-    partial = [(1.0, [logit])]
-    finished: list[tuple[float, list[int]]] = []
-    while partial:
-        grown = []
-        for strength, path in partial:
-            row = normalised[path[0]]
-            sources = np.flatnonzero(row)
-            if not len(sources):  # an embedding or error node: a complete path
-                finished.append((strength, path))
-                continue
-            for source in sources[np.argsort(-row[sources])][:beam]:
-                grown.append((strength * row[source], [int(source), *path]))
-        partial = sorted(grown, key=lambda item: -item[0])[:beam]
-        if (
-            len(finished) >= n_paths
-            and partial
-            and partial[0][0] < sorted(finished, key=lambda f: -f[0])[n_paths - 1][0]
-        ):
-            break  # no partial path can still beat the n-th finished one (strengths only shrink)
-    return sorted(finished, key=lambda item: -item[0])[:n_paths]
-
-
-# -- de-embeddings ------------------------------------------------------------------------------------
-
-
-@dataclass
-class DeEmbedding:
-    direct: list[
-        tuple[str, float]
-    ]  # tokens whose embedding most drives the feature straight through the residual stream
-    heads: dict[
-        tuple[int, int], list[tuple[str, float]]
-    ]  # (layer, head) -> tokens that drive it through that head's OV
-
-
-@torch.no_grad()
-def de_embeddings(hf_model: Any, tokenizer, coder: SparseCoder, layer: int, feature: int, n: int = 10) -> DeEmbedding:
-    """Which tokens most drive transcoder feature `feature` at MLP `layer`, directly and through each head's OV circuit.
-
-    The norms' gains are folded in and their per-token scales left out (they depend on the context), as in
-    Dunefsky et al.'s de-embeddings: score[t] = W_E[t] . r, with r = g_mlp * W_enc[:, f] directly, and
-    r = g_attn * W_V[h]^T W_O[h]^T (g_post_attn * g_mlp * W_enc[:, f]) through head h of any layer up to `layer`
-    (g_post_attn: Gemma's post-attention norm; 1 elsewhere). W_E includes Gemma's sqrt(d) embedding scale.
-    """
-    shape = _shape(hf_model)
-    family = shape.family
-    if not 0 <= feature < coder.config.n_latents:
-        raise TaskError(
-            f"Feature {feature} is out of range: the transcoder has features 0 to {coder.config.n_latents - 1}."
-        )
-    blocks = families.decoder_layers(hf_model)
-    embedding = hf_model.get_input_embeddings()
-    embed = embedding.weight.float() * float(getattr(embedding, "embed_scale", 1.0))
-    reader = coder.W_enc[:, feature].float() * families.norm_gain(families.part(blocks[layer], family.mlp_norm))
-
-    def top(readout: torch.Tensor) -> list[tuple[str, float]]:
-        values, ids = (embed @ readout).topk(n)
-        return [(tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
-
-    heads = {}
-    d_head = shape.d_head
-    for source in range(layer + 1):
-        block = blocks[source]
-        attention = families.part(block, family.attention)
-        W_O = families.output_weights(attention, family)[0].float()  # [d, H * d_head]
-        W_V = families.value_weights(attention, family.qkv_layout, shape.n_heads, d_head)[
-            0
-        ].float()  # [n_kv * d_head, d]
-        into_residual = reader
-        if family.post_attn_norm:
-            into_residual = reader * families.norm_gain(families.part(block, family.post_attn_norm))
-        attn_gain = families.norm_gain(families.part(block, family.attn_norm))
-        for head in range(shape.n_heads):
-            kv = head // shape.groups
-            through = W_O[:, head * d_head : (head + 1) * d_head].T @ into_residual  # [d_head]
-            readout = (W_V[kv * d_head : (kv + 1) * d_head].T @ through) * attn_gain
-            heads[(source, head)] = top(readout)
-    return DeEmbedding(direct=top(reader), heads=heads)
-
-
-# -- export in circuit-tracer's graph format ---------------------------------------------------------
-
-FEATURE_TYPES = {
-    "embedding": "embedding",
-    "feature": "cross layer transcoder",
-    "error": "mlp reconstruction error",
-    "logit": "logit",
-}
-
-# The subset of circuit-tracer's graph JSON that this exporter writes (their frontend reads these
-# fields; it ignores fields it does not know). Validated by validate_graph_json in the tests.
-GRAPH_SCHEMA = {
-    "type": "object",
-    "required": ["metadata", "qParams", "nodes", "links"],
-    "properties": {
-        "metadata": {
-            "type": "object",
-            "required": ["slug", "scan", "prompt", "prompt_tokens"],
-            "properties": {
-                "slug": {"type": "string"},
-                "scan": {"type": "string"},
-                "prompt": {"type": "string"},
-                "prompt_tokens": {"type": "array", "items": {"type": "string"}},
-                "node_threshold": {"type": "number"},
-                "edge_threshold": {"type": "number"},
-                "replacement_score": {"type": "number"},
-                "completeness_score": {"type": "number"},
-                "transcoders": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "qParams": {"type": "object", "required": ["pinnedIds", "supernodes", "linkType"]},
-        "nodes": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": [
-                    "node_id",
-                    "feature",
-                    "layer",
-                    "ctx_idx",
-                    "feature_type",
-                    "jsNodeId",
-                    "influence",
-                    "activation",
-                    "is_target_logit",
-                    "clerp",
-                ],
-                "properties": {
-                    "node_id": {"type": "string"},
-                    "feature": {"type": ["integer", "null"]},
-                    "layer": {"type": "string"},
-                    "ctx_idx": {"type": "integer", "minimum": 0},
-                    "feature_type": {"enum": list(FEATURE_TYPES.values())},
-                    "jsNodeId": {"type": "string"},
-                    "influence": {"type": "number"},
-                    "activation": {"type": "number"},
-                    "is_target_logit": {"type": "boolean"},
-                    "clerp": {"type": "string"},
-                },
-            },
-        },
-        "links": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["source", "target", "weight"],
-                "properties": {
-                    "source": {"type": "string"},
-                    "target": {"type": "string"},
-                    "weight": {"type": "number"},
-                },
-            },
-        },
-    },
-}
-
-
-def graph_json(graph: AttributionGraph, slug: str, model: str, node_threshold: float, edge_threshold: float) -> dict:
-    """The pruned graph as circuit-tracer's frontend reads it; layer is "E" for embeddings and "Lgt" for the logit."""
-
-    def layer_label(node: Node) -> str:
-        return {"embedding": "E", "logit": "Lgt"}.get(node.kind, str(node.layer))
-
-    kept = np.flatnonzero(graph.kept)
-    nodes = []
-    for index in kept:
-        node = graph.nodes[index]
-        label = {
-            "feature": f"L{node.layer} #{node.feature} on {node.token!r}",
-            "embedding": f"token {node.token!r}",
-            "error": f"L{node.layer} error on {node.token!r}",
-            "logit": f"logit {node.token!r}",
-        }[node.kind]
-        nodes.append(
-            {
-                "node_id": node.node_id,
-                "feature": node.feature,
-                "layer": layer_label(node),
-                "ctx_idx": node.position,
-                "feature_type": FEATURE_TYPES[node.kind],
-                "jsNodeId": node.node_id,
-                "influence": node.influence,
-                "activation": node.activation,
-                "is_target_logit": node.kind == "logit",
-                "clerp": label,
-            }
-        )
-    # per_unit: the weight per unit of source activation (features only), the input-invariant part of the edge.
-    links = [
-        {
-            "source": graph.nodes[s].node_id,
-            "target": graph.nodes[t].node_id,
-            "weight": float(graph.adjacency[t, s]),
-            "per_unit": float(graph.per_unit[t, s]),
-        }
-        for t, s in zip(*np.nonzero(graph.kept_edges))
-    ]
-    return {
-        "metadata": {
-            "slug": slug,
-            "scan": model,
-            "prompt": graph.prompt,
-            "prompt_tokens": graph.tokens,
-            "node_threshold": node_threshold,
-            "edge_threshold": edge_threshold,
-            "replacement_score": graph.replacement_score,
-            "completeness_score": graph.completeness_score,
-            "target_token": graph.target_token,
-            "target_logit": graph.target_logit,
-            "transcoders": {str(layer): name for layer, name in graph.transcoders.items()},
-        },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-        "nodes": nodes,
-        "links": links,
-    }
-
-
-def validate_graph_json(data: dict) -> None:
-    """Raise jsonschema.ValidationError if `data` does not follow GRAPH_SCHEMA, or a link names a missing node."""
-    import jsonschema
-
-    jsonschema.validate(data, GRAPH_SCHEMA)
-    ids = {node["node_id"] for node in data["nodes"]}
-    missing = [link for link in data["links"] if link["source"] not in ids or link["target"] not in ids]
-    if missing:
-        raise jsonschema.ValidationError(
-            f"{len(missing)} links name nodes that are not in the graph, e.g. {missing[0]}"
-        )
-
-
-# -- running it on a store ----------------------------------------------------------------------
+    point = parse_hook(record.hook, 10**6)
+    out = parse_hook(record.hook_out, 10**6) if record.hook_out else None
+    if point.kind != "mlp.hook_in" or out is None or out.kind != "mlp.hook_out" or out.layer != point.layer:
+        return None
+    return point.layer
 
 
 def load_transcoder(store: Store, name: str) -> tuple[int, SparseCoder, str]:
     """(layer, transcoder, the model of its run) for a stored blocks.L.mlp.hook_in -> blocks.L.mlp.hook_out dictionary."""
     from workbench.dictionaries import load_dictionary
-    from workbench.hooks import parse_hook
-    from workbench.store.lookups import completed_dictionary
 
-    record = completed_dictionary(store, name)
-    point = parse_hook(record.hook, 10**6)
-    out = parse_hook(record.hook_out, 10**6) if record.hook_out else None
-    if point.kind != "mlp.hook_in" or out is None or out.kind != "mlp.hook_out" or out.layer != point.layer:
+    record = lookups.completed_dictionary(store, name)
+    layer = _transcoder_layer(record)
+    if layer is None:
         raise TaskError(
             f"'{name}' maps {record.hook} to {record.hook_out}; attribution graphs and de-embeddings "
             "need transcoders from blocks.L.mlp.hook_in to blocks.L.mlp.hook_out."
         )
-    return point.layer, load_dictionary(store.root / record.path).eval(), lookups.run(store, record.run).model
+    return layer, load_dictionary(store.root / record.path).eval(), lookups.run(store, record.run).model
+
+
+def _every_layer(store: Store, model: str | None) -> list[str]:
+    """`--transcoders all`: the store's transcoders of one model, one per layer, covering every layer."""
+    by_model: dict[str, dict[int, list[str]]] = {}
+    for name in lookups.dictionary_names(store, complete=True):
+        record = lookups.completed_dictionary(store, name)
+        layer = _transcoder_layer(record)
+        if layer is not None:
+            by_model.setdefault(lookups.run(store, record.run).model, {}).setdefault(layer, []).append(name)
+    if not by_model:
+        raise TaskError(
+            "The store has no transcoders. Train one per MLP layer: `workbench train --hook blocks.L.mlp.hook_in "
+            "--out blocks.L.mlp.hook_out --arch batchtopk ...`."
+        )
+    if model is None and len(by_model) > 1:
+        raise TaskError(f"The store has transcoders of several models ({', '.join(sorted(by_model))}); give --model.")
+    model = model or next(iter(by_model))
+    if model not in by_model:
+        raise TaskError(f"The store has no transcoders of {model} (it has some of {', '.join(sorted(by_model))}).")
+    layers = by_model[model]
+    run = next(r for r in (lookups.run(store, lookups.completed_dictionary(store, n[0]).run) for n in layers.values()))
+    missing = [layer for layer in range(run.n_layers) if layer not in layers]
+    if missing:
+        raise TaskError(
+            f"--transcoders all needs one transcoder for each of {model}'s {run.n_layers} MLP layers; layers "
+            f"{_ranges(missing)} have none. Train them (`workbench train --hook blocks.L.mlp.hook_in --out "
+            "blocks.L.mlp.hook_out --arch batchtopk ...`), or name the transcoders to use."
+        )
+    doubled = {layer: names for layer, names in layers.items() if len(names) > 1}
+    if doubled:
+        layer, names = next(iter(sorted(doubled.items())))
+        raise TaskError(
+            f"Layer {layer} has several transcoders ({', '.join(sorted(names))}); name the ones to use with "
+            "--transcoders NAME,NAME,..."
+        )
+    return [layers[layer][0] for layer in range(run.n_layers)]
+
+
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+@dataclass
+class LoadedTranscoders:
+    replacement: TranscoderSet
+    names: dict[int, str]
+    model: str
+
+
+def load_transcoders(store: Store, names: list[str], model: str | None = None) -> LoadedTranscoders:
+    """The named transcoders (or every layer's, for ["all"]), checked to be of one model and one per layer."""
+    if not names:
+        raise TaskError(
+            "Give transcoders: --transcoders NAME[,NAME...] (one per MLP layer; a subset is fine) or --transcoders "
+            "all; train them with `workbench train --hook blocks.L.mlp.hook_in --out blocks.L.mlp.hook_out ...`."
+        )
+    if names == [ALL]:
+        names = _every_layer(store, model)
+    coders: dict[int, SparseCoder] = {}
+    by_layer: dict[int, str] = {}
+    models: set[str] = set()
+    for name in names:
+        layer, coder, run_model = load_transcoder(store, name)
+        if layer in coders:
+            raise TaskError(f"Two transcoders for layer {layer} ({by_layer[layer]} and {name}); give one per layer.")
+        coders[layer], by_layer[layer] = coder, name
+        models.add(run_model)
+    if len(models) > 1:
+        raise TaskError(
+            f"The transcoders come from runs of different models ({', '.join(sorted(models))}); "
+            "give transcoders of one model."
+        )
+    return LoadedTranscoders(TranscoderSet(coders), by_layer, models.pop())
+
+
+def check_fits(hf_model: Any, loaded: LoadedTranscoders) -> None:
+    """Transcoders of another model or width are refused before any work."""
+    d_model = hf_model.get_input_embeddings().weight.shape[1]
+    n_layers = len(families.decoder_layers(hf_model))
+    for layer, coder in loaded.replacement.coders.items():
+        name = loaded.names[layer]
+        if layer >= n_layers:
+            raise TaskError(f"'{name}' is for layer {layer}; the model has layers 0 to {n_layers - 1}.")
+        widths = (coder.config.d_in, coder.config.output_width)
+        if widths != (d_model, d_model):
+            raise TaskError(
+                f"'{name}' maps {widths[0]} to {widths[1]} values; this model's MLPs read and write {d_model}. "
+                "It belongs to another model."
+            )
+
+
+# -- graphs ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -661,17 +182,33 @@ class GraphConfig:
     prompt: str
     """The prompt whose next token is explained."""
     transcoders: list[str]
-    """Transcoder names from the store, one per MLP layer at most."""
+    """Transcoder names from the store, one per MLP layer at most, or `all`: one for every layer."""
     store: str
     """The store directory."""
-    target: str | None = None
-    """The answer token whose logit is explained (default: the top prediction)."""
+    target: list[str] = field(default_factory=list)
+    """Explain these tokens' logits (default: the most probable tokens, up to --top-p of probability)."""
+    wrong: str | None = None
+    """With one --target: explain logit(target) - logit(wrong), the logit difference."""
+    direction: str | None = None
+    """A .npy file of one vector [d_model]: explain its dot product with the residual stream at the last position."""
+    direction_layer: int | None = None
+    """With --direction: read it after this block (default: the last)."""
+    top_p: float = 0.95
+    """Default targets: the most probable tokens until their probabilities add up to this."""
+    max_logits: int = 10
+    """Default targets: at most this many tokens."""
+    model: str | None = None
+    """With --transcoders all: the model whose transcoders to use (default: the only one in the store)."""
     node_threshold: float = 0.8
-    """Keep the features that carry this share of the logit's influence."""
+    """Keep the nodes that carry this share of the targets' influence."""
     edge_threshold: float = 0.98
     """Keep the edges that carry this share of the edge influence."""
     max_features: int = 4096
-    """Refuse graphs with more active features."""
+    """Refuse graphs with more active features (memory grows with the square of the node count)."""
+    faithfulness_features: int = 10
+    """Ablate this many of the most influential features in the real model to score the graph's predictions."""
+    batch_size: int = 256
+    """Targets per batched backward pass."""
     name: str | None = None
     """Graph name; re-using one replaces it."""
     json_path: str | None = None
@@ -681,70 +218,126 @@ class GraphConfig:
     dtype: str = "float32"
     """Compute precision; attribution graphs are computed in float32 so far."""
 
+    def targets(self) -> Targets:
+        direction = None
+        if self.direction is not None:
+            try:
+                direction = np.load(self.direction)
+            except (OSError, ValueError) as error:
+                raise TaskError(f"--direction {self.direction}: not a readable .npy file ({error}).") from None
+        if self.wrong is not None and len(self.target) != 1:
+            raise TaskError("A logit difference needs exactly one --target (the answer) with --wrong.")
+        return Targets(
+            tokens=[] if self.wrong is not None else list(self.target),
+            answer=self.target[0] if self.wrong is not None else None,
+            wrong=self.wrong,
+            direction=direction,
+            direction_layer=self.direction_layer,
+            direction_label=f"direction {Path(self.direction).name}" if self.direction else "direction",
+            top_p=self.top_p,
+            max_logits=self.max_logits,
+        )
+
 
 @dataclass
 class GraphResult:
-    """A stored attribution graph: its catalog record (pruned sizes, scores, the JSON's path), and the full graph
-    with every node's influence."""
+    """A stored attribution graph: its catalog record (pruned sizes, scores, the JSON's path), the full graph, and
+    the faithfulness check's predicted and actual changes of the first target."""
 
     graph: GraphRecord
     attribution: AttributionGraph
+    memory_estimate: int
+    predicted: np.ndarray
+    actual: np.ndarray
+
+
+def memory_estimate(n_positions: int, n_layers: int, replacement: TranscoderSet, config: GraphConfig) -> int:
+    """Bytes the graph's matrices can need, from the prompt's length and the transcoders' sparsity alone."""
+    per_position = sum(coder.config.k or coder.config.n_latents for coder in replacement.coders.values())
+    features = min(config.max_features, n_positions * per_position)
+    return dense_bytes(max_nodes(n_positions, n_layers, features, config.max_logits))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def run_graph(config: GraphConfig) -> GraphResult:
-    """Build, prune and store the attribution graph of the prompt through the transcoders."""
+    """Build, prune, check and store the attribution graph of the prompt through the transcoders."""
     placement = resolve_placement(config.device, config.dtype)
     require_cpu(placement, "Attribution graphs", float32_only=True)
+    targets = config.targets()
     store = Store.open_existing(config.store)
-    if not config.transcoders:
+    loaded = load_transcoders(store, config.transcoders, config.model)
+    model_dir = resolve_model_dir(loaded.model, store.root / "models")
+    hf_model, tokenizer = load_hf_model(model_dir)
+    check_fits(hf_model, loaded)
+    n_positions = prompt_ids(tokenizer, config.prompt).shape[1]
+    n_layers = hf_model.config.num_hidden_layers
+    estimate = memory_estimate(n_positions, n_layers, loaded.replacement, config)
+    available = available_memory()
+    if estimate > 0.8 * available:
         raise TaskError(
-            "Give at least one transcoder (--transcoders NAME[,NAME...]); train one per MLP layer with "
-            "`workbench train --hook blocks.L.mlp.hook_in --out blocks.L.mlp.hook_out --arch transcoder ...`."
+            f"This graph could need {_gib(estimate)} for its edge matrices ({n_positions} positions x {n_layers} "
+            f"layers, up to {config.max_features} features); {_gib(available)} is available. Shorten the prompt, "
+            "lower --max-features, or use fewer transcoders."
         )
-    coders: dict[int, SparseCoder] = {}
-    names: dict[int, str] = {}
-    models: set[str] = set()
-    for name in config.transcoders:
-        layer, coder, model = load_transcoder(store, name)
-        if layer in coders:
-            raise TaskError(f"Two transcoders for layer {layer} ({names[layer]} and {name}); give one per layer.")
-        coders[layer], names[layer] = coder, name
-        models.add(model)
-    if len(models) > 1:
-        raise TaskError(
-            f"The transcoders come from runs of different models ({', '.join(sorted(models))}); "
-            "give transcoders of one model."
-        )
-    model = models.pop()
-    hf_model, tokenizer = load_hf_model(resolve_model_dir(model, store.root / "models"))
     started = time.perf_counter()
-    graph = build_graph(hf_model, tokenizer, config.prompt, coders, config.target, config.max_features)
-    graph.transcoders = names
-    prune(graph, config.node_threshold, config.edge_threshold)
+    graph = build_graph(
+        hf_model, tokenizer, config.prompt, loaded.replacement, targets, config.max_features, config.batch_size
+    )
+    graph.transcoders = loaded.names
+    pruned = prune(graph, config.node_threshold, config.edge_threshold)
+    replacement_score, completeness_score = scores(graph)
+    ids = prompt_ids(tokenizer, config.prompt)
+    reader = resolve_targets(hf_model, tokenizer, targets, hf_model(ids).logits[0].float().detach(), n_layers)[0].read
+    faithful, predicted, actual = faithfulness(
+        hf_model, ids, graph, loaded.replacement, reader, config.faithfulness_features
+    )
     wall_s = time.perf_counter() - started
-    name = check_run_name(config.name or make_run_name("graph", model.split("/")[-1], config.prompt[:40]))
-    data = graph_json(graph, name, model, config.node_threshold, config.edge_threshold)
+    name = check_run_name(config.name or make_run_name("graph", loaded.model.split("/")[-1], config.prompt[:40]))
+    data = graph_json(
+        graph,
+        pruned,
+        name,
+        config.node_threshold,
+        config.edge_threshold,
+        {
+            "model": loaded.model,
+            "replacement_score": replacement_score,
+            "completeness_score": completeness_score,
+            "faithfulness": None if np.isnan(faithful) else faithful,
+            "target_spec": {
+                "target": config.target,
+                "wrong": config.wrong,
+                "direction": config.direction,
+                "direction_layer": config.direction_layer,
+                "top_p": config.top_p,
+                "max_logits": config.max_logits,
+            },  # fmt: skip
+            "direction_vector": None if targets.direction is None else np.asarray(targets.direction).ravel().tolist(),
+        },
+    )
     folder = store.root / "graphs"
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data))
-    partial.replace(path)  # whole or not at all: the catalog row below points at a complete file
+    write_atomically(path, json.dumps(data))  # whole or not at all: the catalog row below points at a complete file
     if config.json_path:
         Path(config.json_path).write_text(json.dumps(data, indent=1))
+    first = graph.targets[0]
     record = GraphRecord(
         graph=name,
-        model=model,
+        model=loaded.model,
         prompt=config.prompt,
-        target_token=graph.target_token,
-        target_logit=graph.target_logit,
-        transcoders=[names[l] for l in sorted(names)],
+        target_token=first.token,
+        target_logit=first.activation,
+        transcoders=[loaded.names[layer] for layer in sorted(loaded.names)],
         n_nodes=len(graph.nodes),
         n_edges=int((graph.adjacency != 0).sum()),
         n_kept_nodes=len(data["nodes"]),
         n_kept_edges=len(data["links"]),
-        replacement_score=graph.replacement_score,
-        completeness_score=graph.completeness_score,
+        replacement_score=replacement_score,
+        completeness_score=completeness_score,
         node_threshold=config.node_threshold,
         edge_threshold=config.edge_threshold,
         path=str(path.relative_to(store.root)),
@@ -753,8 +346,212 @@ def run_graph(config: GraphConfig) -> GraphResult:
         git_commit=git_commit(),
         device=placement.device_name,
         dtype=placement.dtype_name,
+        faithfulness=None if np.isnan(faithful) else faithful,
+        n_targets=len(graph.targets),
     )
-    return GraphResult(replace_graph(store, record), graph)
+    return GraphResult(replace_graph(store, record), graph, estimate, predicted, actual)
+
+
+# -- export --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportConfig:
+    graph: str
+    """The stored graph to export."""
+    out: str
+    """The folder to write (created if missing; other graphs already in it are kept and listed too)."""
+    store: str
+    """The store directory."""
+    examples: int = 10
+    """Top-activation contexts per feature (from the transcoder's encoding: `workbench encode`)."""
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    graph_path: Path
+    feature_files: int
+    not_encoded: list[str]  # transcoders whose features have logits but no example contexts
+
+
+def run_export(config: ExportConfig) -> ExportResult:
+    """Write a stored graph, its feature files and graph-metadata.json as circuit-tracer's server serves them."""
+    from workbench import features as feature_reads
+    from workbench.store.results import attribution_graph
+
+    store = Store.open_existing(config.store)
+    data = attribution_graph(store, config.graph)
+    folder = Path(config.out)
+    if folder.exists() and not folder.is_dir():
+        raise TaskError(f"--out {folder} is a file; give a folder.")
+    wanted: dict[str, set[tuple[int, int]]] = {}
+    for node in data["nodes"]:
+        if node["feature_type"] == "cross layer transcoder":
+            wanted.setdefault(node["dictionary"], set()).add((int(node["layer"]), int(node["feature_index"])))
+    hf_model = tokenizer = None
+    if wanted:
+        hf_model, tokenizer = load_hf_model(resolve_model_dir(data["metadata"]["model"], store.root / "models"))
+    unembedding = feature_reads.Unembedding.from_model(hf_model, tokenizer) if hf_model is not None else None
+    staging = folder.with_name(folder.name + ".partial-features")
+    shutil.rmtree(staging, ignore_errors=True)
+    count, not_encoded = 0, []
+    for dictionary, pairs in sorted(wanted.items()):
+        record = lookups.completed_dictionary(store, dictionary)
+        view = feature_reads.DictionaryView(store, record)
+        encoded = feature_reads.is_encoded(store, dictionary)
+        if not encoded:
+            not_encoded.append(dictionary)
+        target = staging / Path(feature_folder(dictionary)).name
+        target.mkdir(parents=True, exist_ok=True)
+        for layer, feature in sorted(pairs):
+            assert unembedding is not None
+            top_logits, bottom_logits = view.logit_effects(unembedding, feature, 10)
+            top, quantiles, edges, counts, density = [], [], np.zeros(0), np.zeros(0), 0.0
+            if encoded:
+                top = feature_reads.top_contexts(store, record, feature, config.examples)
+                quantiles = [
+                    (f"Interval {sample.low:.2f}-{sample.high:.2f}", sample.contexts)
+                    for sample in feature_reads.quantile_contexts(store, record, feature)
+                ]
+                histogram = feature_reads.activation_histogram(store, record, feature)
+                edges, counts = histogram.edges, histogram.counts
+                density = feature_reads.feature_summary(store, record, feature).density
+            body = feature_json(dictionary, feature, layer, top, quantiles, [t for t, _ in top_logits],
+                                [t for t, _ in bottom_logits], edges, counts, density)  # fmt: skip
+            (target / f"{cantor(layer, feature)}.json").write_text(json.dumps(body))
+            count += 1
+    # Feature folders go in whole, then the graph and its listing: a server never sees a graph without its features.
+    features_root = folder / "features"
+    features_root.mkdir(parents=True, exist_ok=True)
+    if staging.exists():
+        for dictionary_folder in staging.iterdir():
+            destination = features_root / dictionary_folder.name
+            if destination.exists():
+                for file in dictionary_folder.iterdir():
+                    file.replace(destination / file.name)
+            else:
+                dictionary_folder.replace(destination)
+        shutil.rmtree(staging, ignore_errors=True)
+    graph_path = add_to_folder(folder, data)
+    return ExportResult(folder, graph_path, count, not_encoded)
+
+
+# -- interventions ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class InterveneConfig:
+    graph: str
+    """The stored graph whose features to change."""
+    nodes: list[str]
+    """Feature node ids from the graph's JSON (e.g. 3_1234_7: layer 3, feature 1234, position 7)."""
+    store: str
+    """The store directory."""
+    scale: float = 0.0
+    """Multiply each chosen feature's activation by this: 0 ablates, -1 flips, 2 doubles."""
+    generate: int = 0
+    """Also generate this many tokens greedily with the change applied at the prompt's positions."""
+
+
+@dataclass
+class InterveneResult:
+    intervention: InterventionRecord
+    generated_before: str
+    generated_after: str
+
+
+def _graph_again(store: Store, data: dict) -> tuple[Any, Any, LoadedTranscoders, AttributionGraph, Targets]:
+    """Rebuild a stored graph's full (unpruned) form: same prompt, transcoders and targets; deterministic."""
+    meta = data["metadata"]
+    loaded = load_transcoders(store, [meta["transcoders"][k] for k in sorted(meta["transcoders"], key=int)])
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(meta["model"], store.root / "models"))
+    spec = meta.get("target_spec") or {}
+    target = list(spec.get("target") or [])
+    wrong = spec.get("wrong")
+    vector = meta.get("direction_vector")
+    targets = Targets(
+        tokens=[] if wrong is not None else target,
+        answer=target[0] if wrong is not None else None,
+        wrong=wrong,
+        direction=None if vector is None else np.asarray(vector, dtype=np.float32),
+        direction_layer=spec.get("direction_layer"),
+        direction_label=f"direction {Path(spec['direction']).name}" if spec.get("direction") else "direction",
+        top_p=spec.get("top_p", 0.95),
+        max_logits=spec.get("max_logits", 10),
+    )
+    graph = build_graph(hf_model, tokenizer, meta["prompt"], loaded.replacement, targets, max_features=10**9)
+    graph.transcoders = loaded.names
+    return hf_model, tokenizer, loaded, graph, targets
+
+
+@torch.no_grad()
+def _greedy(hf_model: Any, ids: torch.Tensor, additions: dict[int, torch.Tensor], n: int) -> list[int]:
+    """n tokens, greedily, with additions[layer] applied at the prompt's positions on every step."""
+    produced: list[int] = []
+    for _ in range(n):
+        current = torch.cat([ids, torch.tensor([produced], dtype=ids.dtype)], 1) if produced else ids
+        padded = {layer: torch.cat([add, add.new_zeros(current.shape[1] - add.shape[0], add.shape[1])])
+                  for layer, add in additions.items()}  # fmt: skip
+        _, logits = run_model_with(hf_model, current, [lambda residuals, normed: normed.sum()], padded)
+        produced.append(int(logits.argmax()))
+    return produced
+
+
+def run_intervene(config: InterveneConfig) -> InterveneResult:
+    """Change the chosen features in the real model; report the target's actual change against the graph's."""
+    from workbench.store.results import attribution_graph
+
+    store = Store.open_existing(config.store)
+    data = attribution_graph(store, config.graph)
+    if not config.nodes:
+        raise TaskError("Give feature nodes to change: --nodes ID[,ID...] (ids from the graph's JSON).")
+    kept = {node["node_id"]: node for node in data["nodes"]}
+    absent = [node for node in config.nodes if node not in kept]
+    if absent:
+        features = [n for n, node in kept.items() if node["feature_type"] == "cross layer transcoder"][:5]
+        raise TaskError(
+            f"Node(s) {', '.join(absent)} are not in graph '{config.graph}'. Its feature nodes include "
+            f"{', '.join(features) or 'none'} (see the node_id fields of its JSON)."
+        )
+    not_features = [node for node in config.nodes if kept[node]["feature_type"] != "cross layer transcoder"]
+    if not_features:
+        raise TaskError(f"Node(s) {', '.join(not_features)} are not features; only feature nodes can be changed.")
+    hf_model, tokenizer, loaded, graph, targets = _graph_again(store, data)
+    index = {node.node_id: i for i, node in enumerate(graph.nodes)}
+    ids = prompt_ids(tokenizer, data["metadata"]["prompt"])
+    n_layers = graph.n_layers
+    resolved = resolve_targets(hf_model, tokenizer, targets, hf_model(ids).logits[0].float().detach(), n_layers)
+    changes, deltas = [], {}
+    for node_id in config.nodes:
+        node = graph.nodes[index[node_id]]
+        assert node.feature is not None
+        delta = (config.scale - 1.0) * node.activation
+        changes.append((node.layer, node.position, node.feature, delta))
+        deltas[index[node_id]] = delta
+    d_model = hf_model.get_input_embeddings().weight.shape[1]
+    additions = feature_additions(loaded.replacement, changes, ids.shape[1], d_model)
+    before, _ = run_model_with(hf_model, ids, [resolved[0].read], {})
+    after, _ = run_model_with(hf_model, ids, [resolved[0].read], additions)
+    target_row = next(i for i, node in enumerate(graph.nodes) if node.kind == "logit")
+    predicted = float(predicted_changes(graph, deltas)[target_row])
+    record = InterventionRecord(
+        graph=config.graph,
+        nodes=list(config.nodes),
+        scale=config.scale,
+        target=resolved[0].label,
+        value_before=float(before[0]),
+        predicted_change=predicted,
+        actual_change=float(after[0] - before[0]),
+    )
+    generated_before = generated_after = ""
+    if config.generate:
+        generated_before = tokenizer.decode(_greedy(hf_model, ids, {}, config.generate))
+        generated_after = tokenizer.decode(_greedy(hf_model, ids, additions, config.generate))
+    return InterveneResult(add_intervention(store, record), generated_before, generated_after)
+
+
+# -- de-embeddings -------------------------------------------------------------------------------------
 
 
 @dataclass

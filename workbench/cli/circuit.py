@@ -1,4 +1,4 @@
-"""`workbench circuit patch|codes|graph|deembed`: which parts of the model do a task?"""
+"""`workbench circuit patch|codes|graph|export|intervene|deembed`: which parts of the model do a task?"""
 
 from __future__ import annotations
 
@@ -38,15 +38,35 @@ CODES_EPILOG = textwrap.dedent("""\
 GRAPH_DESCRIPTION = textwrap.dedent("""\
     Replace each MLP that has a transcoder by its features plus an error node, freeze attention patterns
     and norm scales on the prompt, and compute every edge exactly: source value x gradient of the target
-    (the answer's logit, or an active feature's pre-activation). Edges through attention run through the
-    frozen patterns. MLPs without a transcoder become error nodes. Prune by influence on the logit, report
-    the replacement and completeness scores, and store the pruned graph as JSON under STORE/graphs/
-    (table circuit_graphs); the app's Circuits page draws it.
+    (a target, or an active feature's pre-activation). Edges through attention run through the frozen
+    patterns. MLPs without a transcoder become error nodes. Prune by influence on the targets, report the
+    replacement and completeness scores, ablate the most influential features in the real model to score the
+    graph's predictions (faithfulness), and store the pruned graph under STORE/graphs/ (table circuit_graphs)
+    in circuit-tracer's format; the app's Circuits page draws it, `workbench circuit export` serves it.
+    Targets (one kind): the most probable tokens up to --top-p (circuit-tracer's default), --target TOKENS,
+    --target ANSWER --wrong WRONG (a logit difference), or --direction V.npy (any residual-stream direction).
+    A memory estimate is checked before any work.
 """)
 GRAPH_EPILOG = textwrap.dedent("""\
-    example (one transcoder per MLP layer; a subset of layers is fine):
+    examples:
       workbench circuit graph --prompt "When Mary and John went to the store, John gave a drink to" \\
-          --transcoders tc-l4,tc-l6,tc-l8 --store store/ --target " Mary" --json mary.json
+          --transcoders all --store store/ --target " Mary" --wrong " John" --name ioi
+      workbench circuit graph --prompt "The capital of France is" --transcoders tc-l4,tc-l6 --store store/
+""")
+EXPORT_DESCRIPTION = textwrap.dedent("""\
+    Write a stored graph as circuit-tracer's frontend serves it: OUT/<graph>.json, OUT/graph-metadata.json
+    (other graphs in OUT are kept and listed) and OUT/features/<transcoder>/<id>.json for every feature node,
+    with top-activation contexts from the transcoder's encoding (`workbench encode`), activation quantiles,
+    and the tokens its decoder most raises and lowers. Serve it with circuit-tracer:
+      python -c "from circuit_tracer.frontend import serve; serve(data_dir='OUT', port=8032); input()"
+    and open http://localhost:8032/index.html.
+""")
+INTERVENE_DESCRIPTION = textwrap.dedent("""\
+    Multiply chosen features' activations by --scale (0 ablates, -1 flips, 2 doubles) at their positions in the
+    real model (attention, norms and later MLPs live; the rest of each MLP's output kept), and report the first
+    target's actual change against the change the graph predicts (its edges, through later features, with
+    attention frozen). Stored in circuit_interventions. --generate N also continues the prompt greedily with and
+    without the change.
 """)
 DEEMBED_DESCRIPTION = (
     "De-embeddings (Dunefsky et al.): score every vocabulary token's embedding against the feature's "
@@ -114,28 +134,58 @@ def _node_label(n) -> str:
 
 
 def report_graph(config, result) -> None:
-    from workbench.circuits.attribution import greedy_paths
+    from workbench.circuits.graph import greedy_paths, influence, normalised
 
     record, graph = result.graph, result.attribution
     features = sum(node.kind == "feature" for node in graph.nodes)
-    print(
-        f"target {record.target_token!r}: logit {record.target_logit:.3f}; {features} active features, "
-        f"{record.n_nodes} nodes, {record.n_edges} edges"
-    )
+    print(f"memory estimate before building: {result.memory_estimate / 2**30:.2f} GiB")
+    for target in graph.targets:
+        print(f"target {target.token!r}: value {target.activation:.3f}, weight {target.weight:.3f}")
+    print(f"{features} active features, {record.n_nodes} nodes, {record.n_edges} edges")
     print(f"replacement score {record.replacement_score:.3f}, completeness score {record.completeness_score:.3f}")
+    if record.faithfulness is not None:
+        print(
+            f"faithfulness {record.faithfulness:.3f}: correlation of predicted with actual changes of the first "
+            f"target when each of the {len(result.actual)} most influential features is ablated"
+        )
     print(
         f"pruned to {record.n_kept_nodes} nodes and {record.n_kept_edges} links; stored as '{record.graph}'"
         + (f", JSON also at {config.json_path}" if config.json_path else "")
     )
-    top = sorted((n for n in graph.nodes if n.kind == "feature"), key=lambda n: -n.influence)[:5]
-    if top:
+    node_influence = influence(normalised(graph.adjacency), graph.target_weights)
+    order = [i for i in node_influence.argsort()[::-1] if graph.nodes[i].kind == "feature"][:5]
+    if order:
         print(
             "most influential features: "
-            + ", ".join(f"L{n.layer}#{n.feature}@{n.position} {n.influence:.3f}" for n in top)
+            + ", ".join(f"{graph.nodes[i].node_id} {node_influence[i]:.3f}" for i in order)
         )
     print("strongest paths (share of the logit's input along the path):")
     for strength, path in greedy_paths(graph, 5):
         print(f"  {strength:.4f}  " + " -> ".join(_node_label(graph.nodes[i]) for i in path))
+
+
+def report_export(config, result) -> None:
+    print(f"wrote {result.graph_path} and {result.feature_files} feature files under {result.folder / 'features'}")
+    for name in result.not_encoded:
+        print(
+            f"'{name}' is not encoded, so its features have logits but no example contexts: "
+            f"`workbench encode --store {config.store} --dict {name}`, then export again"
+        )
+    print(
+        f"serve it: python -c \"from circuit_tracer.frontend import serve; serve(data_dir='{result.folder}', "
+        f'port=8032); input()"  and open http://localhost:8032/index.html?slug={config.graph}'
+    )
+
+
+def report_intervene(config, result) -> None:
+    row = result.intervention
+    print(f"target {row.target!r}: {row.value_before:.4f} before")
+    print(f"changing {', '.join(row.nodes)} by x{row.scale:g}:")
+    print(f"  actual change    {row.actual_change:+.4f}")
+    print(f"  predicted change {row.predicted_change:+.4f} (graph edges, attention and norms frozen)")
+    if config.generate:
+        print(f"generated before: {result.generated_before!r}")
+        print(f"generated after:  {result.generated_after!r}")
 
 
 def _tokens(pairs) -> str:
@@ -150,13 +200,25 @@ def report_deembed(config, result) -> None:
 
 
 def add_circuit(sub, name: str, help_text: str) -> None:
-    from workbench.circuits.attribution import DeembedConfig, GraphConfig, run_deembed, run_graph
+    from workbench.circuits.attribution import (
+        DeembedConfig,
+        ExportConfig,
+        GraphConfig,
+        InterveneConfig,
+        run_deembed,
+        run_export,
+        run_graph,
+        run_intervene,
+    )
     from workbench.circuits.codes import CodesConfig, run_codes
     from workbench.circuits.patching import PatchingConfig, run_patching
+    from workbench.cli.options import comma_list_keeping_spaces
     from workbench.models import BACKENDS
 
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
-    circuit_sub = parser.add_subparsers(dest="circuit_command", required=True, metavar="{patch,codes,graph,deembed}")
+    circuit_sub = parser.add_subparsers(
+        dest="circuit_command", required=True, metavar="{patch,codes,graph,export,intervene,deembed}"
+    )
     backends = {"backend": list(BACKENDS)}
     add_command(
         circuit_sub,
@@ -190,6 +252,30 @@ def add_circuit(sub, name: str, help_text: str) -> None:
         description=GRAPH_DESCRIPTION,
         epilog=GRAPH_EPILOG,
         flags={"json_path": ["--json"]},
+        parsers={"target": comma_list_keeping_spaces},
+    )
+    add_command(
+        circuit_sub,
+        "export",
+        "write a stored graph, its feature files and graph-metadata.json for circuit-tracer's server",
+        ExportConfig,
+        run_export,
+        report_export,
+        description=EXPORT_DESCRIPTION,
+        epilog="example:\n  workbench circuit export ioi --out served/ --store store/",
+        flags={"graph": ["GRAPH"]},
+    )
+    add_command(
+        circuit_sub,
+        "intervene",
+        "ablate or steer a graph's features in the real model: actual against predicted change of the target",
+        InterveneConfig,
+        run_intervene,
+        report_intervene,
+        description=INTERVENE_DESCRIPTION,
+        flags={"nodes": ["--nodes", "--node"]},
+        epilog="examples:\n  workbench circuit intervene --graph ioi --nodes 5_1234_14 --scale 0 --store store/\n"
+        "  workbench circuit intervene --graph ioi --nodes 5_1234_14,7_99_14 --scale 3 --generate 10 --store store/",
     )
     add_command(
         circuit_sub,

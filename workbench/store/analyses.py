@@ -8,6 +8,7 @@
     newest_patching_run(store, task)      the task's newest patching run that has head scores, or None
     head_scores(store, circuit_run)       (layer, head, score) of a patching run's head level
     replace_graph(store, record)          an attribution graph's catalog row, replacing any of that name
+    add_intervention(store, record)       one intervention on a graph's features (circuit_interventions)
 
 Each replace is one transaction: readers see the old results or the new ones, never a mix.
 """
@@ -15,8 +16,8 @@ Each replace is one transaction: readers see the old results or the new ones, ne
 from __future__ import annotations
 
 from workbench.store.catalog import Store
-from workbench.store.records import (CircuitRunRecord, GraphRecord, ProbeRunRecord, delete, delete_rows, insert,
-                                     insert_rows, read_all, read_one)
+from workbench.store.records import (CircuitRunRecord, GraphRecord, InterventionRecord, ProbeRunRecord, delete,
+                                     delete_rows, insert, insert_rows, read_all, read_one)
 
 PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
     "probe_sublayer": ("layer", "metric", "mean", "max", "n_tokens"),
@@ -91,6 +92,14 @@ def head_scores(store: Store, circuit_run: str) -> list[tuple[int, int, float]]:
     with store.reader() as con:
         return con.execute("SELECT layer, head, score FROM circuit_patching WHERE circuit_run = ? AND level = 'heads'",
                            [circuit_run]).fetchall()
+
+
+def add_intervention(store: Store, record: InterventionRecord) -> InterventionRecord:
+    """Append an intervention's row; returns it with its timestamp."""
+    with store.transaction() as con:
+        insert(con, record)
+        stored = read_all(con, InterventionRecord, graph=record.graph, order_by="created_at DESC")[0]
+        return stored
 
 
 def replace_graph(store: Store, record: GraphRecord) -> GraphRecord:

@@ -267,6 +267,24 @@ class GraphRecord(Record):
     created_at: datetime | None = None
     device: str | None = None  # compute device used (cpu, cuda:0, mps); NULL before schema v6
     dtype: str | None = None  # compute precision used (float32, bfloat16, float16)
+    faithfulness: float | None = None  # correlation of predicted with actual ablation effects; NULL before v8
+    n_targets: int | None = None  # logits or custom targets explained; NULL before v8
+
+
+@dataclass(frozen=True)
+class InterventionRecord(Record):
+    """One intervention on an attribution graph's features, predicted against actual (table `circuit_interventions`)."""
+
+    TABLE: ClassVar[str] = "circuit_interventions"
+    KEY: ClassVar[tuple[str, ...]] = ("graph", "created_at")
+    graph: str
+    nodes: list[str]
+    scale: float
+    target: str
+    value_before: float
+    predicted_change: float
+    actual_change: float
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

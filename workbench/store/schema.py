@@ -13,7 +13,7 @@ import duckdb
 from workbench.errors import StoreVersionError
 from workbench.store.records import scalar
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -279,11 +279,34 @@ def _add_feature_parts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(FEATURE_PARTS_V7)
 
 
+# v8: attribution graphs are checked against the real model. A graph's faithfulness is the correlation of the
+# target changes its edges predict with the changes that ablating its top features causes; each intervention run
+# (`workbench circuit intervene`) is a row of circuit_interventions.
+CIRCUIT_CHECKS_V8 = """
+ALTER TABLE circuit_graphs ADD COLUMN faithfulness DOUBLE;
+ALTER TABLE circuit_graphs ADD COLUMN n_targets INTEGER;
+CREATE TABLE circuit_interventions (
+    graph VARCHAR NOT NULL,          -- the attribution graph whose nodes were changed
+    nodes VARCHAR[] NOT NULL,        -- node ids, as in the graph's JSON
+    scale DOUBLE NOT NULL,           -- each feature's activation is multiplied by this (0 ablates, -1 flips)
+    target VARCHAR NOT NULL,         -- the target's label
+    value_before DOUBLE NOT NULL,    -- the target's value in the unchanged model
+    predicted_change DOUBLE NOT NULL,  -- what the graph's direct and indirect edges predict
+    actual_change DOUBLE NOT NULL,   -- what the model did with the features changed (attention and norms live)
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
+
+def _add_circuit_checks(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(CIRCUIT_CHECKS_V8)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables, 5: _add_placement_columns,
-    6: _add_feature_parts}
+    6: _add_feature_parts, 7: _add_circuit_checks}
 
 
 _EMPTY_ACTIVATIONS = (

@@ -1,0 +1,181 @@
+"""The local replacement model of one prompt (Dunefsky et al.; Anthropic's circuit-tracer).
+
+The model's own forward pass, with
+  - each MLP's output (mlp.hook_out) replaced by what the replacement's features decode into it, plus an error
+    term (the MLP's true output minus that reconstruction), so nothing is lost: with the errors the replacement
+    reproduces the model's logits exactly;
+  - each MLP that nothing decodes into kept whole as an error term;
+  - attention patterns and every norm's per-position factor frozen at their values on this prompt.
+Frozen, the residual stream is an affine function of the sources (token embeddings, feature activations, error
+terms), which is what makes attribution exact (attribute.py).
+
+A replacement is a `TranscoderSet` (one transcoder per MLP layer, any subset of layers); `decode_into(layer, ...)`
+is the one place that says which features write where, so a cross-layer transcoder is a second implementation.
+Every family in workbench/models/families.py is supported (Llama/Qwen, Gemma, GPT-2, NeoX): LayerNorm and RMSNorm
+factors are frozen alike (LayerNorm's centring is linear), Gemma's post-attention norm is frozen on the attention
+path and its post-MLP norm sits inside mlp.hook_out, which transcoders replace, and NeoX's MLP reads the block
+input. Gemma 2's final logit soft-capping is not applied: targets are read before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.dictionaries.base import SparseCoder
+from workbench.models import families
+
+# The Hugging Face models here are typed `Any`: their config fields and submodules (model.layers, self_attn.v_proj,
+# ...) are per-architecture attributes that torch's stubs type as `Tensor | Module`.
+
+
+@dataclass
+class TranscoderSet:
+    """One transcoder per replaced MLP layer: layer l's features read mlp.hook_in and write mlp.hook_out of l."""
+
+    coders: dict[int, SparseCoder]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.coders)
+
+    def encode(self, layer: int, mlp_in: torch.Tensor) -> torch.Tensor:
+        return self.coders[layer].encode(mlp_in)
+
+    def pre_activations(self, layer: int, mlp_in: torch.Tensor) -> torch.Tensor:
+        return self.coders[layer].pre_activations(mlp_in)
+
+    def decode_into(self, layer: int, features: dict[int, torch.Tensor], mlp_in: torch.Tensor) -> torch.Tensor | None:
+        """What the features decode into layer `layer`'s mlp.hook_out [seq, d], or None where nothing does."""
+        if layer not in self.coders:
+            return None
+        return self.coders[layer].decode(features[layer], mlp_in)
+
+    def n_latents(self, layer: int) -> int:
+        return self.coders[layer].config.n_latents
+
+
+@dataclass
+class Frozen:
+    """Attention patterns and every norm's per-position factor, measured on the prompt's true pass (`measure`) and
+    then held fixed, which makes the forward pass affine in its sources."""
+
+    patterns: list[torch.Tensor]  # [heads, seq, seq] per layer
+    scales: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (layer, norm name) -> [seq, 1]
+    measure: bool = True
+
+    def norm(self, layer: int, name: str, module: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.measure:
+            self.scales[(layer, name)] = families.norm_scale(module, x)
+        return families.frozen_norm(module, x, self.scales[(layer, name)])
+
+
+@dataclass
+class Shape:
+    family: families.Family
+    n_layers: int
+    n_heads: int
+    d_head: int
+    groups: int  # query heads per key-value head
+
+
+def shape_of(hf_model: Any) -> Shape:
+    family = families.family_of(hf_model)
+    n_heads, d_head = families.attention_heads(hf_model)
+    groups = n_heads // getattr(hf_model.config, "num_key_value_heads", n_heads)
+    return Shape(family, len(families.decoder_layers(hf_model)), n_heads, d_head, groups)
+
+
+def attention_pass(hf_model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """([heads, seq, seq] per layer, block 0's input [seq, d], the logits [seq, vocab]) from the model's forward.
+
+    Eager attention, because SDPA does not return patterns. Block 0's input is the embedding as each family makes it
+    (scaled by sqrt(d) in Gemma, plus learned positions in GPT-2)."""
+    previous = hf_model.config._attn_implementation
+    hf_model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            output = hf_model(ids, output_attentions=True, output_hidden_states=True)
+    finally:
+        hf_model.set_attn_implementation(previous)
+    return [a[0].float() for a in output.attentions], output.hidden_states[0][0].float(), output.logits[0].float()
+
+
+def attention(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
+    return head_outputs(attention_module, shape, h, pattern).sum(1) + _output_bias(attention_module, shape)
+
+
+def head_outputs(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Each head's write to the residual stream with a given pattern [seq, heads, d] (no output bias)."""
+    T = h.shape[0]
+    W_V, b_V = families.value_weights(attention_module, shape.family.qkv_layout, shape.n_heads, shape.d_head)
+    v = h @ W_V.T
+    if b_V is not None:
+        v = v + b_V
+    v = v.reshape(T, -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
+    W_O = families.output_weights(attention_module, shape.family)[0]  # [d, heads * d_head]
+    mixed = torch.einsum("hqk,khd->qhd", pattern, v)  # [seq, heads, d_head]
+    return torch.einsum("qhe,dhe->qhd", mixed, W_O.reshape(-1, shape.n_heads, shape.d_head))
+
+
+def _output_bias(attention_module: Any, shape: Shape) -> torch.Tensor | float:
+    b_O = families.output_weights(attention_module, shape.family)[1]
+    return 0.0 if b_O is None else b_O
+
+
+MlpOut = Callable[[int, Any, torch.Tensor], torch.Tensor]
+
+
+def frozen_forward(hf_model: Any, shape: Shape, x: torch.Tensor, frozen: Frozen, mlp_out: MlpOut) -> list[torch.Tensor]:
+    """The blocks with frozen patterns and norms from block 0's input x [seq, d]: the residual stream after each
+    block (blocks.L.hook_out), [seq, d] each.
+
+    `mlp_out(layer, block, mlp_in)` gives what the MLP adds to the residual (mlp.hook_out): the true MLP, or
+    decoded features plus errors. Gemma's post-attention norm is frozen here; its post-MLP norm is inside mlp.hook_out.
+    """
+    family = shape.family
+    residuals = []
+    for layer, block in enumerate(families.decoder_layers(hf_model)):
+        h = frozen.norm(layer, "attn", families.part(block, family.attn_norm), x)
+        written = attention(families.part(block, family.attention), shape, h, frozen.patterns[layer])
+        if family.post_attn_norm:
+            written = frozen.norm(layer, "post_attn", families.part(block, family.post_attn_norm), written)
+        mid = x if family.parallel(hf_model) else x + written
+        mlp_in = frozen.norm(layer, "mlp", families.part(block, family.mlp_norm), mid)
+        x = x + written + mlp_out(layer, block, mlp_in)
+        residuals.append(x)
+    return residuals
+
+
+def final_normed(hf_model: Any, shape: Shape, frozen: Frozen, residual: torch.Tensor) -> torch.Tensor:
+    """The last position's residual stream after the (frozen) final norm: what the unembedding reads [d]."""
+    return frozen.norm(-1, "final", families.part(hf_model, shape.family.final_norm), residual[-1:])[0]
+
+
+def true_mlp_out(hf_model: Any, shape: Shape, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
+    """The MLP's real write to the residual stream (mlp.hook_out), Gemma's post-MLP norm included."""
+    out = block.mlp(mlp_in).float()
+    if shape.family.post_mlp_norm:
+        out = families.part(block, shape.family.post_mlp_norm)(out).float()
+    return out
+
+
+def replaced_forward(
+    hf_model: Any, shape: Shape, replacement: TranscoderSet, leaves: dict, frozen: Frozen
+) -> tuple[dict[int, torch.Tensor], list[torch.Tensor]]:
+    """The local replacement model, affine in the leaves (embeddings, features by layer, errors by layer):
+    (every replaced layer's feature pre-activations [seq, latents], the residual after each block)."""
+    pre_activations = {}
+
+    def replaced_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
+        if layer in leaves["features"]:
+            pre_activations[layer] = replacement.pre_activations(layer, mlp_in)
+        decoded = replacement.decode_into(layer, leaves["features"], mlp_in)
+        return leaves["errors"][layer] if decoded is None else decoded + leaves["errors"][layer]
+
+    residuals = frozen_forward(hf_model, shape, leaves["embeddings"], frozen, replaced_mlp)
+    return pre_activations, residuals
