@@ -141,8 +141,8 @@ def app_store(tmp_path_factory, models_dir) -> Path:
             store=str(root),
             hook="blocks.1.mlp.hook_in",
             hook_out="blocks.1.mlp.hook_out",
-            arch="batchtopk",
-            k=8,
+            arch="topk",  # k features at every position, the last one included: the only one a last-layer
+            k=8,  # transcoder's features can reach the logit from
             latents=128,
             tokens=20_000,
             batch_size=512,
@@ -262,6 +262,7 @@ def downgrade_to_v1(store_dir: Path) -> None:
         schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3 + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5,
     )
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
+    con.execute("DROP TABLE circuit_interventions")  # v8
     con.execute("DROP VIEW feature_acts")  # v7 made feature_acts a view over feature_rows and feature_parts
     con.execute("DROP TABLE feature_parts")
     con.execute("ALTER TABLE feature_rows RENAME TO feature_acts")

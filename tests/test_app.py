@@ -303,6 +303,40 @@ def test_circuits_page_draws_the_attribution_graph_and_links_its_features(app, a
     assert any(link.proto.label.startswith("tc1 · feature ") for link in app.get("page_link"))
 
 
+def test_the_graph_page_pins_groups_saves_and_intervenes(app, app_store):
+    from workbench.circuits.export import subgraph
+
+    path = app_store / sql(app_store, "SELECT path FROM circuit_graphs WHERE graph = 'mary'")[0][0]
+    original = path.read_text()
+    data = json.loads(original)
+    features = [n["node_id"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert len(features) >= 2
+    try:
+        open_page(app, "views/circuits.py", graph="mary")
+        app.multiselect(key="graph-pinned").set_value(features[:2]).run()
+        app.text_input(key="graph-group-name").set_value("pair").run()
+        app.multiselect(key="graph-group-members").set_value(features[:2]).run()
+        next(b for b in app.button if b.label == "Group them").click().run()
+        app.button(key="graph-save").click().run()
+        assert not app.exception, app.exception
+        saved = json.loads(path.read_text())["qParams"]
+        assert saved["pinnedIds"] == features[:2] and saved["supernodes"] == [["pair", *features[:2]]]
+        # The subgraph draws the supernode as one node carrying both members' links.
+        merged = subgraph(json.loads(path.read_text()), features[:2], [["pair", *features[:2]]])
+        assert [n["node_id"] for n in merged["nodes"]] == ["pair"]
+        app.multiselect(key="graph-intervene-nodes").set_value(features[:1]).run()
+        app.button(key="graph-intervene").click().run()
+        assert not app.exception, app.exception
+        assert metric(app, "Actual change") and metric(app, "Predicted by the graph")
+    finally:
+        path.write_text(original)
+        import duckdb
+
+        con = duckdb.connect(str(app_store / "catalog.duckdb"))
+        con.execute("DELETE FROM circuit_interventions WHERE graph = 'mary'")  # leave the shared store as it was
+        con.close()
+
+
 def test_circuits_page_shows_the_code_method_against_its_reference(app, app_store):
     open_page(app, "views/circuits.py", run="ioi-codes")
     auc, reference = sql(

@@ -314,8 +314,10 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
                 size=[8 + 22 * min(own(n) / top, 1) for n in group],
                 line=dict(color="#222", width=0.5),
             ),
-            text=[f"{n['clerp'] or n['node_id']}<br>activation {n['activation']:.3f}<br>influence {own(n):.3f}"
-                  for n in group],  # fmt: skip
+            text=[
+                f"{n['clerp'] or n['node_id']}<br>activation {n['activation']:.3f}<br>influence {own(n):.3f}"
+                for n in group
+            ],  # fmt: skip
             hoverinfo="text",
             customdata=[n["node_id"] for n in group],
         )

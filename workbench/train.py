@@ -41,12 +41,15 @@ from workbench.store.records import DictionaryRecord
 class TrainConfig:
     store: str
     """The store directory."""
-    hook: list[str]
+    hook: list[str] = dataclasses.field(default_factory=list)
     """Hook points to encode (canonical or legacy names); for transcoders, their inputs. Several, e.g.
     blocks.2.hook_out,blocks.6.hook_out, train one dictionary each from one read of the data."""
     arch: str = "topk"
-    """Dictionary family: topk, batchtopk, matryoshka, mutualchoice, featurechoice, topafa, mp, or transcoder
-    (shorthand for batchtopk with hook_out)."""
+    """Dictionary family: topk, batchtopk, matryoshka, mutualchoice, featurechoice, topafa, mp, transcoder
+    (shorthand for batchtopk with hook_out), or clt (a cross-layer transcoder over --layers)."""
+    layers: str | None = None
+    """--arch clt: the consecutive model layers it covers, e.g. 0-29. Layer l's features read blocks.l.mlp.hook_in
+    and write to every later covered layer's mlp.hook_out; --k and --latents are per layer."""
     k: list[int] = dataclasses.field(default_factory=lambda: [32])
     """Active latents per token; several (16,32,64) sweep them, one dictionary each."""
     latents: list[int] = dataclasses.field(default_factory=lambda: [4608])
@@ -101,6 +104,20 @@ class TrainConfig:
         self.hook = _as_list(self.hook)
         self.hook_out = _as_list(self.hook_out) if self.hook_out else None
         self.k, self.latents = [int(k) for k in _as_list(self.k)], [int(n) for n in _as_list(self.latents)]
+        if self.arch == "clt":
+            if not self.layers:
+                raise DictionaryError("--arch clt needs --layers, the model layers it covers (e.g. --layers 0-29).")
+            covered = parse_layer_range(self.layers)
+            hooks = [f"blocks.{layer}.mlp.hook_in" for layer in covered]
+            outs = [f"blocks.{layer}.mlp.hook_out" for layer in covered]
+            if (self.hook and self.hook != hooks) or (self.hook_out and self.hook_out != outs):
+                raise DictionaryError(
+                    "--arch clt reads blocks.L.mlp.hook_in and predicts blocks.L.mlp.hook_out for each of --layers "
+                    "itself; leave out --hook and --out."
+                )
+            self.hook, self.hook_out = hooks, outs
+        elif self.layers:
+            raise DictionaryError("--layers is for cross-layer transcoders (--arch clt); give --hook for the others.")
         if self.arch == "transcoder":
             if not self.hook_out:
                 raise DictionaryError(
@@ -116,6 +133,21 @@ class TrainConfig:
             self.stream_tokens = self.tokens
         if not self.hook or not self.k or not self.latents:
             raise DictionaryError("--hook, --k and --latents need at least one value each.")
+
+
+def parse_layer_range(text: str) -> list[int]:
+    """ "0-29" -> [0, ..., 29]; "4" -> [4]; "2,3,4" -> [2, 3, 4] (consecutive layers only)."""
+    try:
+        if "-" in text:
+            first, last = (int(part) for part in text.split("-", 1))
+            layers = list(range(first, last + 1))
+        else:
+            layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DictionaryError(f"--layers {text!r}: give a range of layers such as 0-29.") from None
+    if not layers or layers != list(range(layers[0], layers[0] + len(layers))) or layers[0] < 0:
+        raise DictionaryError(f"--layers {text!r}: give consecutive layers, first to last, such as 0-29.")
+    return layers
 
 
 def _as_list(value) -> list:
@@ -153,6 +185,17 @@ class _Planned:
     settings: dict
     dictionary_config: DictionaryConfig  # k and the width are here
     existing: DictionaryRecord | None
+    inputs: list[str] = dataclasses.field(default_factory=list)  # hooks read (a CLT: every covered layer's)
+    targets: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def input_key(self) -> str:
+        """The batch key of its input: the hook, or for a CLT the covered layers' inputs side by side."""
+        return self.inputs[0] if len(self.inputs) == 1 else "clt-input:" + ",".join(self.inputs)
+
+    @property
+    def target_key(self) -> str:
+        return self.targets[0] if len(self.targets) == 1 else "clt-target:" + ",".join(self.targets)
 
     def folder(self, store: Store) -> Path:
         return store.root / "dictionaries" / self.name
@@ -224,8 +267,8 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
                 n_steps,
                 item.lr,
                 dead_window,
-                input_key=item.hook,
-                target_key=item.hook_out or item.hook,
+                input_key=item.input_key,
+                target_key=item.target_key,
                 checkpointer=Checkpointer(item.folder(store)),
                 label=item.name,
             )
@@ -236,7 +279,7 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
         if live is not None:
             batches_from = live.iterate
         else:  # only the hooks this process trains on; a hook's batches are the same read alone or with others
-            read = list(dict.fromkeys(key for m in members for key in (m.input_key, m.target_key)))
+            read = list(dict.fromkeys(hook for item in mine for hook in item.inputs + item.targets))
             batches_from = ActivationBatches(
                 store,
                 run,
@@ -247,6 +290,8 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
                 rank=data_parallel.rank,
                 world_size=data_parallel.world_size,
             ).iterate
+        if any(len(item.inputs) > 1 for item in mine):
+            batches_from = _with_concatenations(batches_from, mine)
         with explain_out_of_memory(
             f"Training {len(members)} dictionaries", config.batch_size, placement.device, " Or train fewer at once."
         ):
@@ -288,20 +333,37 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
     )
 
 
+def _with_concatenations(
+    batches_from: Callable[[int], Iterator[dict[str, torch.Tensor]]], plan: list[_Planned]
+) -> Callable[[int], Iterator[dict[str, torch.Tensor]]]:
+    """Batches that also carry each CLT's inputs and targets side by side, [batch, layers x d]."""
+    groups = {item.input_key: item.inputs for item in plan} | {item.target_key: item.targets for item in plan}
+    groups = {key: hooks for key, hooks in groups.items() if len(hooks) > 1}
+
+    def iterate(step: int) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in batches_from(step):
+            yield batch | {key: torch.cat([batch[hook] for hook in hooks], 1) for key, hooks in groups.items()}
+
+    return iterate
+
+
 def _plan(
     store, config: TrainConfig, run, hooks, hooks_out, widths: dict[str, int], dead_window: int
 ) -> list[_Planned]:
     """One entry per hook x k x latents, named and checked against the catalog before anything is written.
     `widths`: values per token at each hook (d_model, or n_heads x d_head at attn.hook_z)."""
     pairs = list(zip(hooks, hooks_out or [None] * len(hooks)))
+    if config.arch == "clt":  # one dictionary over every layer: named by its first input and last output
+        pairs = [(hooks[0], hooks_out[-1])]
     combinations = list(itertools.product(pairs, config.k, config.latents))
     plan, problems = [], []
     for (hook, hook_out), k, latents in combinations:
-        kind = f"{config.arch}-transcoder" if hook_out else config.arch
+        kind = f"{config.arch}-transcoder" if hook_out and config.arch != "clt" else config.arch
+        where = f"layers{config.layers}" if config.arch == "clt" else hook
         if len(combinations) == 1:
-            name = config.name or make_run_name(kind, hook, f"k{k}", str(latents))
+            name = config.name or make_run_name(kind, where, f"k{k}", str(latents))
         else:
-            name = make_run_name(*([config.name] if config.name else []), kind, hook, f"k{k}", str(latents))
+            name = make_run_name(*([config.name] if config.name else []), kind, where, f"k{k}", str(latents))
         check_run_name(name)
         lr = config.lr or 2e-4 / (latents / 16384) ** 0.5
         settings = asdict(config) | {
@@ -322,16 +384,25 @@ def _plan(
             differing = [key for key in settings if key != "checkpoint_seconds" and stored.get(key) != settings[key]]
             if differing:
                 problems.append(f"'{name}' exists with different settings ({', '.join(differing)})")
-        dictionary_config = DictionaryConfig(
-            arch=config.arch,
-            d_in=widths[hook],
-            d_out=widths[hook_out] if hook_out else None,
-            n_latents=latents,
-            k=k,
-            transcoder=hook_out is not None,
-            skip_connection=config.skip_connection,
-        )
-        plan.append(_Planned(name, hook, hook_out, lr, settings, dictionary_config, existing))
+        if config.arch == "clt":
+            from workbench.dictionaries.clt import clt_config
+
+            if config.skip_connection:
+                raise DictionaryError("Cross-layer transcoders have no skip connection; leave out --skip-connection.")
+            dictionary_config = clt_config(parse_layer_range(config.layers or ""), widths[hook], latents, k)
+            inputs, targets = list(hooks), list(hooks_out)
+        else:
+            dictionary_config = DictionaryConfig(
+                arch=config.arch,
+                d_in=widths[hook],
+                d_out=widths[hook_out] if hook_out else None,
+                n_latents=latents,
+                k=k,
+                transcoder=hook_out is not None,
+                skip_connection=config.skip_connection,
+            )
+            inputs, targets = [hook], [hook_out or hook]
+        plan.append(_Planned(name, hook, hook_out, lr, settings, dictionary_config, existing, inputs, targets))
     names = [item.name for item in plan]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -5,11 +5,13 @@ import json
 
 import streamlit as st
 
+from workbench import features as F
 from workbench import plots
+from workbench.circuits.attribution import InterveneConfig, run_intervene, save_graph_view
 from workbench.errors import WorkbenchError
 from workbench.store import results
 
-from common import fail, open_store, pick, stamp, store
+from common import cached_record, fail, open_store, pick, stamp, store, token_strip
 
 st.title("Circuits")
 current = store()
@@ -38,6 +40,18 @@ def attribution_graph(path: str, stamp: int, graph: str) -> dict:
 @st.cache_data(show_spinner=False, max_entries=16)
 def transcoder_names(path: str, stamp: int) -> list[str]:
     return results.complete_transcoder_names(open_store(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def feature_contexts(path: str, stamp: int, dictionary: str, feature: int) -> list:
+    """A graph node's feature: its top contexts from the dictionary's encoding (empty if not encoded)."""
+    source = open_store(path)
+    if not F.is_encoded(source, dictionary):
+        raise WorkbenchError(
+            f"'{dictionary}' is not encoded yet: `workbench encode --store {path} --dict {dictionary}` "
+            "shows its top activations here."
+        )
+    return F.top_contexts(source, cached_record(path, stamp, dictionary), feature, n=6)
 
 
 def heatmap(
@@ -168,14 +182,83 @@ else:
     min_share = left.slider("Hide links weaker than this share of the strongest", 0.0, 0.5, 0.02, 0.01)
     max_features = right.slider("Features shown (most influential first)", 5, 300, 60, 5)
     figure, features = plots.attribution_graph(data, min_share, max_features)
-    st.plotly_chart(figure, key="graph")
-    if features:
-        options = {f"{n['node_id']} (influence {n.get('node_influence', 0):.3f})": n for n in features}
-        picked = options[st.selectbox("Open a feature's page", list(options))]
-        dictionary, feature = picked.get("dictionary"), picked.get("feature_index")
+    nodes_by_id = {n["node_id"]: n for n in data["nodes"]}
+    graph_side, panel = st.columns([3, 2])
+    with graph_side:
+        event = st.plotly_chart(figure, key="graph", on_select="rerun", selection_mode="points")
+    clicked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")]
+    if clicked and clicked[0] in nodes_by_id:
+        st.session_state["graph-node"] = clicked[0]  # a click on the graph opens that node in the panel
+    with panel:
+        ordered = [n["node_id"] for n in features] + [
+            i for i in nodes_by_id if i not in {f["node_id"] for f in features}
+        ]
+        if st.session_state.get("graph-node") not in ordered:
+            st.session_state.pop("graph-node", None)
+        node_id = st.selectbox("Node (or click one in the graph)", ordered, key="graph-node")
+        node = nodes_by_id[node_id]
+        st.markdown(f"**{node.get('clerp') or node_id}** · activation {node['activation']:.3f} · "
+                    f"influence {node.get('node_influence', 0.0):.3f}")  # fmt: skip
+        dictionary, feature = node.get("dictionary"), node.get("feature_index")
         if dictionary and feature is not None:
-            st.page_link(
-                "views/features.py",
-                label=f"{dictionary} · feature {feature} →",
-                query_params={"dict": dictionary, "feature": str(feature)},
-            )
+            st.page_link("views/features.py", label=f"{dictionary} · feature {feature} →",
+                         query_params={"dict": dictionary, "feature": str(feature)})  # fmt: skip
+            try:
+                contexts = feature_contexts(str(current.root), stamp(current), dictionary, int(feature))
+            except WorkbenchError as exc:
+                contexts = None
+                st.caption(str(exc))
+            if contexts:
+                scale = max(max(c.values) for c in contexts) or 1.0
+                for context in contexts:
+                    st.html(token_strip(context.tokens, context.values, scale, context.centre))
+
+    st.markdown("##### Subgraph")
+    saved = data.get("qParams", {})
+    pinned = st.multiselect("Pinned nodes", list(nodes_by_id),
+                            default=[i for i in saved.get("pinnedIds", []) if i in nodes_by_id], key="graph-pinned")  # fmt: skip
+    if "graph-supernodes" not in st.session_state or st.session_state.get("graph-supernodes-of") != chosen_graph:
+        st.session_state["graph-supernodes"] = [list(g) for g in saved.get("supernodes", [])]
+        st.session_state["graph-supernodes-of"] = chosen_graph
+    groups = st.session_state["graph-supernodes"]
+    name_col, members_col, add_col = st.columns([1, 2, 1])
+    group_name = name_col.text_input("Supernode name", key="graph-group-name")
+    members = members_col.multiselect("Its nodes (from the pinned ones)", pinned, key="graph-group-members")
+    if add_col.button("Group them", disabled=not (group_name.strip() and members)):
+        groups.append([group_name.strip(), *members])
+    for group in groups:
+        st.caption(f"supernode **{group[0]}**: {', '.join(group[1:])}")
+    if pinned:
+        from workbench.circuits.export import subgraph
+
+        sub_figure, _ = plots.attribution_graph(subgraph(data, pinned, groups), 0.0, 300)
+        st.plotly_chart(sub_figure, key="subgraph")
+    if st.button("Save pins and supernodes with the graph", key="graph-save"):
+        try:
+            save_graph_view(str(current.root), chosen_graph, pinned, groups)
+        except WorkbenchError as exc:
+            fail(exc)
+        attribution_graph.clear()
+        st.success("Saved into the graph's qParams (circuit-tracer's frontend reads them too).")
+
+    st.markdown("##### Intervene")
+    feature_ids = [i for i, n in nodes_by_id.items() if n["feature_type"] == "cross layer transcoder"]
+    chosen_nodes = st.multiselect("Features to change", feature_ids,
+                                  default=[i for i in pinned if i in feature_ids], key="graph-intervene-nodes")  # fmt: skip
+    scale_col, generate_col, run_col = st.columns(3)
+    scale = scale_col.number_input("Scale (0 ablates, -1 flips)", value=0.0, step=0.5, key="graph-scale")
+    generate = generate_col.number_input("Tokens to generate", 0, 64, 8, key="graph-generate")
+    if run_col.button("Run on the model", disabled=not chosen_nodes, key="graph-intervene"):
+        try:
+            outcome = run_intervene(InterveneConfig(chosen_graph, chosen_nodes, str(current.root), float(scale),
+                                                    int(generate)))  # fmt: skip
+        except WorkbenchError as exc:
+            fail(exc)
+        row_ = outcome.intervention
+        a, b, c = st.columns(3)
+        a.metric("Target before", f"{row_.value_before:.3f}")
+        b.metric("Actual change", f"{row_.actual_change:+.3f}")
+        c.metric("Predicted by the graph", f"{row_.predicted_change:+.3f}")
+        if generate:
+            st.markdown(f"**without the change:** {outcome.generated_before!r}  \n"
+                        f"**with it:** {outcome.generated_after!r}")  # fmt: skip

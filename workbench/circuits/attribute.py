@@ -34,7 +34,7 @@ import torch
 from workbench.circuits.graph import AttributionGraph, Node
 from workbench.circuits.replacement import (
     Frozen,
-    TranscoderSet,
+    Replacement,
     attention_pass,
     final_normed,
     frozen_forward,
@@ -178,7 +178,7 @@ def build_graph(
     hf_model: Any,
     tokenizer,
     prompt: str,
-    replacement: TranscoderSet,
+    replacement: Replacement,
     targets: Targets | None = None,
     max_features: int = 4096,
     batch_size: int = 256,

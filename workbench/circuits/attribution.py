@@ -36,7 +36,7 @@ from workbench.circuits.deembed import de_embeddings
 from workbench.circuits.export import add_to_folder, cantor, feature_folder, feature_json, graph_json, write_atomically
 from workbench.circuits.graph import AttributionGraph, prune, scores
 from workbench.circuits.interventions import faithfulness, feature_additions, predicted_changes, run_model_with
-from workbench.circuits.replacement import TranscoderSet
+from workbench.circuits.replacement import CLTReplacement, Replacement, TranscoderSet
 from workbench.circuits.tasks import TaskError
 from workbench.devices import require_cpu, resolve_placement
 from workbench.dictionaries.base import SparseCoder
@@ -83,7 +83,7 @@ def _every_layer(store: Store, model: str | None) -> list[str]:
     for name in lookups.dictionary_names(store, complete=True):
         record = lookups.completed_dictionary(store, name)
         layer = _transcoder_layer(record)
-        if layer is not None:
+        if layer is not None and record.arch != "clt":
             by_model.setdefault(lookups.run(store, record.run).model, {}).setdefault(layer, []).append(name)
     if not by_model:
         raise TaskError(
@@ -127,9 +127,25 @@ def _ranges(values: list[int]) -> str:
 
 @dataclass
 class LoadedTranscoders:
-    replacement: TranscoderSet
-    names: dict[int, str]
+    replacement: Replacement
+    names: dict[int, str]  # layer -> the dictionary whose features read it (a CLT: the same name for each)
     model: str
+
+    @property
+    def distinct_names(self) -> list[str]:
+        return list(dict.fromkeys(self.names[layer] for layer in sorted(self.names)))
+
+
+def _load_clt(store: Store, name: str) -> LoadedTranscoders:
+    from workbench.dictionaries import load_dictionary
+    from workbench.dictionaries.clt import CrossLayerTranscoder
+
+    record = lookups.completed_dictionary(store, name)
+    clt = load_dictionary(store.root / record.path, expected_arch="clt").eval()
+    assert isinstance(clt, CrossLayerTranscoder)
+    return LoadedTranscoders(
+        CLTReplacement(clt), {layer: name for layer in clt.layers}, lookups.run(store, record.run).model
+    )
 
 
 def load_transcoders(store: Store, names: list[str], model: str | None = None) -> LoadedTranscoders:
@@ -141,6 +157,14 @@ def load_transcoders(store: Store, names: list[str], model: str | None = None) -
         )
     if names == [ALL]:
         names = _every_layer(store, model)
+    arches = {name: lookups.completed_dictionary(store, name).arch for name in names}
+    if "clt" in arches.values():
+        if len(names) > 1:
+            raise TaskError(
+                f"{', '.join(n for n, a in arches.items() if a == 'clt')} is a cross-layer transcoder, which replaces "
+                "every MLP it covers by itself; give it alone."
+            )
+        return _load_clt(store, names[0])
     coders: dict[int, SparseCoder] = {}
     by_layer: dict[int, str] = {}
     models: set[str] = set()
@@ -162,6 +186,15 @@ def check_fits(hf_model: Any, loaded: LoadedTranscoders) -> None:
     """Transcoders of another model or width are refused before any work."""
     d_model = hf_model.get_input_embeddings().weight.shape[1]
     n_layers = len(families.decoder_layers(hf_model))
+    if isinstance(loaded.replacement, CLTReplacement):
+        clt = loaded.replacement.clt
+        name = loaded.distinct_names[0]
+        if clt.layers[-1] >= n_layers or clt.d_model != d_model:
+            raise TaskError(
+                f"'{name}' covers layers {clt.layers[0]}-{clt.layers[-1]} at width {clt.d_model}; this model has "
+                f"layers 0 to {n_layers - 1} at width {d_model}. It belongs to another model."
+            )
+        return
     for layer, coder in loaded.replacement.coders.items():
         name = loaded.names[layer]
         if layer >= n_layers:
@@ -251,9 +284,12 @@ class GraphResult:
     actual: np.ndarray
 
 
-def memory_estimate(n_positions: int, n_layers: int, replacement: TranscoderSet, config: GraphConfig) -> int:
+def memory_estimate(n_positions: int, n_layers: int, replacement: Replacement, config: GraphConfig) -> int:
     """Bytes the graph's matrices can need, from the prompt's length and the transcoders' sparsity alone."""
-    per_position = sum(coder.config.k or coder.config.n_latents for coder in replacement.coders.values())
+    if isinstance(replacement, CLTReplacement):
+        per_position = replacement.clt.config.k * len(replacement.layers)
+    else:
+        per_position = sum(coder.config.k or coder.config.n_latents for coder in replacement.coders.values())
     features = min(config.max_features, n_positions * per_position)
     return dense_bytes(max_nodes(n_positions, n_layers, features, config.max_logits))
 
@@ -331,7 +367,7 @@ def run_graph(config: GraphConfig) -> GraphResult:
         prompt=config.prompt,
         target_token=first.token,
         target_logit=first.activation,
-        transcoders=[loaded.names[layer] for layer in sorted(loaded.names)],
+        transcoders=loaded.distinct_names,
         n_nodes=len(graph.nodes),
         n_edges=int((graph.adjacency != 0).sum()),
         n_kept_nodes=len(data["nodes"]),
@@ -437,6 +473,25 @@ def run_export(config: ExportConfig) -> ExportResult:
     return ExportResult(folder, graph_path, count, not_encoded)
 
 
+def save_graph_view(store_path: str, graph: str, pinned: list[str], supernodes: list[list[str]]) -> dict:
+    """Save pinned nodes and supernodes ([name, member ids...]) into the stored graph's qParams, where
+    circuit-tracer's frontend keeps them too; returns the graph as saved. Unknown node ids are refused."""
+    from workbench.store.results import attribution_graph, graph_path
+
+    store = Store.open_existing(store_path)
+    data = attribution_graph(store, graph)
+    ids = {node["node_id"] for node in data["nodes"]}
+    unknown = sorted({i for i in pinned + [m for group in supernodes for m in group[1:]] if i not in ids})
+    if unknown:
+        raise TaskError(f"Node(s) {', '.join(unknown)} are not in graph '{graph}'.")
+    names = [group[0] for group in supernodes]
+    if len(set(names)) != len(names) or any(not name.strip() or name in ids for name in names):
+        raise TaskError("Give each supernode a name of its own, not a node id.")
+    data["qParams"] = data["qParams"] | {"pinnedIds": list(pinned), "supernodes": [list(g) for g in supernodes]}
+    write_atomically(graph_path(store, graph), json.dumps(data))
+    return data
+
+
 # -- interventions ---------------------------------------------------------------------------------------
 
 
@@ -464,7 +519,8 @@ class InterveneResult:
 def _graph_again(store: Store, data: dict) -> tuple[Any, Any, LoadedTranscoders, AttributionGraph, Targets]:
     """Rebuild a stored graph's full (unpruned) form: same prompt, transcoders and targets; deterministic."""
     meta = data["metadata"]
-    loaded = load_transcoders(store, [meta["transcoders"][k] for k in sorted(meta["transcoders"], key=int)])
+    layers = sorted(meta["transcoders"], key=int)  # a CLT is named once per layer it covers
+    loaded = load_transcoders(store, list(dict.fromkeys(meta["transcoders"][k] for k in layers)))
     hf_model, tokenizer = load_hf_model(resolve_model_dir(meta["model"], store.root / "models"))
     spec = meta.get("target_spec") or {}
     target = list(spec.get("target") or [])

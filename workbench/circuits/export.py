@@ -217,3 +217,36 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)
+
+
+def subgraph(data: dict, pinned: list[str], supernodes: list[list[str]]) -> dict:
+    """The graph restricted to the pinned nodes, each supernode ([name, member ids...], circuit-tracer's qParams
+    layout) drawn as one node: at its members' mean position and layer, with their influence and activation summed
+    and the links into and out of the group summed. Links inside a supernode are dropped."""
+    group_of = {member: group[0] for group in supernodes for member in group[1:] if member in pinned}
+    by_id = {node["node_id"]: node for node in data["nodes"]}
+    nodes: list[dict] = [dict(by_id[i]) for i in pinned if i in by_id and i not in group_of]
+    for group in supernodes:
+        members = [by_id[i] for i in group[1:] if i in by_id and i in pinned]
+        if not members:
+            continue
+        numeric = [int(m["layer"]) for m in members if m["layer"].isdigit()]
+        nodes.append({
+            "node_id": group[0],
+            "feature_type": members[0]["feature_type"],
+            "layer": str(round(sum(numeric) / len(numeric))) if numeric else members[0]["layer"],
+            "ctx_idx": round(sum(m["ctx_idx"] for m in members) / len(members)),
+            "influence": min(m["influence"] for m in members),
+            "node_influence": sum(m.get("node_influence", 0.0) for m in members),
+            "activation": sum(m["activation"] for m in members),
+            "clerp": f"{group[0]} ({len(members)} nodes)",
+            "feature": -1,
+        })  # fmt: skip
+    kept = {node["node_id"] for node in nodes}
+    summed: dict[tuple[str, str], float] = {}
+    for link in data["links"]:
+        source, target = group_of.get(link["source"], link["source"]), group_of.get(link["target"], link["target"])
+        if source in kept and target in kept and source != target:
+            summed[(source, target)] = summed.get((source, target), 0.0) + link["weight"]
+    links = [{"source": s, "target": t, "weight": w} for (s, t), w in summed.items()]
+    return {"metadata": data["metadata"], "qParams": data["qParams"], "nodes": nodes, "links": links}

@@ -1,7 +1,7 @@
 """Checking a graph's claims on the real model: change features, see what the model does, compare with the graph.
 
 A feature node (layer l, position p, feature f, activation a) scaled by s changes what layer l's MLP writes at p by
-(s - 1) * a * W_dec[f] (with a cross-layer writer, into every layer it decodes to); the rest of the MLP's output,
+(s - 1) * a * W_dec[f] (a cross-layer transcoder's feature: what every layer it decodes into writes); the rest of the MLP's output,
 its other features and its error, is kept. In the real model attention patterns, norms and every later MLP respond.
 The graph predicts the change of a target linearly: the direct edge per unit activation, plus the paths through
 later features (each passes a change of its pre-activation on one for one, as an active ReLU, JumpReLU or TopK
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from workbench.circuits.graph import AttributionGraph
-from workbench.circuits.replacement import TranscoderSet
+from workbench.circuits.replacement import Replacement
 from workbench.models import families
 
 Reader = Callable[
@@ -76,13 +76,13 @@ def run_model_with(
 
 
 def feature_additions(
-    replacement: TranscoderSet, changes: list[tuple[int, int, int, float]], seq: int, d_model: int
+    replacement: Replacement, changes: list[tuple[int, int, int, float]], seq: int, d_model: int
 ) -> dict[int, torch.Tensor]:
     """additions[layer] [seq, d] for (layer, position, feature, change of activation) tuples."""
     additions: dict[int, torch.Tensor] = {}
     for layer, position, feature, change in changes:
-        direction = replacement.coders[layer].W_dec[feature].detach().float()
-        additions.setdefault(layer, torch.zeros(seq, d_model))[position] += change * direction
+        for target, direction in replacement.writes(layer, feature).items():
+            additions.setdefault(target, torch.zeros(seq, d_model))[position] += change * direction.detach().float()
     return additions
 
 
@@ -104,7 +104,7 @@ def faithfulness(
     hf_model: Any,
     ids: torch.Tensor,
     graph: AttributionGraph,
-    replacement: TranscoderSet,
+    replacement: Replacement,
     reader: Reader,
     top: int = 10,
 ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def faithfulness(
         assert node.feature is not None
         delta = -node.activation
         predicted.append(predicted_changes(graph, {int(index): delta})[target])
-        width = replacement.coders[node.layer].W_dec.shape[1]
+        width = hf_model.get_input_embeddings().weight.shape[1]
         additions = feature_additions(
             replacement, [(node.layer, node.position, node.feature, delta)], ids.shape[1], width
         )

@@ -9,8 +9,8 @@ The model's own forward pass, with
 Frozen, the residual stream is an affine function of the sources (token embeddings, feature activations, error
 terms), which is what makes attribution exact (attribute.py).
 
-A replacement is a `TranscoderSet` (one transcoder per MLP layer, any subset of layers); `decode_into(layer, ...)`
-is the one place that says which features write where, so a cross-layer transcoder is a second implementation.
+A replacement is a `TranscoderSet` (one transcoder per MLP layer, any subset of layers) or a `CLTReplacement` (a
+cross-layer transcoder); `decode_into(layer, ...)` is the one place that says which features write where.
 Every family in workbench/models/families.py is supported (Llama/Qwen, Gemma, GPT-2, NeoX): LayerNorm and RMSNorm
 factors are frozen alike (LayerNorm's centring is linear), Gemma's post-attention norm is frozen on the attention
 path and its post-MLP norm sits inside mlp.hook_out, which transcoders replace, and NeoX's MLP reads the block
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from workbench.dictionaries.base import SparseCoder
+from workbench.dictionaries.clt import CrossLayerTranscoder
 from workbench.models import families
 
 # The Hugging Face models here are typed `Any`: their config fields and submodules (model.layers, self_attn.v_proj,
@@ -56,6 +57,40 @@ class TranscoderSet:
 
     def n_latents(self, layer: int) -> int:
         return self.coders[layer].config.n_latents
+
+    def writes(self, layer: int, feature: int) -> dict[int, torch.Tensor]:
+        """Where a feature writes: {layer: its decoder row}."""
+        return {layer: self.coders[layer].W_dec[feature]}
+
+
+@dataclass
+class CLTReplacement:
+    """A cross-layer transcoder: layer l's features read mlp.hook_in of l and write every covered layer's
+    mlp.hook_out from l on (dictionaries/clt.py), as circuit-tracer's CLT replacement does."""
+
+    clt: CrossLayerTranscoder
+
+    @property
+    def layers(self) -> list[int]:
+        return self.clt.layers
+
+    def encode(self, layer: int, mlp_in: torch.Tensor) -> torch.Tensor:
+        return self.clt.layer_encode(layer, mlp_in)
+
+    def pre_activations(self, layer: int, mlp_in: torch.Tensor) -> torch.Tensor:
+        return self.clt.layer_pre_activations(layer, mlp_in)
+
+    def decode_into(self, layer: int, features: dict[int, torch.Tensor], mlp_in: torch.Tensor) -> torch.Tensor | None:
+        return self.clt.decode_into(layer, features) if layer in self.clt.layers else None
+
+    def n_latents(self, layer: int) -> int:
+        return self.clt.latents_per_layer
+
+    def writes(self, layer: int, feature: int) -> dict[int, torch.Tensor]:
+        return self.clt.writes(layer, feature)
+
+
+Replacement = TranscoderSet | CLTReplacement
 
 
 @dataclass
@@ -165,7 +200,7 @@ def true_mlp_out(hf_model: Any, shape: Shape, block: Any, mlp_in: torch.Tensor) 
 
 
 def replaced_forward(
-    hf_model: Any, shape: Shape, replacement: TranscoderSet, leaves: dict, frozen: Frozen
+    hf_model: Any, shape: Shape, replacement: Replacement, leaves: dict, frozen: Frozen
 ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor]]:
     """The local replacement model, affine in the leaves (embeddings, features by layer, errors by layer):
     (every replaced layer's feature pre-activations [seq, latents], the residual after each block)."""

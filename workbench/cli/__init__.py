@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dictionaries", "FVU, L0, dead %, CE-loss score and KL of a dictionary; written to the store"),
     "encode": ("dictionaries", "write a dictionary's sparse feature activations and feature statistics into the store"),
     "import": ("dictionaries", "register a dictionary trained elsewhere: a folder, SAELens release/id or hf://"),
+    "export": ("dictionaries", "write dictionaries in a peer's format (circuit-tracer transcoders and CLTs)"),
     "circuit": ("circuit", "which parts of the model do a task? patching, discrete codes, attribution graphs"),
     "codebook": ("codebook", "codebook features: discrete codes at sublayer outputs, their contexts, steering"),
     "app": ("app", "explore the store in the browser (Streamlit)"),

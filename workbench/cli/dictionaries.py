@@ -238,4 +238,31 @@ def add_import(sub, name: str, help_text: str) -> None:
     )
 
 
-COMMANDS = {"train": add_train, "eval": add_eval, "encode": add_encode, "import": add_import}
+def add_export(sub, name: str, help_text: str) -> None:
+    from workbench.export_dictionaries import CircuitTracerExportConfig, run_export_circuit_tracer
+
+    parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
+    formats = parser.add_subparsers(dest="export_format", required=True, metavar="{circuit-tracer}")
+
+    def report(config, result) -> None:
+        print(
+            f"wrote a circuit-tracer {result.kind} ({result.layers} layers) to {result.folder}: "
+            f"{', '.join(result.files[:4])}{' ...' if len(result.files) > 4 else ''}"
+        )
+        print("load it in circuit-tracer with its loaders (load_transcoder_set / load_clt) on the files, or "
+              f"import it back: workbench import {result.folder} --store STORE")  # fmt: skip
+
+    add_command(
+        formats,
+        "circuit-tracer",
+        "transcoders in circuit-tracer's formats: a per-layer set (config.yaml + layer_i.safetensors) or a CLT",
+        CircuitTracerExportConfig,
+        run_export_circuit_tracer,
+        report,
+        flags={"dictionaries": ["--dict", "--dicts"]},
+        epilog="examples:\n  workbench export circuit-tracer --store store/ --dict all --out tc-set/\n"
+        "  workbench export circuit-tracer --store store/ --dict clt-layers0-29 --out clt/",
+    )
+
+
+COMMANDS = {"train": add_train, "eval": add_eval, "encode": add_encode, "import": add_import, "export": add_export}

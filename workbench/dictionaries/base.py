@@ -249,6 +249,7 @@ def families(trainable: bool = False) -> list[str]:
     train (what --arch accepts: inference-only families such as imported JumpReLU SAEs are left out)."""
     import workbench.dictionaries.batchtopk  # noqa: F401  (importing registers the families)
     import workbench.dictionaries.choice  # noqa: F401
+    import workbench.dictionaries.clt  # noqa: F401
     import workbench.dictionaries.matryoshka  # noqa: F401
     import workbench.dictionaries.mp  # noqa: F401
     import workbench.dictionaries.topafa  # noqa: F401

@@ -214,3 +214,95 @@ def _check_thresholds(threshold: torch.Tensor | None, source: Path | str) -> Non
             f"{source}: negative JumpReLU thresholds; circuit-tracer computes pre * (pre > threshold), which then "
             "lets negative values through, and the workbench's JumpReLU does not."
         )
+
+
+# -- writing: our transcoders as circuit-tracer reads them -------------------------------------------------
+
+# circuit-tracer names hooks as TransformerLens does: our mlp.hook_in is the MLP's (normalised) input.
+FEATURE_INPUT_HOOK, FEATURE_OUTPUT_HOOK = "ln2.hook_normalized", "hook_mlp_out"
+
+
+def transcoder_tensors(model) -> dict[str, torch.Tensor]:
+    """One layer's SingleLayerTranscoder tensors: W_enc [d_transcoder, d_in], W_dec [d_transcoder, d_out], b_enc,
+    b_dec, activation_function.threshold (JumpReLU), W_skip [d_out, d_in] where there is one."""
+    threshold = getattr(model, "threshold", None)
+    if threshold is None:
+        raise DictionaryError(
+            f"A '{model.config.arch}' transcoder keeps the top k latents per token, which circuit-tracer's transcoders "
+            "cannot express (they fire by threshold). Train --arch batchtopk, which infers as a JumpReLU."
+        )
+    tensors = {
+        "W_enc": model.W_enc.detach().T,
+        "W_dec": model.W_dec.detach(),
+        "b_enc": model.b_enc.detach(),
+        "b_dec": model.b_dec.detach(),
+        "activation_function.threshold": threshold.detach(),
+    }
+    if model.config.skip_connection:
+        tensors["W_skip"] = model.W_skip.detach().T
+    return {k: v.float().contiguous().cpu() for k, v in tensors.items()}
+
+
+def write_transcoder_set(folder: Path, by_layer: dict, model_name: str, scan: str) -> Path:
+    """config.yaml plus layer_{i}.safetensors for layers 0..n-1 (circuit-tracer's load_transcoder_set reads them
+    in layer order, so every layer needs one). Paths in the config are relative to the folder."""
+    import yaml
+    from safetensors.torch import save_file
+
+    missing = [layer for layer in range(max(by_layer) + 1) if layer not in by_layer]
+    if missing:
+        raise DictionaryError(
+            f"circuit-tracer's transcoder sets have one transcoder per layer from 0 on; layers "
+            f"{', '.join(map(str, missing))} have none. Train them, or export a set that covers every layer."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for layer in range(len(by_layer)):
+        save_file(transcoder_tensors(by_layer[layer]), folder / f"layer_{layer}.safetensors")
+        files.append(f"layer_{layer}.safetensors")
+    config = {
+        "model_kind": "transcoder_set",
+        "model_name": model_name,
+        "scan": scan,
+        "feature_input_hook": FEATURE_INPUT_HOOK,
+        "feature_output_hook": FEATURE_OUTPUT_HOOK,
+        "transcoders": files,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+def write_clt(folder: Path, clt, model_name: str, scan: str, n_model_layers: int) -> Path:
+    """circuit-tracer's CLT files (its load_clt): W_enc_{i}.safetensors with W_enc_{i} [d_transcoder, d_model],
+    b_enc_{i}, b_dec_{i}, threshold_{i}; W_dec_{i}.safetensors with W_dec_{i} [d_transcoder, n_layers - i, d_model];
+    and a config.yaml with model_kind cross_layer_transcoder. circuit-tracer's CLTs cover every layer from 0."""
+    import yaml
+    from safetensors.torch import save_file
+
+    if clt.layers != list(range(n_model_layers)):
+        raise DictionaryError(
+            f"circuit-tracer's cross-layer transcoders cover every layer of the model (0-{n_model_layers - 1}); this "
+            f"one covers {clt.layers[0]}-{clt.layers[-1]}. Train one with --layers 0-{n_model_layers - 1}."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    d = clt.d_model
+    for i in range(clt.n_layers):
+        save_file(
+            {
+                f"W_enc_{i}": clt.W_enc[i].detach().T.contiguous(),
+                f"b_enc_{i}": clt.b_enc[i].detach().contiguous(),
+                f"b_dec_{i}": clt.b_dec[i * d : (i + 1) * d].detach().contiguous(),
+                f"threshold_{i}": clt.threshold[i].detach().contiguous(),
+            },
+            folder / f"W_enc_{i}.safetensors",
+        )
+        save_file({f"W_dec_{i}": clt.W_dec[i].detach().contiguous()}, folder / f"W_dec_{i}.safetensors")
+    config = {
+        "model_kind": "cross_layer_transcoder",
+        "model_name": model_name,
+        "scan": scan,
+        "feature_input_hook": FEATURE_INPUT_HOOK,
+        "feature_output_hook": FEATURE_OUTPUT_HOOK,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder

@@ -203,6 +203,15 @@ def attribution_graphs(store: Store) -> pd.DataFrame:
                            "ORDER BY created_at").df()
 
 
+def graph_path(store: Store, graph: str) -> Path:
+    """Where a stored graph's JSON is."""
+    with store.reader() as con:
+        row = con.execute("SELECT path FROM circuit_graphs WHERE graph = ?", [graph]).fetchone()
+    if row is None:
+        raise StoreError(f"No attribution graph '{graph}' in the store {store.root}.")
+    return store.root / row[0]
+
+
 def attribution_graph(store: Store, graph: str) -> dict:
     """A graph's JSON (circuit-tracer's node and link scheme), as `workbench circuit graph` wrote it."""
     with store.reader() as con:
