@@ -30,8 +30,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-browser:
+# circuit-tracer's graph page loads d3 (with d3-jetpack), dagre and pako from the web; the browser test serves
+# these npm copies in their place, since the test machine has no network but the package registries.
+JS := $(VENV)/js
+
+browser: $(JS)/node_modules/d3-jetpack/build/d3v7+jetpack.js
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+$(JS)/node_modules/d3-jetpack/build/d3v7+jetpack.js:
+	mkdir -p $(JS)
+	npm install --silent --no-audit --no-fund --prefix $(JS) d3-jetpack@2.3.0 dagre@0.8.5 pako@2.1.0
 
 demo: setup
 	$(VENV)/bin/workbench harvest --model smollm2-135m --hooks $(HOOKS) --corpus default --tokens 50000 \

@@ -94,23 +94,27 @@ def main(task: str, description: str) -> int:
         f"{codes.circuit_run.roc_auc_heads:20.3f}"
     )
     if args.transcoders:
-        from workbench.circuits.attribution import GraphConfig, greedy_paths, run_graph
+        from workbench.circuits.attribution import GraphConfig, run_graph
+        from workbench.circuits.graph import greedy_paths
 
         prompts = patching.circuit_run.prompts
-        answer = prompts["pairs"][0]["answers"][0]
+        pair = prompts["pairs"][0]
+        answer, wrong = pair["answers"][0], pair["wrong"][0]
         built = run_graph(
             GraphConfig(
-                prompt=prompts["pairs"][0]["clean"],
+                prompt=pair["clean"],
                 store=args.store,
-                target=answer,
+                target=[answer],
+                wrong=wrong,
                 transcoders=args.transcoders.split(","),
                 name=f"{task}-graph",
             )
         )
-        graph_name, graph = built.graph.graph, built.attribution
+        record, graph = built.graph, built.attribution
         print(
-            f"{'attribution graph':22s} {'':>8s}  replacement {graph.replacement_score:.3f}, completeness "
-            f"{graph.completeness_score:.3f} for {answer!r} (stored as '{graph_name}')"
+            f"{'attribution graph':22s} {'':>8s}  replacement {record.replacement_score:.3f}, completeness "
+            f"{record.completeness_score:.3f}, faithfulness {record.faithfulness} for logit({answer!r}) - "
+            f"logit({wrong!r}) (stored as '{record.graph}')"
         )
         for strength, path in greedy_paths(graph, 3):
             print(f"{'':33s}{strength:.3f}  " + " -> ".join(graph.nodes[i].node_id for i in path))

@@ -33,7 +33,7 @@ from harvest import hardware  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "store" / "models"
 # A 16-token prompt in SmolLM2's tokenizer: BOS + 15 tokens (checked below).
-GRAPH_PROMPT = "When Mary and John went to the store, John gave a drink to"
+GRAPH_PROMPT = "When Mary and John went to the big store, John gave a drink to"
 
 
 def _peak_mib() -> float:
@@ -100,6 +100,8 @@ def _one_graph(args) -> dict:
     hf_model, tokenizer = load_hf_model(resolve_model_dir(args.model, Path(args.models_dir)))
     n_layers, d = hf_model.config.num_hidden_layers, hf_model.config.hidden_size
     n_tokens = 1 + len(tokenizer(GRAPH_PROMPT, add_special_tokens=False)["input_ids"])
+    if args.model == "smollm2-135m":
+        assert n_tokens == 16, n_tokens
     baseline = _peak_mib()
     torch.manual_seed(0)
     if args.child == "patching":

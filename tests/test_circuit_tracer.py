@@ -4,6 +4,9 @@ attribution graphs through cross-layer transcoders."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +190,73 @@ def test_the_cli_graphs_through_a_clt_and_refuses_mixes_and_mismatches(clt_store
     result = run_cli_in_process("train", "--store", str(clt_store), "--arch", "clt", "--layers", "1-0")
     assert result.returncode == 2 and "consecutive layers" in result.stderr, result.stderr
     assert store_snapshot(clt_store) == before
+
+
+# -- circuit-tracer's own server and page, in a real browser -----------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+JS = Path(__file__).resolve().parent.parent / ".venv" / "js" / "node_modules"
+# The page's scripts from the web, served from the npm copies `make browser` installs (the test has no network).
+WEB_SCRIPTS = {
+    "static_js/lib/d3.js": JS / "d3-jetpack" / "build" / "d3v7+jetpack.js",  # d3 7 with d3-jetpack in one file
+    "dagre.min.js": JS / "dagre" / "dist" / "dagre.min.js",
+    "pako.min.js": JS / "pako" / "dist" / "pako.min.js",
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_circuit_tracers_server_serves_the_export_and_its_page_draws_it(clt_store, tmp_path):
+    from circuit_tracer.frontend import serve
+    from playwright.sync_api import sync_playwright
+
+    from workbench.encode import EncodeConfig, run_encode
+
+    missing = [str(path) for path in WEB_SCRIPTS.values() if not path.exists()]
+    if missing or not Path(CHROMIUM).exists():
+        pytest.fail(f"The browser test needs Chromium and the page's scripts: run `make browser` ({missing}).")
+    for layer in (0, 1):  # feature files carry example contexts from the encoding
+        run_encode(EncodeConfig(store=str(clt_store), dictionary=f"tc{layer}"), progress=False)
+    result = run_cli("circuit", "graph", "--prompt", PROMPT, "--transcoders", "tc0,tc1", "--store", str(clt_store),
+                     "--target", " to", "--name", "served", "--node-threshold", "0.9")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    served = tmp_path / "served"
+    result = run_cli("circuit", "export", "served", "--out", str(served), "--store", str(clt_store))
+    assert result.returncode == 0, result.stderr
+    data = json.loads((served / "served.json").read_text())
+    feature = next(n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder")
+    port = _free_port()
+    server = serve(data_dir=str(served), port=port)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox",
+                                                                                 "--disable-gpu"])  # fmt: skip
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+            def from_npm(route) -> None:
+                url = route.request.url
+                local = next((path for suffix, path in WEB_SCRIPTS.items() if url.endswith(suffix)), None)
+                # The page's other web scripts (hot reload, .npy parsing) are not used for local JSON graphs.
+                body = local.read_text() if local else "/* not needed offline */"
+                route.fulfill(status=200, content_type="application/javascript", body=body)
+
+            page.route("https://**/*", from_npm)
+            page.goto(f"http://localhost:{port}/index.html?slug=served&clickedId={feature['node_id']}")
+            page.wait_for_selector("text.node", timeout=30_000)
+            drawn = page.locator("text.node").count()
+            # Every node of the export is drawn (the frontend hides features active on over 2/3 of the tokens).
+            assert drawn >= len([n for n in data["nodes"] if n["feature_type"] != "cross layer transcoder"]), drawn
+            page.wait_for_selector("div.ctx-container", timeout=30_000)  # the clicked feature's examples
+            assert page.locator("div.ctx-container").count() >= 1
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.stop()

@@ -33,6 +33,7 @@ import torch
 
 from workbench.circuits.graph import AttributionGraph, Node
 from workbench.circuits.replacement import (
+    Active,
     Frozen,
     Replacement,
     attention_pass,
@@ -221,9 +222,18 @@ def build_graph(
             "Shorten the prompt, use fewer transcoders, or raise --max-features (memory and time grow "
             "with its square)."
         )
+    # The leaves are the active features' values only ([active] per layer), scattered into each layer's dense
+    # [seq, latents] for the forward pass: a backward pass then fills gradients of the active features, not of
+    # every latent at every position (30 layers x 4,608 latents x 16 positions per target, otherwise).
+    by_layer = {layer: [(i, p, f) for i, (fl, p, f) in enumerate(active) if fl == layer] for layer in features}
+    at = {
+        layer: (torch.tensor([p for _, p, _ in rows], dtype=torch.long), torch.tensor([f for _, _, f in rows]))
+        for layer, rows in by_layer.items()
+    }
+    active_values = {layer: features[layer][at[layer]].clone().requires_grad_(True) for layer in features}
     leaves: dict[str, Any] = {
         "embeddings": block_input.clone().requires_grad_(True),
-        "features": {layer: a.clone().requires_grad_(True) for layer, a in features.items()},
+        "features": {layer: Active(*at[layer], active_values[layer], T) for layer in features},
         "errors": {layer: e.clone().requires_grad_(True) for layer, e in errors.items()},
     }
     pre_activations, residuals = replaced_forward(hf_model, shape, replacement, leaves, frozen)
@@ -260,50 +270,46 @@ def build_graph(
     first_error = T + F
     adjacency = np.zeros((n, n))
     per_unit = np.zeros((n, n), dtype=np.float32)
-    by_layer = {layer: [(i, p, f) for i, (fl, p, f) in enumerate(active) if fl == layer] for layer in features}
-    at = {
-        layer: (torch.tensor([p for _, p, _ in rows], dtype=torch.long), torch.tensor([f for _, _, f in rows]))
-        for layer, rows in by_layer.items()
-    }
     columns = {layer: np.array([T + i for i, _, _ in rows], dtype=int) for layer, rows in by_layer.items()}
-    values = torch.cat(
-        [pre_activations[layer][at[layer]] for layer in sorted(features)] + [target_values]
-    )  # [F + targets]: the rows below the embeddings that have inputs, in node order
+    # One group of rows per layer's features, then the targets. A group's backward passes reach only the layers
+    # below it (autograd walks back from that group's outputs alone), which halves the work on average.
     feature_layers = sorted(features)
-    leaf_list = [leaves["embeddings"]] + [leaves["features"][l] for l in feature_layers]
+    leaf_list = [leaves["embeddings"]] + [active_values[l] for l in feature_layers]
     leaf_list += [leaves["errors"][l] for l in range(n_layers)]
-    rows = np.concatenate([np.arange(T, T + F), np.arange(n - len(resolved), n)])
-    for start in range(0, len(values), batch_size):
-        chunk = rows[start : start + batch_size]
-        seeds = torch.zeros(len(chunk), len(values))
-        seeds[torch.arange(len(chunk)), torch.arange(start, start + len(chunk))] = 1.0
-        raw = torch.autograd.grad(
-            values, leaf_list, grad_outputs=seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
-        grads = [torch.zeros(len(chunk), *leaf.shape) if g is None else g for g, leaf in zip(raw, leaf_list)]
-        with torch.no_grad():
-            adjacency[chunk, :T] = (grads[0] * leaves["embeddings"]).sum(-1).numpy()
-            for k, layer in enumerate(feature_layers):
-                where = at[layer]
-                gradient = grads[1 + k][:, where[0], where[1]]
-                per_unit[np.ix_(chunk, columns[layer])] = gradient.numpy()
-                adjacency[np.ix_(chunk, columns[layer])] = (gradient * leaves["features"][layer][where]).numpy()
-            for layer in range(n_layers):
-                contribution = (grads[1 + len(feature_layers) + layer] * leaves["errors"][layer]).sum(-1).numpy()
-                adjacency[chunk, first_error + layer * T : first_error + (layer + 1) * T] = contribution
+    groups = [(columns[layer], pre_activations[layer]) for layer in feature_layers]
+    groups.append((np.arange(n - len(resolved), n), target_values))
+    for group_rows, outputs in groups:
+        for start in range(0, len(group_rows), batch_size):
+            chunk = group_rows[start : start + batch_size]
+            seeds = torch.zeros(len(chunk), len(outputs))
+            seeds[torch.arange(len(chunk)), torch.arange(start, start + len(chunk))] = 1.0
+            raw = torch.autograd.grad(
+                outputs, leaf_list, grad_outputs=seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+            grads = [torch.zeros(len(chunk), *leaf.shape) if g is None else g for g, leaf in zip(raw, leaf_list)]
+            with torch.no_grad():
+                adjacency[chunk, :T] = (grads[0] * leaves["embeddings"]).sum(-1).numpy()
+                for k, layer in enumerate(feature_layers):
+                    gradient = grads[1 + k]  # [chunk, active features of the layer]
+                    per_unit[np.ix_(chunk, columns[layer])] = gradient.numpy()
+                    adjacency[np.ix_(chunk, columns[layer])] = (gradient * active_values[layer]).numpy()
+                for layer in range(n_layers):
+                    contribution = (grads[1 + len(feature_layers) + layer] * leaves["errors"][layer]).sum(-1)
+                    adjacency[chunk, first_error + layer * T : first_error + (layer + 1) * T] = contribution.numpy()
 
     # -- each target's bias: its value with every source at zero ------------------------------------------
     with torch.no_grad():
         zero = {
             "embeddings": torch.zeros_like(block_input),
-            "features": {layer: torch.zeros_like(a) for layer, a in features.items()},
+            "features": {layer: Active(*at[layer], torch.zeros(len(at[layer][0])), T) for layer in features},
             "errors": {layer: torch.zeros_like(e) for layer, e in errors.items()},
         }
         zero_pre, zero_residuals = replaced_forward(hf_model, shape, replacement, zero, frozen)
         zero_normed = final_normed(hf_model, shape, frozen, zero_residuals[-1])
         bias = np.zeros(n)
-        for i, (layer, p, f) in enumerate(active):
-            bias[T + i] = float(zero_pre[layer][p, f])
+        for layer, rows in by_layer.items():
+            for j, (i, _, _) in enumerate(rows):
+                bias[T + i] = float(zero_pre[layer][j])
         for i, target in enumerate(resolved):
             bias[n - len(resolved) + i] = float(target.read(zero_residuals, zero_normed))
     return AttributionGraph(prompt, tokens, nodes, adjacency, per_unit, bias, n_layers)

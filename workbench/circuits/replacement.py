@@ -62,6 +62,49 @@ class TranscoderSet:
         """Where a feature writes: {layer: its decoder row}."""
         return {layer: self.coders[layer].W_dec[feature]}
 
+    # Sparse forms, for attribution: only the active features' encoder columns and decoder rows are touched, so a
+    # backward pass costs (active features x d), not (positions x latents x d), per layer and target.
+
+    def active_pre_activations(self, layer: int, mlp_in: torch.Tensor, active: Active) -> torch.Tensor:
+        """[n]: the pre-activations of the active (position, feature) pairs."""
+        coder = self.coders[layer]
+        columns = coder.W_enc[:, active.features].detach()
+        return active.read(coder.encoder_input(mlp_in), columns) + coder.b_enc[active.features].detach()
+
+    def decode_active(self, layer: int, active: dict[int, Active], mlp_in: torch.Tensor) -> torch.Tensor | None:
+        """decode_into from the active features' values alone."""
+        if layer not in self.coders:
+            return None
+        coder, mine = self.coders[layer], active[layer]
+        out = mine.scatter(coder.W_dec[mine.features].detach()) + coder.b_dec.detach()
+        return out + mlp_in @ coder.W_skip if coder.config.skip_connection else out
+
+
+@dataclass
+class Active:
+    """A layer's active features as attribution's leaves: positions [n], features [n] and values [n].
+
+    Positions are gathered and scattered through a one-hot matrix [n, seq] rather than by indexing: the batched
+    backward passes (vmap) have no batching rule for indexing's backward and would loop over the batch."""
+
+    positions: torch.Tensor
+    features: torch.Tensor
+    values: torch.Tensor
+    n_positions: int
+
+    @property
+    def selector(self) -> torch.Tensor:
+        return torch.nn.functional.one_hot(self.positions, self.n_positions).float()
+
+    def read(self, per_position: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """[n]: each active feature's position's row of per_position [seq, d] dotted with its column of columns
+        [d, n] (its encoder direction). Written as one [seq, n] product, whose backward is a matmul too."""
+        return (self.selector * (per_position @ columns).T).sum(-1)
+
+    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
+        """[seq, d]: the sum of value x row [n, d] at each active feature's position."""
+        return (self.selector.T * self.values) @ rows
+
 
 @dataclass
 class CLTReplacement:
@@ -88,6 +131,22 @@ class CLTReplacement:
 
     def writes(self, layer: int, feature: int) -> dict[int, torch.Tensor]:
         return self.clt.writes(layer, feature)
+
+    def active_pre_activations(self, layer: int, mlp_in: torch.Tensor, active: Active) -> torch.Tensor:
+        i = self.clt.layer_index(layer)
+        columns = self.clt.W_enc[i][:, active.features].detach()
+        return active.read(mlp_in, columns) + self.clt.b_enc[i][active.features].detach()
+
+    def decode_active(self, layer: int, active: dict[int, Active], mlp_in: torch.Tensor) -> torch.Tensor | None:
+        if layer not in self.clt.layers:
+            return None
+        t, d = self.clt.layer_index(layer), self.clt.d_model
+        out = self.clt.b_dec[t * d : (t + 1) * d].detach().expand(mlp_in.shape[0], d)
+        for source, mine in active.items():
+            s = self.clt.layer_index(source)
+            if s <= t:
+                out = out + mine.scatter(self.clt.W_dec[s][mine.features, t - s].detach())
+        return out
 
 
 Replacement = TranscoderSet | CLTReplacement
@@ -140,20 +199,27 @@ def attention_pass(hf_model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor]
 
 
 def attention(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads)."""
-    return head_outputs(attention_module, shape, h, pattern).sum(1) + _output_bias(attention_module, shape)
+    """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads).
+    The heads' outputs are mixed and projected in one matmul; `head_outputs` splits them when they are wanted."""
+    mixed = _mixed_values(attention_module, shape, h, pattern)  # [seq, heads, d_head]
+    W_O = families.output_weights(attention_module, shape.family)[0]  # [d, heads * d_head]
+    return mixed.reshape(h.shape[0], -1) @ W_O.T + _output_bias(attention_module, shape)
 
 
-def head_outputs(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """Each head's write to the residual stream with a given pattern [seq, heads, d] (no output bias)."""
+def _mixed_values(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     T = h.shape[0]
     W_V, b_V = families.value_weights(attention_module, shape.family.qkv_layout, shape.n_heads, shape.d_head)
     v = h @ W_V.T
     if b_V is not None:
         v = v + b_V
     v = v.reshape(T, -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
+    return torch.einsum("hqk,khd->qhd", pattern, v)
+
+
+def head_outputs(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Each head's write to the residual stream with a given pattern [seq, heads, d] (no output bias)."""
+    mixed = _mixed_values(attention_module, shape, h, pattern)  # [seq, heads, d_head]
     W_O = families.output_weights(attention_module, shape.family)[0]  # [d, heads * d_head]
-    mixed = torch.einsum("hqk,khd->qhd", pattern, v)  # [seq, heads, d_head]
     return torch.einsum("qhe,dhe->qhd", mixed, W_O.reshape(-1, shape.n_heads, shape.d_head))
 
 
@@ -202,14 +268,14 @@ def true_mlp_out(hf_model: Any, shape: Shape, block: Any, mlp_in: torch.Tensor) 
 def replaced_forward(
     hf_model: Any, shape: Shape, replacement: Replacement, leaves: dict, frozen: Frozen
 ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor]]:
-    """The local replacement model, affine in the leaves (embeddings, features by layer, errors by layer):
-    (every replaced layer's feature pre-activations [seq, latents], the residual after each block)."""
+    """The local replacement model, affine in the leaves (embeddings [seq, d], each layer's Active features, each
+    layer's errors [seq, d]): (each layer's active features' pre-activations [n], the residual after each block)."""
     pre_activations = {}
 
     def replaced_mlp(layer: int, block: Any, mlp_in: torch.Tensor) -> torch.Tensor:
         if layer in leaves["features"]:
-            pre_activations[layer] = replacement.pre_activations(layer, mlp_in)
-        decoded = replacement.decode_into(layer, leaves["features"], mlp_in)
+            pre_activations[layer] = replacement.active_pre_activations(layer, mlp_in, leaves["features"][layer])
+        decoded = replacement.decode_active(layer, leaves["features"], mlp_in)
         return leaves["errors"][layer] if decoded is None else decoded + leaves["errors"][layer]
 
     residuals = frozen_forward(hf_model, shape, leaves["embeddings"], frozen, replaced_mlp)
