@@ -121,8 +121,18 @@ def _one_graph(args) -> dict:
         what = f"attribution graph, {n_layers} transcoders (4,608 latents, k {args.k})"
     else:
         clt = make_dictionary(clt_config(list(range(n_layers)), d, 1024, args.k)).eval()
-        with torch.no_grad():  # a threshold that lets about k of 1,024 random pre-activations through
-            clt.threshold.fill_(float(torch.randn(100_000).quantile(1 - args.k / 1024)) * 0.8)
+        # Thresholds that let about k of each layer's 1,024 features fire per position on this prompt.
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [block.mlp.register_forward_hook(lambda m, i, o, layer=layer: inputs.__setitem__(layer, i[0][0]))
+                 for layer, block in enumerate(hf_model.model.layers)]  # fmt: skip
+        ids = tokenizer(GRAPH_PROMPT, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hf_model(ids)
+            for hook in hooks:
+                hook.remove()
+            for layer in range(n_layers):
+                pre = clt.layer_pre_activations(layer, inputs[layer].float())
+                clt.threshold[layer] = pre.flatten().quantile(1 - args.k / 1024)
         replacement = CLTReplacement(clt)
         what = f"attribution graph, CLT over {n_layers} layers (1,024 latents per layer)"
     started = time.perf_counter()

@@ -227,7 +227,10 @@ def build_graph(
     # every latent at every position (30 layers x 4,608 latents x 16 positions per target, otherwise).
     by_layer = {layer: [(i, p, f) for i, (fl, p, f) in enumerate(active) if fl == layer] for layer in features}
     at = {
-        layer: (torch.tensor([p for _, p, _ in rows], dtype=torch.long), torch.tensor([f for _, _, f in rows]))
+        layer: (
+            torch.tensor([p for _, p, _ in rows], dtype=torch.long),
+            torch.tensor([f for _, _, f in rows], dtype=torch.long),
+        )
         for layer, rows in by_layer.items()
     }
     active_values = {layer: features[layer][at[layer]].clone().requires_grad_(True) for layer in features}
