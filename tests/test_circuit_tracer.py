@@ -204,6 +204,30 @@ WEB_SCRIPTS = {
 }
 
 
+# The page's own d3-jetpack (jetpack_2024-07-20.js) is newer than npm's 2.3, whose d3 7 bundle differs in two
+# ways the page notices: it attaches its selection methods (appendMany, at, st, ...) to a second, unexported copy
+# of d3-selection, and its conventions() has no c.drawAxis(svg). The test mends both in the served text.
+JETPACK_FIXES = {
+    "selection.prototype.prop = selection.prototype.property;": (
+        '["translate","append","insert","parent","selectAppend","tspans","appendMany","at","st","prop"].forEach('
+        "function (k) { selection$1.prototype[k] = selection.prototype[k]; });"
+        '["translate","at","st"].forEach(function (k) { transition$1.prototype[k] = transition.prototype[k]; });'
+    ),
+    "    return c;\n  }\n\n  function drawAxis(c){": (
+        "    c.drawAxis = function (svg) { return drawAxis(Object.assign({}, c, {svg: svg || c.svg})); };\n"
+    ),
+}
+
+
+def _script(path: Path) -> str:
+    text = path.read_text()
+    if path.name == "d3v7+jetpack.js":
+        for anchor, fix in JETPACK_FIXES.items():
+            assert anchor in text, "d3-jetpack's bundle changed: check JETPACK_FIXES"
+            text = text.replace(anchor, anchor + fix if anchor.startswith("selection") else fix + anchor)
+    return text
+
+
 def _free_port() -> int:
     import socket
 
@@ -245,7 +269,7 @@ def test_circuit_tracers_server_serves_the_export_and_its_page_draws_it(clt_stor
                 url = route.request.url
                 local = next((path for suffix, path in WEB_SCRIPTS.items() if url.endswith(suffix)), None)
                 # The page's other web scripts (hot reload, .npy parsing) are not used for local JSON graphs.
-                body = local.read_text() if local else "/* not needed offline */"
+                body = _script(local) if local else "/* not needed offline */"
                 route.fulfill(status=200, content_type="application/javascript", body=body)
 
             page.route("https://**/*", from_npm)
@@ -254,8 +278,16 @@ def test_circuit_tracers_server_serves_the_export_and_its_page_draws_it(clt_stor
             drawn = page.locator("text.node").count()
             # Every node of the export is drawn (the frontend hides features active on over 2/3 of the tokens).
             assert drawn >= len([n for n in data["nodes"] if n["feature_type"] != "cross layer transcoder"]), drawn
-            page.wait_for_selector("div.ctx-container", timeout=30_000)  # the clicked feature's examples
-            assert page.locator("div.ctx-container").count() >= 1
+            # The clicked feature's panel: its examples, one context each, with the tokens of its top example.
+            feature_file = served / "features" / feature["dictionary"] / f"{feature['feature']}.json"
+            examples = json.loads(feature_file.read_text())["examples_quantiles"]
+            n_examples = sum(len(quantile["examples"]) for quantile in examples)
+            assert n_examples >= 5
+            page.wait_for_function(f"document.querySelectorAll('div.ctx-container').length >= {n_examples}",
+                                   timeout=30_000)  # fmt: skip
+            top_tokens = [token.strip() for token in examples[0]["examples"][0]["tokens"] if len(token.strip()) > 2]
+            shown = page.locator("div.ctx-container").all_inner_texts()
+            assert any(sum(token in text for token in top_tokens) >= 3 for text in shown), (top_tokens, shown[:3])
             assert not errors, errors
             browser.close()
     finally:
