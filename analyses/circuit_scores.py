@@ -19,8 +19,57 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see workbench/cli/__init__.py
+
+
+def per_layer_fvu(store, args, per_layer, clt) -> None:
+    """FVU of each layer's MLP output on held-out corpus tokens (the corpus's end), the per-layer set against the CLT,
+    and the average L0 of each: the comparison at equal total L0 the README reports."""
+    import torch
+
+    from workbench.corpus import tokenize_corpus
+    from workbench.hooks import HookPoint
+    from workbench.models import load_hf_model, make_backend, resolve_model_dir
+
+    hf_model, tokenizer = load_hf_model(resolve_model_dir(args.model, store.root / "models"))
+    backend = make_backend("nnsight", hf_model, tokenizer)
+    corpus = tokenize_corpus(args.fvu_corpus, tokenizer, args.fvu_tokens)
+    contexts = corpus.vocab_ids.reshape(-1, corpus.context_len).astype("int64")
+    n_layers = len(per_layer.names)
+    points = [HookPoint(layer, kind) for layer in range(n_layers) for kind in ("mlp.hook_in", "mlp.hook_out")]
+    sums = {key: torch.zeros(n_layers, 3) for key in ("set", "clt")}  # squared error, variance, L0
+    with torch.no_grad():
+        for start in range(0, len(contexts), 8):
+            acts = backend.capture(torch.from_numpy(contexts[start : start + 8]), points)
+            ins = [acts[HookPoint(l, "mlp.hook_in")][:, 1:].reshape(-1, hf_model.config.hidden_size).float()
+                   for l in range(n_layers)]  # fmt: skip
+            outs = [acts[HookPoint(l, "mlp.hook_out")][:, 1:].reshape(-1, hf_model.config.hidden_size).float()
+                    for l in range(n_layers)]  # fmt: skip
+            clt_features = {l: clt.replacement.encode(l, ins[l]) for l in range(n_layers)}
+            for layer in range(n_layers):
+                variance = (outs[layer] - outs[layer].mean(0)).pow(2).sum()
+                coder = per_layer.replacement.coders[layer]
+                codes = coder.encode(ins[layer])
+                set_error = (coder.decode(codes, ins[layer]) - outs[layer]).pow(2).sum()
+                clt_error = (clt.replacement.decode_into(layer, clt_features, ins[layer]) - outs[layer]).pow(2).sum()
+                rows = len(ins[layer])
+                sums["set"][layer] += torch.tensor([set_error, variance, (codes > 0).sum() / rows])
+                sums["clt"][layer] += torch.tensor([clt_error, variance, (clt_features[layer] > 0).sum() / rows])
+    batches = -(-len(contexts) // 8)
+    print(f"held-out FVU of each layer's MLP output ({len(contexts) * (corpus.context_len - 1)} tokens of "
+          f"{Path(args.fvu_corpus).name}), per-layer set against CLT:")  # fmt: skip
+    print(f"{'layer':>5s} {'set FVU':>8s} {'CLT FVU':>8s} {'set L0':>7s} {'CLT L0':>7s}")
+    for layer in range(n_layers):
+        a, b = sums["set"][layer], sums["clt"][layer]
+        print(f"{layer:5d} {a[0] / a[1]:8.3f} {b[0] / b[1]:8.3f} {a[2] / batches:7.1f} {b[2] / batches:7.1f}")
+    total = {key: (value[:, 0] / value[:, 1]).mean().item() for key, value in sums.items()}
+    l0 = {key: (value[:, 2] / batches).sum().item() for key, value in sums.items()}
+    print(
+        f"mean FVU: set {total['set']:.3f}, CLT {total['clt']:.3f}; total L0 per token: set {l0['set']:.0f}, "
+        f"CLT {l0['clt']:.0f}"
+    )
 
 
 def main() -> int:
@@ -31,6 +80,9 @@ def main() -> int:
     parser.add_argument("--clt", default=None, help="a cross-layer transcoder over every layer, to compare")
     parser.add_argument("--counts", default="1,10,20,30", help="numbers of replaced layers, from layer 0")
     parser.add_argument("--tasks", default="ioi,greater-than")
+    parser.add_argument("--fvu-tokens", type=int, default=4096, help="held-out tokens for the per-layer FVU table")
+    parser.add_argument("--fvu-corpus", default=str(Path(__file__).resolve().parent.parent / "README.md"),
+                        help="text the dictionaries did not see (default: this project's README)")  # fmt: skip
     args = parser.parse_args()
 
     from workbench.circuits.attribution import ALL, GraphConfig, load_transcoders, run_graph
@@ -45,6 +97,8 @@ def main() -> int:
     else:
         loaded = load_transcoders(store, [ALL], args.model)
     names = loaded.names
+    if args.clt and args.fvu_tokens:
+        per_layer_fvu(store, args, loaded, load_transcoders(store, [args.clt]))
     print(f"{'task':13s} {'replaced':>9s} {'replacement':>12s} {'completeness':>13s} {'features':>9s} "
           f"{'kept nodes':>11s} {'kept edges':>11s} {'faithful':>9s} {'time':>7s}")  # fmt: skip
     for task_name in args.tasks.split(","):

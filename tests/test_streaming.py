@@ -72,6 +72,14 @@ def test_streaming_trains_every_hook_from_one_pass_and_records_the_corpus_slice(
     torch.testing.assert_close(batch, expected[:, 1:].reshape(-1, expected.shape[-1]))
 
 
+def test_streamed_transcoders_read_and_predict_the_hooks_they_were_given(store_dir):
+    """Several streamed transcoders: the live batches come in forward order (0 in, 0 out, 1 in, 1 out), and each
+    transcoder still reads its own --hook and predicts its own --out (a regression: they were paired by position)."""
+    ins, outs = ["blocks.0.mlp.hook_in", "blocks.1.mlp.hook_in"], ["blocks.0.mlp.hook_out", "blocks.1.mlp.hook_out"]
+    result = _train(store_dir, hook=ins, hook_out=outs, tokens=254 * 4, name="pairs")
+    assert [(d.hook, d.hook_out) for d in result.dictionaries] == list(zip(ins, outs))
+
+
 def test_streaming_resumes_exactly_after_kill_9(store_dir):
     command = ["train", "--store", str(store_dir), *STREAM_ARGS, "--tokens", "30000", "--stream-tokens", "4096"]
     killed = [*command, "--name", "killed", "--checkpoint-seconds", "0.3"]

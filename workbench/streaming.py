@@ -67,7 +67,7 @@ class LiveActivations:
 
 def open_stream(store: Store, config, placement: Placement) -> tuple[str, dict[str, int], LiveActivations]:
     """(run name of the corpus slice, each hook's width, the live batches) for a streaming TrainConfig. The batches
-    carry the hooks' canonical names (`live.hooks`: config.hook, then config.hook_out)."""
+    carry the hooks' canonical names (`live.hooks`, in forward order: not the order of config.hook and hook_out)."""
     from workbench.corpus import tokenize_corpus
     from workbench.harvest import HarvestConfig, record_run
     from workbench.models import hook_widths, load_hf_model, make_backend, model_shape, resolve_model_dir

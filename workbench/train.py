@@ -32,6 +32,7 @@ from workbench.dictionaries.fit import Checkpointer, Member, fit_group
 from workbench.dictionaries.saelens_format import saelens_metadata
 from workbench.distributed import SINGLE, DistributedError, Ranks
 from workbench.errors import DictionaryError
+from workbench.hooks import parse_hook
 from workbench.provenance import git_commit, package_version
 from workbench.store import Store, check_run_name, lookups, make_run_name, records
 from workbench.store.records import DictionaryRecord
@@ -230,8 +231,11 @@ def _train(config: TrainConfig, placement: Placement, ranks: Ranks, progress: bo
 
         store = Store.create_or_open(config.store)
         run, widths, live = open_stream(store, config, placement)
-        canonical = [h.name for h in live.hooks]  # the names the live batches carry
-        hooks, hooks_out = canonical[: len(config.hook)], (canonical[len(config.hook) :] or None)
+        # The names the live batches carry, in the order given: live.hooks is in forward order, which interleaves
+        # several transcoders' inputs and outputs (blocks.0 in, blocks.0 out, blocks.1 in, ...).
+        canonical = {hook: parse_hook(hook, 10**6).name for hook in config.hook + (config.hook_out or [])}
+        hooks = [canonical[hook] for hook in config.hook]
+        hooks_out = [canonical[hook] for hook in config.hook_out] if config.hook_out else None
         n_steps, model_name = config.tokens // live.rows_per_step, config.model
     else:
         store = Store.open_existing(config.store)
