@@ -292,3 +292,19 @@ def test_circuit_tracers_server_serves_the_export_and_its_page_draws_it(clt_stor
             browser.close()
     finally:
         server.stop()
+
+
+def test_transcoders_and_clts_that_do_not_fit_the_model_are_refused_before_any_work(tiny_dir):
+    from workbench.circuits.attribution import LoadedTranscoders, check_fits
+    from workbench.circuits.replacement import CLTReplacement, TranscoderSet
+    from workbench.circuits.tasks import TaskError
+    from workbench.dictionaries import DictionaryConfig, make_dictionary
+    from workbench.dictionaries.clt import clt_config
+
+    model, _ = load_hf_model(tiny_dir)  # 2 layers, d_model 64
+    narrow = make_dictionary(DictionaryConfig(arch="batchtopk", d_in=32, n_latents=64, k=4, transcoder=True))
+    with pytest.raises(TaskError, match="maps 32 to 32 values; this model's MLPs read and write 64"):
+        check_fits(model, LoadedTranscoders(TranscoderSet({0: narrow}), {0: "narrow"}, "tiny"))
+    too_deep = make_dictionary(clt_config([0, 1, 2], 64, 16, 2))
+    with pytest.raises(TaskError, match="covers layers 0-2 at width 64; this model has layers 0 to 1"):
+        check_fits(model, LoadedTranscoders(CLTReplacement(too_deep), {0: "c", 1: "c", 2: "c"}, "tiny"))
