@@ -452,7 +452,12 @@ def test_every_family_trains_in_bfloat16_autocast_as_in_float32():
         fvus = []
         for dtype in (torch.float32, torch.bfloat16):
             torch.manual_seed(0)
-            model = make_dictionary(DictionaryConfig(arch=arch, d_in=32, n_latents=256, k=4))
+            if arch == "clt":  # two layers of 16 values side by side, 128 latents and k 4 each
+                from workbench.dictionaries.clt import clt_config
+
+                model = make_dictionary(clt_config([0, 1], 16, 128, 4))
+            else:
+                model = make_dictionary(DictionaryConfig(arch=arch, d_in=32, n_latents=256, k=4))
             state, _ = fit(model, batches_from, 80, 4e-3, 100_000, progress=False, autocast_dtype=dtype)
             fvus.append(state.last_fvu)
         assert abs(fvus[1] - fvus[0]) < 0.01 + 0.05 * fvus[0], (arch, fvus)
