@@ -45,6 +45,7 @@ from workbench.circuits.replacement import (
 )
 from workbench.circuits.tasks import TaskError
 from workbench.corpus import bos_token_id
+from workbench.models import families
 
 
 @dataclass
@@ -147,6 +148,13 @@ def resolve_targets(hf_model: Any, tokenizer, spec: Targets, logits: torch.Tenso
     cumulative = torch.cumsum(probabilities[order], 0)
     count = min(int(torch.searchsorted(cumulative, torch.tensor(spec.top_p)).item()) + 1, len(order))
     return [logit_target(int(token_id)) for token_id in order[:count]]
+
+
+@torch.no_grad()
+def first_target(hf_model: Any, tokenizer, spec: Targets, ids: torch.Tensor) -> _Target:
+    """The first of the prompt's targets, as build_graph resolves them: what interventions and faithfulness read."""
+    n_layers = len(families.decoder_layers(hf_model))
+    return resolve_targets(hf_model, tokenizer, spec, hf_model(ids).logits[0].float(), n_layers)[0]
 
 
 def _error_id(layer: int, position: int, taken: set[str]) -> str:

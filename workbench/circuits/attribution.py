@@ -28,9 +28,9 @@ from workbench.circuits.attribute import (
     available_memory,
     build_graph,
     dense_bytes,
+    first_target,
     max_nodes,
     prompt_ids,
-    resolve_targets,
 )
 from workbench.circuits.deembed import de_embeddings
 from workbench.circuits.export import add_to_folder, cantor, feature_folder, feature_json, graph_json, write_atomically
@@ -80,11 +80,14 @@ def load_transcoder(store: Store, name: str) -> tuple[int, SparseCoder, str]:
 def _every_layer(store: Store, model: str | None) -> list[str]:
     """`--transcoders all`: the store's transcoders of one model, one per layer, covering every layer."""
     by_model: dict[str, dict[int, list[str]]] = {}
+    runs: dict[str, Any] = {}  # model -> the run record of one of its transcoders (its n_layers)
     for name in lookups.dictionary_names(store, complete=True):
         record = lookups.completed_dictionary(store, name)
         layer = _transcoder_layer(record)
         if layer is not None and record.arch != "clt":
-            by_model.setdefault(lookups.run(store, record.run).model, {}).setdefault(layer, []).append(name)
+            run = lookups.run(store, record.run)
+            runs.setdefault(run.model, run)
+            by_model.setdefault(run.model, {}).setdefault(layer, []).append(name)
     if not by_model:
         raise TaskError(
             "The store has no transcoders. Train one per MLP layer: `workbench train --hook blocks.L.mlp.hook_in "
@@ -95,8 +98,7 @@ def _every_layer(store: Store, model: str | None) -> list[str]:
     model = model or next(iter(by_model))
     if model not in by_model:
         raise TaskError(f"The store has no transcoders of {model} (it has some of {', '.join(sorted(by_model))}).")
-    layers = by_model[model]
-    run = next(r for r in (lookups.run(store, lookups.completed_dictionary(store, n[0]).run) for n in layers.values()))
+    layers, run = by_model[model], runs[model]
     missing = [layer for layer in range(run.n_layers) if layer not in layers]
     if missing:
         raise TaskError(
@@ -326,7 +328,7 @@ def run_graph(config: GraphConfig) -> GraphResult:
     pruned = prune(graph, config.node_threshold, config.edge_threshold)
     replacement_score, completeness_score = scores(graph)
     ids = prompt_ids(tokenizer, config.prompt)
-    reader = resolve_targets(hf_model, tokenizer, targets, hf_model(ids).logits[0].float().detach(), n_layers)[0].read
+    reader = first_target(hf_model, tokenizer, targets, ids).read
     faithful, predicted, actual = faithfulness(
         hf_model, ids, graph, loaded.replacement, reader, config.faithfulness_features
     )
@@ -576,8 +578,7 @@ def run_intervene(config: InterveneConfig) -> InterveneResult:
     hf_model, tokenizer, loaded, graph, targets = _graph_again(store, data)
     index = {node.node_id: i for i, node in enumerate(graph.nodes)}
     ids = prompt_ids(tokenizer, data["metadata"]["prompt"])
-    n_layers = graph.n_layers
-    resolved = resolve_targets(hf_model, tokenizer, targets, hf_model(ids).logits[0].float().detach(), n_layers)
+    target = first_target(hf_model, tokenizer, targets, ids)
     changes, deltas = [], {}
     for node_id in config.nodes:
         node = graph.nodes[index[node_id]]
@@ -587,15 +588,15 @@ def run_intervene(config: InterveneConfig) -> InterveneResult:
         deltas[index[node_id]] = delta
     d_model = hf_model.get_input_embeddings().weight.shape[1]
     additions = feature_additions(loaded.replacement, changes, ids.shape[1], d_model)
-    before, _ = run_model_with(hf_model, ids, [resolved[0].read], {})
-    after, _ = run_model_with(hf_model, ids, [resolved[0].read], additions)
+    before, _ = run_model_with(hf_model, ids, [target.read], {})
+    after, _ = run_model_with(hf_model, ids, [target.read], additions)
     target_row = next(i for i, node in enumerate(graph.nodes) if node.kind == "logit")
     predicted = float(predicted_changes(graph, deltas)[target_row])
     record = InterventionRecord(
         graph=config.graph,
         nodes=list(config.nodes),
         scale=config.scale,
-        target=resolved[0].label,
+        target=target.label,
         value_before=float(before[0]),
         predicted_change=predicted,
         actual_change=float(after[0] - before[0]),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.circuits.graph import AttributionGraph
+from workbench.circuits.graph import AttributionGraph, influence, normalised
 from workbench.circuits.replacement import Replacement
 from workbench.models import families
 
@@ -110,8 +110,6 @@ def faithfulness(
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """(Pearson correlation, predicted, actual) of the first target's change when each of the graph's `top` most
     influential features is ablated alone; NaN where fewer than 3 features or no variance."""
-    from workbench.circuits.graph import influence, normalised
-
     kinds = graph.kinds
     node_influence = influence(normalised(graph.adjacency), graph.target_weights)
     features = np.flatnonzero(kinds == "feature")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -92,8 +93,9 @@ class Active:
     values: torch.Tensor
     n_positions: int
 
-    @property
+    @cached_property
     def selector(self) -> torch.Tensor:
+        """[n, seq]: one-hot rows of the features' positions (a CLT reads it once per later layer)."""
         return torch.nn.functional.one_hot(self.positions, self.n_positions).float()
 
     def read(self, per_position: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -204,32 +206,16 @@ def attention_pass(hf_model: Any, ids: torch.Tensor) -> tuple[list[torch.Tensor]
 
 def attention(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     """Attention output with a given pattern: linear in h, head by head (kv heads shared by `groups` query heads).
-    The heads' outputs are mixed and projected in one matmul; `head_outputs` splits them when they are wanted."""
-    mixed = _mixed_values(attention_module, shape, h, pattern)  # [seq, heads, d_head]
-    W_O = families.output_weights(attention_module, shape.family)[0]  # [d, heads * d_head]
-    return mixed.reshape(h.shape[0], -1) @ W_O.T + _output_bias(attention_module, shape)
-
-
-def _mixed_values(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    T = h.shape[0]
+    The heads' mixed values are projected in one matmul, whose batched backward is one matmul too."""
     W_V, b_V = families.value_weights(attention_module, shape.family.qkv_layout, shape.n_heads, shape.d_head)
     v = h @ W_V.T
     if b_V is not None:
         v = v + b_V
-    v = v.reshape(T, -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
-    return torch.einsum("hqk,khd->qhd", pattern, v)
-
-
-def head_outputs(attention_module: Any, shape: Shape, h: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """Each head's write to the residual stream with a given pattern [seq, heads, d] (no output bias)."""
-    mixed = _mixed_values(attention_module, shape, h, pattern)  # [seq, heads, d_head]
-    W_O = families.output_weights(attention_module, shape.family)[0]  # [d, heads * d_head]
-    return torch.einsum("qhe,dhe->qhd", mixed, W_O.reshape(-1, shape.n_heads, shape.d_head))
-
-
-def _output_bias(attention_module: Any, shape: Shape) -> torch.Tensor | float:
-    b_O = families.output_weights(attention_module, shape.family)[1]
-    return 0.0 if b_O is None else b_O
+    v = v.reshape(h.shape[0], -1, shape.d_head).repeat_interleave(shape.groups, dim=1)
+    mixed = torch.einsum("hqk,khd->qhd", pattern, v)  # [seq, heads, d_head]
+    W_O, b_O = families.output_weights(attention_module, shape.family)  # [d, heads * d_head]
+    out = mixed.reshape(h.shape[0], -1) @ W_O.T
+    return out if b_O is None else out + b_O
 
 
 MlpOut = Callable[[int, Any, torch.Tensor], torch.Tensor]

@@ -246,7 +246,6 @@ def transcoder_tensors(model) -> dict[str, torch.Tensor]:
 def write_transcoder_set(folder: Path, by_layer: dict, model_name: str, scan: str) -> Path:
     """config.yaml plus layer_{i}.safetensors for layers 0..n-1 (circuit-tracer's load_transcoder_set reads them
     in layer order, so every layer needs one). Paths in the config are relative to the folder."""
-    import yaml
     from safetensors.torch import save_file
 
     missing = [layer for layer in range(max(by_layer) + 1) if layer not in by_layer]
@@ -260,23 +259,23 @@ def write_transcoder_set(folder: Path, by_layer: dict, model_name: str, scan: st
     for layer in range(len(by_layer)):
         save_file(transcoder_tensors(by_layer[layer]), folder / f"layer_{layer}.safetensors")
         files.append(f"layer_{layer}.safetensors")
-    config = {
-        "model_kind": "transcoder_set",
-        "model_name": model_name,
-        "scan": scan,
-        "feature_input_hook": FEATURE_INPUT_HOOK,
-        "feature_output_hook": FEATURE_OUTPUT_HOOK,
-        "transcoders": files,
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_config(folder, "transcoder_set", model_name, scan, transcoders=files)
     return folder
+
+
+def _write_config(folder: Path, kind: str, model_name: str, scan: str, **more) -> None:
+    """config.yaml as circuit-tracer's load_transcoders reads it."""
+    import yaml
+
+    config = {"model_kind": kind, "model_name": model_name, "scan": scan,
+              "feature_input_hook": FEATURE_INPUT_HOOK, "feature_output_hook": FEATURE_OUTPUT_HOOK} | more  # fmt: skip
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def write_clt(folder: Path, clt, model_name: str, scan: str, n_model_layers: int) -> Path:
     """circuit-tracer's CLT files (its load_clt): W_enc_{i}.safetensors with W_enc_{i} [d_transcoder, d_model],
     b_enc_{i}, b_dec_{i}, threshold_{i}; W_dec_{i}.safetensors with W_dec_{i} [d_transcoder, n_layers - i, d_model];
     and a config.yaml with model_kind cross_layer_transcoder. circuit-tracer's CLTs cover every layer from 0."""
-    import yaml
     from safetensors.torch import save_file
 
     if clt.layers != list(range(n_model_layers)):
@@ -297,12 +296,5 @@ def write_clt(folder: Path, clt, model_name: str, scan: str, n_model_layers: int
             folder / f"W_enc_{i}.safetensors",
         )
         save_file({f"W_dec_{i}": clt.W_dec[i].detach().contiguous()}, folder / f"W_dec_{i}.safetensors")
-    config = {
-        "model_kind": "cross_layer_transcoder",
-        "model_name": model_name,
-        "scan": scan,
-        "feature_input_hook": FEATURE_INPUT_HOOK,
-        "feature_output_hook": FEATURE_OUTPUT_HOOK,
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_config(folder, "cross_layer_transcoder", model_name, scan)
     return folder
