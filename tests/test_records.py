@@ -20,6 +20,8 @@ RECORD_TYPES = [
     records.ProbeRunRecord,
     records.CircuitRunRecord,
     records.GraphRecord,
+    records.ScoreRecord,
+    records.ExplanationRecord,
     records.CodebookRecord,
 ]
 

@@ -55,3 +55,7 @@ class DictionaryError(WorkbenchError):
 
 class CodebookError(WorkbenchError):
     """Codebooks that are missing, unfinished or do not fit the model they are opened with."""
+
+
+class EvaluationError(WorkbenchError):
+    """A benchmark that cannot run as asked: too few examples, an unreachable endpoint, a dictionary not encoded."""

@@ -288,6 +288,42 @@ class InterventionRecord(Record):
 
 
 @dataclass(frozen=True)
+class ScoreRecord(Record):
+    """One number of an evaluation benchmark for a dictionary (table `dictionary_scores`)."""
+
+    TABLE: ClassVar[str] = "dictionary_scores"
+    KEY: ClassVar[tuple[str, ...]] = ("dictionary", "benchmark", "task", "metric")
+    dictionary: str
+    benchmark: str  # absorption | sparse_probing | autointerp | steering
+    task: str  # "" for the benchmark's summary
+    metric: str
+    value: float | None
+    n: int | None = None  # examples behind the value
+    config: dict | None = _json()
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ExplanationRecord(Record):
+    """A feature's explanation and its scores (table `feature_explanations`)."""
+
+    TABLE: ClassVar[str] = "feature_explanations"
+    KEY: ClassVar[tuple[str, ...]] = ("dictionary", "feature", "explainer", "prompt_version")
+    dictionary: str
+    feature: int
+    explanation: str
+    explainer: str
+    prompt_version: str
+    scorer: str | None = None
+    detection: float | None = None  # balanced accuracy on held-out contexts
+    fuzzing: float | None = None
+    detection_random: float | None = None  # another feature's explanation, scored the same way
+    fuzzing_random: float | None = None
+    n_scored: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class CodebookRecord(Record):
     """Codebook bottlenecks fine-tuned into a model, training or complete (table `codebooks`)."""
 

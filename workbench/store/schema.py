@@ -13,7 +13,7 @@ import duckdb
 from workbench.errors import StoreVersionError
 from workbench.store.records import scalar
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 TABLES_V1 = """
 CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -302,11 +302,47 @@ def _add_circuit_checks(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(CIRCUIT_CHECKS_V8)
 
 
+# v9: evaluations beyond the core metrics (workbench/evals/). Each benchmark writes one row per dictionary, task
+# and metric ("" task = the benchmark's summary); seed bands are computed from sibling dictionaries on reading.
+# Autointerp writes one row per explained feature.
+EVAL_TABLES_V9 = """
+CREATE TABLE dictionary_scores (
+    dictionary VARCHAR NOT NULL,
+    benchmark VARCHAR NOT NULL,      -- absorption | sparse_probing | autointerp | steering
+    task VARCHAR NOT NULL,           -- '' for the benchmark's summary; else a letter, a probing task, ...
+    metric VARCHAR NOT NULL,         -- e.g. absorption_rate, top_5_accuracy, detection
+    value DOUBLE,
+    n INTEGER,                       -- examples behind the value (test words, test examples, features)
+    config JSON,                     -- the benchmark's settings, verbatim
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dictionary, benchmark, task, metric)
+);
+CREATE TABLE feature_explanations (
+    dictionary VARCHAR NOT NULL, feature INTEGER NOT NULL,
+    explanation VARCHAR NOT NULL,    -- one line
+    explainer VARCHAR NOT NULL,      -- the model that wrote it: a registry name, HF folder, or endpoint model
+    prompt_version VARCHAR NOT NULL, -- workbench/evals/autointerp.py PROMPT_VERSION
+    scorer VARCHAR,                  -- the model that scored it
+    detection DOUBLE,                -- balanced accuracy: does a held-out context activate the feature?
+    fuzzing DOUBLE,                  -- balanced accuracy: are the marked tokens the activating ones?
+    detection_random DOUBLE,         -- the same scores for another feature's explanation: the chance baseline
+    fuzzing_random DOUBLE,
+    n_scored INTEGER,                -- held-out contexts per score
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dictionary, feature, explainer, prompt_version)
+);
+"""
+
+
+def _add_eval_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(EVAL_TABLES_V9)
+
+
 # MIGRATIONS[v] upgrades a catalog from version v to v + 1. Each runs inside the
 # caller's transaction, so a failed upgrade leaves the store as it was.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: _add_probe_tables, 2: _add_dictionary_tables, 3: _add_circuit_tables, 4: _add_codebook_tables, 5: _add_placement_columns,
-    6: _add_feature_parts, 7: _add_circuit_checks}
+    6: _add_feature_parts, 7: _add_circuit_checks, 8: _add_eval_tables}
 
 
 _EMPTY_ACTIVATIONS = (
