@@ -3,10 +3,12 @@ the scores table and the Neuronpedia export. Real stores, real forward passes of
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from conftest import store_snapshot
 
-from workbench.errors import DictionaryError
+from workbench.errors import DictionaryError, EvaluationError
 from workbench.evals.common import LoadedDictionary
 from workbench.evals.steering import AblateConfig, SteerConfig, generate, run_ablate, run_steer, steering
 from workbench.features import DictionaryView, Unembedding
@@ -105,3 +107,129 @@ def _busiest_feature(app_store) -> int:
         "SELECT feature FROM feature_stats WHERE dictionary = 'd' ORDER BY n_active DESC LIMIT 1",
     )
     return int(rows.table.column(0)[0].as_py())
+
+
+# -- absorption ----------------------------------------------------------------------------------------------
+
+
+def _planted_absorption(n_per_letter: int = 80, seed: int = 0):
+    """Words whose activation is 3 * e_letter + a unit word vector r_w (in the dimensions after the 26 letters), and a
+    dictionary with one feature per letter, except that a known share of each letter's words (letter c: c / 50) are
+    absorbed: their letter feature stays silent and a word-specific feature with decoder (3 e_letter + r_w) / sqrt(10)
+    fires instead. Every absorbed word is then fully absorbed (fraction 1), every other word not at all."""
+    from workbench.evals.absorption import LETTERS
+
+    g = torch.Generator().manual_seed(seed)
+    d, n_letters = 64, len(LETTERS)
+    labels = torch.arange(n_letters).repeat_interleave(n_per_letter)
+    word_vectors = torch.randn(len(labels), d - n_letters, generator=g)
+    word_vectors /= word_vectors.norm(dim=1, keepdim=True)
+    x = torch.cat([3 * torch.nn.functional.one_hot(labels, n_letters).float(), word_vectors], dim=1)
+    absorbed = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(n_letters):
+        words = (labels == c).nonzero().squeeze(1)
+        chosen = words[torch.randperm(len(words), generator=g)[: round(len(words) * c / 50)]]
+        absorbed[chosen] = True
+    absorber_words = absorbed.nonzero().squeeze(1)
+    decoder = torch.cat([torch.eye(n_letters, d), x[absorber_words] / 10**0.5])
+
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        letters = batch[:, :n_letters].clamp_min(0)
+        match = batch[:, n_letters:] @ word_vectors[absorber_words].T > 0.9  # this row is that absorbed word
+        hit = match.any(1)
+        letters[hit] = 0
+        return torch.cat([letters, match.float() * 10**0.5], dim=1)
+
+    order = torch.randperm(len(labels), generator=g)
+    n_train = int(0.8 * len(order))
+    train, test = order[:n_train], order[n_train:]
+    return x, labels, absorbed, train, test, encode, decoder
+
+
+def test_absorption_of_a_planted_dictionary_is_the_planted_rate():
+    from workbench.evals.absorption import LETTERS, measure_absorption
+
+    x, labels, absorbed, train, test, encode, decoder = _planted_absorption()
+    scores = measure_absorption(x[train], labels[train], x[test], labels[test], encode, decoder, min_letters=26)
+    assert scores.n_letters == 26
+    expected = []
+    for c, letter_scores in enumerate(scores.letters):
+        in_test = labels[test] == c
+        planted = absorbed[test][in_test].float().mean().item()
+        expected.append(planted)
+        assert letter_scores.probe_f1 == 1.0
+        assert letter_scores.split_features == [c], LETTERS[c]
+        assert letter_scores.absorption_rate == pytest.approx(planted, abs=1e-6)
+        assert letter_scores.full_absorption == pytest.approx(planted, abs=1e-6)
+    assert scores.absorption_rate == pytest.approx(sum(expected) / 26) and scores.absorption_rate > 0.2
+    assert scores.full_absorption == pytest.approx(scores.absorption_rate)
+
+
+def test_absorption_refuses_a_model_without_readable_letters(app_store):
+    """The tiny model's random weights carry no spelling: no letter probe reaches F1 0.6, which is said, and the
+    store keeps no absorption rows."""
+    from workbench.evals.absorption import AbsorptionConfig, run_absorption
+    from workbench.store.records import ScoreRecord, read_all
+
+    with pytest.raises(EvaluationError, match="letters have a first-letter probe with F1 above 0.6"):
+        run_absorption(AbsorptionConfig(store=str(app_store), dictionary="d", words=600, icl_examples=2, device="cpu"))
+    with pytest.raises(EvaluationError, match="is a transcoder"):
+        run_absorption(AbsorptionConfig(store=str(app_store), dictionary="tc1", device="cpu"))
+    with Store.open_existing(app_store).reader() as con:
+        assert read_all(con, ScoreRecord, "benchmark = 'absorption'") == []
+
+
+# -- sparse probing ------------------------------------------------------------------------------------------
+
+
+def test_sparse_probes_find_the_planted_feature():
+    """Feature 7 carries the label (plus noise); the others are noise. The top-1 probe must pick feature 7 and match
+    the dense probe, which sees the label through a random rotation of the same signal."""
+    from workbench.evals.sparse_probing import probe_task
+
+    rng = np.random.default_rng(0)
+    y = rng.random(800) < 0.5
+    f = rng.exponential(1.0, (800, 50))
+    f[:, 7] = np.where(y, 3.0, 0.0) + rng.normal(0, 0.5, 800)
+    x = f @ np.linalg.qr(rng.normal(size=(50, 50)))[0]
+    dense, top_k, ranked = probe_task(x[:600], f[:600], y[:600], x[600:], f[600:], y[600:], [1, 2, 5])
+    assert ranked[0] == 7
+    assert top_k[1] > 0.95 and dense > 0.95
+    assert abs(top_k[1] - dense) < 0.03
+
+
+def test_sparse_probing_on_shipped_text(app_store):
+    from workbench.evals.probing_tasks import chunk_pool
+    from workbench.evals.sparse_probing import ProbingConfig, run_sparse_probing
+    from workbench.store.records import ScoreRecord, read_all
+
+    config = ProbingConfig(
+        store=str(app_store),
+        dictionary="d",
+        tasks=["code_vs_prose", "digit_tokens", "topic:formatstrings"],
+        examples=200,
+        chunk_tokens=32,
+        device="cpu",
+    )
+    result = run_sparse_probing(config, progress=False)
+    by_task = {t.task: t for t in result.tasks}
+    assert by_task["code_vs_prose"].n_test == 40 and by_task["code_vs_prose"].n_train == 160
+    with Store.open_existing(app_store).reader() as con:
+        stored = {(r.task, r.metric): r.value for r in read_all(con, ScoreRecord, "benchmark = 'sparse_probing'")}
+    assert stored["", "top_5_accuracy"] == pytest.approx(np.mean([t.top_k[5] for t in result.tasks]))
+    assert stored["digit_tokens", "dense_accuracy"] == by_task["digit_tokens"].dense
+    # The pool is the documentation and the standard library, cut the same way each time.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Store.open_existing(app_store).root / "models" / "tiny")
+    pool = chunk_pool(tokenizer, 1, 32, 100, 0)
+    assert {c.source for c in pool} == {"code", "prose"} and all(len(c.ids) == 33 for c in pool)
+
+    before = store_snapshot(app_store)
+    with pytest.raises(EvaluationError, match=r"Too few positive examples for digit_tokens \(100\)"):
+        run_sparse_probing(
+            ProbingConfig(store=str(app_store), dictionary="d", tasks=["digit_tokens"], examples=200, min_positives=101)
+        )
+    with pytest.raises(EvaluationError, match="Unknown probing task 'nope'"):
+        run_sparse_probing(ProbingConfig(store=str(app_store), dictionary="d", tasks=["nope"]))
+    assert store_snapshot(app_store) == before
