@@ -139,38 +139,42 @@ def add_encode(sub, name: str, help_text: str) -> None:
 
 
 def add_eval(sub, name: str, help_text: str) -> None:
-    from workbench.evaluate import EvalConfig, run_eval
+    from workbench.cli.evals import print_scores
+    from workbench.evals.suite import EvalSuiteConfig, run_eval_suite
     from workbench.models import BACKENDS
 
     def report(config, result) -> None:
-        r = result.evaluation
-        print(
-            f"{r.dictionary} on run '{r.eval_run}' ({r.n_tokens} tokens; CE on {r.n_ce_tokens}):\n"
-            f"  FVU {r.fvu:.4f}   L0 {r.l0:.2f}   dead {100 * r.dead_fraction:.1f}%\n"
-            f"  CE clean {r.ce_clean:.4f}, spliced {r.ce_spliced:.4f}, zero-ablated {r.ce_zero_ablation:.4f} nats\n"
-            f"  CE-loss score {r.ce_loss_score:.4f}   delta CE {r.delta_ce:+.4f} nats   KL {r.kl:.4f}"
-        )
-        if abs(r.ce_zero_ablation - r.ce_clean) < 0.01:
+        for r in result.evaluations:
             print(
-                "  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
-                "meaningful here; read delta CE and KL instead."
+                f"{r.dictionary} on run '{r.eval_run}' ({r.n_tokens} tokens; CE on {r.n_ce_tokens}):\n"
+                f"  FVU {r.fvu:.4f}   L0 {r.l0:.2f}   dead {100 * r.dead_fraction:.1f}%\n"
+                f"  CE clean {r.ce_clean:.4f}, spliced {r.ce_spliced:.4f}, zero-ablated {r.ce_zero_ablation:.4f} nats\n"
+                f"  CE-loss score {r.ce_loss_score:.4f}   delta CE {r.delta_ce:+.4f} nats   KL {r.kl:.4f}"
             )
+            if abs(r.ce_zero_ablation - r.ce_clean) < 0.01:
+                print(
+                    "  note: zero-ablating this hook barely changes the loss (< 0.01 nats), so the CE-loss score is not "
+                    "meaningful here; read delta CE and KL instead."
+                )
+        print_scores(result.table)
 
     add_command(
         sub,
         name,
         help_text,
-        EvalConfig,
-        run_eval,
+        EvalSuiteConfig,
+        run_eval_suite,
         report,
         flags={"dictionary": ["--dict"]},
         choices={"backend": list(BACKENDS)},
-        description="Measure a dictionary on a run's stored activations (FVU against the per-dimension mean, "
-        "L0, dead latents) and with its reconstruction spliced into the model (CE-loss score, "
-        "delta CE, KL). Results go to the dictionary_evals table. Definitions: README and "
-        "docs/ARCHITECTURE.md.",
+        description="Evaluate a dictionary, then show every dictionary's evaluations side by side. The core "
+        "metrics: a run's stored activations (FVU against the per-dimension mean, L0, dead latents) and the "
+        "reconstruction spliced into the model (CE-loss score, delta CE, KL), in the dictionary_evals table. "
+        "--benchmarks adds absorption and sparse probing (dictionary_scores); --seeds N trains N - 1 seed siblings "
+        "and reports mean ± std. Definitions: README and docs/ARCHITECTURE.md.",
         epilog="examples:\n  workbench eval --store store/ --dict demo-topk\n"
-        "  workbench eval --store store/ --dict demo-topk --run held-out --ce-tokens 8192",
+        "  workbench eval --store store/ --dict demo-topk --run held-out --ce-tokens 8192\n"
+        "  workbench eval --store store/ --dict demo-topk --benchmarks all --seeds 3",
     )
 
 
