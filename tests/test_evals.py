@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import store_snapshot
 
 from workbench.errors import DictionaryError, EvaluationError
 from workbench.evals.common import LoadedDictionary
 from workbench.evals.steering import AblateConfig, SteerConfig, generate, run_ablate, run_steer, steering
 from workbench.features import DictionaryView, Unembedding
 from workbench.store import Store
+
+from conftest import store_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +234,113 @@ def test_sparse_probing_on_shipped_text(app_store):
     with pytest.raises(EvaluationError, match="Unknown probing task 'nope'"):
         run_sparse_probing(ProbingConfig(store=str(app_store), dictionary="d", tasks=["nope"]))
     assert store_snapshot(app_store) == before
+
+
+# -- autointerp ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_copy(app_store, tmp_path):
+    """The app store, copied: these tests write explanations and kill servers midway."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(app_store, copy, symlinks=True)
+    return copy
+
+
+def test_marks_and_scores_as_delphi_defines_them():
+    from workbench.evals.autointerp import Window, balanced_accuracy, marked_text, marks, parse_explanation
+
+    window = Window([" the", " cat", " sat", " on", " mats"], [0.0, 0.9, 1.0, 0.2, 0.31])
+    assert marks(window) == [False, True, True, False, True]  # above 0.3 x the window's own maximum
+    assert marked_text(window.tokens, marks(window)) == " the<< cat sat>> on<< mats>>"
+    assert parse_explanation("Sure!\n[EXPLANATION]: animals sitting\nmore") == "animals sitting"
+    assert parse_explanation("  words about cats  \n\n") == "words about cats"
+    # Balanced accuracy: (TP/P + TN/N) / 2, so always answering "yes" scores 0.5 whatever the class balance.
+    assert balanced_accuracy([0.9, 0.9, 0.9], [True, False, False]) == 0.5
+    assert balanced_accuracy([0.9, 0.2, 0.6, 0.1], [True, True, False, False]) == 0.5
+    assert balanced_accuracy([0.9, 0.7, 0.4, 0.1], [True, True, False, False]) == 1.0
+
+
+def _serve(models_dir, port=0):
+    import threading
+
+    from workbench.evals.llm import LocalLM
+    from workbench.evals.llm_server import serve
+
+    server = serve(LocalLM("tiny", models_dir, device="cpu"), port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_explain_through_a_local_model_and_an_endpoint_serving_it(store_copy, models_dir):
+    """The same greedy model, local and behind a real HTTP server on localhost, writes the same explanations and
+    the same scores. A server that goes away stops the run with a clear message, keeps the features done, and a
+    re-run asks the server again only for the rest."""
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+    from workbench.store.records import ExplanationRecord, ScoreRecord, read_all
+
+    features = _features_with_activations(store_copy, 3)
+    common = dict(store=str(store_copy), dictionary="d", test_examples=4, explain_examples=4, device="cpu")
+    local = run_explain(ExplainConfig(**common, features=features[:2], explainer="tiny"), progress=False)
+    assert [r.feature for r in local.explained] == features[:2]
+
+    server = _serve(models_dir)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    served = run_explain(ExplainConfig(**common, features=features[:2], endpoint=url, model="tiny"), progress=False)
+    for a, b in zip(local.explained, served.explained):
+        assert a.explanation == b.explanation
+        assert (a.detection, a.fuzzing, a.detection_random) == (b.detection, b.fuzzing, b.detection_random)
+    server.shutdown()
+    server.server_close()
+
+    with pytest.raises(EvaluationError, match="Could not reach the endpoint .* run the same command again"):
+        run_explain(ExplainConfig(**common, features=features, endpoint=url, model="tiny"), progress=False)
+    again = _serve(models_dir, port=int(url.split(":")[-1].split("/")[0]))
+    resumed = run_explain(ExplainConfig(**common, features=features, endpoint=url, model="tiny"), progress=False)
+    assert resumed.already == 2 and [r.feature for r in resumed.explained] == features[2:]
+    # One explanation and 4 scorings of 8 windows each for the one new feature: nothing redone.
+    assert again.requests == 1 + 4 * 8
+    again.shutdown()
+    with Store.open_existing(store_copy).reader() as con:
+        rows = read_all(con, ExplanationRecord, dictionary="d", explainer=f"tiny @ {url}")
+        summary = {r.metric: r.value for r in read_all(con, ScoreRecord, benchmark="autointerp", task="")}
+    assert sorted(r.feature for r in rows) == sorted(features)
+    assert summary["detection"] == pytest.approx(np.mean([r.detection for r in rows]))
+
+
+def _features_with_activations(store, n):
+    from workbench.store.sql import run_query
+
+    rows = run_query(
+        Store.open_existing(store),
+        f"SELECT feature FROM feature_stats WHERE dictionary = 'd' AND n_active >= 40 ORDER BY feature LIMIT {n}",
+    )
+    return [int(v.as_py()) for v in rows.table.column(0)]
+
+
+def test_explain_refuses_what_it_cannot_do(store_copy):
+    import socket
+
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+
+    before = store_snapshot(store_copy)
+    with pytest.raises(EvaluationError, match=r"has not been encoded.*workbench encode --store .* --dict not-encoded"):
+        run_explain(ExplainConfig(store=str(store_copy), dictionary="not-encoded"))
+    with pytest.raises(DictionaryError, match="out of range"):
+        run_explain(ExplainConfig(store=str(store_copy), dictionary="d", features=[128]))
+    with pytest.raises(EvaluationError, match="--endpoint needs --model"):
+        ExplainConfig(store=str(store_copy), dictionary="d", endpoint="http://127.0.0.1:1/v1")
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    features = _features_with_activations(store_copy, 1)
+    with pytest.raises(EvaluationError, match="gave no answer within 1 s"):
+        run_explain(
+            ExplainConfig(store=str(store_copy), dictionary="d", features=features, endpoint=url, model="m", timeout=1),
+            progress=False,
+        )
+    silent.close()
+    assert store_snapshot(store_copy) == before

@@ -23,7 +23,9 @@ def print_scores(table) -> None:
         "seeds": [len(row.members) for row in table],
     }
     for benchmark, metric, heading in shown:
-        data[heading] = [row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table]
+        data[heading] = [
+            row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table
+        ]
     print_table(pa.table(data))
 
 
@@ -84,7 +86,10 @@ def add_sparse_probing(sub, name: str, help_text: str) -> None:
     def report(config, result) -> None:
         import pyarrow as pa
 
-        data = {"task": [t.task for t in result.tasks] + ["mean"], "dense": [t.dense for t in result.tasks] + [result.dense]}
+        data = {
+            "task": [t.task for t in result.tasks] + ["mean"],
+            "dense": [t.dense for t in result.tasks] + [result.dense],
+        }
         for k in config.k:
             data[f"top-{k}"] = [t.top_k[k] for t in result.tasks] + [result.top_k[k]]
         print(f"{config.dictionary}: test accuracy of a dense probe and of probes on the top-k features")

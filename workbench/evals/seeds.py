@@ -51,7 +51,9 @@ def train_siblings(store: Store, name: str, n_seeds: int, progress: bool = True)
         sibling = sibling_name(name, index)
         existing = lookups.dictionary(store, sibling)
         if existing is None or existing.status != "complete":
-            config = TrainConfig(**settings | {"store": str(store.root), "name": sibling, "seed": stored["seed"] + index})
+            config = TrainConfig(
+                **settings | {"store": str(store.root), "name": sibling, "seed": stored["seed"] + index}
+            )
             run_train(config, progress=progress)
         names.append(sibling)
     return names

@@ -194,7 +194,9 @@ def run_sparse_probing(config: ProbingConfig, *, progress: bool = True) -> Probi
                  for k, a in r.top_k.items()]  # fmt: skip
     dense_mean = float(np.mean([r.dense for r in results]))
     top_k_mean = {k: float(np.mean([r.top_k[k] for r in results])) for k in config.k}
-    rows.append(ScoreRecord(config.dictionary, "sparse_probing", "", "dense_accuracy", dense_mean, len(results), settings))
+    rows.append(
+        ScoreRecord(config.dictionary, "sparse_probing", "", "dense_accuracy", dense_mean, len(results), settings)
+    )
     rows += [ScoreRecord(config.dictionary, "sparse_probing", "", f"top_{k}_accuracy", a, len(results))
              for k, a in top_k_mean.items()]  # fmt: skip
     replace_scores(store, config.dictionary, "sparse_probing", rows)

@@ -59,7 +59,9 @@ def _values(store: Store) -> tuple[list[DictionaryRecord], dict[str, dict[tuple[
     chosen: dict[str, DictionaryEvalRecord] = {}
     for e in evaluations:  # the latest evaluation, on the dictionary's own run when there is one
         held = chosen.get(e.dictionary)
-        if e.dictionary in runs and (held is None or held.eval_run != runs[e.dictionary] or e.eval_run == held.eval_run):
+        if e.dictionary in runs and (
+            held is None or held.eval_run != runs[e.dictionary] or e.eval_run == held.eval_run
+        ):
             chosen[e.dictionary] = e
     values: dict[str, dict[tuple[str, str], float]] = {d.name: {} for d in dictionaries}
     for name, e in chosen.items():
