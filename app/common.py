@@ -121,6 +121,15 @@ def model_backend(path: str, model: str):
     return make_backend("nnsight", hf_model, tokenizer)
 
 
+@st.cache_resource(show_spinner="Loading the model and dictionary ...", max_entries=2)
+def loaded_dictionary(path: str, name: str):
+    """A dictionary beside its model, for steering; where `workbench app --device --dtype` said."""
+    from workbench.evals.common import LoadedDictionary
+
+    placement = app_placement()
+    return LoadedDictionary.load(open_store(path), name, placement.device_name, placement.dtype_name)
+
+
 @st.cache_resource(show_spinner=False, max_entries=2)
 def unembedding(path: str, model: str) -> Unembedding:
     backend = model_backend(path, model)

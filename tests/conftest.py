@@ -86,8 +86,8 @@ APP_STORE_CODEBOOK_SITES = ["blocks.0.mlp.hook_out", "blocks.1.attn.hook_out"]
 
 @pytest.fixture(scope="session")
 def app_store(tmp_path_factory, models_dir) -> Path:
-    """A store with every table filled: a harvest run, a trained, encoded and evaluated dictionary (and one not
-    encoded), depth probes, patching and code circuits, an attribution graph over a transcoder, and encoded
+    """A store with every table filled: a harvest run, a trained, encoded and evaluated dictionary with a seed
+    sibling, sparse-probing scores and explained features (and a dictionary not encoded), depth probes, patching and code circuits, an attribution graph over a transcoder, and encoded
     codebooks. The app's pages and the SQL console's examples read it; built once per session because it is
     the suite's most expensive store. Tests may read it; one that changes it must put it back."""
     from workbench.circuits.attribution import GraphConfig, run_graph
@@ -101,7 +101,8 @@ def app_store(tmp_path_factory, models_dir) -> Path:
         run_codebook_train,
     )
     from workbench.encode import EncodeConfig, run_encode
-    from workbench.evaluate import EvalConfig, run_eval
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+    from workbench.evals.suite import EvalSuiteConfig, run_eval_suite
     from workbench.harvest import HarvestConfig, run_harvest
     from workbench.probes.depth import DepthProbeConfig, run_depth_probes
     from workbench.train import TrainConfig, run_train
@@ -123,7 +124,16 @@ def app_store(tmp_path_factory, models_dir) -> Path:
     common = dict(store=str(root), hook=HOOK, k=8, latents=128, batch_size=512)
     run_train(TrainConfig(**common, tokens=60_000, name="d"), progress=False)
     run_encode(EncodeConfig(store=str(root), dictionary="d"), progress=False)
-    run_eval(EvalConfig(store=str(root), dictionary="d", ce_tokens=512))
+    # Core metrics and sparse probing for "d" and one seed sibling ("d-seed1"), and three explained features.
+    run_eval_suite(
+        EvalSuiteConfig(store=str(root), dictionary="d", ce_tokens=512, seeds=2, benchmarks=["core", "sparse_probing"]),
+        progress=False,
+    )
+    run_explain(
+        ExplainConfig(store=str(root), dictionary="d", n_features=3, explainer="tiny", explain_examples=4,
+                      test_examples=4),
+        progress=False,
+    )  # fmt: skip
     run_train(TrainConfig(**common, tokens=2048, name="not-encoded"), progress=False)
     run_depth_probes(
         DepthProbeConfig(model="tiny", store=str(root), tokens=512, lens_tokens=256, skip_tokens=256, name="p"),

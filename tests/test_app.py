@@ -101,7 +101,7 @@ def plotly(at: AppTest, key: str) -> dict:
 def test_overview_shows_runs_and_dictionary_metrics_from_the_store(app, app_store):
     app.run()
     assert not app.exception
-    assert metric(app, "Tokens") == "8,192" and metric(app, "Dictionaries") == "3" and metric(app, "Probe runs") == "1"
+    assert metric(app, "Tokens") == "8,192" and metric(app, "Dictionaries") == "4" and metric(app, "Probe runs") == "1"
     frames = {tuple(df.value.columns)[:3]: df.value for df in app.dataframe}
     runs = next(v for k, v in frames.items() if k[:2] == ("run", "model"))
     assert runs.loc[0, "run"] == "h" and runs.loc[0, "n_tokens"] == 8192
@@ -119,6 +119,23 @@ def test_overview_shows_runs_and_dictionary_metrics_from_the_store(app, app_stor
     row = codebooks.set_index("name").loc["cb"]
     assert row["page"] == "codes?codebook=cb" and row["encoded_runs"] == 1
     assert row["lm_loss_increase"] == pytest.approx(sql(app_store, "SELECT lm_loss_increase FROM codebooks")[0][0])
+
+
+def test_overview_shows_every_dictionarys_evaluations_with_seed_bands(app, app_store):
+    app.run()
+    assert not app.exception
+    table = next(df.value for df in app.dataframe if tuple(df.value.columns)[:3] == ("dictionary", "arch", "seeds"))
+    d = table.set_index("dictionary").loc["d"]
+    fvus = [row[0] for row in sql(app_store, "SELECT fvu FROM dictionary_evals WHERE dictionary IN ('d', 'd-seed1')")]
+    assert d["seeds"] == 2 and "d-seed1" not in table["dictionary"].tolist()  # the sibling is folded into d's band
+    assert d["FVU"] == f"{np.mean(fvus):.4g} ± {np.std(fvus, ddof=1):.2g}"
+    top5 = sql(app_store, "SELECT value FROM dictionary_scores WHERE task = '' AND metric = 'top_5_accuracy'")
+    assert d["top-5"] == f"{np.mean([v for (v,) in top5]):.4g} ± {np.std([v for (v,) in top5], ddof=1):.2g}"
+    detection = sql(app_store, "SELECT avg(detection) FROM feature_explanations WHERE dictionary = 'd'")[0][0]
+    assert d["detection"] == f"{detection:.4g}"
+    bands = plotly(app, "score-bands")
+    fvu_trace = next(t for t in bands["data"] if t["name"] == "FVU")
+    assert fvu_trace["y"][list(fvu_trace["x"]).index("d")] == pytest.approx(np.mean(fvus))
 
 
 # -- feature explorer --------------------------------------------------------------------------------
@@ -177,6 +194,39 @@ def test_feature_page_numbers_agree_with_the_store_and_the_weights(app, app_stor
     logits = (model.lm_head.weight * model.model.norm.weight) @ W_dec[feature]
     boosted = plotly(app, "logits")["data"][1]
     assert boosted["x"][-1] == pytest.approx(logits.max().item(), rel=1e-4)  # bars run bottom-up: the top is last
+
+
+def test_feature_pages_show_explanations_find_them_by_words_and_steer(app, app_store):
+    from workbench.evals.common import LoadedDictionary
+    from workbench.evals.steering import generate, steering
+    from workbench.store import Store
+
+    feature, explanation, detection = sql(
+        app_store, "SELECT feature, explanation, detection FROM feature_explanations ORDER BY feature LIMIT 1"
+    )[0]
+    open_page(app, "features", dict="d", feature=str(feature))
+    assert not app.exception
+    assert any(m.value == f"**{explanation}**" for m in app.markdown)
+    assert any(f"detection {detection:.2f}" in c.value for c in app.caption)
+    word = max(explanation.split(), key=len)
+    app.text_input(key="browse-about").input(word).run()
+    found = next(df.value for df in app.dataframe if "explanation" in df.value.columns)
+    assert feature in found["feature"].tolist() and all(word.lower() in e.lower() for e in found["explanation"])
+    # The steering box generates what the library does with the same settings.
+    app.text_input(key="steer-prompt").input("The cat").run()
+    app.number_input(key="steer-strength").set_value(300.0).run()
+    app.number_input(key="steer-tokens").set_value(5)
+    app.button[-1].click().run()
+    assert not app.exception
+    loaded = LoadedDictionary.load(Store.open_existing(app_store), "d", device="cpu")
+    ids = loaded.prompt_ids("The cat")
+    with steering(loaded.hf_model, loaded.record, loaded.sae, feature, 300.0, "add"):
+        steered = generate(loaded, ids, 5, 0.0, 0)
+    lines = [m.value for m in app.markdown if m.value.startswith("**Unsteered") or m.value.startswith("**Steered")]
+    assert lines == [
+        f"**Unsteered:** The cat*{generate(loaded, ids, 5, 0.0, 0)}*",
+        f"**Steered (add 300):** The cat*{steered}*",
+    ]
 
 
 def test_browsing_by_token_ranks_features_by_how_often_they_fire_there(app, app_store):

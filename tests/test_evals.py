@@ -16,6 +16,16 @@ from workbench.store import Store
 from conftest import store_snapshot
 
 
+@pytest.fixture
+def store_copy(app_store, tmp_path):
+    """The app store, copied: these tests write explanations and kill servers midway."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(app_store, copy, symlinks=True)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def loaded_d(app_store):
     return LoadedDictionary.load(Store.open_existing(app_store), "d", device="cpu")
@@ -199,13 +209,13 @@ def test_sparse_probes_find_the_planted_feature():
     assert abs(top_k[1] - dense) < 0.03
 
 
-def test_sparse_probing_on_shipped_text(app_store):
+def test_sparse_probing_on_shipped_text(store_copy):
     from workbench.evals.probing_tasks import chunk_pool
     from workbench.evals.sparse_probing import ProbingConfig, run_sparse_probing
     from workbench.store.records import ScoreRecord, read_all
 
     config = ProbingConfig(
-        store=str(app_store),
+        store=str(store_copy),
         dictionary="d",
         tasks=["code_vs_prose", "digit_tokens", "topic:formatstrings"],
         examples=200,
@@ -215,38 +225,30 @@ def test_sparse_probing_on_shipped_text(app_store):
     result = run_sparse_probing(config, progress=False)
     by_task = {t.task: t for t in result.tasks}
     assert by_task["code_vs_prose"].n_test == 40 and by_task["code_vs_prose"].n_train == 160
-    with Store.open_existing(app_store).reader() as con:
+    with Store.open_existing(store_copy).reader() as con:
         stored = {(r.task, r.metric): r.value for r in read_all(con, ScoreRecord, "benchmark = 'sparse_probing'")}
     assert stored["", "top_5_accuracy"] == pytest.approx(np.mean([t.top_k[5] for t in result.tasks]))
     assert stored["digit_tokens", "dense_accuracy"] == by_task["digit_tokens"].dense
     # The pool is the documentation and the standard library, cut the same way each time.
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(Store.open_existing(app_store).root / "models" / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(Store.open_existing(store_copy).root / "models" / "tiny")
     pool = chunk_pool(tokenizer, 1, 32, 100, 0)
     assert {c.source for c in pool} == {"code", "prose"} and all(len(c.ids) == 33 for c in pool)
 
-    before = store_snapshot(app_store)
+    before = store_snapshot(store_copy)
     with pytest.raises(EvaluationError, match=r"Too few positive examples for digit_tokens \(100\)"):
         run_sparse_probing(
-            ProbingConfig(store=str(app_store), dictionary="d", tasks=["digit_tokens"], examples=200, min_positives=101)
+            ProbingConfig(
+                store=str(store_copy), dictionary="d", tasks=["digit_tokens"], examples=200, min_positives=101
+            )
         )
     with pytest.raises(EvaluationError, match="Unknown probing task 'nope'"):
-        run_sparse_probing(ProbingConfig(store=str(app_store), dictionary="d", tasks=["nope"]))
-    assert store_snapshot(app_store) == before
+        run_sparse_probing(ProbingConfig(store=str(store_copy), dictionary="d", tasks=["nope"]))
+    assert store_snapshot(store_copy) == before
 
 
 # -- autointerp ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store_copy(app_store, tmp_path):
-    """The app store, copied: these tests write explanations and kill servers midway."""
-    import shutil
-
-    copy = tmp_path / "store"
-    shutil.copytree(app_store, copy, symlinks=True)
-    return copy
 
 
 def test_marks_and_scores_as_delphi_defines_them():
@@ -315,7 +317,8 @@ def _features_with_activations(store, n):
 
     rows = run_query(
         Store.open_existing(store),
-        f"SELECT feature FROM feature_stats WHERE dictionary = 'd' AND n_active >= 40 ORDER BY feature LIMIT {n}",
+        "SELECT feature FROM feature_stats WHERE dictionary = 'd' AND n_active >= 40 AND feature NOT IN "
+        f"(SELECT feature FROM feature_explanations) ORDER BY feature LIMIT {n}",
     )
     return [int(v.as_py()) for v in rows.table.column(0)]
 
@@ -344,3 +347,69 @@ def test_explain_refuses_what_it_cannot_do(store_copy):
         )
     silent.close()
     assert store_snapshot(store_copy) == before
+
+
+# -- Neuronpedia export --------------------------------------------------------------------------------------
+
+
+def test_neuronpedia_export_is_accepted_by_neuronpedias_own_dataclasses(store_copy, tmp_path):
+    """Each feature validates against neuronpedia's Feature/Logit/Activation/Explanation (pydantic, unknown keys
+    forbidden) and the limits of Neuronpedia's upload route; the numbers are the store's."""
+    import json
+
+    from neuronpedia import np_activation, np_explanation, np_feature
+    from pydantic import ConfigDict, TypeAdapter
+
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+    from workbench.evals.neuronpedia import NeuronpediaExportConfig, run_export_neuronpedia
+    from workbench.features import top_contexts
+    from workbench.store import lookups
+
+    features = _features_with_activations(store_copy, 12)
+    run_explain(ExplainConfig(store=str(store_copy), dictionary="d", features=features[:1], explainer="tiny",
+                              test_examples=2, explain_examples=2, device="cpu"), progress=False)  # fmt: skip
+    out = tmp_path / "np"
+    result = run_export_neuronpedia(
+        NeuronpediaExportConfig(store=str(store_copy), dictionary="d", out=str(out), features=features), progress=False
+    )
+    assert result.files == ["batch-0.json"] and result.source == "1-d" and result.model_id == "tiny"
+
+    strict = ConfigDict(extra="forbid")
+
+    class Logit(np_feature.Logit):
+        __pydantic_config__ = strict
+
+    class Activation(np_activation.Activation):
+        __pydantic_config__ = strict
+
+    class Explanation(np_explanation.Explanation):
+        __pydantic_config__ = strict
+
+    class Feature(np_feature.Feature):
+        __pydantic_config__ = strict
+        __annotations__ = {**np_feature.Feature.__annotations__, "top_logits": list[Logit] | None,
+                           "bottom_logits": list[Logit] | None, "explanations": list[Explanation] | None,
+                           "activations": list[Activation] | None}  # fmt: skip
+
+    batch = json.loads((out / "batch-0.json").read_text())
+    assert set(batch) == {"modelId", "source", "features"} and 1 <= len(batch["features"]) <= 128
+    parsed = [TypeAdapter(Feature).validate_python(f) for f in batch["features"]]
+    assert [f.index for f in parsed] == features  # unique, in order
+    store = Store.open_existing(store_copy)
+    record = lookups.completed_dictionary(store, "d")
+    for feature in parsed:
+        assert 1 <= len(feature.activations) and len(feature.top_logits) == len(feature.bottom_logits) == 10
+        assert all(1 <= len(a.tokens) == len(a.values) <= 1024 for a in feature.activations)
+        assert all(a.quantileFraction is None or 0 <= a.quantileFraction <= 1 for a in feature.activations)
+        assert feature.top_logits[0].value >= feature.top_logits[-1].value > feature.bottom_logits[0].value
+    top = top_contexts(store, record, features[0], n=10)
+    assert parsed[0].activations[0].values == top[0].values and max(parsed[0].activations[0].values) == top[0].value
+    assert len(parsed[0].explanations) == 1 and parsed[1].explanations == []
+    assert all(len(e.text) <= 512 for e in parsed[0].explanations)
+
+    with pytest.raises(EvaluationError, match="not been encoded"):
+        run_export_neuronpedia(
+            NeuronpediaExportConfig(store=str(store_copy), dictionary="not-encoded", out=str(tmp_path / "x"))
+        )
+    with pytest.raises(EvaluationError, match="exists and is not an empty folder"):
+        run_export_neuronpedia(NeuronpediaExportConfig(store=str(store_copy), dictionary="d", out=str(out)))

@@ -271,3 +271,22 @@ def test_attribution_graph_without_nodes_is_an_empty_figure():
     figure, features = plots.attribution_graph({"nodes": [], "links": [], "metadata": {"prompt_tokens": []}}, 0.02, 60)
     assert features == []
     assert_empty(figure, "no nodes")
+
+
+def test_score_bands_draw_each_dictionary_at_its_mean_with_its_seed_spread():
+    frame = pd.DataFrame(
+        {
+            "dictionary": ["a", "b", "a"],
+            "metric": ["FVU", "FVU", "absorption"],
+            "mean": [0.1, 0.2, 0.5],
+            "std": [0.01, None, 0.05],
+            "seeds": [3, 1, 3],
+        }
+    )
+    figure = plots.score_bands(frame)
+    fvu, absorption = figure.data
+    assert list(fvu.x) == ["a", "b"] and list(fvu.y) == [0.1, 0.2]
+    assert list(fvu.error_y.array) == [0.01, 0.0]  # one seed: no band
+    assert list(absorption.y) == [0.5] and list(absorption.error_y.array) == [0.05]
+    assert [a.text for a in figure.layout.annotations] == ["FVU", "absorption"]
+    assert plots.score_bands(frame.iloc[:0]).layout.annotations[0].text.startswith("No evaluation scores")

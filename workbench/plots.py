@@ -7,6 +7,7 @@ Empty input gives an empty figure that says so, never an exception.
     Feature pages     activation_histogram, density_histogram, logit_effects
     Layer pages       norm_ratios, sublayer_cosines, skip_heatmap, skip_output_kl, logit_lens, linear_map_errors
     Circuit pages     score_heatmap, attribution_graph
+    Overview          score_bands (evaluations with their seed bands)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 # One palette everywhere: warm for positive (fires, boosts), cool for negative (suppresses).
 POSITIVE = "#d6604d"
@@ -335,3 +337,34 @@ def attribution_graph(data: dict, min_share: float, max_features: int) -> tuple[
         ),
     )
     return figure, features
+
+
+def score_bands(frame: pd.DataFrame) -> go.Figure:
+    """Evaluation scores with their seed bands: one panel per metric, one point per dictionary at the mean, error
+    bars of ± one standard deviation over its seeds (none for a single seed). Columns: dictionary, metric, mean,
+    std, seeds."""
+    if frame.empty:
+        return empty_figure("No evaluation scores yet: run `workbench eval --benchmarks all`.")
+    metrics = list(dict.fromkeys(frame["metric"]))
+    columns = min(len(metrics), 4)
+    rows = -(-len(metrics) // columns)
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=metrics, horizontal_spacing=0.08)
+    for index, metric in enumerate(metrics):
+        part = frame[frame["metric"] == metric]
+        figure.add_trace(
+            go.Scatter(
+                x=part["dictionary"],
+                y=part["mean"],
+                error_y=dict(type="data", array=part["std"].fillna(0.0), visible=True),
+                mode="markers",
+                marker=dict(color=POSITIVE, size=9),
+                name=metric,
+                customdata=part["seeds"],
+                hovertemplate="%{x}: %{y:.4f} ± %{error_y.array:.4f} over %{customdata} seeds<extra></extra>",
+                showlegend=False,
+            ),
+            row=index // columns + 1,
+            col=index % columns + 1,
+        )
+    figure.update_layout(height=260 * rows, margin=TITLED_MARGIN)
+    return figure

@@ -9,13 +9,14 @@ import streamlit as st
 from workbench import features as F
 from workbench import plots
 from workbench.errors import WorkbenchError
-from workbench.store import lookups
+from workbench.store import explanations, lookups
 
 from common import (
     cached_record,
     choose_dictionary,
     fail,
     feature_url,
+    loaded_dictionary,
     open_store,
     stamp,
     store,
@@ -75,6 +76,16 @@ def feature_data(path: str, version: int, name: str, feature: int) -> dict:
     }
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def about_search(path: str, version: int, name: str, text: str):
+    return explanations.search(open_store(path), name, text).to_pandas()
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def feature_explanations(path: str, version: int, name: str, feature: int):
+    return explanations.of_feature(open_store(path), name, feature)
+
+
 def link_column(label: str = "Open"):
     return st.column_config.LinkColumn(label, display_text="open →")
 
@@ -82,7 +93,9 @@ def link_column(label: str = "Open"):
 # -- browsing ----------------------------------------------------------------------------------------
 
 with st.expander("Find features", expanded="feature" not in st.query_params):
-    by_stats, by_text = st.tabs(["By density or activation", "By the tokens they fire on"])
+    by_stats, by_text, by_explanation = st.tabs(
+        ["By density or activation", "By the tokens they fire on", "By explanation"]
+    )
     with by_stats:
         left, middle, right = st.columns([1, 1, 1])
         order = left.selectbox("Order by", list(F.BROWSE_ORDERS), key="browse-order")
@@ -117,6 +130,19 @@ with st.expander("Find features", expanded="feature" not in st.query_params):
                     },
                 )
 
+    with by_explanation:
+        about = st.text_input("Features about ...", key="browse-about", placeholder="e.g. numbers, python code")
+        if about.strip():
+            matches = about_search(path, version, name, about)
+            if matches.empty:
+                st.warning(
+                    f"No explanation of a '{name}' feature mentions '{about.strip()}'. Explain more features: "
+                    f"`workbench explain --store {current.root} --dict {name} --n-features 100`."
+                )
+            else:
+                matches.insert(0, "page", [feature_url(name, f) for f in matches["feature"]])
+                st.dataframe(matches, hide_index=True, column_config={"page": link_column()})
+
 
 # -- one feature ----------------------------------------------------------------------------------
 
@@ -149,6 +175,18 @@ st.caption(
     + (f" → `{record.hook_out}`" if record.hook_out else "")
     + f", run `{record.run}` · model `{model}`"
 )
+explained = feature_explanations(path, version, name, feature)
+if explained:
+    best = explained[0]
+    st.markdown(f"**{best.explanation}**")
+    st.caption(
+        f"explained by {best.explainer} ({best.prompt_version}); detection {best.detection:.2f} and fuzzing "
+        f"{best.fuzzing:.2f} balanced accuracy on {best.n_scored} held-out contexts (0.5 is chance; a random "
+        f"explanation scores {best.detection_random:.2f} and {best.fuzzing_random:.2f})"
+        + (f"; {len(explained) - 1} more in feature_explanations" if len(explained) > 1 else "")
+    )
+else:
+    st.caption(f"No explanation yet: `workbench explain --store {current.root} --dict {name} --features {feature}`")
 cols = st.columns(5)
 cols[0].metric("Density", f"{summary.density:.3%}" if summary.density >= 1e-4 else f"{summary.density:.2e}")
 cols[1].metric("Fires on", f"{summary.n_active:,} tokens")
@@ -232,3 +270,29 @@ st.plotly_chart(
     plots.logit_effects([(visible_token(t), v) for t, v in boosts], [(visible_token(t), v) for t, v in suppressions]),
     key="logits",
 )
+
+st.subheader("Steer with this feature")
+st.caption(
+    "Greedy continuations of a prompt without and with the feature steered, as Neuronpedia steers: add moves the "
+    "activation along the decoder row; clamp holds the feature at the strength, keeping the dictionary's error term."
+)
+with st.form("steer"):
+    prompt = st.text_input("Prompt", value="I think that", key="steer-prompt")
+    left, middle, right = st.columns(3)
+    mode = left.selectbox("Mode", ["add", "clamp"], key="steer-mode")
+    strength = middle.number_input("Strength", value=float(round(4 * (summary.max or 10.0), 1)), key="steer-strength")
+    new_tokens = right.number_input("New tokens", min_value=1, max_value=64, value=16, key="steer-tokens")
+    steer_now = st.form_submit_button("Generate")
+if steer_now:
+    from workbench.evals.steering import generate, steering
+
+    loaded = loaded_dictionary(path, name)
+    try:
+        ids = loaded.prompt_ids(prompt)
+        baseline = generate(loaded, ids, int(new_tokens), 0.0, 0)
+        with steering(loaded.hf_model, loaded.record, loaded.sae, feature, float(strength), mode):
+            steered = generate(loaded, ids, int(new_tokens), 0.0, 0)
+    except WorkbenchError as exc:
+        fail(exc)
+    st.markdown(f"**Unsteered:** {prompt}*{baseline}*")
+    st.markdown(f"**Steered ({mode} {strength:g}):** {prompt}*{steered}*")

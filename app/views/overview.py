@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from workbench import plots
 from workbench.store import results
 
 from common import PAGES, open_store, stamp, store
@@ -83,6 +84,29 @@ else:
             "No evaluation yet (FVU, CE-loss score): "
             + "; ".join(f"`workbench eval --store {current.root} --dict {n}`" for n in unevaluated)
         )
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def evaluations(path: str, stamp: int):
+    import pandas as pd
+
+    from workbench.evals.table import band_rows, display_columns, score_table
+
+    table = score_table(open_store(path))
+    return pd.DataFrame(display_columns(table)), pd.DataFrame(band_rows(table))
+
+
+if not dictionaries.empty:
+    st.subheader("Evaluations")
+    shown, bands = evaluations(str(current.root), stamp(current))
+    st.dataframe(shown, hide_index=True)
+    st.caption(
+        "Mean ± standard deviation over each dictionary and its seed siblings (NAME-seed1, ...). More benchmarks and "
+        f"seeds: `workbench eval --store {current.root} --dict NAME --benchmarks all --seeds 3`; autointerp: "
+        f"`workbench explain --store {current.root} --dict NAME`."
+    )
+    if len(bands):
+        st.plotly_chart(plots.score_bands(bands), key="score-bands")
 
 
 def linked_runs(title: str, frame, key: str, page: str, param: str, command: str) -> None:

@@ -42,7 +42,7 @@ from workbench.devices import require_cpu, resolve_placement
 from workbench.dictionaries.base import SparseCoder
 from workbench.models import families, load_hf_model, resolve_model_dir
 from workbench.provenance import git_commit, package_version
-from workbench.store import Store, check_run_name, lookups, make_run_name
+from workbench.store import Store, check_run_name, explanations, lookups, make_run_name
 from workbench.store.analyses import add_intervention, replace_graph
 from workbench.store.records import DictionaryRecord, GraphRecord, InterventionRecord
 
@@ -355,6 +355,7 @@ def run_graph(config: GraphConfig) -> GraphResult:
             },  # fmt: skip
             "direction_vector": None if targets.direction is None else np.asarray(targets.direction).ravel().tolist(),
         },
+        labels=explanations.best_labels(store, loaded.distinct_names),
     )
     folder = store.root / "graphs"
     folder.mkdir(exist_ok=True)
@@ -471,6 +472,11 @@ def run_export(config: ExportConfig) -> ExportResult:
             else:
                 dictionary_folder.replace(destination)
         shutil.rmtree(staging, ignore_errors=True)
+    # Explanations written since the graph was built label its feature nodes now.
+    labels = explanations.best_labels(store, sorted(wanted))
+    for node in data["nodes"]:
+        if node["feature_type"] == "cross layer transcoder":
+            node["clerp"] = labels.get((node["dictionary"], int(node["feature_index"])), node.get("clerp", ""))
     graph_path = add_to_folder(folder, data)
     return ExportResult(folder, graph_path, count, not_encoded)
 

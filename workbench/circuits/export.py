@@ -50,7 +50,14 @@ def feature_folder(dictionary: str) -> str:
     return f"./data/features/{dictionary}"
 
 
-def _node(graph: AttributionGraph, node: Node, cumulative: float, influence: float, first_target: bool) -> dict:
+def _node(
+    graph: AttributionGraph,
+    node: Node,
+    cumulative: float,
+    influence: float,
+    first_target: bool,
+    labels: dict[tuple[str, int], str],
+) -> dict:
     common = {"node_id": node.node_id, "ctx_idx": node.position, "influence": cumulative,
               "node_influence": influence, "activation": node.activation}  # fmt: skip
     if node.kind == "feature":
@@ -60,7 +67,7 @@ def _node(graph: AttributionGraph, node: Node, cumulative: float, influence: flo
             "layer": str(node.layer),
             "feature_type": FEATURE_TYPES["feature"],
             "jsNodeId": f"{node.layer}_{node.feature}-0",
-            "clerp": "",
+            "clerp": labels.get((graph.transcoders.get(node.layer, ""), node.feature), ""),
             "feature_index": node.feature,
             "dictionary": graph.transcoders.get(node.layer, ""),
         }
@@ -102,8 +109,10 @@ def graph_json(
     node_threshold: float,
     edge_threshold: float,
     extra_metadata: dict | None = None,
+    labels: dict[tuple[str, int], str] | None = None,
 ) -> dict:
-    """The pruned graph as circuit-tracer's frontend reads it (module docstring)."""
+    """The pruned graph as circuit-tracer's frontend reads it (module docstring). `labels` ((dictionary, feature) ->
+    text, from autointerp) become the feature nodes' clerps, the labels the frontend draws."""
     order = np.argsort(-pruned.influence, kind="stable")
     total = pruned.influence.sum()
     cumulative = np.zeros(len(order))
@@ -112,7 +121,7 @@ def graph_json(
     used = set(targets.tolist()) | set(sources.tolist())
     first_target = next(i for i, node in enumerate(graph.nodes) if node.kind == "logit")
     nodes = [
-        _node(graph, node, float(cumulative[i]), float(pruned.influence[i]), i == first_target)
+        _node(graph, node, float(cumulative[i]), float(pruned.influence[i]), i == first_target, labels or {})
         for i, node in enumerate(graph.nodes)
         if pruned.node_mask[i] and (i in used or node.kind in ("embedding", "logit"))
     ]

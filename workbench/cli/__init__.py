@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dictionaries", "write dictionaries in a peer's format (circuit-tracer transcoders and CLTs)"),
     "absorption": ("evals", "first-letter feature absorption of a dictionary (SAEBench's variant)"),
     "sparse-probing": ("evals", "top-k feature probes against a dense probe, on tasks from shipped text"),
+    "explain": ("evals", "autointerp: LLM explanations of features, scored by detection and fuzzing"),
     "steer": ("evals", "generate with a dictionary feature added or clamped (error term kept)"),
     "ablate": ("evals", "the change in loss when a dictionary feature is zeroed"),
     "scores": ("evals", "every dictionary's evaluations side by side, with seed bands"),

@@ -246,7 +246,7 @@ def add_export(sub, name: str, help_text: str) -> None:
     from workbench.export_dictionaries import CircuitTracerExportConfig, run_export_circuit_tracer
 
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:])
-    formats = parser.add_subparsers(dest="export_format", required=True, metavar="{circuit-tracer}")
+    formats = parser.add_subparsers(dest="export_format", required=True, metavar="{circuit-tracer,neuronpedia}")
 
     def report(config, result) -> None:
         print(
@@ -266,6 +266,43 @@ def add_export(sub, name: str, help_text: str) -> None:
         flags={"dictionaries": ["--dict", "--dicts"]},
         epilog="examples:\n  workbench export circuit-tracer --store store/ --dict all --out tc-set/\n"
         "  workbench export circuit-tracer --store store/ --dict clt-layers0-29 --out clt/",
+    )
+    add_export_neuronpedia(formats)
+
+
+NEURONPEDIA_EPILOG = textwrap.dedent("""\
+    example, then the upload with Neuronpedia's own client (pip install neuronpedia; NEURONPEDIA_API_KEY set; the
+    model and the source must exist on Neuronpedia):
+      workbench export neuronpedia --store store/ --dict demo-topk --out np/
+      python -c "
+      import json, glob; from pydantic import TypeAdapter
+      from neuronpedia.np_feature import Feature; from neuronpedia.requests.feature_request import FeatureRequest
+      for path in sorted(glob.glob('np/batch-*.json')):
+          batch = json.load(open(path))
+          features = [TypeAdapter(Feature).validate_python(f) for f in batch['features']]
+          FeatureRequest().upload_batch(batch['modelId'], batch['source'], features)"
+""")
+
+
+def add_export_neuronpedia(formats) -> None:
+    from workbench.evals.neuronpedia import NeuronpediaExportConfig, run_export_neuronpedia
+
+    def report(config, result) -> None:
+        print(
+            f"wrote {result.n_features} features of '{config.dictionary}' as Neuronpedia's upload batches "
+            f"(modelId '{result.model_id}', source '{result.source}') to {result.folder}: "
+            f"{', '.join(result.files[:4])}{' ...' if len(result.files) > 4 else ''}"
+        )
+
+    add_command(
+        formats,
+        "neuronpedia",
+        "features in Neuronpedia's upload format: density, logits, activation windows, explanations",
+        NeuronpediaExportConfig,
+        run_export_neuronpedia,
+        report,
+        flags={"dictionary": ["--dict"]},
+        epilog=NEURONPEDIA_EPILOG,
     )
 
 

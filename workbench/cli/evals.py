@@ -11,22 +11,12 @@ def print_scores(table) -> None:
     """Every dictionary's evaluations side by side (mean ± std over seeds where there are siblings)."""
     import pyarrow as pa
 
-    from workbench.evals.table import COLUMNS
+    from workbench.evals.table import metric_rows
 
     if not table:
         print("No complete dictionaries in the store.")
         return
-    shown = [c for c in COLUMNS if any((c[0], c[1]) in row.bands for row in table)]
-    data = {
-        "dictionary": [row.dictionary for row in table],
-        "arch": [row.arch for row in table],
-        "seeds": [len(row.members) for row in table],
-    }
-    for benchmark, metric, heading in shown:
-        data[heading] = [
-            row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table
-        ]
-    print_table(pa.table(data))
+    print_table(pa.table(metric_rows(table)))
 
 
 def add_scores(sub, name: str, help_text: str) -> None:
@@ -176,7 +166,58 @@ def add_ablate(sub, name: str, help_text: str) -> None:
     )
 
 
+def add_explain(sub, name: str, help_text: str) -> None:
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+
+    def report(config, result) -> int | None:
+        for r in result.explained:
+            print(f"  {r.feature:>6}  detection {r.detection:.2f} (random {r.detection_random:.2f})  fuzzing "
+                  f"{r.fuzzing:.2f} (random {r.fuzzing_random:.2f})  {r.explanation}")  # fmt: skip
+        if result.already:
+            print(f"{result.already} features already had an explanation from {config.explainer_name}; kept.")
+        for feature, why in result.skipped.items():
+            print(f"  skipped feature {feature}: {why}")
+        s = result.summary
+        if s:
+            print(
+                f"{config.dictionary}, all features explained by {config.explainer_name}: detection {s['detection']:.3f} "
+                f"(random explanations {s['detection_random']:.3f}), fuzzing {s['fuzzing']:.3f} "
+                f"(random {s['fuzzing_random']:.3f}); 0.5 is chance. Table: feature_explanations."
+            )
+        return None
+
+    add_command(
+        sub,
+        name,
+        help_text,
+        ExplainConfig,
+        run_explain,
+        report,
+        flags={"dictionary": ["--dict"]},
+        description=textwrap.dedent("""\
+            Autointerp, as delphi does it: an LLM reads a feature's top and sampled contexts (activating tokens
+            marked <<like this>>) and writes a one-line explanation; the same LLM then scores it on held-out contexts
+            by detection (does this context activate the feature?) and fuzzing (are the marked tokens right?), as
+            balanced accuracy (0.5 is chance), beside the scores of a random explanation. Each feature is stored in
+            feature_explanations as soon as it is done: an interrupted run keeps them, and re-running the same
+            command continues with the rest. The explanations show on the app's feature pages and in its search, and
+            label the nodes of attribution graphs.
+
+            The default explainer, SmolLM2-135M-Instruct, runs offline and is weak: compare its scores with the
+            random baseline. Any OpenAI-compatible endpoint (vLLM, ollama, llama.cpp, a hosted API) takes its place
+            with --endpoint and --model; the key comes from --key-env."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              workbench explain --store store/ --dict demo-topk --n-features 20
+              workbench explain --store store/ --dict demo-topk --features 12,99 \\
+                --endpoint http://localhost:8000/v1 --model meta-llama/Llama-3.1-8B-Instruct
+              OPENAI_API_KEY=... workbench explain --store store/ --dict demo-topk --endpoint https://api.openai.com/v1 \\
+                --model gpt-4o-mini"""),
+    )
+
+
 COMMANDS = {
+    "explain": add_explain,
     "absorption": add_absorption,
     "sparse-probing": add_sparse_probing,
     "steer": add_steer,

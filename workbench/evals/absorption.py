@@ -207,11 +207,10 @@ class FirstLetterData:
     n_vocabulary: int  # letter-only tokens the words were sampled from
 
 
-def first_letter_data(
-    loaded: LoadedDictionary, n_words: int, icl_examples: int, seed: int, batch_size: int
-) -> FirstLetterData:
-    """Activations at the dictionary's hook on each sampled word, inside its in-context first-letter prompt."""
-    tokenizer = loaded.tokenizer
+def first_letter_prompts(
+    tokenizer, n_words: int, icl_examples: int, seed: int
+) -> tuple[list[list[int]], list[int], list[tuple[int, str]], int]:
+    """(prompts, the word's position in each, the sampled (token id, word)s, the size of the letter vocabulary)."""
     vocabulary = alpha_vocabulary(tokenizer)
     if len(vocabulary) < 2 * len(LETTERS):
         raise EvaluationError(
@@ -234,12 +233,21 @@ def first_letter_data(
             prompt += [example_id, *suffix, *answers[example[0].lower()], *newline]
         positions.append(len(prompt))
         prompts.append([*prompt, token_id, *suffix])
+    return prompts, positions, words, len(vocabulary)
+
+
+def first_letter_data(
+    loaded: LoadedDictionary, n_words: int, icl_examples: int, seed: int, batch_size: int
+) -> FirstLetterData:
+    """Activations at the dictionary's hook on each sampled word, inside its in-context first-letter prompt."""
+    prompts, positions, words, n_vocabulary = first_letter_prompts(loaded.tokenizer, n_words, icl_examples, seed)
+    n_train = int(0.8 * len(words))
     rows: dict[int, torch.Tensor] = {}
     for i, sequence_acts in loaded.sequence_activations(prompts, batch_size):
         rows[i] = sequence_acts[positions[i]]
     acts = torch.stack([rows[i] for i in range(len(words))])
     labels = torch.tensor([LETTERS.index(word[0].lower()) for _, word in words])
-    return FirstLetterData(acts[:n_train], labels[:n_train], acts[n_train:], labels[n_train:], len(vocabulary))
+    return FirstLetterData(acts[:n_train], labels[:n_train], acts[n_train:], labels[n_train:], n_vocabulary)
 
 
 @dataclass

@@ -138,7 +138,8 @@ def feature_windows(
     samples = feature_reads.quantile_contexts(
         store, record, feature, n_intervals=10, per_interval=-(-n_test // 5), before=WINDOW_BEFORE, after=WINDOW_AFTER
     )
-    held_out, shown = [], []
+    held_out: list[Window] = []
+    shown: list[Window] = []
     for sample in samples:  # alternate within each interval: half to the explainer, half held out
         for i, window in enumerate(_windows(sample.contexts)):
             (shown if i % 2 else held_out).append(window)

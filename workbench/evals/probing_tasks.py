@@ -44,7 +44,7 @@ TOKEN_TASKS = {
 BUILT_IN = ("code_vs_prose", *(f"topic:{t}" for t in TOPICS), *TOKEN_TASKS)
 
 # SAEBench's datasets (sae_bench_utils/dataset_info.py): HF id, text column, label column, the classes it probes.
-SAEBENCH_DATASETS = {
+SAEBENCH_DATASETS: dict[str, tuple[str, str, str, list]] = {
     "bias_in_bios_class_set1": ("LabHC/bias_in_bios", "hard_text", "profession", [0, 1, 2, 6, 9]),
     "bias_in_bios_class_set2": ("LabHC/bias_in_bios", "hard_text", "profession", [11, 13, 14, 18, 19]),
     "bias_in_bios_class_set3": ("LabHC/bias_in_bios", "hard_text", "profession", [20, 21, 22, 25, 26]),

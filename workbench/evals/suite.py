@@ -50,15 +50,16 @@ class EvalSuiteResult:
 def run_eval_suite(config: EvalSuiteConfig, *, progress: bool = True) -> EvalSuiteResult:
     store = Store.open_existing(config.store)
     members = train_siblings(store, config.dictionary, config.seeds, progress=progress)
-    placement = {"device": config.device, "dtype": config.dtype, "backend": config.backend}
+    device, dtype, backend = config.device, config.dtype, config.backend
     evaluations = []
     for member in members:
         if "core" in config.benchmarks:
             core = EvalConfig(store=config.store, dictionary=member, run=config.run, ce_tokens=config.ce_tokens,
-                              batch_size=config.batch_size, **placement)  # fmt: skip
+                              batch_size=config.batch_size, device=device, dtype=dtype, backend=backend)  # fmt: skip
             evaluations.append(run_eval(core).evaluation)
         if "absorption" in config.benchmarks:
-            run_absorption(AbsorptionConfig(store=config.store, dictionary=member, **placement))
+            run_absorption(AbsorptionConfig(config.store, member, device=device, dtype=dtype, backend=backend))
         if "sparse_probing" in config.benchmarks:
-            run_sparse_probing(ProbingConfig(store=config.store, dictionary=member, **placement), progress=progress)
+            probing = ProbingConfig(config.store, member, device=device, dtype=dtype, backend=backend)
+            run_sparse_probing(probing, progress=progress)
     return EvalSuiteResult(members, evaluations, score_table(store))

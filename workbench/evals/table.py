@@ -37,8 +37,9 @@ class Band:
     std: float | None  # None with one value
     n: int  # dictionaries (seeds) behind it
 
-    def text(self, digits: int = 3) -> str:
-        return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.std is not None else "")
+    def text(self) -> str:
+        """Four significant figures for the mean, two for the spread: "0.08213 ± 0.00041"."""
+        return f"{self.mean:.4g}" + (f" ± {self.std:.2g}" if self.std is not None else "")
 
 
 @dataclass
@@ -109,3 +110,39 @@ class ScoresResult:
 
 def run_scores(config: ScoresConfig) -> ScoresResult:
     return ScoresResult(score_table(Store.open_existing(config.store)))
+
+
+def display_columns(table: list[DictionaryScores]) -> dict[str, list]:
+    """The table as text columns: the dictionary, its arch and seeds, then "mean ± std" per metric any row has."""
+    shown = [c for c in COLUMNS if any((c[0], c[1]) in row.bands for row in table)]
+    data: dict[str, list] = {
+        "dictionary": [row.dictionary for row in table],
+        "arch": [row.arch for row in table],
+        "seeds": [len(row.members) for row in table],
+    }
+    for benchmark, metric, heading in shown:
+        data[heading] = [row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table]
+    return data
+
+
+def metric_rows(table: list[DictionaryScores]) -> dict[str, list]:
+    """The same, turned: one row per metric, one column per dictionary (headed "name (N seeds)"), for terminals."""
+    columns = display_columns(table)
+    names = [f"{d} ({n} seed{'s' if n > 1 else ''})" for d, n in zip(columns["dictionary"], columns["seeds"])]
+    metrics = [key for key in columns if key not in ("dictionary", "seeds")]
+    data: dict[str, list] = {"metric": metrics}
+    for i, name in enumerate(names):
+        data[name] = [str(columns[m][i]) for m in metrics]
+    return data
+
+
+def band_rows(table: list[DictionaryScores]) -> dict[str, list]:
+    """Long columns (dictionary, metric, mean, std, seeds) for plots.score_bands."""
+    data: dict[str, list] = {"dictionary": [], "metric": [], "mean": [], "std": [], "seeds": []}
+    for benchmark, metric, heading in COLUMNS:
+        for row in table:
+            band = row.bands.get((benchmark, metric))
+            if band is not None:
+                for key, value in zip(data, (row.dictionary, heading, band.mean, band.std, band.n)):
+                    data[key].append(value)
+    return data
