@@ -204,7 +204,7 @@ def test_feature_pages_show_explanations_find_them_by_words_and_steer(app, app_s
     feature, explanation, detection = sql(
         app_store, "SELECT feature, explanation, detection FROM feature_explanations ORDER BY feature LIMIT 1"
     )[0]
-    open_page(app, "features", dict="d", feature=str(feature))
+    open_page(app, "views/features.py", dict="d", feature=str(feature))
     assert not app.exception
     assert any(m.value == f"**{explanation}**" for m in app.markdown)
     assert any(f"detection {detection:.2f}" in c.value for c in app.caption)
@@ -213,8 +213,8 @@ def test_feature_pages_show_explanations_find_them_by_words_and_steer(app, app_s
     found = next(df.value for df in app.dataframe if "explanation" in df.value.columns)
     assert feature in found["feature"].tolist() and all(word.lower() in e.lower() for e in found["explanation"])
     # The steering box generates what the library does with the same settings.
-    app.text_input(key="steer-prompt").input("The cat").run()
-    app.number_input(key="steer-strength").set_value(300.0).run()
+    app.text_input(key="steer-prompt").input("The cat")  # a form: the values apply together on submit
+    app.number_input(key="steer-strength").set_value(300.0)
     app.number_input(key="steer-tokens").set_value(5)
     app.button[-1].click().run()
     assert not app.exception

@@ -226,7 +226,7 @@ def test_sparse_probing_on_shipped_text(store_copy):
     by_task = {t.task: t for t in result.tasks}
     assert by_task["code_vs_prose"].n_test == 40 and by_task["code_vs_prose"].n_train == 160
     with Store.open_existing(store_copy).reader() as con:
-        stored = {(r.task, r.metric): r.value for r in read_all(con, ScoreRecord, "benchmark = 'sparse_probing'")}
+        stored = {(r.task, r.metric): r.value for r in read_all(con, ScoreRecord, dictionary="d", benchmark="sparse_probing")}
     assert stored["", "top_5_accuracy"] == pytest.approx(np.mean([t.top_k[5] for t in result.tasks]))
     assert stored["digit_tokens", "dense_accuracy"] == by_task["digit_tokens"].dense
     # The pool is the documentation and the standard library, cut the same way each time.
