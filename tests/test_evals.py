@@ -226,7 +226,9 @@ def test_sparse_probing_on_shipped_text(store_copy):
     by_task = {t.task: t for t in result.tasks}
     assert by_task["code_vs_prose"].n_test == 40 and by_task["code_vs_prose"].n_train == 160
     with Store.open_existing(store_copy).reader() as con:
-        stored = {(r.task, r.metric): r.value for r in read_all(con, ScoreRecord, dictionary="d", benchmark="sparse_probing")}
+        stored = {
+            (r.task, r.metric): r.value for r in read_all(con, ScoreRecord, dictionary="d", benchmark="sparse_probing")
+        }
     assert stored["", "top_5_accuracy"] == pytest.approx(np.mean([t.top_k[5] for t in result.tasks]))
     assert stored["digit_tokens", "dense_accuracy"] == by_task["digit_tokens"].dense
     # The pool is the documentation and the standard library, cut the same way each time.
@@ -252,7 +254,7 @@ def test_sparse_probing_on_shipped_text(store_copy):
 
 
 def test_marks_and_scores_as_delphi_defines_them():
-    from workbench.evals.autointerp import Window, balanced_accuracy, marked_text, marks, parse_explanation
+    from workbench.evals.autointerp import Score, Window, balanced_accuracy, marked_text, marks, parse_explanation
 
     window = Window([" the", " cat", " sat", " on", " mats"], [0.0, 0.9, 1.0, 0.2, 0.31])
     assert marks(window) == [False, True, True, False, True]  # above 0.3 x the window's own maximum
@@ -263,6 +265,9 @@ def test_marks_and_scores_as_delphi_defines_them():
     assert balanced_accuracy([0.9, 0.9, 0.9], [True, False, False]) == 0.5
     assert balanced_accuracy([0.9, 0.2, 0.6, 0.1], [True, True, False, False]) == 0.5
     assert balanced_accuracy([0.9, 0.7, 0.4, 0.1], [True, True, False, False]) == 1.0
+    # A scorer that says "1" to everything but ranks the examples right: chance by accuracy, perfect by AUC.
+    biased = Score.of([0.95, 0.9, 0.8, 0.7], [True, True, False, False])
+    assert biased.balanced_accuracy == 0.5 and biased.auc == 1.0
 
 
 def _serve(models_dir, port=0):
@@ -413,3 +418,53 @@ def test_neuronpedia_export_is_accepted_by_neuronpedias_own_dataclasses(store_co
         )
     with pytest.raises(EvaluationError, match="exists and is not an empty folder"):
         run_export_neuronpedia(NeuronpediaExportConfig(store=str(store_copy), dictionary="d", out=str(out)))
+
+
+# -- on SmolLM2-135M -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_evaluations_on_smollm2(store_dir, models_dir):
+    """A layer-6 TopK of SmolLM2: the model spells (most letters' probes reach F1 0.6), code and digits are
+    linearly readable and a digit feature exists, and the SmolLM2-Instruct explainer gives the same explanations
+    locally and behind the localhost endpoint."""
+    import threading
+
+    from workbench.encode import EncodeConfig, run_encode
+    from workbench.evals.absorption import AbsorptionConfig, run_absorption
+    from workbench.evals.autointerp import ExplainConfig, run_explain
+    from workbench.evals.llm import LocalLM
+    from workbench.evals.llm_server import serve
+    from workbench.evals.sparse_probing import ProbingConfig, run_sparse_probing
+    from workbench.harvest import HarvestConfig, run_harvest
+    from workbench.train import TrainConfig, run_train
+
+    store = str(store_dir)
+    run_harvest(HarvestConfig(model="smollm2-135m", hooks=["blocks.6.hook_out"], store=store, tokens=16384, run="s"),
+                progress=False)  # fmt: skip
+    run_train(TrainConfig(store=store, hook=["blocks.6.hook_out"], k=[32], latents=[2304], tokens=200_000,
+                          batch_size=2048, name="sae"), progress=False)  # fmt: skip
+    run_encode(EncodeConfig(store=store, dictionary="sae"), progress=False)
+
+    absorption = run_absorption(AbsorptionConfig(store=store, dictionary="sae", words=2000, device="cpu")).scores
+    print(f"absorption {absorption.absorption_rate:.3f}, full {absorption.full_absorption:.3f}, "
+          f"{absorption.n_letters} letters")  # fmt: skip
+    assert absorption.n_letters >= 18
+
+    probing = run_sparse_probing(
+        ProbingConfig(store=store, dictionary="sae", tasks=["code_vs_prose", "digit_tokens"], device="cpu"),
+        progress=False,
+    )
+    tasks = {t.task: t for t in probing.tasks}
+    assert tasks["code_vs_prose"].dense > 0.9 and tasks["digit_tokens"].dense > 0.95
+    assert tasks["digit_tokens"].top_k[20] > 0.9
+
+    common = dict(store=store, dictionary="sae", n_features=2, test_examples=4, explain_examples=6, device="cpu")
+    local = run_explain(ExplainConfig(**common), progress=False)
+    server = serve(LocalLM("smollm2-135m", models_dir, device="cpu"), 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    served = run_explain(ExplainConfig(**common, endpoint=url, model="smollm2-135m"), progress=False)
+    server.shutdown()
+    assert [r.explanation for r in local.explained] == [r.explanation for r in served.explained]
+    assert [r.detection for r in local.explained] == [r.detection for r in served.explained]

@@ -171,8 +171,9 @@ def add_explain(sub, name: str, help_text: str) -> None:
 
     def report(config, result) -> int | None:
         for r in result.explained:
-            print(f"  {r.feature:>6}  detection {r.detection:.2f} (random {r.detection_random:.2f})  fuzzing "
-                  f"{r.fuzzing:.2f} (random {r.fuzzing_random:.2f})  {r.explanation}")  # fmt: skip
+            print(f"  {r.feature:>6}  detection {r.detection:.2f} (random {r.detection_random:.2f}), AUC "
+                  f"{r.detection_auc:.2f} ({r.detection_auc_random:.2f})  fuzzing {r.fuzzing:.2f} "
+                  f"({r.fuzzing_random:.2f}), AUC {r.fuzzing_auc:.2f} ({r.fuzzing_auc_random:.2f})  {r.explanation}")  # fmt: skip
         if result.already:
             print(f"{result.already} features already had an explanation from {config.explainer_name}; kept.")
         for feature, why in result.skipped.items():
@@ -181,8 +182,10 @@ def add_explain(sub, name: str, help_text: str) -> None:
         if s:
             print(
                 f"{config.dictionary}, all features explained by {config.explainer_name}: detection {s['detection']:.3f} "
-                f"(random explanations {s['detection_random']:.3f}), fuzzing {s['fuzzing']:.3f} "
-                f"(random {s['fuzzing_random']:.3f}); 0.5 is chance. Table: feature_explanations."
+                f"(random explanations {s['detection_random']:.3f}; AUC {s['detection_auc']:.3f} against "
+                f"{s['detection_auc_random']:.3f}), fuzzing {s['fuzzing']:.3f} (random {s['fuzzing_random']:.3f}; AUC "
+                f"{s['fuzzing_auc']:.3f} against {s['fuzzing_auc_random']:.3f}); 0.5 is chance for each. "
+                "Table: feature_explanations."
             )
         return None
 

@@ -37,7 +37,7 @@ import torch
 
 from workbench.corpus import bos_token_id
 from workbench.errors import EvaluationError
-from workbench.evals.common import LoadedDictionary, replace_scores
+from workbench.evals.common import LoadedDictionary, activation_key, remember, replace_scores
 from workbench.evals.probes import dense_letter_probes, f1_score, fit_small_probe, train_linear_probes
 from workbench.store import Store
 from workbench.store.records import ScoreRecord
@@ -294,7 +294,10 @@ def run_absorption(config: AbsorptionConfig) -> AbsorptionResult:
             f"'{config.dictionary}' is a transcoder: absorption compares decoder rows with a probe of the same "
             "activations, so it needs an SAE (one --hook)."
         )
-    data = first_letter_data(loaded, config.words, config.icl_examples, config.seed, config.batch_size)
+    key = activation_key(loaded, "first-letter", config.words, config.icl_examples, config.seed)
+    data = remember(
+        key, lambda: first_letter_data(loaded, config.words, config.icl_examples, config.seed, config.batch_size)
+    )
     scores = measure_absorption(
         data.train_x,
         data.train_y,

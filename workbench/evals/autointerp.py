@@ -10,7 +10,9 @@ contexts, as delphi (EleutherAI) does.
   Fuzzing: held-out activating windows marked correctly, and non-activating windows with as many tokens marked at
   random as the activating ones have on average: are the marked tokens the feature's? Each prompt shows one window;
   the answer is read from the scorer's probabilities of "1" and "0" (delphi's log-prob mode), prediction at P >= 0.5.
-  A score is the balanced accuracy, (TP/P + TN/N) / 2: 0.5 is chance.
+  A score is the balanced accuracy, (TP/P + TN/N) / 2: 0.5 is chance. The ROC AUC of P("1") is kept beside it
+  (delphi reports it in log-prob mode): a weak scorer that answers "1" to everything scores exactly 0.5 balanced
+  accuracy, yet its probabilities may still rank the examples.
 - The same scorer rates a random explanation (words drawn from the vocabulary) on the same windows: the baseline a
   weak scorer must beat before its scores mean anything.
 Each feature's explanation and scores are committed as soon as they exist, so an interrupted run (a refused or
@@ -33,6 +35,8 @@ from workbench.store import Store, lookups
 from workbench.store.records import DictionaryRecord, ExplanationRecord, ScoreRecord, insert, read_all
 
 PROMPT_VERSION = "wb-1"
+SUMMARY_METRICS = ("detection", "fuzzing", "detection_random", "fuzzing_random", "detection_auc", "fuzzing_auc",
+                   "detection_auc_random", "fuzzing_auc_random")  # fmt: skip
 MARK_THRESHOLD = 0.3  # a token is marked when its activation is above this share of its window's maximum
 WINDOW_BEFORE, WINDOW_AFTER = 24, 7  # 32-token windows, as delphi's
 
@@ -104,6 +108,18 @@ def balanced_accuracy(probabilities: list[float], labels: list[bool]) -> float:
 
 
 @dataclass
+class Score:
+    balanced_accuracy: float
+    auc: float
+
+    @classmethod
+    def of(cls, probabilities: list[float], labels: list[bool]) -> Score:
+        from sklearn.metrics import roc_auc_score
+
+        return cls(balanced_accuracy(probabilities, labels), float(roc_auc_score(labels, probabilities)))
+
+
+@dataclass
 class ScoringSet:
     """One feature's held-out windows, with the marks each scorer shows."""
 
@@ -111,40 +127,48 @@ class ScoringSet:
     negatives: list[Window]
     negative_marks: list[list[bool]]  # fuzzing: random tokens of each negative window
 
-    def detection(self, scorer: LLM, explanation: str) -> float:
+    @property
+    def labels(self) -> list[bool]:
+        return [True] * len(self.positives) + [False] * len(self.negatives)
+
+    def detection(self, scorer: LLM, explanation: str) -> Score:
         texts = [w.tokens for w in self.positives + self.negatives]
         chats = [_scoring_chat(DETECTION_SYSTEM, explanation, "".join(t)) for t in texts]
-        return balanced_accuracy(
-            scorer.yes_probability(chats), [True] * len(self.positives) + [False] * len(self.negatives)
-        )
+        return Score.of(scorer.yes_probability(chats), self.labels)
 
-    def fuzzing(self, scorer: LLM, explanation: str) -> float:
+    def fuzzing(self, scorer: LLM, explanation: str) -> Score:
         texts = [marked_text(w.tokens, marks(w)) for w in self.positives]
         texts += [marked_text(w.tokens, m) for w, m in zip(self.negatives, self.negative_marks)]
         chats = [_scoring_chat(FUZZING_SYSTEM, explanation, t) for t in texts]
-        return balanced_accuracy(
-            scorer.yes_probability(chats), [True] * len(self.positives) + [False] * len(self.negatives)
-        )
+        return Score.of(scorer.yes_probability(chats), self.labels)
 
 
-def _windows(contexts) -> list[Window]:
-    return [Window(c.tokens, c.values) for c in contexts if c.values and max(c.values) > 0]
+def _windows(contexts, context_len: int) -> list[Window]:
+    """Windows with an activation; a window that starts at its context's start loses that BOS token."""
+    windows = []
+    for c in contexts:
+        if c.values and max(c.values) > 0:
+            at_start = (c.token_id - c.centre) % context_len == 0
+            windows.append(Window(c.tokens[1:], c.values[1:]) if at_start else Window(c.tokens, c.values))
+    return windows
 
 
 def feature_windows(
     store: Store, record: DictionaryRecord, feature: int, n_explain: int, n_test: int, seed: int
 ) -> tuple[list[Window], ScoringSet]:
     """The windows shown to the explainer (the top ones, then every other interval sample) and the held-out set."""
+    context_len = lookups.run(store, record.run).context_len
     samples = feature_reads.quantile_contexts(
         store, record, feature, n_intervals=10, per_interval=-(-n_test // 5), before=WINDOW_BEFORE, after=WINDOW_AFTER
     )
     held_out: list[Window] = []
     shown: list[Window] = []
     for sample in samples:  # alternate within each interval: half to the explainer, half held out
-        for i, window in enumerate(_windows(sample.contexts)):
+        for i, window in enumerate(_windows(sample.contexts, context_len)):
             (shown if i % 2 else held_out).append(window)
     top = _windows(
-        feature_reads.top_contexts(store, record, feature, n=n_explain, before=WINDOW_BEFORE, after=WINDOW_AFTER)
+        feature_reads.top_contexts(store, record, feature, n=n_explain, before=WINDOW_BEFORE, after=WINDOW_AFTER),
+        context_len,
     )
     explain = (top + shown)[:n_explain]
     held_out = held_out[:n_test]
@@ -287,6 +311,8 @@ def run_explain(config: ExplainConfig, *, progress: bool = True) -> ExplainResul
                 continue
             explanation = parse_explanation(llm.complete(explainer_chat(shown), max_tokens=40))
             baseline = _random_explanation(vocabulary, random.Random(config.seed * 7919 + feature))
+            detection, fuzzing = held_out.detection(llm, explanation), held_out.fuzzing(llm, explanation)
+            detection_random, fuzzing_random = held_out.detection(llm, baseline), held_out.fuzzing(llm, baseline)
             row = ExplanationRecord(
                 dictionary=record.name,
                 feature=feature,
@@ -294,10 +320,14 @@ def run_explain(config: ExplainConfig, *, progress: bool = True) -> ExplainResul
                 explainer=config.explainer_name,
                 prompt_version=PROMPT_VERSION,
                 scorer=config.explainer_name,
-                detection=held_out.detection(llm, explanation),
-                fuzzing=held_out.fuzzing(llm, explanation),
-                detection_random=held_out.detection(llm, baseline),
-                fuzzing_random=held_out.fuzzing(llm, baseline),
+                detection=detection.balanced_accuracy,
+                fuzzing=fuzzing.balanced_accuracy,
+                detection_random=detection_random.balanced_accuracy,
+                fuzzing_random=fuzzing_random.balanced_accuracy,
+                detection_auc=detection.auc,
+                fuzzing_auc=fuzzing.auc,
+                detection_auc_random=detection_random.auc,
+                fuzzing_auc_random=fuzzing_random.auc,
                 n_scored=len(held_out.positives) + len(held_out.negatives),
             )
             with store.transaction() as con:  # committed now: an interruption keeps it
@@ -326,10 +356,7 @@ def _write_summary(store: Store, dictionary: str, config: ExplainConfig) -> dict
                         prompt_version=PROMPT_VERSION)  # fmt: skip
     if not rows:
         return {}
-    summary = {
-        metric: float(np.mean([getattr(r, metric) for r in rows]))
-        for metric in ("detection", "fuzzing", "detection_random", "fuzzing_random")
-    }
+    summary = {metric: float(np.mean([getattr(r, metric) for r in rows])) for metric in SUMMARY_METRICS}
     settings = {"explainer": config.explainer_name, "prompt_version": PROMPT_VERSION}
     replace_scores(store, dictionary, "autointerp",
                    [ScoreRecord(dictionary, "autointerp", "", metric, value, len(rows), settings)

@@ -86,6 +86,27 @@ class LoadedDictionary:
                 yield i, acts[row, : len(sequences[i])]
 
 
+_REMEMBERED: dict[tuple, Any] = {}
+
+
+def remember(key: tuple, compute):
+    """compute(), or its value from an earlier call with the same key in this process (the last two are kept).
+
+    The benchmarks' model activations depend only on the model, the hook and the benchmark's settings, not on the
+    dictionary: comparing dictionaries of one hook (seed siblings, families) then pays for the forward passes once."""
+    if key not in _REMEMBERED:
+        while len(_REMEMBERED) >= 2:
+            _REMEMBERED.pop(next(iter(_REMEMBERED)))
+        _REMEMBERED[key] = compute()
+    return _REMEMBERED[key]
+
+
+def activation_key(loaded: LoadedDictionary, *settings: Any) -> tuple:
+    """What a benchmark's activations depend on: the model's folder, the hook, the precision and its settings."""
+    run_model = getattr(loaded.hf_model, "name_or_path", "") or str(id(loaded.hf_model))
+    return (run_model, loaded.record.hook, loaded.placement.device_name, loaded.placement.dtype_name, *settings)
+
+
 def replace_scores(store: Store, dictionary: str, benchmark: str, rows: list[ScoreRecord]) -> None:
     """A benchmark's numbers for a dictionary, replacing its earlier ones, in one transaction."""
     with store.transaction() as con:

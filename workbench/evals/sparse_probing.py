@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from workbench.corpus import bos_token_id
 from workbench.errors import EvaluationError
-from workbench.evals.common import LoadedDictionary, replace_scores
+from workbench.evals.common import LoadedDictionary, activation_key, remember, replace_scores
 from workbench.evals.probes import fit_small_probe
 from workbench.evals.probing_tasks import (
     BUILT_IN,
@@ -155,16 +155,25 @@ def run_sparse_probing(config: ProbingConfig, *, progress: bool = True) -> Probi
     for task in tasks:
         for chunk, position in task.positives + task.negatives:
             wanted.setdefault(chunk, set()).add(position)
+    chunks = sorted(wanted)
+
+    def chunk_activations() -> dict[int, torch.Tensor]:
+        found = {}
+        activations = loaded.sequence_activations([pool[i].ids for i in chunks], config.batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            activations = tqdm(activations, total=len(chunks), desc="sparse probing: activations", unit="chunk")
+        for index, acts in activations:
+            found[chunks[index]] = acts
+        return found
+
+    key = activation_key(loaded, "probing", tuple(config.tasks), config.examples, config.chunk_tokens, config.seed)
+    by_chunk = remember(key, chunk_activations)
     rows_x: dict[tuple[int, int], torch.Tensor] = {}
     rows_f: dict[tuple[int, int], torch.Tensor] = {}
-    chunks = sorted(wanted)
-    activations = loaded.sequence_activations([pool[i].ids for i in chunks], config.batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        activations = tqdm(activations, total=len(chunks), desc="sparse probing: activations", unit="chunk")
-    for index, acts in activations:
-        chunk = chunks[index]
+    for chunk in chunks:
+        acts = by_chunk[chunk]
         features = loaded.encode(acts[1:])  # BOS left out, as the dictionary was trained
         for position in wanted[chunk]:
             if position == -1:

@@ -28,6 +28,8 @@ COLUMNS = (
     ("autointerp", "detection", "detection"),
     ("autointerp", "fuzzing", "fuzzing"),
     ("autointerp", "detection_random", "det. random"),
+    ("autointerp", "detection_auc", "det. AUC"),
+    ("autointerp", "detection_auc_random", "det. AUC random"),
 )
 
 
@@ -121,7 +123,9 @@ def display_columns(table: list[DictionaryScores]) -> dict[str, list]:
         "seeds": [len(row.members) for row in table],
     }
     for benchmark, metric, heading in shown:
-        data[heading] = [row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table]
+        data[heading] = [
+            row.bands[benchmark, metric].text() if (benchmark, metric) in row.bands else "" for row in table
+        ]
     return data
 
 

@@ -317,8 +317,12 @@ class ExplanationRecord(Record):
     scorer: str | None = None
     detection: float | None = None  # balanced accuracy on held-out contexts
     fuzzing: float | None = None
-    detection_random: float | None = None  # another feature's explanation, scored the same way
+    detection_random: float | None = None  # a random explanation, scored the same way
     fuzzing_random: float | None = None
+    detection_auc: float | None = None  # ROC AUC of the scorer's P("1"), threshold-free
+    fuzzing_auc: float | None = None
+    detection_auc_random: float | None = None
+    fuzzing_auc_random: float | None = None
     n_scored: int | None = None
     created_at: datetime | None = None
 

@@ -325,8 +325,11 @@ CREATE TABLE feature_explanations (
     scorer VARCHAR,                  -- the model that scored it
     detection DOUBLE,                -- balanced accuracy: does a held-out context activate the feature?
     fuzzing DOUBLE,                  -- balanced accuracy: are the marked tokens the activating ones?
-    detection_random DOUBLE,         -- the same scores for another feature's explanation: the chance baseline
+    detection_random DOUBLE,         -- the same scores for a random explanation: the chance baseline
     fuzzing_random DOUBLE,
+    detection_auc DOUBLE,            -- ROC AUC of the scorer's P("1"): threshold-free, for scorers biased to one answer
+    fuzzing_auc DOUBLE,
+    detection_auc_random DOUBLE, fuzzing_auc_random DOUBLE,
     n_scored INTEGER,                -- held-out contexts per score
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (dictionary, feature, explainer, prompt_version)
