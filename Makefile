@@ -92,6 +92,7 @@ bench: setup
 	$(PY) bench/app.py
 	$(PY) bench/circuits.py
 	$(PY) bench/codebook.py
+	$(PY) bench/evals.py
 
 clean-store:
 	rm -rf $(STORE)/catalog.duckdb $(STORE)/catalog.duckdb.wal $(STORE)/shards

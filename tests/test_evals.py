@@ -209,7 +209,7 @@ def test_sparse_probes_find_the_planted_feature():
     assert abs(top_k[1] - dense) < 0.03
 
 
-def test_sparse_probing_on_shipped_text(store_copy):
+def test_sparse_probing_on_shipped_text(store_copy, monkeypatch):
     from workbench.evals.probing_tasks import chunk_pool
     from workbench.evals.sparse_probing import ProbingConfig, run_sparse_probing
     from workbench.store.records import ScoreRecord, read_all
@@ -247,6 +247,11 @@ def test_sparse_probing_on_shipped_text(store_copy):
         )
     with pytest.raises(EvaluationError, match="Unknown probing task 'nope'"):
         run_sparse_probing(ProbingConfig(store=str(store_copy), dictionary="d", tasks=["nope"]))
+    # SAEBench's datasets come from the hub: offline (or without `datasets`) the error says what to do instead.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(EvaluationError, match=r"(datasets.*workbench\[hub\])|(needs a network.*code_vs_prose)"):
+        run_sparse_probing(ProbingConfig(store=str(store_copy), dictionary="d", tasks=["ag_news"]))
     assert store_snapshot(store_copy) == before
 
 
@@ -468,3 +473,33 @@ def test_evaluations_on_smollm2(store_dir, models_dir):
     server.shutdown()
     assert [r.explanation for r in local.explained] == [r.explanation for r in served.explained]
     assert [r.detection for r in local.explained] == [r.detection for r in served.explained]
+
+
+def test_explanations_label_the_feature_nodes_of_attribution_graphs(store_copy, tmp_path):
+    """An explanation stored for a transcoder feature becomes that node's clerp: in a graph built afterwards, and
+    in an older graph when it is exported."""
+    import json
+
+    from workbench.circuits.attribution import ExportConfig, GraphConfig, run_export, run_graph
+    from workbench.store.records import ExplanationRecord, insert
+    from workbench.store.results import attribution_graph
+
+    store = Store.open_existing(store_copy)
+    old = attribution_graph(store, "mary")
+    feature_node = next(n for n in old["nodes"] if n["feature_type"] == "cross layer transcoder")
+    assert feature_node["clerp"] == ""
+    with store.transaction() as con:
+        insert(con, ExplanationRecord("tc1", feature_node["feature_index"], "drinks given to people", "hand", "wb-1",
+                                      detection=0.9))  # fmt: skip
+        insert(con, ExplanationRecord("tc1", feature_node["feature_index"], "a worse label", "hand-2", "wb-1",
+                                      detection=0.6))  # fmt: skip
+    exported = run_export(ExportConfig(graph="mary", out=str(tmp_path / "out"), store=str(store_copy)))
+    nodes = json.loads(exported.graph_path.read_text())["nodes"]
+    labelled = [n for n in nodes if n.get("feature_index") == feature_node["feature_index"]]
+    assert labelled and all(n["clerp"] == "drinks given to people" for n in labelled)  # the best detection wins
+    run_graph(GraphConfig(prompt=old["metadata"]["prompt"], transcoders=["tc1"], store=str(store_copy), name="again"))
+    rebuilt = attribution_graph(store, "again")["nodes"]
+    same = [n for n in rebuilt if n.get("feature_index") == feature_node["feature_index"]]
+    assert same and all(n["clerp"] == "drinks given to people" for n in same)
+    others = [n for n in rebuilt if n["feature_type"] == "cross layer transcoder" and n not in same]
+    assert all(n["clerp"] == "" for n in others)
