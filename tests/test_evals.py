@@ -339,7 +339,7 @@ def test_explain_refuses_what_it_cannot_do(store_copy):
     from workbench.evals.autointerp import ExplainConfig, run_explain
 
     before = store_snapshot(store_copy)
-    with pytest.raises(EvaluationError, match=r"has not been encoded.*workbench encode --store .* --dict not-encoded"):
+    with pytest.raises(DictionaryError, match=r"has not been encoded.*workbench encode --store .* --dict not-encoded"):
         run_explain(ExplainConfig(store=str(store_copy), dictionary="not-encoded"))
     with pytest.raises(DictionaryError, match="out of range"):
         run_explain(ExplainConfig(store=str(store_copy), dictionary="d", features=[128]))
@@ -417,7 +417,7 @@ def test_neuronpedia_export_is_accepted_by_neuronpedias_own_dataclasses(store_co
     assert len(parsed[0].explanations) == 1 and parsed[1].explanations == []
     assert all(len(e.text) <= 512 for e in parsed[0].explanations)
 
-    with pytest.raises(EvaluationError, match="not been encoded"):
+    with pytest.raises(DictionaryError, match="not been encoded"):
         run_export_neuronpedia(
             NeuronpediaExportConfig(store=str(store_copy), dictionary="not-encoded", out=str(tmp_path / "x"))
         )

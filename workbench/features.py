@@ -39,6 +39,15 @@ def check_feature(record: DictionaryRecord, feature: int) -> None:
         )
 
 
+def require_encoded(store: Store, record: DictionaryRecord, why: str) -> None:
+    """Refuse work that reads a dictionary's stored activations before `workbench encode` wrote them."""
+    if not is_encoded(store, record.name):
+        raise DictionaryError(
+            f"'{record.name}' has not been encoded, and {why}: run "
+            f"`workbench encode --store {store.root} --dict {record.name}` first."
+        )
+
+
 def _context_len(store: Store, record: DictionaryRecord) -> int:
     return lookups.run(store, record.run).context_len
 

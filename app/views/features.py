@@ -176,13 +176,20 @@ st.caption(
     + f", run `{record.run}` · model `{model}`"
 )
 explained = feature_explanations(path, version, name, feature)
+
+
+def score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 if explained:
     best = explained[0]
     st.markdown(f"**{best.explanation}**")
     st.caption(
-        f"explained by {best.explainer} ({best.prompt_version}); detection {best.detection:.2f} and fuzzing "
-        f"{best.fuzzing:.2f} balanced accuracy on {best.n_scored} held-out contexts (0.5 is chance; a random "
-        f"explanation scores {best.detection_random:.2f} and {best.fuzzing_random:.2f})"
+        f"explained by {best.explainer} ({best.prompt_version}); balanced accuracy on {best.n_scored} held-out "
+        f"contexts: detection {score(best.detection)}, fuzzing {score(best.fuzzing)} (0.5 is chance; a random "
+        f"explanation scores {score(best.detection_random)} and {score(best.fuzzing_random)}); ROC AUC "
+        f"{score(best.detection_auc)} and {score(best.fuzzing_auc)}"
         + (f"; {len(explained) - 1} more in feature_explanations" if len(explained) > 1 else "")
     )
 else:

@@ -266,11 +266,7 @@ def run_explain(config: ExplainConfig, *, progress: bool = True) -> ExplainResul
     """Explain and score features; each is committed as it finishes; a re-run continues where this one stopped."""
     store = Store.open_existing(config.store)
     record = lookups.completed_dictionary(store, config.dictionary)
-    if not feature_reads.is_encoded(store, record.name):
-        raise EvaluationError(
-            f"'{record.name}' has not been encoded, and autointerp reads its activations from the store: run "
-            f"`workbench encode --store {config.store} --dict {record.name}` first."
-        )
+    feature_reads.require_encoded(store, record, "autointerp reads its activations from the store")
     for feature in config.features:
         feature_reads.check_feature(record, feature)
     counts = {

@@ -77,11 +77,7 @@ def run_export_neuronpedia(config: NeuronpediaExportConfig, *, progress: bool = 
     folder = Path(config.out)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EvaluationError(f"--out {folder} exists and is not an empty folder; give a new one.")
-    if not feature_reads.is_encoded(store, record.name):
-        raise EvaluationError(
-            f"'{record.name}' has not been encoded, and the export's activations come from the store: run "
-            f"`workbench encode --store {config.store} --dict {record.name}` first."
-        )
+    feature_reads.require_encoded(store, record, "the export's activations come from the store")
     for feature in config.features:
         feature_reads.check_feature(record, feature)
     run = lookups.run(store, record.run)
