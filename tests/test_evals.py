@@ -183,7 +183,10 @@ def test_absorption_refuses_a_model_without_readable_letters(app_store):
     from workbench.store.records import ScoreRecord, read_all
 
     with pytest.raises(EvaluationError, match="letters have a first-letter probe with F1 above 0.6"):
-        run_absorption(AbsorptionConfig(store=str(app_store), dictionary="d", words=600, icl_examples=2, device="cpu"))
+        run_absorption(
+            AbsorptionConfig(store=str(app_store), dictionary="d", words=600, icl_examples=2, device="cpu"),
+            progress=False,
+        )
     with pytest.raises(EvaluationError, match="is a transcoder"):
         run_absorption(AbsorptionConfig(store=str(app_store), dictionary="tc1", device="cpu"))
     with Store.open_existing(app_store).reader() as con:

@@ -50,6 +50,7 @@ typical session:
   workbench probe depth --model smollm2-135m --corpus default --tokens 20000 --store store/
   workbench train --store store/ --hook blocks.6.hook_out --arch topk --k 32 --latents 4608 --tokens 2M
   workbench eval --store store/ --dict <name>; workbench encode --store store/ --dict <name>
+  workbench eval --store store/ --dict <name> --benchmarks all --seeds 3; workbench explain --store store/ --dict <name>
   workbench app --store store/
 
 Run `workbench COMMAND --help` for each command's options.

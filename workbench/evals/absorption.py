@@ -237,13 +237,18 @@ def first_letter_prompts(
 
 
 def first_letter_data(
-    loaded: LoadedDictionary, n_words: int, icl_examples: int, seed: int, batch_size: int
+    loaded: LoadedDictionary, n_words: int, icl_examples: int, seed: int, batch_size: int, progress: bool = False
 ) -> FirstLetterData:
     """Activations at the dictionary's hook on each sampled word, inside its in-context first-letter prompt."""
     prompts, positions, words, n_vocabulary = first_letter_prompts(loaded.tokenizer, n_words, icl_examples, seed)
     n_train = int(0.8 * len(words))
     rows: dict[int, torch.Tensor] = {}
-    for i, sequence_acts in loaded.sequence_activations(prompts, batch_size):
+    activations = loaded.sequence_activations(prompts, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        activations = tqdm(activations, total=len(prompts), desc="absorption: activations", unit="word")
+    for i, sequence_acts in activations:
         rows[i] = sequence_acts[positions[i]]
     acts = torch.stack([rows[i] for i in range(len(words))])
     labels = torch.tensor([LETTERS.index(word[0].lower()) for _, word in words])
@@ -285,7 +290,7 @@ class AbsorptionResult:
     """As written to dictionary_scores (benchmark 'absorption')."""
 
 
-def run_absorption(config: AbsorptionConfig) -> AbsorptionResult:
+def run_absorption(config: AbsorptionConfig, *, progress: bool = True) -> AbsorptionResult:
     """Measure a dictionary's first-letter absorption and replace its absorption rows in the store."""
     store = Store.open_existing(config.store)
     loaded = LoadedDictionary.load(store, config.dictionary, config.device, config.dtype, config.backend)
@@ -296,7 +301,8 @@ def run_absorption(config: AbsorptionConfig) -> AbsorptionResult:
         )
     key = activation_key(loaded, "first-letter", config.words, config.icl_examples, config.seed)
     data = remember(
-        key, lambda: first_letter_data(loaded, config.words, config.icl_examples, config.seed, config.batch_size)
+        key,
+        lambda: first_letter_data(loaded, config.words, config.icl_examples, config.seed, config.batch_size, progress),
     )
     scores = measure_absorption(
         data.train_x,

@@ -58,7 +58,9 @@ def run_eval_suite(config: EvalSuiteConfig, *, progress: bool = True) -> EvalSui
                               batch_size=config.batch_size, device=device, dtype=dtype, backend=backend)  # fmt: skip
             evaluations.append(run_eval(core).evaluation)
         if "absorption" in config.benchmarks:
-            run_absorption(AbsorptionConfig(config.store, member, device=device, dtype=dtype, backend=backend))
+            run_absorption(
+                AbsorptionConfig(config.store, member, device=device, dtype=dtype, backend=backend), progress=progress
+            )
         if "sparse_probing" in config.benchmarks:
             probing = ProbingConfig(config.store, member, device=device, dtype=dtype, backend=backend)
             run_sparse_probing(probing, progress=progress)
