@@ -506,3 +506,37 @@ def test_explanations_label_the_feature_nodes_of_attribution_graphs(store_copy, 
     assert same and all(n["clerp"] == "drinks given to people" for n in same)
     others = [n for n in rebuilt if n["feature_type"] == "cross layer transcoder" and n not in same]
     assert all(n["clerp"] == "" for n in others)
+
+
+def test_every_evaluation_command_reports_from_the_command_line(store_copy, tmp_path):
+    from conftest import run_cli_in_process
+
+    store = str(store_copy)
+    feature = _features_with_activations(store_copy, 1)[0]
+    scores = run_cli_in_process("scores", "--store", store)
+    assert scores.returncode == 0 and "d (2 seeds)" in scores.stdout and "top-5" in scores.stdout
+    steer = run_cli_in_process("steer", "--store", store, "--dict", "d", "--feature", str(feature), "--strength",
+                               "300", "--prompt", "The cat", "--max-new-tokens", "4", "--device", "cpu")  # fmt: skip
+    assert steer.returncode == 0 and "unsteered: " in steer.stdout and f"add feature {feature} at 300" in steer.stdout
+    ablate = run_cli_in_process("ablate", "--store", store, "--dict", "d", "--feature", str(feature), "--tokens",
+                                "512", "--device", "cpu")  # fmt: skip
+    assert ablate.returncode == 0 and f"feature {feature} of d zeroed on" in ablate.stdout
+    probing = run_cli_in_process("sparse-probing", "--store", store, "--dict", "d", "--tasks", "digit_tokens",
+                                 "--examples", "200", "--k", "1,5", "--device", "cpu")  # fmt: skip
+    assert probing.returncode == 0 and "digit_tokens" in probing.stdout and "top-5" in probing.stdout
+    explain = run_cli_in_process("explain", "--store", store, "--dict", "d", "--features", str(feature),
+                                 "--explainer", "tiny", "--test-examples", "2", "--explain-examples", "2",
+                                 "--device", "cpu")  # fmt: skip
+    assert (
+        explain.returncode == 0 and f"  {feature:>6}  detection" in explain.stdout and "0.5 is chance" in explain.stdout
+    )
+    again = run_cli_in_process("explain", "--store", store, "--dict", "d", "--features", str(feature),
+                               "--explainer", "tiny", "--device", "cpu")  # fmt: skip
+    assert again.returncode == 0 and "1 features already had an explanation from tiny; kept." in again.stdout
+    refused = run_cli_in_process("absorption", "--store", store, "--dict", "tc1")
+    assert refused.returncode == 2 and "is a transcoder" in refused.stderr
+    exported = run_cli_in_process("export", "neuronpedia", "--store", store, "--dict", "d", "--features",
+                                  str(feature), "--out", str(tmp_path / "np"))  # fmt: skip
+    assert exported.returncode == 0 and (tmp_path / "np" / "batch-0.json").exists()
+    evaluated = run_cli_in_process("eval", "--store", store, "--dict", "d", "--ce-tokens", "256", "--device", "cpu")
+    assert evaluated.returncode == 0 and "CE-loss score" in evaluated.stdout and "d (2 seeds)" in evaluated.stdout
