@@ -463,3 +463,15 @@ def test_every_family_trains_in_bfloat16_autocast_as_in_float32():
         assert abs(fvus[1] - fvus[0]) < 0.01 + 0.05 * fvus[0], (arch, fvus)
         differs.append(fvus[1] != fvus[0])
     assert any(differs)  # bf16 really ran: some family's numbers moved
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "mp", "topafa", "mutualchoice", "featurechoice"])
+def test_every_family_encodes_a_batch_of_sequences_as_its_flattened_rows(arch):
+    """Splices and hooks hand dictionaries [batch, seq, d]; each family must encode every position as a row.
+    Matching pursuit did not (it took the sequence axis for the latents), so `workbench eval` of an MP SAE failed."""
+    torch.manual_seed(0)
+    model = make_dictionary(DictionaryConfig(arch=arch, d_in=16, n_latents=32, k=4)).eval()
+    x = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.encode(x), model.encode(x.reshape(6, 16)).reshape(2, 3, 32), atol=1e-6)
+        assert model.reconstruct(x).shape == x.shape

@@ -20,6 +20,9 @@ class MatchingPursuitSAE(SparseCoder):
     def encode_with(
         self, x_BD: torch.Tensor, k: int | None = None, residual_threshold: float | None = None
     ) -> torch.Tensor:
+        if x_BD.dim() != 2:  # [batch, seq, d] from a splice or a hook: pursue each position, keep the shape
+            flat = self.encode_with(x_BD.reshape(-1, x_BD.shape[-1]), k, residual_threshold)
+            return flat.reshape(*x_BD.shape[:-1], flat.shape[-1])
         k = k or self.config.k
         if residual_threshold is None:
             residual_threshold = self.config.extra.get("residual_threshold")
