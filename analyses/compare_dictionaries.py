@@ -6,7 +6,7 @@
 Each family is trained as the demo's dictionary is (same hook, width, k and token budget; `cmp-<family>`), with
 --seeds - 1 seed siblings, then evaluated with `workbench eval --benchmarks all` (core metrics, absorption, sparse
 probing) and, with --explain N, autointerp on N features of the first seed. Trained dictionaries are reused on a
-re-run. Prints one row per metric and one column per family (mean ± std over seeds) and writes the bands as an
+re-run, and so are their evaluations once every seed has all three. Prints one row per metric and one column per family (mean ± std over seeds) and writes the bands as an
 interactive plot. The README's "Evaluations" section reports what it printed, including where our families lose.
 """
 
@@ -56,6 +56,19 @@ def main() -> None:
         if existing is None or existing.status != "complete":
             run_train(TrainConfig(store=args.store, hook=[args.hook], arch=family, k=[args.k], latents=[args.latents],
                                   tokens=int_with_suffix(args.tokens), batch_size=2048, run=args.run, name=name))  # fmt: skip
+        done = score_table(store)
+        row = next((r for r in done if r.dictionary == name), None)
+        if (
+            row is not None
+            and len(row.members) == args.seeds
+            and all(
+                row.bands.get(key) is not None and row.bands[key].n == args.seeds
+                for key in (("core", "fvu"), ("absorption", "absorption_rate"), ("sparse_probing", "top_1_accuracy"))
+            )
+        ):
+            print(f"{name}: evaluated over {args.seeds} seeds already; kept")
+            names.append(name)
+            continue
         suite = EvalSuiteConfig(store=args.store, dictionary=name, run=args.run, ce_tokens=2048, seeds=args.seeds,
                                 benchmarks=["core", "absorption", "sparse_probing"], device="cpu")  # fmt: skip
         run_eval_suite(suite)
