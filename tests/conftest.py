@@ -272,6 +272,8 @@ def downgrade_to_v1(store_dir: Path) -> None:
         schema.PROBE_TABLES_V2 + schema.DICTIONARY_TABLES_V3 + schema.CIRCUIT_TABLES_V4 + schema.CODEBOOK_TABLES_V5,
     )
     assert "probe_runs" in later_tables and "feature_acts" in later_tables
+    con.execute("DROP TABLE dictionary_scores")  # v9
+    con.execute("DROP TABLE feature_explanations")
     con.execute("DROP TABLE circuit_interventions")  # v8
     con.execute("DROP VIEW feature_acts")  # v7 made feature_acts a view over feature_rows and feature_parts
     con.execute("DROP TABLE feature_parts")
