@@ -248,7 +248,7 @@ def test_sparse_probing_on_shipped_text(store_copy, monkeypatch):
                 store=str(store_copy), dictionary="d", tasks=["digit_tokens"], examples=200, min_positives=101
             )
         )
-    with pytest.raises(EvaluationError, match="Unknown probing task 'nope'"):
+    with pytest.raises(EvaluationError, match="Unknown probing task 'nope'. Built in: code_vs_prose"):
         run_sparse_probing(ProbingConfig(store=str(store_copy), dictionary="d", tasks=["nope"]))
     # SAEBench's datasets come from the hub: offline (or without `datasets`) the error says what to do instead.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -297,7 +297,7 @@ def test_explain_through_a_local_model_and_an_endpoint_serving_it(store_copy, mo
     from workbench.store.records import ExplanationRecord, ScoreRecord, read_all
 
     features = _features_with_activations(store_copy, 3)
-    common = dict(store=str(store_copy), dictionary="d", test_examples=4, explain_examples=4, device="cpu")
+    common = dict(store=str(store_copy), dictionary="d", test_examples=2, explain_examples=4, device="cpu")
     local = run_explain(ExplainConfig(**common, features=features[:2], explainer="tiny"), progress=False)
     assert [r.feature for r in local.explained] == features[:2]
 
@@ -315,8 +315,8 @@ def test_explain_through_a_local_model_and_an_endpoint_serving_it(store_copy, mo
     again = _serve(models_dir, port=int(url.split(":")[-1].split("/")[0]))
     resumed = run_explain(ExplainConfig(**common, features=features, endpoint=url, model="tiny"), progress=False)
     assert resumed.already == 2 and [r.feature for r in resumed.explained] == features[2:]
-    # One explanation and 4 scorings of 8 windows each for the one new feature: nothing redone.
-    assert again.requests == 1 + 4 * 8
+    # One explanation and 4 scorings of 4 windows each for the one new feature: nothing redone.
+    assert again.requests == 1 + 4 * 4
     again.shutdown()
     with Store.open_existing(store_copy).reader() as con:
         rows = read_all(con, ExplanationRecord, dictionary="d", explainer=f"tiny @ {url}")
@@ -378,7 +378,7 @@ def test_neuronpedia_export_is_accepted_by_neuronpedias_own_dataclasses(store_co
     from workbench.features import top_contexts
     from workbench.store import lookups
 
-    features = _features_with_activations(store_copy, 12)
+    features = _features_with_activations(store_copy, 6)
     run_explain(ExplainConfig(store=str(store_copy), dictionary="d", features=features[:1], explainer="tiny",
                               test_examples=2, explain_examples=2, device="cpu"), progress=False)  # fmt: skip
     out = tmp_path / "np"

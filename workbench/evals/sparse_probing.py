@@ -69,6 +69,13 @@ class ProbingConfig:
             raise EvaluationError("Give at least one --tasks name.")
         if any(k < 1 for k in self.k):
             raise EvaluationError("--k values must be at least 1.")
+        known = set(BUILT_IN) | set(SAEBENCH_DATASETS)
+        unknown = [t for t in self.tasks if t not in known]
+        if unknown:  # refused before any model is loaded
+            raise EvaluationError(
+                f"Unknown probing task {', '.join(repr(t) for t in unknown)}. Built in: {', '.join(BUILT_IN)}; by name, "
+                f"with a network: {', '.join(SAEBENCH_DATASETS)}."
+            )
 
 
 @dataclass
