@@ -204,7 +204,6 @@ class FirstLetterData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    n_vocabulary: int  # letter-only tokens the words were sampled from
 
 
 def first_letter_prompts(
@@ -240,7 +239,7 @@ def first_letter_data(
     loaded: LoadedDictionary, n_words: int, icl_examples: int, seed: int, batch_size: int, progress: bool = False
 ) -> FirstLetterData:
     """Activations at the dictionary's hook on each sampled word, inside its in-context first-letter prompt."""
-    prompts, positions, words, n_vocabulary = first_letter_prompts(loaded.tokenizer, n_words, icl_examples, seed)
+    prompts, positions, words, _ = first_letter_prompts(loaded.tokenizer, n_words, icl_examples, seed)
     n_train = int(0.8 * len(words))
     rows: dict[int, torch.Tensor] = {}
     activations = loaded.sequence_activations(prompts, batch_size)
@@ -252,7 +251,7 @@ def first_letter_data(
         rows[i] = sequence_acts[positions[i]]
     acts = torch.stack([rows[i] for i in range(len(words))])
     labels = torch.tensor([LETTERS.index(word[0].lower()) for _, word in words])
-    return FirstLetterData(acts[:n_train], labels[:n_train], acts[n_train:], labels[n_train:], n_vocabulary)
+    return FirstLetterData(acts[:n_train], labels[:n_train], acts[n_train:], labels[n_train:])
 
 
 @dataclass

@@ -59,12 +59,11 @@ def _values(store: Store) -> tuple[list[DictionaryRecord], dict[str, dict[tuple[
         evaluations = read_all(con, DictionaryEvalRecord, order_by="created_at")
         scores = read_all(con, ScoreRecord, "task = ''")
     runs = {d.name: d.run for d in dictionaries}
+    # The latest evaluation, on the dictionary's own run when there is one: evaluations arrive oldest first, so
+    # the last one ranked by (on its own run) wins.
     chosen: dict[str, DictionaryEvalRecord] = {}
-    for e in evaluations:  # the latest evaluation, on the dictionary's own run when there is one
-        held = chosen.get(e.dictionary)
-        if e.dictionary in runs and (
-            held is None or held.eval_run != runs[e.dictionary] or e.eval_run == held.eval_run
-        ):
+    for e in sorted(evaluations, key=lambda e: e.eval_run == runs.get(e.dictionary)):  # stable: keeps age order
+        if e.dictionary in runs:
             chosen[e.dictionary] = e
     values: dict[str, dict[tuple[str, str], float]] = {d.name: {} for d in dictionaries}
     for name, e in chosen.items():
